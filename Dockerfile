@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: dependencies are installed from uv.lock in a build stage; the runtime stage
+# carries only the virtual environment and the sources, and runs as a non-root user.
+
+FROM python:3.12-slim AS build
+ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never
+RUN pip install --no-cache-dir uv
+WORKDIR /app
+# Dependencies first, so source changes do not invalidate this layer.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --locked --no-dev --no-install-project
+COPY alembic.ini ./
+COPY migrations ./migrations
+COPY taskservice ./taskservice
+RUN uv sync --locked --no-dev
+
+FROM python:3.12-slim AS runtime
+RUN useradd --system --uid 10001 --home-dir /data --create-home taskservice
+COPY --from=build /app /app
+ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1
+# The embedded SQLite default and its development key live in /data; set DB_HOST (or
+# DATABASE_URL) and JWT_SECRET_KEY to use PostgreSQL.
+WORKDIR /data
+USER 10001
+EXPOSE 50051
+# Migrations are idempotent; with several replicas, run `taskservice migrate` as a separate job
+# instead and start the containers with `taskservice serve`.
+CMD ["sh", "-c", "taskservice migrate && exec taskservice serve"]

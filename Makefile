@@ -1,0 +1,62 @@
+# taskservice: every everyday command. `make run` serves on the embedded SQLite default;
+# `make test` runs the whole suite. uv is bootstrapped from PyPI when missing; no Python
+# interpreter is ever downloaded (the system's Python 3.11+ is used).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_BOOTSTRAP := .cache/uv-bootstrap
+UV ?= $(shell command -v uv 2>/dev/null || echo $(UV_BOOTSTRAP)/bin/uv)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON ?= $(PYTHON)
+
+PROTO_DIR := protos
+PROTO_FILES := $(wildcard $(PROTO_DIR)/taskservice/v1/*.proto)
+BUF := node_modules/.bin/buf
+
+.PHONY: help
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(UV_BOOTSTRAP)/bin/uv:
+	@echo "uv not found: installing it from PyPI into $(UV_BOOTSTRAP)"
+	$(PYTHON) -m venv $(UV_BOOTSTRAP) && $(UV_BOOTSTRAP)/bin/pip install --quiet uv
+
+.PHONY: install
+install: $(UV) ## Install the locked dependencies into .venv.
+	$(UV) sync --locked
+
+.PHONY: run
+run: install ## Apply migrations and serve on GRPC_PORT (default 50051).
+	$(UV) run --locked taskservice migrate
+	$(UV) run --locked taskservice serve
+
+.PHONY: migrate
+migrate: install ## Apply database migrations.
+	$(UV) run --locked taskservice migrate
+
+.PHONY: test
+test: install ## Run the whole test suite (SQLite and PostgreSQL).
+	$(UV) run --locked pytest $(PYTEST_ARGS)
+
+.PHONY: proto
+proto: install ## Regenerate taskservice/v1 from protos/.
+	rm -f taskservice/v1/*_pb2*.py taskservice/v1/*_pb2*.pyi
+	$(UV) run --locked python -m grpc_tools.protoc -I$(PROTO_DIR) \
+		--python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_FILES)
+
+$(BUF): package.json package-lock.json
+	npm ci --no-fund --no-audit --loglevel=error
+	@touch $(BUF)
+
+.PHONY: lint
+lint: install $(BUF) ## ruff (lint and format check) and buf lint.
+	$(UV) run --locked ruff check .
+	$(UV) run --locked ruff format --check .
+	cd $(PROTO_DIR) && ../$(BUF) lint
+
+.PHONY: format
+format: install ## Format and autofix with ruff.
+	$(UV) run --locked ruff format .
+	$(UV) run --locked ruff check --fix .

@@ -1,0 +1,1 @@
+"""taskservice: task management over gRPC."""

@@ -1,0 +1,85 @@
+"""The `taskservice` command: serve, migrate.
+
+Each subcommand loads and validates the settings first; a bad value ends the process with one line
+on stderr and exit status 2, before anything else happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from taskservice.config import ConfigError, Settings, load_settings, with_signing_key
+from taskservice.log import configure_logging
+
+#: Exit status for configuration errors and bad command lines (argparse uses 2 as well).
+EXIT_USAGE = 2
+#: Exit status when the server cannot start (for example, its port is taken).
+EXIT_FAILURE = 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Serve gRPC until SIGTERM or SIGINT."""
+    from taskservice.server import run
+
+    overrides: dict[str, object] = {}
+    if args.host is not None:
+        overrides["grpc_host"] = args.host
+    if args.port is not None:
+        overrides["grpc_port"] = args.port
+    settings = _settings(**overrides)
+    try:
+        asyncio.run(run(settings))
+    except RuntimeError as exc:
+        print(f"taskservice: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    """Apply every pending migration."""
+    from taskservice.db.migrations import upgrade
+
+    settings = _settings(require_signing_key=False)
+    upgrade(settings.sqlalchemy_url)
+    return 0
+
+
+def _settings(*, require_signing_key: bool = True, **overrides: object) -> Settings:
+    settings = load_settings(**overrides)
+    configure_logging(settings.log_level)
+    return with_signing_key(settings) if require_signing_key else settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per operator task."""
+    parser = argparse.ArgumentParser(
+        prog="taskservice",
+        description="Task management over gRPC. Configured by environment variables "
+        "(see .env.example).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve gRPC (health and reflection included)")
+    serve.add_argument("--host", help="address to listen on (overrides GRPC_HOST)")
+    serve.add_argument("--port", type=int, help="port to listen on (overrides GRPC_PORT)")
+    serve.set_defaults(handler=_serve)
+
+    migrate = commands.add_parser(
+        "migrate", help="apply database migrations (alembic upgrade head)"
+    )
+    migrate.set_defaults(handler=_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `taskservice` and `python -m taskservice`."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"taskservice: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,201 @@
+"""Settings: read from the environment (and an optional `.env`) once, validated, then immutable.
+
+Everything configurable lives here so that a bad value stops the process at start with one clear
+line, instead of surfacing as a strange failure on the first request that happens to need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+logger = logging.getLogger(__name__)
+
+#: HMAC keys shorter than this are refused outside the embedded development default (RFC 7518 §3.2
+#: asks for a key at least as long as the hash output: 32 bytes for HS256).
+MIN_SECRET_KEY_BYTES = 32
+
+#: Where the embedded default keeps its generated development signing key (git-ignored).
+DEV_KEY_FILE = Path(".taskservice-dev-jwt-key")
+
+#: The embedded default database: a SQLite file in the working directory.
+DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///taskservice.db"
+
+#: Async drivers we ship, and the sync spellings we quietly map onto them.
+_ASYNC_DRIVERS = {"postgresql+asyncpg", "sqlite+aiosqlite"}
+_DRIVER_ALIASES = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Field names are the environment variable names, lower-cased."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        repr=False,  # it may carry a password
+        description="Any SQLAlchemy async URL; wins over DB_* when set.",
+    )
+    db_host: str | None = Field(default=None, description="PostgreSQL host; enables DB_*.")
+    db_port: int = Field(default=5432, ge=1, le=65535)
+    db_name: str = Field(default="taskservice", min_length=1)
+    db_user: str = Field(default="postgres", min_length=1)
+    db_password: SecretStr = Field(default=SecretStr(""))
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    db_max_overflow: int = Field(default=10, ge=0, le=1000)
+
+    grpc_host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - a server binds all
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+
+    jwt_secret_key: SecretStr | None = None
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    access_token_expire_minutes: int = Field(default=30, ge=1, le=7 * 24 * 60)
+
+    debug: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url", "db_host", "jwt_secret_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """Treat `VAR=` like an unset variable, as shells and `.env` files commonly produce it."""
+        return None if value == "" else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return normalize_database_url(value).render_as_string(hide_password=False)
+
+    @property
+    def sqlalchemy_url(self) -> URL:
+        """The database to use: DATABASE_URL, else PostgreSQL from DB_*, else embedded SQLite."""
+        if self.database_url is not None:
+            return make_url(self.database_url)
+        if self.db_host is not None:
+            return URL.create(
+                "postgresql+asyncpg",
+                username=self.db_user,
+                password=self.db_password.get_secret_value() or None,
+                host=self.db_host,
+                port=self.db_port,
+                database=self.db_name,
+            )
+        return make_url(DEFAULT_SQLITE_URL)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the database is the embedded kind, where development conveniences are allowed."""
+        return self.sqlalchemy_url.get_backend_name() == "sqlite"
+
+
+def normalize_database_url(raw: str) -> URL:
+    """Parse a database URL and make sure it names one of the async drivers we ship."""
+    try:
+        url = make_url(raw)
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL ({exc})") from None
+    driver = _DRIVER_ALIASES.get(url.drivername, url.drivername)
+    if driver not in _ASYNC_DRIVERS:
+        raise ValueError(
+            f"unsupported driver {url.drivername!r}; use postgresql+asyncpg or sqlite+aiosqlite"
+        )
+    return url.set(drivername=driver)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings, or raise ConfigError with a one-line message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def with_signing_key(settings: Settings) -> Settings:
+    """Settle the JWT signing key, for commands that sign or check tokens.
+
+    Outside SQLite the key must be given and be at least MIN_SECRET_KEY_BYTES long. On the embedded
+    default a missing key is generated once and kept in DEV_KEY_FILE, so that restarts and sibling
+    processes agree, with a warning that it is for development only.
+    """
+    key = settings.jwt_secret_key
+    if key is None:
+        if not settings.is_sqlite:
+            raise ConfigError(
+                "JWT_SECRET_KEY: required when the database is not the embedded SQLite default"
+            )
+        logger.warning(
+            "JWT_SECRET_KEY is not set: using a generated development key kept in %s. "
+            "Set JWT_SECRET_KEY for anything but local development.",
+            DEV_KEY_FILE,
+        )
+        return settings.model_copy(update={"jwt_secret_key": SecretStr(_dev_signing_key())})
+    if len(key.get_secret_value().encode()) < MIN_SECRET_KEY_BYTES:
+        raise ConfigError(f"JWT_SECRET_KEY: must be at least {MIN_SECRET_KEY_BYTES} bytes long")
+    return settings
+
+
+def _dev_signing_key(path: Path = DEV_KEY_FILE) -> str:
+    """Return the development key in `path`, creating it atomically if it does not exist yet.
+
+    The key is written to a private temporary file and hard-linked into place, so a concurrent
+    process either wins the link or reads the complete key the winner wrote.
+    """
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".jwt-key-")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> str:
+    key = path.read_text().strip()
+    if len(key.encode()) < MIN_SECRET_KEY_BYTES:
+        raise ConfigError(f"{path}: development key is too short; delete the file to regenerate it")
+    return key
+
+
+def _one_line(exc: ValidationError) -> str:
+    """Render pydantic's errors as `VAR: problem; VAR: problem`, never echoing secret values."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+        parts.append(f"{name}: {error['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,111 @@
+"""Typed SQLAlchemy models: the schema Alembic migrates and `alembic check` compares against."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from taskservice.db.types import BigIntId, UTCDateTime, utcnow
+
+#: Stable constraint names, so migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: Longest email address we store (RFC 5321 path limit less the angle brackets).
+EMAIL_MAX_LENGTH = 254
+#: Longest task title, after trimming.
+TITLE_MAX_LENGTH = 200
+#: Longest task description.
+DESCRIPTION_MAX_LENGTH = 10_000
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task stands; stored as its lower-case name."""
+
+    TODO = "todo"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+
+
+class User(Base):
+    """A person who signs in.
+
+    Emails are stored normalised (lower-case), so uniqueness is case-insensitive, and a check
+    constraint keeps any writer from storing another spelling.
+    """
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint("email = lower(email)", name="email_lower_case"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX_LENGTH), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(100))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    tasks: Mapped[list[Task]] = relationship(
+        back_populates="owner", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Task(Base):
+    """A piece of work owned by one user; deleted with its owner.
+
+    Lists are ordered newest first by id (ids only grow), and filtered by owner and status, so the
+    indexes lead with those columns and end with the id that keyset pagination seeks on.
+    """
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_owner_id_id", "owner_id", "id"),
+        Index("ix_tasks_owner_id_status_id", "owner_id", "status", "id"),
+        Index("ix_tasks_status_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(TITLE_MAX_LENGTH))
+    description: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[TaskStatus] = mapped_column(
+        Enum(
+            TaskStatus,
+            name="task_status",
+            native_enum=False,
+            create_constraint=True,
+            length=16,
+            values_callable=lambda members: [member.value for member in members],
+        ),
+        default=TaskStatus.TODO,
+    )
+    due_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    owner: Mapped[User] = relationship(back_populates="tasks")

@@ -1,0 +1,120 @@
+"""The `taskservice` command as an operator runs it: real processes, real signals, real ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.test_config import ENV_NAMES
+
+SERVING_LINE = re.compile(rb"serving gRPC on [^:]+:(\d+)")
+#: Generous bound for a process to start or stop on a loaded 2-core CI machine.
+PROCESS_TIMEOUT = 30.0
+
+
+def _environment(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    env.update(values)
+    return env
+
+
+async def _run(cwd: Path, *args: str, **env: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "taskservice",
+        *args,
+        cwd=cwd,
+        env=_environment(**env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), PROCESS_TIMEOUT)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+@asynccontextmanager
+async def _serving(cwd: Path, **env: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """Start `taskservice serve` on an ephemeral port; yield the process once it logs its port."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "taskservice",
+        "serve",
+        cwd=cwd,
+        env=_environment(GRPC_HOST="127.0.0.1", GRPC_PORT="0", **env),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    try:
+        port = None
+        async with asyncio.timeout(PROCESS_TIMEOUT):
+            while port is None:
+                line = await process.stderr.readline()
+                if not line:
+                    pytest.fail("server exited before serving")
+                if match := SERVING_LINE.search(line):
+                    port = int(match.group(1))
+        yield process, port
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_help_lists_every_subcommand(tmp_path: Path) -> None:
+    code, output = await _run(tmp_path, "--help")
+    assert code == 0
+    for command in ("serve", "migrate"):
+        assert command in output
+
+
+async def test_a_bad_setting_exits_2_with_one_line(tmp_path: Path) -> None:
+    code, output = await _run(tmp_path, "serve", GRPC_PORT="eighty")
+    assert code == 2
+    assert output.strip().splitlines() == [output.strip()], f"expected one line, got: {output!r}"
+    assert output.startswith("taskservice: configuration error: GRPC_PORT:")
+
+
+async def test_postgresql_without_a_signing_key_refuses_to_serve(tmp_path: Path) -> None:
+    code, output = await _run(tmp_path, "serve", DB_HOST="127.0.0.1")
+    assert code == 2
+    assert "JWT_SECRET_KEY: required" in output
+
+
+async def test_migrate_then_serve_answers_health_and_stops_cleanly_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    code, output = await _run(tmp_path, "migrate")
+    assert code == 0, output
+    assert (tmp_path / "taskservice.db").is_file()
+
+    async with _serving(tmp_path) as (process, port):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT) == 0
+    assert (tmp_path / ".taskservice-dev-jwt-key").is_file()
+
+
+async def test_a_second_server_on_a_busy_port_fails_fast(tmp_path: Path) -> None:
+    assert (await _run(tmp_path, "migrate"))[0] == 0
+    async with _serving(tmp_path) as (process, port):
+        code, output = await _run(tmp_path, "serve", GRPC_HOST="127.0.0.1", GRPC_PORT=str(port))
+        assert code == 1
+        assert f"cannot listen on 127.0.0.1:{port}" in output
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT) == 0
