@@ -1,4 +1,4 @@
-"""The `taskservice` command: serve, migrate.
+"""The `taskservice` command: serve, migrate, create-admin.
 
 Each subcommand loads and validates the settings first; a bad value ends the process with one line
 on stderr and exit status 2, before anything else happens.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 from collections.abc import Callable, Sequence
 
@@ -47,6 +48,42 @@ def _migrate(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _create_admin(args: argparse.Namespace) -> int:
+    """Create an admin, or promote (and reactivate) an existing user."""
+    from taskservice.db.engine import Database, create_engine
+    from taskservice.errors import DomainError
+    from taskservice.security.passwords import PasswordHasher
+    from taskservice.services.users import ensure_admin
+
+    settings = _settings(require_signing_key=False)
+
+    def read_password() -> str:
+        if args.password_stdin:
+            return sys.stdin.readline().rstrip("\r\n")
+        password = getpass.getpass("Password for the new admin: ")
+        if getpass.getpass("Repeat the password: ") != password:
+            raise DomainError("PASSWORD_MISMATCH", "the passwords do not match")
+        return password
+
+    async def create() -> tuple[str, bool]:
+        engine = create_engine(settings)
+        hasher = PasswordHasher(settings.bcrypt_rounds, threads=1)
+        try:
+            user, created = await ensure_admin(Database(engine), hasher, args.email, read_password)
+        finally:
+            hasher.close()
+            await engine.dispose()
+        return user.email, created
+
+    try:
+        email, created = asyncio.run(create())
+    except DomainError as exc:
+        print(f"taskservice: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{'created' if created else 'promoted'} admin {email}")
+    return 0
+
+
 def _settings(*, require_signing_key: bool = True, **overrides: object) -> Settings:
     settings = load_settings(**overrides)
     configure_logging(settings.log_level)
@@ -71,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="apply database migrations (alembic upgrade head)"
     )
     migrate.set_defaults(handler=_migrate)
+
+    create_admin = commands.add_parser(
+        "create-admin",
+        help="create an admin, or promote an existing user (how the first admin exists)",
+    )
+    create_admin.add_argument("--email", required=True, help="the admin's email")
+    create_admin.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin instead of prompting "
+        "(only needed when the user does not exist yet)",
+    )
+    create_admin.set_defaults(handler=_create_admin)
     return parser
 
 

@@ -21,9 +21,9 @@ from sqlalchemy.exc import ArgumentError
 
 logger = logging.getLogger(__name__)
 
-#: HMAC keys shorter than this are refused outside the embedded development default (RFC 7518 §3.2
-#: asks for a key at least as long as the hash output: 32 bytes for HS256).
+#: HMAC keys shorter than the hash output are refused (RFC 7518 §3.2): 32 bytes for HS256.
 MIN_SECRET_KEY_BYTES = 32
+_MIN_KEY_BYTES_BY_ALGORITHM = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 #: Where the embedded default keeps its generated development signing key (git-ignored).
 DEV_KEY_FILE = Path(".taskservice-dev-jwt-key")
@@ -72,8 +72,15 @@ class Settings(BaseSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
 
     jwt_secret_key: SecretStr | None = None
-    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_algorithm: Literal[
+        "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"
+    ] = "HS256"
+    jwt_private_key_file: Path | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_issuer: str = Field(default="taskservice", min_length=1, max_length=200)
+    jwt_audience: str = Field(default="taskservice", min_length=1, max_length=200)
     access_token_expire_minutes: int = Field(default=30, ge=1, le=7 * 24 * 60)
+    bcrypt_rounds: int = Field(default=12, ge=4, le=16)
 
     debug: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -83,7 +90,14 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("database_url", "db_host", "jwt_secret_key", mode="before")
+    @field_validator(
+        "database_url",
+        "db_host",
+        "jwt_secret_key",
+        "jwt_private_key_file",
+        "jwt_public_key_file",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """Treat `VAR=` like an unset variable, as shells and `.env` files commonly produce it."""
@@ -143,10 +157,13 @@ def load_settings(**overrides: object) -> Settings:
 def with_signing_key(settings: Settings) -> Settings:
     """Settle the JWT signing key, for commands that sign or check tokens.
 
+    Asymmetric algorithms use PEM key files instead (checked when the token codec loads them).
     Outside SQLite the key must be given and be at least MIN_SECRET_KEY_BYTES long. On the embedded
     default a missing key is generated once and kept in DEV_KEY_FILE, so that restarts and sibling
     processes agree, with a warning that it is for development only.
     """
+    if not settings.jwt_algorithm.startswith("HS"):
+        return settings
     key = settings.jwt_secret_key
     if key is None:
         if not settings.is_sqlite:
@@ -159,8 +176,11 @@ def with_signing_key(settings: Settings) -> Settings:
             DEV_KEY_FILE,
         )
         return settings.model_copy(update={"jwt_secret_key": SecretStr(_dev_signing_key())})
-    if len(key.get_secret_value().encode()) < MIN_SECRET_KEY_BYTES:
-        raise ConfigError(f"JWT_SECRET_KEY: must be at least {MIN_SECRET_KEY_BYTES} bytes long")
+    minimum = _MIN_KEY_BYTES_BY_ALGORITHM[settings.jwt_algorithm]
+    if len(key.get_secret_value().encode()) < minimum:
+        raise ConfigError(
+            f"JWT_SECRET_KEY: must be at least {minimum} bytes long for {settings.jwt_algorithm}"
+        )
     return settings
 
 
@@ -177,7 +197,7 @@ def _dev_signing_key(path: Path = DEV_KEY_FILE) -> str:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".jwt-key-")
     try:
         with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(48))
+            handle.write(secrets.token_urlsafe(64))
         with contextlib.suppress(FileExistsError):
             os.link(tmp, path)
     finally:

@@ -17,8 +17,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from taskservice.api.auth_servicer import AuthServicer
+from taskservice.api.authentication import AuthInterceptor
+from taskservice.api.errors import ErrorInterceptor
+from taskservice.api.user_servicer import UserServicer
 from taskservice.config import Settings
-from taskservice.db.engine import create_engine
+from taskservice.db.engine import Database, create_engine
+from taskservice.security.passwords import PasswordHasher
+from taskservice.security.tokens import TokenCodec
+from taskservice.services.auth import AuthService
+from taskservice.services.auth_state import AuthStateStore
+from taskservice.services.pagination import PageTokens
+from taskservice.services.users import UserService
 from taskservice.v1 import (
     auth_service_pb2,
     auth_service_pb2_grpc,
@@ -56,6 +66,7 @@ class Application:
     server: grpc.aio.Server
     engine: AsyncEngine
     health: health.aio.HealthServicer
+    hasher: PasswordHasher
     port: int
 
     async def start(self) -> None:
@@ -78,6 +89,7 @@ class Application:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.engine.dispose()
+        self.hasher.close()
 
 
 async def build_server(settings: Settings) -> Application:
@@ -85,8 +97,16 @@ async def build_server(settings: Settings) -> Application:
 
     Raises RuntimeError when the address cannot be bound (for example, the port is taken).
     """
+    tokens = TokenCodec.from_settings(settings)
     engine = create_engine(settings)
+    database = Database(engine)
+    hasher = PasswordHasher(settings.bcrypt_rounds)
+    auth = AuthService(database, hasher, tokens, AuthStateStore(database))
+    users = UserService(database, PageTokens(tokens.derive_key(b"page-tokens")))
+
     server = grpc.aio.server(
+        # Outermost first: errors are mapped around everything, including authentication.
+        interceptors=[ErrorInterceptor(), AuthInterceptor(auth)],
         options=[
             # A second server on a busy port must fail, not silently share it.
             ("grpc.so_reuseport", 0),
@@ -97,12 +117,8 @@ async def build_server(settings: Settings) -> Application:
         await health_servicer.set(name, _NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
-    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(
-        auth_service_pb2_grpc.AuthServiceServicer(), server
-    )
-    user_service_pb2_grpc.add_UserServiceServicer_to_server(
-        user_service_pb2_grpc.UserServiceServicer(), server
-    )
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
+    user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(users), server)
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(
         task_service_pb2_grpc.TaskServiceServicer(), server
     )
@@ -120,8 +136,9 @@ async def build_server(settings: Settings) -> Application:
         port = server.add_insecure_port(address)
     except RuntimeError:
         await engine.dispose()
+        hasher.close()
         raise RuntimeError(f"cannot listen on {address}: is the port already in use?") from None
-    return Application(settings, server, engine, health_servicer, port)
+    return Application(settings, server, engine, health_servicer, hasher, port)
 
 
 async def run(settings: Settings) -> None:

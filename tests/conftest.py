@@ -16,6 +16,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from taskservice.v1 import auth_service_pb2_grpc, task_service_pb2_grpc, user_se
 
 PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-TEST_SIGNING_KEY = "test-signing-key-" + "k" * 32
+TEST_SIGNING_KEY = "test-signing-key-" + "k" * 48
 BACKENDS = ("sqlite", "postgresql")
 
 
@@ -130,6 +131,7 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "grpc_host": "127.0.0.1",
         "grpc_port": 0,
         "jwt_secret_key": TEST_SIGNING_KEY,
+        "bcrypt_rounds": 4,  # the minimum: tests check behaviour, not bcrypt's cost
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -164,12 +166,24 @@ class Stubs:
     tasks: task_service_pb2_grpc.TaskServiceStub
     health: health_pb2_grpc.HealthStub
 
+    @classmethod
+    def over(cls, channel: grpc.aio.Channel) -> Stubs:
+        """Stubs for every service over `channel`."""
+        return cls(
+            auth=auth_service_pb2_grpc.AuthServiceStub(channel),
+            users=user_service_pb2_grpc.UserServiceStub(channel),
+            tasks=task_service_pb2_grpc.TaskServiceStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
+        )
+
+
+@asynccontextmanager
+async def stubs_for(app: Application) -> AsyncIterator[Stubs]:
+    """Stubs over a fresh channel to `app`, for tests that run a server of their own."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        yield Stubs.over(channel)
+
 
 @pytest.fixture
 def stubs(channel: grpc.aio.Channel) -> Stubs:
-    return Stubs(
-        auth=auth_service_pb2_grpc.AuthServiceStub(channel),
-        users=user_service_pb2_grpc.UserServiceStub(channel),
-        tasks=task_service_pb2_grpc.TaskServiceStub(channel),
-        health=health_pb2_grpc.HealthStub(channel),
-    )
+    return Stubs.over(channel)

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from taskservice.v1 import auth_service_pb2, auth_service_pb2_grpc
 from tests.test_config import ENV_NAMES
 
 SERVING_LINE = re.compile(rb"serving gRPC on [^:]+:(\d+)")
@@ -28,7 +29,7 @@ def _environment(**values: str) -> dict[str, str]:
     return env
 
 
-async def _run(cwd: Path, *args: str, **env: str) -> tuple[int, str]:
+async def _run(cwd: Path, *args: str, stdin: bytes = b"", **env: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -36,10 +37,11 @@ async def _run(cwd: Path, *args: str, **env: str) -> tuple[int, str]:
         *args,
         cwd=cwd,
         env=_environment(**env),
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), PROCESS_TIMEOUT)
+    output, _ = await asyncio.wait_for(process.communicate(stdin), PROCESS_TIMEOUT)
     assert process.returncode is not None
     return process.returncode, output.decode()
 
@@ -53,7 +55,7 @@ async def _serving(cwd: Path, **env: str) -> AsyncIterator[tuple[asyncio.subproc
         "taskservice",
         "serve",
         cwd=cwd,
-        env=_environment(GRPC_HOST="127.0.0.1", GRPC_PORT="0", **env),
+        env=_environment(GRPC_HOST="127.0.0.1", GRPC_PORT="0", BCRYPT_ROUNDS="4", **env),
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
@@ -76,7 +78,7 @@ async def _serving(cwd: Path, **env: str) -> AsyncIterator[tuple[asyncio.subproc
 async def test_help_lists_every_subcommand(tmp_path: Path) -> None:
     code, output = await _run(tmp_path, "--help")
     assert code == 0
-    for command in ("serve", "migrate"):
+    for command in ("serve", "migrate", "create-admin"):
         assert command in output
 
 
@@ -118,3 +120,42 @@ async def test_a_second_server_on_a_busy_port_fails_fast(tmp_path: Path) -> None
         assert f"cannot listen on 127.0.0.1:{port}" in output
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT) == 0
+
+
+async def test_create_admin_creates_then_promotes_and_the_admin_can_log_in(
+    tmp_path: Path,
+) -> None:
+    assert (await _run(tmp_path, "migrate"))[0] == 0
+    code, output = await _run(
+        tmp_path,
+        "create-admin",
+        "--email",
+        "Root@Example.com",
+        "--password-stdin",
+        stdin=b"an admin passphrase\n",
+        BCRYPT_ROUNDS="4",
+    )
+    assert (code, output.strip().splitlines()[-1]) == (0, "created admin root@example.com")
+    code, output = await _run(tmp_path, "create-admin", "--email", "root@example.com")
+    assert (code, output.strip().splitlines()[-1]) == (0, "promoted admin root@example.com")
+
+    async with _serving(tmp_path) as (process, port):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            login = await auth_service_pb2_grpc.AuthServiceStub(channel).Login(
+                auth_service_pb2.LoginRequest(
+                    email="root@example.com", password="an admin passphrase"
+                ),
+                timeout=10,
+            )
+        assert login.user.is_admin
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT) == 0
+
+
+async def test_create_admin_refuses_a_short_password(tmp_path: Path) -> None:
+    assert (await _run(tmp_path, "migrate"))[0] == 0
+    code, output = await _run(
+        tmp_path, "create-admin", "--email", "a@example.com", "--password-stdin", stdin=b"short\n"
+    )
+    assert code == 1
+    assert "password: at least 8 characters" in output

@@ -1,10 +1,12 @@
-"""One async engine per process and the session factory every service uses."""
+"""One async engine per process, and the `Database` every service opens sessions through."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -16,6 +18,8 @@ from taskservice.config import Settings
 
 #: How long SQLite waits for another writer's lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+#: Execution option marking connections that will write (SQLite begins them IMMEDIATE).
+_WRITES = "taskservice_writes"
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -23,7 +27,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.sqlalchemy_url
     if url.get_backend_name() == "sqlite":
         engine = create_async_engine(url, echo=settings.debug)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", _sqlite_connect)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(
         url,
@@ -35,8 +40,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
-    """Enforce foreign keys (off by default in SQLite) and let readers run beside one writer."""
+def _sqlite_connect(dbapi_connection: Any, _record: object) -> None:
+    """Set up each SQLite connection.
+
+    Foreign keys are enforced (off by default in SQLite), WAL lets readers run beside one writer,
+    and BEGIN is taken over from the driver so `_sqlite_begin` can choose the transaction's kind.
+    """
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -45,6 +55,38 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     cursor.close()
 
 
-def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions that keep loaded objects usable after commit, so services can return them."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+def _sqlite_begin(connection: Connection) -> None:
+    """Writers take the write lock up front (BEGIN IMMEDIATE), waiting up to the busy timeout.
+
+    A deferred transaction that reads and then writes fails at once with SQLITE_BUSY when another
+    writer committed in between; taking the lock first makes concurrent writers queue instead.
+    """
+    writes = connection.get_execution_options().get(_WRITES, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+
+class Database:
+    """Sessions for services: `read()` for queries, `write()` for one committed transaction.
+
+    Sessions keep loaded objects usable after commit (`expire_on_commit=False`) so services can
+    return them to servicers after the transaction has ended.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._readers = async_sessionmaker(engine, expire_on_commit=False)
+        self._writers = async_sessionmaker(
+            engine.execution_options(**{_WRITES: True}), expire_on_commit=False
+        )
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads; its transaction is rolled back (never committed) at the end."""
+        async with self._readers() as session:
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction committed when the block ends, rolled back if it raises."""
+        async with self._writers.begin() as session:
+            yield session

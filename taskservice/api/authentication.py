@@ -1,0 +1,138 @@
+"""Authentication: one interceptor checks the bearer token of every call outside an allow-list.
+
+The interceptor resolves the token to a Principal and hands it to the servicer method, which
+declares it as a parameter through `@authenticated` (or `@optionally_authenticated`), so every
+handler states whether it needs a caller and receives that caller explicitly.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import grpc
+
+from taskservice.api.handlers import UnaryBehavior, replace_behavior, wrap_unary_unary
+from taskservice.errors import Unauthenticated
+from taskservice.services.auth import AuthService
+from taskservice.services.principal import Principal
+
+#: Methods anyone may call without a token.
+PUBLIC_METHODS = frozenset({"/taskservice.v1.AuthService/Login"})
+#: Services anyone may call: health probes and reflection.
+PUBLIC_SERVICE_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+#: Methods that work anonymously but use a token when one is sent (an admin creating an admin).
+OPTIONAL_AUTH_METHODS = frozenset({"/taskservice.v1.AuthService/Register"})
+#: Longest authorization value accepted; our tokens are a few hundred bytes.
+MAX_AUTHORIZATION_LENGTH = 4096
+
+_principal: ContextVar[Principal | None] = ContextVar("taskservice_principal", default=None)
+
+_S = TypeVar("_S")
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Resolves `authorization: Bearer <token>` to a Principal before the handler runs."""
+
+    def __init__(self, auth: AuthService) -> None:
+        self._auth = auth
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """Let public methods through; make every other one authenticate first."""
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if (
+            handler is None
+            or method in PUBLIC_METHODS
+            or method.startswith(PUBLIC_SERVICE_PREFIXES)
+        ):
+            return handler
+        if handler.unary_unary is None:  # fail closed: we authenticate unary calls only
+            return replace_behavior(handler, _refuse_streaming)
+        optional = method in OPTIONAL_AUTH_METHODS
+        metadata = handler_call_details.invocation_metadata or ()
+        return wrap_unary_unary(
+            handler, lambda inner: self._authenticating(inner, metadata, optional)
+        )
+
+    def _authenticating(
+        self, inner: UnaryBehavior, metadata: Sequence[Any], optional: bool
+    ) -> UnaryBehavior:
+        async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
+            token = bearer_token(metadata)
+            if token is None and not optional:
+                raise Unauthenticated(
+                    "TOKEN_MISSING",
+                    "missing access token: send the metadata 'authorization: Bearer <token>'",
+                )
+            principal = None if token is None else await self._auth.authenticate(token)
+            reset = _principal.set(principal)
+            try:
+                return await inner(request, context)
+            finally:
+                _principal.reset(reset)
+
+        return behavior
+
+
+def bearer_token(metadata: Sequence[Any]) -> str | None:
+    """The token of the single `authorization: Bearer` entry, None when there is none."""
+    values = [entry.value for entry in metadata if entry.key == "authorization"]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _malformed("send exactly one authorization entry")
+    value = values[0]
+    if not isinstance(value, str) or len(value) > MAX_AUTHORIZATION_LENGTH:
+        raise _malformed("authorization value is not a bearer token")
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _malformed("authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+def _malformed(message: str) -> Unauthenticated:
+    return Unauthenticated("TOKEN_MALFORMED", message)
+
+
+async def _refuse_streaming(_request: object, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "streaming calls cannot authenticate")
+
+
+def authenticated(
+    method: Callable[[_S, _Req, grpc.aio.ServicerContext, Principal], Awaitable[_Resp]],
+) -> Callable[[_S, _Req, grpc.aio.ServicerContext], Awaitable[_Resp]]:
+    """Give a servicer method the authenticated caller as its `principal` argument."""
+
+    @functools.wraps(method)
+    async def handler(self: _S, request: _Req, context: grpc.aio.ServicerContext) -> _Resp:
+        principal = _principal.get()
+        if principal is None:  # the interceptor was not installed: refuse rather than guess
+            raise Unauthenticated("TOKEN_MISSING", "this method needs an access token")
+        return await method(self, request, context, principal)
+
+    return handler
+
+
+def optionally_authenticated(
+    method: Callable[[_S, _Req, grpc.aio.ServicerContext, Principal | None], Awaitable[_Resp]],
+) -> Callable[[_S, _Req, grpc.aio.ServicerContext], Awaitable[_Resp]]:
+    """Give a servicer method the caller, or None for an anonymous call."""
+
+    @functools.wraps(method)
+    async def handler(self: _S, request: _Req, context: grpc.aio.ServicerContext) -> _Resp:
+        return await method(self, request, context, _principal.get())
+
+    return handler

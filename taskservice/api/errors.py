@@ -1,0 +1,123 @@
+"""The one mapping from domain errors to gRPC status codes with rich details (AIP-193).
+
+Every error carries a `google.rpc.ErrorInfo` (stable `reason`, domain `taskservice`); validation
+errors add one `google.rpc.BadRequest` naming every offending field. Anything that is not a domain
+error is a bug: it is logged once with its traceback and a request id, and the caller gets INTERNAL
+with a generic message and that id, nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from taskservice import errors
+from taskservice.api.handlers import UnaryBehavior, wrap_unary_unary
+
+logger = logging.getLogger(__name__)
+
+#: ErrorInfo.domain of every error this service raises.
+ERROR_DOMAIN = "taskservice"
+
+_CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_code(error: errors.DomainError) -> grpc.StatusCode:
+    """The gRPC code for a domain error (INTERNAL for an unmapped kind, which is a bug)."""
+    for kind in type(error).__mro__:
+        if kind in _CODES:
+            return _CODES[kind]
+    return grpc.StatusCode.INTERNAL
+
+
+def rich_status(
+    code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str] | None = None
+) -> status_pb2.Status:
+    """A google.rpc.Status carrying an ErrorInfo."""
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+    status.details.append(_pack(info))
+    return status
+
+
+def to_status(error: errors.DomainError) -> status_pb2.Status:
+    """The full rich status of a domain error."""
+    status = rich_status(status_code(error), error.message, error.reason)
+    if isinstance(error, errors.InvalidArgument):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=violation.field, description=violation.description
+                )
+                for violation in error.violations
+            ]
+        )
+        status.details.append(_pack(bad_request))
+    return status
+
+
+async def abort_with_status(context: grpc.aio.ServicerContext, status: status_pb2.Status) -> None:
+    """End the call with `status`, its details in the `grpc-status-details-bin` trailer."""
+    grpc_status = rpc_status.to_status(status)
+    await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns exceptions escaping a unary handler into statuses; installed outermost."""
+
+    async def intercept_service(
+        self,
+        continuation: object,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """Wrap the method's handler so its exceptions become statuses."""
+        handler = await continuation(handler_call_details)  # type: ignore[operator]
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        return wrap_unary_unary(handler, lambda inner: _mapping_errors(inner, method))
+
+
+def _mapping_errors(inner: UnaryBehavior, method: str) -> UnaryBehavior:
+    async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
+        try:
+            return await inner(request, context)
+        except errors.DomainError as error:
+            await abort_with_status(context, to_status(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            request_id = uuid.uuid4().hex
+            logger.exception("unhandled error in %s (request id %s)", method, request_id)
+            await abort_with_status(
+                context,
+                rich_status(
+                    grpc.StatusCode.INTERNAL,
+                    f"internal error (request id {request_id})",
+                    "INTERNAL",
+                    {"request_id": request_id},
+                ),
+            )
+        return None  # not reached: abort raises
+
+    return behavior

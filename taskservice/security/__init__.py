@@ -1,0 +1,1 @@
+"""Credentials: bcrypt password hashing off the event loop, and JWT access tokens."""

@@ -1,0 +1,67 @@
+"""bcrypt password hashing, run in worker threads so the event loop keeps serving.
+
+bcrypt releases the GIL while it works, so a small dedicated pool hashes in parallel on every core
+without starving the default executor. bcrypt only reads the first 72 bytes of a password: longer
+ones are refused when set (see `taskservice.services.auth`) and simply fail to match when checked,
+never truncated, and never the ValueError bcrypt 5 raises for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import bcrypt
+
+_T = TypeVar("_T")
+
+#: bcrypt's input limit, in bytes.
+BCRYPT_MAX_PASSWORD_BYTES = 72
+
+
+class PasswordHasher:
+    """Hashes and verifies passwords at a fixed bcrypt cost on a private thread pool."""
+
+    def __init__(self, rounds: int, threads: int | None = None) -> None:
+        self.rounds = rounds
+        self._executor = ThreadPoolExecutor(
+            max_workers=threads or os.cpu_count() or 2, thread_name_prefix="bcrypt"
+        )
+        # A real hash at the same cost: checking an unknown email against it takes as long as
+        # checking a real user's password, so timing does not tell which emails exist.
+        self._dummy_hash = bcrypt.hashpw(b"dummy password", bcrypt.gensalt(rounds))
+
+    async def hash(self, password: str) -> str:
+        """Hash a password already checked to fit bcrypt's 72-byte limit."""
+        encoded = password.encode()
+        if len(encoded) > BCRYPT_MAX_PASSWORD_BYTES:
+            raise ValueError("password longer than 72 bytes")
+        salt = bcrypt.gensalt(self.rounds)
+        digest = await self._run(bcrypt.hashpw, encoded, salt)
+        return digest.decode()
+
+    async def verify(self, password: str, password_hash: str | None) -> bool:
+        """Check a password in constant time; a None hash (unknown user) checks a dummy instead.
+
+        Always does one full bcrypt computation, whatever the input, so every failure costs the
+        same as a success.
+        """
+        encoded = password.encode()
+        too_long = len(encoded) > BCRYPT_MAX_PASSWORD_BYTES
+        target = self._dummy_hash if password_hash is None else password_hash.encode()
+        candidate = encoded[:BCRYPT_MAX_PASSWORD_BYTES] if too_long else encoded
+        try:
+            matches = await self._run(bcrypt.checkpw, candidate, target)
+        except ValueError:  # a corrupt stored hash is a failed check, not a crash
+            return False
+        return matches and password_hash is not None and not too_long
+
+    async def _run(self, function: Callable[..., _T], *args: object) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    def close(self) -> None:
+        """Stop the worker threads once pending hashes are done."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

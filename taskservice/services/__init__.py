@@ -1,0 +1,1 @@
+"""Business rules: who may do what, validation, transactions. No gRPC here."""

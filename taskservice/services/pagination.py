@@ -1,0 +1,78 @@
+"""Page sizes and opaque keyset page tokens.
+
+A token names the last row a page returned (the key the next query seeks past) and the scope it
+was issued for (list kind, caller, filters), sealed with an HMAC so clients can neither forge nor
+edit it. It grants nothing by itself: the caller is authorised again on every page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+
+from taskservice.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+#: Longest page token accepted, in characters; ours are far shorter.
+MAX_PAGE_TOKEN_LENGTH = 1024
+_MAC_BYTES = 16
+
+
+def page_size(requested: int) -> int:
+    """0 means the default; above the maximum is clamped; negative is refused."""
+    if requested < 0:
+        raise InvalidArgument.field("page_size", "must not be negative")
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE
+    return min(requested, MAX_PAGE_SIZE)
+
+
+class PageTokens:
+    """Seals and opens page tokens with a server-side key."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def seal(self, scope: Mapping[str, object], after: int) -> str:
+        """A token for the page after key `after`, valid only for `scope`."""
+        body = json.dumps({"s": scope, "a": after}, separators=(",", ":"), sort_keys=True).encode()
+        return f"{_b64(body)}.{_b64(self._mac(body))}"
+
+    def open(self, token: str, scope: Mapping[str, object]) -> int | None:
+        """The key to seek past, or None for an empty token (the first page)."""
+        if not token:
+            return None
+        invalid = InvalidArgument.field(
+            "page_token", "not a page token this server issued for this request"
+        )
+        if len(token) > MAX_PAGE_TOKEN_LENGTH or token.count(".") != 1:
+            raise invalid
+        body_text, mac_text = token.split(".")
+        try:
+            body, mac = _unb64(body_text), _unb64(mac_text)
+        except ValueError:
+            raise invalid from None
+        if not hmac.compare_digest(mac, self._mac(body)):
+            raise invalid
+        payload = json.loads(body)
+        if payload.get("s") != json.loads(json.dumps(scope)) or type(payload.get("a")) is not int:
+            raise invalid
+        return int(payload["a"])
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(str(exc)) from None

@@ -1,0 +1,219 @@
+"""Reading and managing users: every method but `get_me` is for administrators."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskservice.db.engine import Database
+from taskservice.db.models import User
+from taskservice.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
+from taskservice.security.passwords import PasswordHasher
+from taskservice.services.pagination import PageTokens, page_size
+from taskservice.services.principal import Principal
+from taskservice.services.validation import (
+    email_violation,
+    new_password_violation,
+    raise_if,
+    require_id,
+)
+
+#: Fields UpdateUser may change.
+UPDATABLE_USER_FIELDS = frozenset({"email", "is_active", "is_admin"})
+#: Fields that exist on a User but are never written by clients.
+READ_ONLY_USER_FIELDS = frozenset({"id", "create_time", "update_time"})
+
+
+@dataclass(frozen=True)
+class UserChanges:
+    """The fields an update names (`paths`) and their requested values."""
+
+    paths: frozenset[str]
+    email: str = ""
+    is_active: bool = False
+    is_admin: bool = False
+
+
+@dataclass(frozen=True)
+class UserPage:
+    """One page of users and the token for the next (empty on the last page)."""
+
+    users: list[User]
+    next_page_token: str
+
+
+class UserService:
+    """User administration."""
+
+    def __init__(self, database: Database, page_tokens: PageTokens) -> None:
+        self._db = database
+        self._page_tokens = page_tokens
+
+    async def get_me(self, caller: Principal) -> User:
+        """The caller's own user."""
+        return await self._get(caller.user_id)
+
+    async def get_user(self, caller: Principal, user_id: int) -> User:
+        """Any user, for an admin."""
+        caller.require_admin()
+        require_id("id", user_id)
+        return await self._get(user_id)
+
+    async def list_users(self, caller: Principal, requested_size: int, token: str) -> UserPage:
+        """Users oldest first, by keyset on id."""
+        caller.require_admin()
+        size = page_size(requested_size)
+        scope = {"list": "users"}
+        after = self._page_tokens.open(token, scope)
+        query = select(User).order_by(User.id).limit(size + 1)
+        if after is not None:
+            query = query.where(User.id > after)
+        async with self._db.read() as session:
+            users = list((await session.scalars(query)).all())
+        next_token = ""
+        if len(users) > size:
+            users = users[:size]
+            next_token = self._page_tokens.seal(scope, users[-1].id)
+        return UserPage(users, next_token)
+
+    async def update_user(self, caller: Principal, user_id: int, changes: UserChanges) -> User:
+        """Change the fields in `changes.paths`; demotion and deactivation revoke tokens."""
+        caller.require_admin()
+        require_id("user.id", user_id)
+        email = _check_changes(changes)
+        if user_id == caller.user_id and (
+            ("is_active" in changes.paths and not changes.is_active)
+            or ("is_admin" in changes.paths and not changes.is_admin)
+        ):
+            raise FailedPrecondition(
+                "SELF_LOCKOUT", "administrators cannot deactivate or demote themselves"
+            )
+        try:
+            async with self._db.write() as session:
+                may_remove_admin = ("is_admin" in changes.paths and not changes.is_admin) or (
+                    "is_active" in changes.paths and not changes.is_active
+                )
+                admins = await _lock_active_admins(session) if may_remove_admin else []
+                user = await session.get(User, user_id, with_for_update=True)
+                if user is None:
+                    raise _user_not_found()
+                if may_remove_admin and user.is_admin and user.is_active:
+                    _ensure_another_admin(admins, user_id)
+                if email is not None and email != user.email:
+                    if await session.scalar(select(User.id).where(User.email == email)):
+                        raise email_taken()
+                    user.email = email
+                revokes = False
+                if "is_active" in changes.paths:
+                    revokes |= user.is_active and not changes.is_active
+                    user.is_active = changes.is_active
+                if "is_admin" in changes.paths:
+                    revokes |= user.is_admin and not changes.is_admin
+                    user.is_admin = changes.is_admin
+                if revokes:
+                    user.token_version += 1
+        except IntegrityError:  # a concurrent change took the email first
+            raise email_taken() from None
+        return user
+
+    async def delete_user(self, caller: Principal, user_id: int) -> None:
+        """Delete a user and their tasks in one transaction (the foreign key cascades)."""
+        caller.require_admin()
+        require_id("id", user_id)
+        if user_id == caller.user_id:
+            raise FailedPrecondition("SELF_LOCKOUT", "administrators cannot delete themselves")
+        async with self._db.write() as session:
+            admins = await _lock_active_admins(session)
+            user = await session.get(User, user_id, with_for_update=True)
+            if user is None:
+                raise _user_not_found()
+            if user.is_admin and user.is_active:
+                _ensure_another_admin(admins, user_id)
+            await session.execute(delete(User).where(User.id == user_id))
+
+    async def _get(self, user_id: int) -> User:
+        async with self._db.read() as session:
+            user = await session.get(User, user_id)
+        if user is None:
+            raise _user_not_found()
+        return user
+
+
+def _check_changes(changes: UserChanges) -> str | None:
+    """Validate the update mask and the values it names; return the normalised new email."""
+    violations: list[FieldViolation | None] = []
+    if not changes.paths:
+        violations.append(FieldViolation("update_mask", "must name at least one field"))
+    for path in sorted(changes.paths - UPDATABLE_USER_FIELDS):
+        why = "is read-only" if path in READ_ONLY_USER_FIELDS else "is not a field of User"
+        violations.append(
+            FieldViolation(
+                "update_mask",
+                f"path {path!r} {why}; allowed: {', '.join(sorted(UPDATABLE_USER_FIELDS))}",
+            )
+        )
+    email = None
+    if "email" in changes.paths:
+        email, bad_email = email_violation("user.email", changes.email)
+        violations.append(bad_email)
+    raise_if(*violations)
+    return email
+
+
+async def _lock_active_admins(session: AsyncSession) -> list[int]:
+    """Lock the active admins' rows, in id order, before any change that may remove one.
+
+    Taking these locks first and in one order means two admins demoting each other at once
+    queue (PostgreSQL) instead of deadlocking, and the second sees the first's change. SQLite
+    serialises writers anyway (BEGIN IMMEDIATE).
+    """
+    query = select(User.id).where(User.is_admin, User.is_active).order_by(User.id)
+    return list((await session.scalars(query.with_for_update())).all())
+
+
+def _ensure_another_admin(active_admins: list[int], user_id: int) -> None:
+    """Keep at least one active admin besides `user_id`."""
+    if not any(admin_id != user_id for admin_id in active_admins):
+        raise FailedPrecondition("LAST_ADMIN", "the last active administrator cannot be removed")
+
+
+def _user_not_found() -> NotFound:
+    return NotFound("USER_NOT_FOUND", "no user has this id")
+
+
+def email_taken() -> AlreadyExists:
+    """The error for an email another user already has."""
+    return AlreadyExists("EMAIL_TAKEN", "a user with this email already exists")
+
+
+async def ensure_admin(
+    database: Database, hasher: PasswordHasher, email: str, read_password: Callable[[], str]
+) -> tuple[User, bool]:
+    """Make `email` an active admin: promote an existing user, or create one.
+
+    `read_password` is called only when the user has to be created. Returns the user and whether
+    it was created. This is how the first admin comes to exist (`taskservice create-admin`).
+    """
+    normalized, bad_email = email_violation("email", email)
+    raise_if(bad_email)
+    async with database.write() as session:
+        user = await session.scalar(select(User).where(User.email == normalized))
+        if user is not None:
+            user.is_admin = True
+            user.is_active = True
+            return user, False
+    password = read_password()
+    raise_if(new_password_violation("password", password))
+    user = User(
+        email=normalized, password_hash=await hasher.hash(password), is_admin=True, is_active=True
+    )
+    try:
+        async with database.write() as session:
+            session.add(user)
+    except IntegrityError:
+        raise email_taken() from None
+    return user, True
