@@ -53,6 +53,7 @@ def _create_admin(args: argparse.Namespace) -> int:
     from taskservice.db.engine import Database, create_engine
     from taskservice.errors import DomainError
     from taskservice.security.passwords import PasswordHasher
+    from taskservice.services.auth_state import AuthStateStore
     from taskservice.services.users import ensure_admin
 
     settings = _settings(require_signing_key=False)
@@ -69,7 +70,10 @@ def _create_admin(args: argparse.Namespace) -> int:
         engine = create_engine(settings)
         hasher = PasswordHasher(settings.bcrypt_rounds, threads=1)
         try:
-            user, created = await ensure_admin(Database(engine), hasher, args.email, read_password)
+            database = Database(engine)
+            user, created = await ensure_admin(
+                database, hasher, AuthStateStore(database), args.email, read_password
+            )
         finally:
             hasher.close()
             await engine.dispose()

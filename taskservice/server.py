@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskservice.api.auth_servicer import AuthServicer
 from taskservice.api.authentication import AuthInterceptor
@@ -64,13 +63,15 @@ class Application:
 
     settings: Settings
     server: grpc.aio.Server
-    engine: AsyncEngine
+    database: Database
+    auth_states: AuthStateStore
     health: health.aio.HealthServicer
     hasher: PasswordHasher
     port: int
 
     async def start(self) -> None:
         """Start accepting calls, then report SERVING once everything is ready."""
+        await self.auth_states.start()
         await self.server.start()
         for name in HEALTH_NAMES:
             await self.health.set(name, _SERVING)
@@ -88,7 +89,8 @@ class Application:
         """
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        await self.engine.dispose()
+        await self.auth_states.stop()
+        await self.database.engine.dispose()
         self.hasher.close()
 
 
@@ -101,8 +103,9 @@ async def build_server(settings: Settings) -> Application:
     engine = create_engine(settings)
     database = Database(engine)
     hasher = PasswordHasher(settings.bcrypt_rounds)
-    auth = AuthService(database, hasher, tokens, AuthStateStore(database))
-    users = UserService(database, PageTokens(tokens.derive_key(b"page-tokens")))
+    auth_states = AuthStateStore(database)
+    auth = AuthService(database, hasher, tokens, auth_states)
+    users = UserService(database, PageTokens(tokens.derive_key(b"page-tokens")), auth_states)
 
     server = grpc.aio.server(
         # Outermost first: errors are mapped around everything, including authentication.
@@ -138,7 +141,7 @@ async def build_server(settings: Settings) -> Application:
         await engine.dispose()
         hasher.close()
         raise RuntimeError(f"cannot listen on {address}: is the port already in use?") from None
-    return Application(settings, server, engine, health_servicer, hasher, port)
+    return Application(settings, server, database, auth_states, health_servicer, hasher, port)
 
 
 async def run(settings: Settings) -> None:

@@ -11,7 +11,6 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from taskservice.db.engine import Database
 from taskservice.server import Application
 from taskservice.services.users import ensure_admin
 from taskservice.v1 import auth_service_pb2, user_pb2
@@ -55,7 +54,7 @@ async def register(stubs: Stubs, email: str | None = None, password: str = PASSW
 async def make_admin(app: Application, stubs: Stubs, email: str | None = None) -> Account:
     """Bootstrap an admin the way `taskservice create-admin` does, then log in as them."""
     email = email or unique_email("admin")
-    await ensure_admin(Database(app.engine), app.hasher, email, lambda: PASSWORD)
+    await ensure_admin(app.database, app.hasher, app.auth_states, email, lambda: PASSWORD)
     response = await stubs.auth.Login(auth_service_pb2.LoginRequest(email=email, password=PASSWORD))
     return Account(response.user, response.access_token)
 

@@ -128,6 +128,8 @@ class AuthService:
             user.password_hash = password_hash
             user.token_version += 1
             version = user.token_version
+            await self._states.announce(session, caller.user_id)
+        self._states.forget(caller.user_id)
         return self._tokens.issue(caller.user_id, version)
 
 

@@ -1,18 +1,35 @@
 """The current authorisation state of users, as every authenticated call needs it.
 
 A token stays valid only while its user exists, is active, and still has the credential generation
-(`token_version`) the token was issued at. This store answers that per call. It reads the row
-through the primary key: one indexed lookup, no joins.
+(`token_version`) the token was issued at. Reading that row costs about a millisecond per call, so
+on PostgreSQL it is cached in-process and invalidated across processes: every transaction that
+changes a user's state also sends `NOTIFY auth_state_changed, '<user id>'`, delivered to every
+process at commit, and the process that made the change forgets its own entry right after commit.
+
+The cache is used only while the LISTEN connection is up (see `PgListener`); while it is down, and
+always on SQLite (no cross-process channel), every call reads the row. Reads race with changes
+safely: an entry read before an invalidation is never stored after it (a generation counter).
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskservice.db.engine import Database
 from taskservice.db.models import User
+from taskservice.db.notifications import PgListener
+
+#: NOTIFY channel carrying the ids of users whose authorisation state changed.
+CHANNEL = "auth_state_changed"
+#: Entries kept at most; the least recently used go first.
+CACHE_SIZE = 10_000
+#: Seconds an entry is trusted even without a notification: a bound on any missed hint.
+CACHE_TTL_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -25,14 +42,70 @@ class AuthState:
 
 
 class AuthStateStore:
-    """Reads users' authorisation state."""
+    """Reads users' authorisation state, through a cache kept honest by notifications."""
 
     def __init__(self, database: Database) -> None:
-        self._db = database
+        self._database = database
+        self._notifies = database.engine.dialect.name == "postgresql"
+        self._cache: OrderedDict[int, tuple[float, AuthState]] = OrderedDict()
+        self._generation = 0
+        self._listener: PgListener | None = None
+        if self._notifies:
+            self._listener = PgListener(
+                database.engine.url, CHANNEL, self._on_notification, self.forget_all
+            )
+
+    @property
+    def caching(self) -> bool:
+        """Whether entries are cached now: only while change notifications can reach us."""
+        return self._listener is not None and self._listener.connected
+
+    async def start(self) -> None:
+        """Start listening for changes made by any process."""
+        if self._listener is not None:
+            await self._listener.start()
+
+    async def stop(self) -> None:
+        """Stop listening; the cache is dropped."""
+        if self._listener is not None:
+            await self._listener.stop()
 
     async def get(self, user_id: int) -> AuthState | None:
         """The user's state, or None when the user does not exist."""
+        caching = self.caching
+        if caching:
+            entry = self._cache.get(user_id)
+            if entry is not None and entry[0] > time.monotonic():
+                self._cache.move_to_end(user_id)
+                return entry[1]
+        generation = self._generation
         query = select(User.is_active, User.is_admin, User.token_version).where(User.id == user_id)
-        async with self._db.read() as session:
+        async with self._database.read() as session:
             row = (await session.execute(query)).one_or_none()
-        return None if row is None else AuthState(*row)
+        state = None if row is None else AuthState(*row)
+        if state is not None and caching and generation == self._generation:
+            self._cache[user_id] = (time.monotonic() + CACHE_TTL_SECONDS, state)
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return state
+
+    async def announce(self, session: AsyncSession, user_id: int) -> None:
+        """Within a transaction that changes a user's state: tell every process at commit."""
+        if self._notifies:
+            await session.execute(select(func.pg_notify(CHANNEL, str(user_id))))
+
+    def forget(self, user_id: int) -> None:
+        """Drop one entry (call after the changing transaction committed)."""
+        self._generation += 1
+        self._cache.pop(user_id, None)
+
+    def forget_all(self) -> None:
+        """Drop every entry, e.g. when notifications may have been missed."""
+        self._generation += 1
+        self._cache.clear()
+
+    def _on_notification(self, payload: str) -> None:
+        if payload.isdigit():
+            self.forget(int(payload))
+        else:
+            self.forget_all()

@@ -13,6 +13,7 @@ from taskservice.db.engine import Database
 from taskservice.db.models import User
 from taskservice.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
 from taskservice.security.passwords import PasswordHasher
+from taskservice.services.auth_state import AuthStateStore
 from taskservice.services.pagination import PageTokens, page_size
 from taskservice.services.principal import Principal
 from taskservice.services.validation import (
@@ -49,9 +50,10 @@ class UserPage:
 class UserService:
     """User administration."""
 
-    def __init__(self, database: Database, page_tokens: PageTokens) -> None:
+    def __init__(self, database: Database, page_tokens: PageTokens, states: AuthStateStore) -> None:
         self._db = database
         self._page_tokens = page_tokens
+        self._states = states
 
     async def get_me(self, caller: Principal) -> User:
         """The caller's own user."""
@@ -116,8 +118,11 @@ class UserService:
                     user.is_admin = changes.is_admin
                 if revokes:
                     user.token_version += 1
+                if changes.paths & {"is_active", "is_admin"}:
+                    await self._states.announce(session, user_id)
         except IntegrityError:  # a concurrent change took the email first
             raise email_taken() from None
+        self._states.forget(user_id)
         return user
 
     async def delete_user(self, caller: Principal, user_id: int) -> None:
@@ -134,6 +139,8 @@ class UserService:
             if user.is_admin and user.is_active:
                 _ensure_another_admin(admins, user_id)
             await session.execute(delete(User).where(User.id == user_id))
+            await self._states.announce(session, user_id)
+        self._states.forget(user_id)
 
     async def _get(self, user_id: int) -> User:
         async with self._db.read() as session:
@@ -191,7 +198,11 @@ def email_taken() -> AlreadyExists:
 
 
 async def ensure_admin(
-    database: Database, hasher: PasswordHasher, email: str, read_password: Callable[[], str]
+    database: Database,
+    hasher: PasswordHasher,
+    states: AuthStateStore,
+    email: str,
+    read_password: Callable[[], str],
 ) -> tuple[User, bool]:
     """Make `email` an active admin: promote an existing user, or create one.
 
@@ -205,6 +216,7 @@ async def ensure_admin(
         if user is not None:
             user.is_admin = True
             user.is_active = True
+            await states.announce(session, user.id)
             return user, False
     password = read_password()
     raise_if(new_password_violation("password", password))

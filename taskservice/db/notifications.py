@@ -1,0 +1,96 @@
+"""PostgreSQL LISTEN on a dedicated connection, watched so that its loss is never silent.
+
+Notifications are hints: a listener on a pooled connection would vanish when the connection went
+back to the pool, and none are replayed after a reconnect. So this listener owns its connection,
+checks it every few seconds, reports `connected` truthfully, and calls `on_reset` whenever it
+(re)connects or drops, so users of the hints can forget whatever they might have missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import asyncpg
+from sqlalchemy.engine import URL
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between liveness checks of the listening connection.
+CHECK_INTERVAL_SECONDS = 5.0
+#: Longest wait between reconnection attempts, in seconds.
+MAX_BACKOFF_SECONDS = 10.0
+
+
+class PgListener:
+    """Listens on one channel and hands each payload to `on_message`."""
+
+    def __init__(
+        self,
+        url: URL,
+        channel: str,
+        on_message: Callable[[str], None],
+        on_reset: Callable[[], None],
+    ) -> None:
+        self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._channel = channel
+        self._on_message = on_message
+        self._on_reset = on_reset
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self.connected = False
+
+    async def start(self, wait_seconds: float = 5.0) -> None:
+        """Start listening in the background; wait briefly for the first connection."""
+        self._task = asyncio.create_task(self._run(), name=f"listen:{self._channel}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), wait_seconds)
+
+    async def stop(self) -> None:
+        """Stop listening and close the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            connection = None
+            try:
+                connection = await asyncpg.connect(self._dsn, timeout=5)
+                lost = asyncio.Event()
+                connection.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await connection.add_listener(self._channel, self._deliver)
+                self._set_connected(True)
+                backoff = 0.5
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), CHECK_INTERVAL_SECONDS)
+                    if not lost.is_set():
+                        await connection.execute("SELECT 1", timeout=CHECK_INTERVAL_SECONDS)
+                logger.warning("lost the LISTEN connection for %s; reconnecting", self._channel)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                logger.warning("LISTEN %s unavailable (%s); retrying", self._channel, exc)
+            finally:
+                self._set_connected(False)
+                if connection is not None and not connection.is_closed():
+                    connection.terminate()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _deliver(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        self._on_message(payload)
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected == self.connected:
+            return
+        self.connected = connected
+        if connected:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        self._on_reset()

@@ -1,0 +1,128 @@
+"""The per-call authorisation state: cached on PostgreSQL, invalidated across processes.
+
+Two servers on one PostgreSQL database stand in for two replicas (or workers): a change made
+through one must reach the other's cache through NOTIFY, and a lost LISTEN connection must turn
+the cache off rather than let it go stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import grpc
+import pytest
+
+from taskservice.server import Application, build_server
+from taskservice.v1 import user_service_pb2 as pb
+from tests.conftest import PG_ADMIN_DSN, Stubs, make_settings, stubs_for
+from tests.helpers import make_admin, register
+
+#: Bound on how long a notification may take to reach another process on this machine.
+PROPAGATION_SECONDS = 5.0
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], seconds: float) -> float:
+    """Poll `check` until it holds; return how long that took, or fail after `seconds`."""
+    started = time.perf_counter()
+    while not await check():
+        if time.perf_counter() - started > seconds:
+            pytest.fail(f"condition not met within {seconds}s")
+        await asyncio.sleep(0.01)
+    return time.perf_counter() - started
+
+
+@pytest.fixture
+async def replicas(pg_database_url: str) -> AsyncIterator[tuple[Application, Application]]:
+    """Two servers sharing one PostgreSQL database, as two replicas would."""
+    apps = [await build_server(make_settings(pg_database_url)) for _ in range(2)]
+    for application in apps:
+        await application.start()
+    yield apps[0], apps[1]
+    for application in apps:
+        await application.stop(grace=None)
+
+
+async def _refused(stubs: Stubs, metadata: tuple[tuple[str, str]]) -> bool:
+    try:
+        await stubs.users.GetMe(pb.GetMeRequest(), metadata=metadata)
+    except grpc.aio.AioRpcError as error:
+        return error.code() == grpc.StatusCode.UNAUTHENTICATED
+    return False
+
+
+async def test_a_deactivation_on_one_replica_reaches_the_others_cache(
+    replicas: tuple[Application, Application],
+) -> None:
+    first, second = replicas
+    assert first.auth_states.caching
+    assert second.auth_states.caching
+    async with stubs_for(first) as via_first, stubs_for(second) as via_second:
+        admin = await make_admin(first, via_first)
+        member = await register(via_first)
+        await via_second.users.GetMe(pb.GetMeRequest(), metadata=member.metadata)  # now cached
+        await via_first.users.UpdateUser(
+            pb.UpdateUserRequest(
+                user={"id": member.user.id, "is_active": False},
+                update_mask={"paths": ["is_active"]},
+            ),
+            metadata=admin.metadata,
+        )
+        await _eventually(lambda: _refused(via_second, member.metadata), PROPAGATION_SECONDS)
+
+
+async def test_a_promotion_on_one_replica_reaches_the_others_cache(
+    replicas: tuple[Application, Application],
+) -> None:
+    first, second = replicas
+    async with stubs_for(first) as via_first, stubs_for(second) as via_second:
+        admin = await make_admin(first, via_first)
+        member = await register(via_first)
+        with pytest.raises(grpc.aio.AioRpcError):  # cached as a regular user on the second
+            await via_second.users.ListUsers(pb.ListUsersRequest(), metadata=member.metadata)
+        await via_first.users.UpdateUser(
+            pb.UpdateUserRequest(
+                user={"id": member.user.id, "is_admin": True}, update_mask={"paths": ["is_admin"]}
+            ),
+            metadata=admin.metadata,
+        )
+
+        async def lists() -> bool:
+            try:
+                await via_second.users.ListUsers(pb.ListUsersRequest(), metadata=member.metadata)
+            except grpc.aio.AioRpcError:
+                return False
+            return True
+
+        await _eventually(lists, PROPAGATION_SECONDS)
+
+
+async def test_losing_the_listen_connection_turns_the_cache_off_until_it_is_back(
+    app: Application,
+) -> None:
+    if app.database.engine.dialect.name != "postgresql":
+        assert not app.auth_states.caching  # SQLite has no cross-process channel: never cache
+        return
+    assert app.auth_states.caching
+    database = app.database.engine.url.database
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = $1 AND query LIKE 'LISTEN%'",
+            database,
+        )
+    finally:
+        await admin.close()
+    assert killed == 1
+
+    async def cache_off() -> bool:
+        return not app.auth_states.caching
+
+    async def cache_on() -> bool:
+        return app.auth_states.caching
+
+    await _eventually(cache_off, PROPAGATION_SECONDS)
+    await _eventually(cache_on, 15.0)
