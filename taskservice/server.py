@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from taskservice.api.auth_servicer import AuthServicer
 from taskservice.api.authentication import AuthInterceptor
 from taskservice.api.errors import ErrorInterceptor
+from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
 from taskservice.config import Settings
 from taskservice.db.engine import Database, create_engine
@@ -27,6 +28,7 @@ from taskservice.security.tokens import TokenCodec
 from taskservice.services.auth import AuthService
 from taskservice.services.auth_state import AuthStateStore
 from taskservice.services.pagination import PageTokens
+from taskservice.services.tasks import TaskService
 from taskservice.services.users import UserService
 from taskservice.v1 import (
     auth_service_pb2,
@@ -105,7 +107,9 @@ async def build_server(settings: Settings) -> Application:
     hasher = PasswordHasher(settings.bcrypt_rounds)
     auth_states = AuthStateStore(database)
     auth = AuthService(database, hasher, tokens, auth_states)
-    users = UserService(database, PageTokens(tokens.derive_key(b"page-tokens")), auth_states)
+    page_tokens = PageTokens(tokens.derive_key(b"page-tokens"))
+    users = UserService(database, page_tokens, auth_states)
+    tasks = TaskService(database, page_tokens)
 
     server = grpc.aio.server(
         # Outermost first: errors are mapped around everything, including authentication.
@@ -122,9 +126,7 @@ async def build_server(settings: Settings) -> Application:
 
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
     user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(users), server)
-    task_service_pb2_grpc.add_TaskServiceServicer_to_server(
-        task_service_pb2_grpc.TaskServiceServicer(), server
-    )
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), server)
     reflection.enable_server_reflection(
         (
             *SERVICE_NAMES,

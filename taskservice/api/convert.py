@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from taskservice.db.models import User
+from taskservice.db.models import Task, TaskStatus, User
+from taskservice.errors import InvalidArgument
 from taskservice.security.tokens import IssuedToken
-from taskservice.v1 import user_pb2
+from taskservice.services.tasks import TaskValues, etag
+from taskservice.v1 import task_pb2, user_pb2
+
+_STATUS_TO_PROTO = {
+    TaskStatus.TODO: task_pb2.TASK_STATUS_TODO,
+    TaskStatus.IN_PROGRESS: task_pb2.TASK_STATUS_IN_PROGRESS,
+    TaskStatus.DONE: task_pb2.TASK_STATUS_DONE,
+}
+_STATUS_FROM_PROTO = {number: status for status, number in _STATUS_TO_PROTO.items()}
 
 
 def timestamp(value: datetime) -> Timestamp:
@@ -37,3 +46,45 @@ def token_fields(token: IssuedToken) -> dict[str, object]:
         "token_type": token.token_type,
         "expires_in": token.expires_in,
     }
+
+
+def status_from_proto(number: int, field: str) -> TaskStatus | None:
+    """A proto TaskStatus as the domain's, None for UNSPECIFIED; unknown numbers are invalid."""
+    if number == task_pb2.TASK_STATUS_UNSPECIFIED:
+        return None
+    if number not in _STATUS_FROM_PROTO:
+        raise InvalidArgument.field(field, f"unknown status {number}")
+    return _STATUS_FROM_PROTO[number]
+
+
+def task_values(task: task_pb2.Task) -> TaskValues:
+    """The writable fields of a Task message."""
+    due_time = None
+    if task.HasField("due_time"):
+        try:
+            due_time = task.due_time.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError):
+            raise InvalidArgument.field("task.due_time", "not a representable time") from None
+    return TaskValues(
+        title=task.title,
+        description=task.description,
+        status=status_from_proto(task.status, "task.status"),
+        due_time=due_time,
+    )
+
+
+def task_to_proto(task: Task) -> task_pb2.Task:
+    """A task as clients see it, with its etag."""
+    message = task_pb2.Task(
+        id=task.id,
+        title=task.title,
+        description=task.description,
+        status=_STATUS_TO_PROTO[task.status],
+        owner_id=task.owner_id,
+        create_time=timestamp(task.create_time),
+        update_time=timestamp(task.update_time),
+        etag=etag(task),
+    )
+    if task.due_time is not None:
+        message.due_time.CopyFrom(timestamp(task.due_time))
+    return message

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
 )
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from taskservice.db.types import BigIntId, UTCDateTime, utcnow
@@ -35,6 +36,11 @@ EMAIL_MAX_LENGTH = 254
 TITLE_MAX_LENGTH = 200
 #: Longest task description.
 DESCRIPTION_MAX_LENGTH = 10_000
+
+
+def _same_as_create_time(context: DefaultExecutionContext) -> datetime:
+    """A new row was last updated when it was created: the very same instant."""
+    return context.get_current_parameters()["create_time"]
 
 
 class Base(DeclarativeBase):
@@ -70,7 +76,9 @@ class User(Base):
     # changes, the user is deactivated or loses admin rights, so older tokens stop working.
     token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    update_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    update_time: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=_same_as_create_time, onupdate=utcnow
+    )
 
     tasks: Mapped[list[Task]] = relationship(
         back_populates="owner", cascade="all, delete-orphan", passive_deletes=True
@@ -109,6 +117,30 @@ class Task(Base):
     due_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
     version: Mapped[int] = mapped_column(Integer, default=1)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    update_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    update_time: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=_same_as_create_time, onupdate=utcnow
+    )
 
     owner: Mapped[User] = relationship(back_populates="tasks")
+
+
+#: Longest idempotency key accepted on CreateTask.
+REQUEST_ID_MAX_LENGTH = 128
+
+
+class TaskCreateRequest(Base):
+    """An idempotency key of CreateTask (AIP-155): which task a caller's `request_id` created.
+
+    Keyed by the caller, so two users' keys never collide; removed with the task or the caller.
+    """
+
+    __tablename__ = "task_create_requests"
+
+    user_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    request_id: Mapped[str] = mapped_column(String(REQUEST_ID_MAX_LENGTH), primary_key=True)
+    task_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("tasks.id", ondelete="CASCADE"), index=True
+    )
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -109,7 +109,9 @@ class TaskServiceServicer:
         """Creates a task owned by the caller, or by `task.owner_id` when an admin sets it.
 
         With `request_id` set, the call is idempotent: a retry with the same `request_id` by the same
-        caller returns the task created the first time instead of creating another.
+        caller returns the task created the first time (as it is now) instead of creating another,
+        even when the retries run concurrently. Keys are per caller; a key is forgotten when its task
+        is deleted.
 
         Errors:
         - INVALID_ARGUMENT: the title is empty or longer than 200 characters after trimming; the
@@ -152,7 +154,10 @@ class TaskServiceServicer:
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive; `update_mask` is empty or names a path other than
-        `title`, `description`, `status` and `due_time`; or a changed field breaks its limits.
+        `title`, `description`, `status` and `due_time` (output-only paths such as `id`, `owner_id`,
+        `create_time`, `update_time` and `etag` included); a changed field breaks its limits; or
+        `status` is in the mask with TASK_STATUS_UNSPECIFIED. A `due_time` in the mask but unset in
+        `task` clears the due time.
         - NOT_FOUND: no such task, or (for a regular user) another user's task.
         - ABORTED: `task.etag` is set and is not the task's current etag; nothing changed.
         """

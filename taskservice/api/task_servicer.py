@@ -1,0 +1,87 @@
+"""TaskService over gRPC: owner-scoped task CRUD and lists."""
+
+from __future__ import annotations
+
+import grpc
+
+from taskservice.api.authentication import authenticated
+from taskservice.api.convert import status_from_proto, task_to_proto, task_values
+from taskservice.services.principal import Principal
+from taskservice.services.tasks import TaskService
+from taskservice.v1 import task_service_pb2 as pb
+from taskservice.v1 import task_service_pb2_grpc
+
+
+class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
+    """Adapts TaskService requests to the task service."""
+
+    def __init__(self, tasks: TaskService) -> None:
+        self._tasks = tasks
+
+    @authenticated
+    async def ListTasks(
+        self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> pb.ListTasksResponse:
+        """One page of tasks, newest first."""
+        page = await self._tasks.list_tasks(
+            principal,
+            request.page_size,
+            request.page_token,
+            status_from_proto(request.status, "status"),
+            request.owner_id if request.HasField("owner_id") else None,
+        )
+        return pb.ListTasksResponse(
+            tasks=[task_to_proto(task) for task in page.tasks],
+            next_page_token=page.next_page_token,
+        )
+
+    @authenticated
+    async def CreateTask(
+        self, request: pb.CreateTaskRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> pb.CreateTaskResponse:
+        """Create a task, once per request_id."""
+        task = await self._tasks.create_task(
+            principal, task_values(request.task), request.task.owner_id, request.request_id
+        )
+        return pb.CreateTaskResponse(task=task_to_proto(task))
+
+    @authenticated
+    async def GetTask(
+        self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> pb.GetTaskResponse:
+        """One task."""
+        return pb.GetTaskResponse(
+            task=task_to_proto(await self._tasks.get_task(principal, request.id))
+        )
+
+    @authenticated
+    async def UpdateTask(
+        self, request: pb.UpdateTaskRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> pb.UpdateTaskResponse:
+        """Replace a task's writable fields."""
+        task = await self._tasks.update_task(
+            principal, request.task.id, task_values(request.task), request.task.etag
+        )
+        return pb.UpdateTaskResponse(task=task_to_proto(task))
+
+    @authenticated
+    async def PatchTask(
+        self, request: pb.PatchTaskRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> pb.PatchTaskResponse:
+        """Change the fields named in the update mask."""
+        task = await self._tasks.patch_task(
+            principal,
+            request.task.id,
+            frozenset(request.update_mask.paths),
+            task_values(request.task),
+            request.task.etag,
+        )
+        return pb.PatchTaskResponse(task=task_to_proto(task))
+
+    @authenticated
+    async def DeleteTask(
+        self, request: pb.DeleteTaskRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> pb.DeleteTaskResponse:
+        """Delete a task."""
+        await self._tasks.delete_task(principal, request.id, request.etag)
+        return pb.DeleteTaskResponse()

@@ -1,0 +1,263 @@
+"""Tasks: owner-scoped CRUD, full and partial updates with etags, idempotent creation, lists.
+
+Visibility: a regular user only ever sees their own tasks. Another user's task is reported as
+NOT_FOUND with the very message of a missing task, so ids reveal nothing about other users' data.
+Writes lock the task row (PostgreSQL `FOR UPDATE`, SQLite `BEGIN IMMEDIATE`) and change only the
+columns they set, so concurrent patches of different fields both survive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskservice.db.engine import Database
+from taskservice.db.models import (
+    DESCRIPTION_MAX_LENGTH,
+    REQUEST_ID_MAX_LENGTH,
+    TITLE_MAX_LENGTH,
+    Task,
+    TaskCreateRequest,
+    TaskStatus,
+    User,
+)
+from taskservice.errors import Aborted, FieldViolation, NotFound, PermissionDenied
+from taskservice.services.pagination import PageTokens, page_size
+from taskservice.services.principal import Principal
+from taskservice.services.validation import raise_if, require_id
+
+#: Fields that UpdateTask replaces and PatchTask may name.
+WRITABLE_TASK_FIELDS = frozenset({"title", "description", "status", "due_time"})
+#: Fields of a Task that clients never write.
+READ_ONLY_TASK_FIELDS = frozenset({"id", "owner_id", "create_time", "update_time", "etag"})
+
+
+@dataclass(frozen=True)
+class TaskValues:
+    """Requested values of a task's writable fields.
+
+    `status` None means "not specified"; `title` is checked and trimmed by the service.
+    """
+
+    title: str = ""
+    description: str = ""
+    status: TaskStatus | None = None
+    due_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of tasks, newest first, and the token for the next (empty on the last)."""
+
+    tasks: list[Task]
+    next_page_token: str
+
+
+def etag(task: Task) -> str:
+    """The task's current etag: opaque to clients, new after every successful write."""
+    return f'W/"{task.id}-{task.version}"'
+
+
+class TaskService:
+    """Task rules: ownership, validation, etags, idempotency."""
+
+    def __init__(self, database: Database, page_tokens: PageTokens) -> None:
+        self._db = database
+        self._page_tokens = page_tokens
+
+    async def create_task(
+        self, caller: Principal, values: TaskValues, owner_id: int, request_id: str
+    ) -> Task:
+        """Create a task for the caller, or for `owner_id` when an admin sets it.
+
+        With a `request_id`, at most one task is created per caller and key.
+        """
+        owner = owner_id or caller.user_id
+        if owner != caller.user_id and not caller.is_admin:
+            raise PermissionDenied("OWNER_NOT_ALLOWED", "you may only create tasks for yourself")
+        title = _check_values(values, set(WRITABLE_TASK_FIELDS))
+        raise_if(
+            FieldViolation("request_id", f"at most {REQUEST_ID_MAX_LENGTH} characters")
+            if len(request_id) > REQUEST_ID_MAX_LENGTH
+            else None
+        )
+        try:
+            async with self._db.write() as session:
+                if request_id and (earlier := await _by_request(session, caller, request_id)):
+                    return earlier
+                if owner != caller.user_id and await session.get(User, owner) is None:
+                    raise NotFound("OWNER_NOT_FOUND", "no user has this owner_id")
+                task = Task(
+                    owner_id=owner,
+                    title=title,
+                    description=values.description,
+                    status=values.status or TaskStatus.TODO,
+                    due_time=values.due_time,
+                )
+                session.add(task)
+                await session.flush()
+                if request_id:
+                    session.add(
+                        TaskCreateRequest(
+                            user_id=caller.user_id, request_id=request_id, task_id=task.id
+                        )
+                    )
+        except IntegrityError:
+            # A concurrent retry with the same request_id committed first: return its task.
+            async with self._db.read() as session:
+                earlier = await _by_request(session, caller, request_id) if request_id else None
+            if earlier is None:
+                raise
+            return earlier
+        return task
+
+    async def get_task(self, caller: Principal, task_id: int) -> Task:
+        """One task the caller may see."""
+        require_id("id", task_id)
+        async with self._db.read() as session:
+            return await _visible(session, caller, task_id, lock=False)
+
+    async def update_task(
+        self, caller: Principal, task_id: int, values: TaskValues, expected_etag: str
+    ) -> Task:
+        """Replace every writable field; an unspecified status becomes TODO."""
+        require_id("task.id", task_id)
+        title = _check_values(values, set(WRITABLE_TASK_FIELDS))
+        async with self._db.write() as session:
+            task = await _visible(session, caller, task_id, lock=True)
+            _check_etag(task, expected_etag)
+            task.title = title
+            task.description = values.description
+            task.status = values.status or TaskStatus.TODO
+            task.due_time = values.due_time
+            task.version += 1
+        return task
+
+    async def patch_task(
+        self,
+        caller: Principal,
+        task_id: int,
+        paths: frozenset[str],
+        values: TaskValues,
+        expected_etag: str,
+    ) -> Task:
+        """Change only the fields named in `paths`."""
+        require_id("task.id", task_id)
+        title = _check_values(values, set(paths), mask=paths)
+        async with self._db.write() as session:
+            task = await _visible(session, caller, task_id, lock=True)
+            _check_etag(task, expected_etag)
+            if "title" in paths:
+                task.title = title
+            if "description" in paths:
+                task.description = values.description
+            if "status" in paths:
+                task.status = values.status or TaskStatus.TODO
+            if "due_time" in paths:
+                task.due_time = values.due_time
+            task.version += 1
+        return task
+
+    async def delete_task(self, caller: Principal, task_id: int, expected_etag: str) -> None:
+        """Delete a task the caller may see."""
+        require_id("id", task_id)
+        async with self._db.write() as session:
+            task = await _visible(session, caller, task_id, lock=True)
+            _check_etag(task, expected_etag)
+            await session.delete(task)
+
+    async def list_tasks(
+        self,
+        caller: Principal,
+        requested_size: int,
+        token: str,
+        status: TaskStatus | None,
+        owner_id: int | None,
+    ) -> TaskPage:
+        """Tasks newest first (by id, which only grows), by keyset: deep pages cost the same."""
+        if owner_id is not None and owner_id != caller.user_id and not caller.is_admin:
+            raise PermissionDenied("OWNER_NOT_ALLOWED", "you may only list your own tasks")
+        if owner_id is None and not caller.is_admin:
+            owner_id = caller.user_id
+        size = page_size(requested_size)
+        scope = {
+            "list": "tasks",
+            "caller": caller.user_id,
+            "status": status.value if status else None,
+            "owner": owner_id,
+        }
+        after = self._page_tokens.open(token, scope)
+        query = select(Task).order_by(Task.id.desc()).limit(size + 1)
+        if owner_id is not None:
+            query = query.where(Task.owner_id == owner_id)
+        if status is not None:
+            query = query.where(Task.status == status)
+        if after is not None:
+            query = query.where(Task.id < after)
+        async with self._db.read() as session:
+            tasks = list((await session.scalars(query)).all())
+        next_token = ""
+        if len(tasks) > size:
+            tasks = tasks[:size]
+            next_token = self._page_tokens.seal(scope, tasks[-1].id)
+        return TaskPage(tasks, next_token)
+
+
+def _check_values(values: TaskValues, fields: set[str], mask: frozenset[str] | None = None) -> str:
+    """Validate the mask (when given) and the named fields; return the trimmed title."""
+    violations: list[FieldViolation | None] = []
+    if mask is not None:
+        if not mask:
+            violations.append(FieldViolation("update_mask", "must name at least one field"))
+        for path in sorted(mask - WRITABLE_TASK_FIELDS):
+            why = "is read-only" if path in READ_ONLY_TASK_FIELDS else "is not a field of Task"
+            violations.append(
+                FieldViolation(
+                    "update_mask",
+                    f"path {path!r} {why}; allowed: {', '.join(sorted(WRITABLE_TASK_FIELDS))}",
+                )
+            )
+    title = values.title.strip()
+    if "title" in fields and not 1 <= len(title) <= TITLE_MAX_LENGTH:
+        violations.append(
+            FieldViolation("task.title", f"1 to {TITLE_MAX_LENGTH} characters after trimming")
+        )
+    if "description" in fields and len(values.description) > DESCRIPTION_MAX_LENGTH:
+        violations.append(
+            FieldViolation("task.description", f"at most {DESCRIPTION_MAX_LENGTH} characters")
+        )
+    if mask is not None and "status" in fields and values.status is None:
+        violations.append(FieldViolation("task.status", "must be a status, not unspecified"))
+    raise_if(*violations)
+    return title
+
+
+def _check_etag(task: Task, expected: str) -> None:
+    if expected and expected != etag(task):
+        raise Aborted("ETAG_MISMATCH", "the task changed since this etag; read it again")
+
+
+async def _visible(session: AsyncSession, caller: Principal, task_id: int, *, lock: bool) -> Task:
+    """The task, if the caller may see it; NOT_FOUND alike for missing and foreign tasks."""
+    query = select(Task).where(Task.id == task_id)
+    if not caller.is_admin:
+        query = query.where(Task.owner_id == caller.user_id)
+    if lock:
+        query = query.with_for_update()
+    task = await session.scalar(query)
+    if task is None:
+        raise NotFound("TASK_NOT_FOUND", "no task has this id")
+    return task
+
+
+async def _by_request(session: AsyncSession, caller: Principal, request_id: str) -> Task | None:
+    return await session.scalar(
+        select(Task)
+        .join(TaskCreateRequest, TaskCreateRequest.task_id == Task.id)
+        .where(TaskCreateRequest.user_id == caller.user_id)
+        .where(TaskCreateRequest.request_id == request_id)
+    )

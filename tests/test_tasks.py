@@ -1,0 +1,489 @@
+"""TaskService: owner-scoped CRUD, full and partial updates, etags, idempotency and lists."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from taskservice.server import Application
+from taskservice.v1 import task_pb2
+from taskservice.v1 import task_service_pb2 as pb
+from tests.conftest import Stubs
+from tests.helpers import Account, fails, make_admin, register
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+ABORTED = grpc.StatusCode.ABORTED
+TODO, IN_PROGRESS, DONE = (
+    task_pb2.TASK_STATUS_TODO,
+    task_pb2.TASK_STATUS_IN_PROGRESS,
+    task_pb2.TASK_STATUS_DONE,
+)
+DUE = Timestamp(seconds=int(datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()))
+
+
+@pytest.fixture
+async def admin(app: Application, stubs: Stubs) -> Account:
+    return await make_admin(app, stubs)
+
+
+@pytest.fixture
+async def alice(stubs: Stubs) -> Account:
+    return await register(stubs)
+
+
+@pytest.fixture
+async def bob(stubs: Stubs) -> Account:
+    return await register(stubs)
+
+
+async def create(
+    stubs: Stubs, who: Account, title: str = "a task", **fields: object
+) -> task_pb2.Task:
+    request_id = str(fields.pop("request_id", ""))
+    response = await stubs.tasks.CreateTask(
+        pb.CreateTaskRequest(task=task_pb2.Task(title=title, **fields), request_id=request_id),
+        metadata=who.metadata,
+    )
+    return response.task
+
+
+async def get(stubs: Stubs, who: Account, task_id: int) -> task_pb2.Task:
+    return (await stubs.tasks.GetTask(pb.GetTaskRequest(id=task_id), metadata=who.metadata)).task
+
+
+async def list_all(stubs: Stubs, who: Account, **filters: object) -> list[task_pb2.Task]:
+    tasks: list[task_pb2.Task] = []
+    token = ""
+    while True:
+        page = await stubs.tasks.ListTasks(
+            pb.ListTasksRequest(page_token=token, **filters), metadata=who.metadata
+        )
+        tasks.extend(page.tasks)
+        token = page.next_page_token
+        if not token:
+            return tasks
+
+
+# --- CreateTask -------------------------------------------------------------------------------
+
+
+async def test_create_defaults_to_todo_owned_by_the_caller(stubs: Stubs, alice: Account) -> None:
+    task = await create(stubs, alice, "  Write the docs  ", description="all of them", due_time=DUE)
+    assert task.id > 0
+    assert task.title == "Write the docs"
+    assert task.description == "all of them"
+    assert task.status == TODO
+    assert task.due_time == DUE
+    assert task.owner_id == alice.user.id
+    assert task.etag
+    assert task.create_time.seconds > 0
+    assert task.update_time == task.create_time
+    assert await get(stubs, alice, task.id) == task
+
+
+@pytest.mark.parametrize(
+    ("fields", "request_id", "bad_fields"),
+    [
+        ({"title": ""}, "", {"task.title"}),
+        ({"title": "   "}, "", {"task.title"}),
+        ({"title": "x" * 201}, "", {"task.title"}),
+        ({"title": "ok", "description": "d" * 10_001}, "", {"task.description"}),
+        ({"title": "ok", "status": 99}, "", {"task.status"}),
+        ({"title": "ok"}, "r" * 129, {"request_id"}),
+        ({"title": "", "description": "d" * 10_001}, "", {"task.title", "task.description"}),
+    ],
+)
+async def test_bad_tasks_are_refused_naming_each_field_and_nothing_is_created(
+    stubs: Stubs, alice: Account, fields: dict[str, object], request_id: str, bad_fields: set[str]
+) -> None:
+    failure = await fails(
+        stubs.tasks.CreateTask(
+            pb.CreateTaskRequest(task=task_pb2.Task(**fields), request_id=request_id),
+            metadata=alice.metadata,
+        ),
+        INVALID,
+    )
+    assert set(failure.fields) == bad_fields
+    assert await list_all(stubs, alice) == []
+
+
+async def test_limits_are_inclusive(stubs: Stubs, alice: Account) -> None:
+    task = await create(stubs, alice, "x" * 200, description="d" * 10_000, request_id="r" * 128)
+    assert len(task.title) == 200
+
+
+async def test_regular_users_cannot_create_for_others(
+    stubs: Stubs, alice: Account, bob: Account
+) -> None:
+    await fails(
+        stubs.tasks.CreateTask(
+            pb.CreateTaskRequest(task=task_pb2.Task(title="t", owner_id=bob.user.id)),
+            metadata=alice.metadata,
+        ),
+        DENIED,
+    )
+    assert await list_all(stubs, bob) == []
+    own = await create(stubs, alice, owner_id=alice.user.id)
+    assert own.owner_id == alice.user.id
+
+
+async def test_admins_create_for_any_existing_user(
+    stubs: Stubs, admin: Account, alice: Account
+) -> None:
+    task = await create(stubs, admin, owner_id=alice.user.id)
+    assert task.owner_id == alice.user.id
+    assert [t.id for t in await list_all(stubs, alice)] == [task.id]
+    failure = await fails(
+        stubs.tasks.CreateTask(
+            pb.CreateTaskRequest(task=task_pb2.Task(title="t", owner_id=10**12)),
+            metadata=admin.metadata,
+        ),
+        NOT_FOUND,
+    )
+    assert failure.reason == "OWNER_NOT_FOUND"
+
+
+async def test_a_retried_create_returns_the_first_task(
+    stubs: Stubs, alice: Account, bob: Account
+) -> None:
+    first = await create(stubs, alice, "once", request_id="req-1")
+    again = await create(stubs, alice, "once", request_id="req-1")
+    assert again == first
+    others = await create(stubs, bob, "once", request_id="req-1")  # keys are per caller
+    assert others.id != first.id
+    assert [t.id for t in await list_all(stubs, alice)] == [first.id]
+
+
+async def test_concurrent_retries_create_one_task(stubs: Stubs, alice: Account) -> None:
+    tasks = await asyncio.gather(*(create(stubs, alice, request_id="burst") for _ in range(8)))
+    assert len({task.id for task in tasks}) == 1
+    assert len(await list_all(stubs, alice)) == 1
+
+
+# --- visibility -------------------------------------------------------------------------------
+
+
+async def test_other_users_task_is_not_found_like_a_missing_one(
+    stubs: Stubs, alice: Account, bob: Account
+) -> None:
+    task = await create(stubs, alice)
+    patch = pb.PatchTaskRequest(
+        task=task_pb2.Task(id=task.id, title="mine now"), update_mask={"paths": ["title"]}
+    )
+    for task_id in (task.id, 10**12):
+        calls = [
+            stubs.tasks.GetTask(pb.GetTaskRequest(id=task_id), metadata=bob.metadata),
+            stubs.tasks.UpdateTask(
+                pb.UpdateTaskRequest(task=task_pb2.Task(id=task_id, title="x")),
+                metadata=bob.metadata,
+            ),
+            stubs.tasks.PatchTask(
+                pb.PatchTaskRequest(
+                    task=task_pb2.Task(id=task_id, title="x"), update_mask=patch.update_mask
+                ),
+                metadata=bob.metadata,
+            ),
+            stubs.tasks.DeleteTask(pb.DeleteTaskRequest(id=task_id), metadata=bob.metadata),
+        ]
+        failures = [await fails(call, NOT_FOUND) for call in calls]
+        assert {(f.message, f.reason) for f in failures} == {
+            ("no task has this id", "TASK_NOT_FOUND")
+        }
+    assert await get(stubs, alice, task.id) == task
+
+
+async def test_admins_see_and_change_every_task(
+    stubs: Stubs, admin: Account, alice: Account
+) -> None:
+    task = await create(stubs, alice)
+    assert await get(stubs, admin, task.id) == task
+    updated = await stubs.tasks.UpdateTask(
+        pb.UpdateTaskRequest(task=task_pb2.Task(id=task.id, title="by admin")),
+        metadata=admin.metadata,
+    )
+    assert updated.task.owner_id == alice.user.id
+    await stubs.tasks.DeleteTask(pb.DeleteTaskRequest(id=task.id), metadata=admin.metadata)
+    await fails(
+        stubs.tasks.GetTask(pb.GetTaskRequest(id=task.id), metadata=alice.metadata), NOT_FOUND
+    )
+
+
+async def test_owners_delete_their_tasks(stubs: Stubs, alice: Account) -> None:
+    task = await create(stubs, alice)
+    await stubs.tasks.DeleteTask(pb.DeleteTaskRequest(id=task.id), metadata=alice.metadata)
+    await fails(
+        stubs.tasks.GetTask(pb.GetTaskRequest(id=task.id), metadata=alice.metadata), NOT_FOUND
+    )
+    await fails(
+        stubs.tasks.DeleteTask(pb.DeleteTaskRequest(id=task.id), metadata=alice.metadata), NOT_FOUND
+    )
+
+
+@pytest.mark.parametrize("method", ["GetTask", "DeleteTask"])
+async def test_ids_must_be_positive(stubs: Stubs, alice: Account, method: str) -> None:
+    request = pb.GetTaskRequest() if method == "GetTask" else pb.DeleteTaskRequest()
+    failure = await fails(getattr(stubs.tasks, method)(request, metadata=alice.metadata), INVALID)
+    assert set(failure.fields) == {"id"}
+
+
+async def test_tasks_need_a_token(stubs: Stubs) -> None:
+    await fails(stubs.tasks.ListTasks(pb.ListTasksRequest()), grpc.StatusCode.UNAUTHENTICATED)
+
+
+# --- UpdateTask and PatchTask -----------------------------------------------------------------
+
+
+async def test_update_replaces_every_writable_field(stubs: Stubs, alice: Account) -> None:
+    task = await create(stubs, alice, description="old", due_time=DUE, status=DONE)
+    response = await stubs.tasks.UpdateTask(
+        pb.UpdateTaskRequest(task=task_pb2.Task(id=task.id, title="new", owner_id=999)),
+        metadata=alice.metadata,
+    )
+    updated = response.task
+    assert (updated.title, updated.description, updated.status) == ("new", "", TODO)
+    assert not updated.HasField("due_time")
+    assert updated.owner_id == alice.user.id  # output only: ignored
+    assert updated.etag != task.etag
+    assert updated.create_time == task.create_time
+    assert await get(stubs, alice, task.id) == updated
+
+
+async def test_patch_changes_only_the_masked_fields(stubs: Stubs, alice: Account) -> None:
+    task = await create(stubs, alice, "title", description="keep me", due_time=DUE)
+    response = await stubs.tasks.PatchTask(
+        pb.PatchTaskRequest(
+            task=task_pb2.Task(id=task.id, title="ignored", status=IN_PROGRESS),
+            update_mask={"paths": ["status"]},
+        ),
+        metadata=alice.metadata,
+    )
+    patched = response.task
+    assert patched.status == IN_PROGRESS
+    assert (patched.title, patched.description, patched.due_time) == ("title", "keep me", DUE)
+    assert patched.etag != task.etag
+    cleared = await stubs.tasks.PatchTask(
+        pb.PatchTaskRequest(task=task_pb2.Task(id=task.id), update_mask={"paths": ["due_time"]}),
+        metadata=alice.metadata,
+    )
+    assert not cleared.task.HasField("due_time")
+
+
+@pytest.mark.parametrize(
+    ("paths", "fields", "bad_fields"),
+    [
+        ([], {}, {"update_mask"}),
+        (["priority"], {}, {"update_mask"}),
+        (["owner_id"], {}, {"update_mask"}),
+        (["id"], {}, {"update_mask"}),
+        (["create_time"], {}, {"update_mask"}),
+        (["etag"], {}, {"update_mask"}),
+        (["title"], {"title": " "}, {"task.title"}),
+        (["status"], {}, {"task.status"}),
+        (["title", "owner_id"], {"title": ""}, {"update_mask", "task.title"}),
+    ],
+)
+async def test_bad_patches_are_invalid_and_change_nothing(
+    stubs: Stubs,
+    alice: Account,
+    paths: list[str],
+    fields: dict[str, object],
+    bad_fields: set[str],
+) -> None:
+    task = await create(stubs, alice)
+    failure = await fails(
+        stubs.tasks.PatchTask(
+            pb.PatchTaskRequest(
+                task=task_pb2.Task(id=task.id, **fields), update_mask={"paths": paths}
+            ),
+            metadata=alice.metadata,
+        ),
+        INVALID,
+    )
+    assert set(failure.fields) == bad_fields
+    assert await get(stubs, alice, task.id) == task
+
+
+async def test_a_stale_etag_aborts_and_changes_nothing(stubs: Stubs, alice: Account) -> None:
+    task = await create(stubs, alice)
+    fresh = (
+        await stubs.tasks.PatchTask(
+            pb.PatchTaskRequest(
+                task=task_pb2.Task(id=task.id, title="v2", etag=task.etag),
+                update_mask={"paths": ["title"]},
+            ),
+            metadata=alice.metadata,
+        )
+    ).task
+    stale_calls = [
+        stubs.tasks.PatchTask(
+            pb.PatchTaskRequest(
+                task=task_pb2.Task(id=task.id, title="v3", etag=task.etag),
+                update_mask={"paths": ["title"]},
+            ),
+            metadata=alice.metadata,
+        ),
+        stubs.tasks.UpdateTask(
+            pb.UpdateTaskRequest(task=task_pb2.Task(id=task.id, title="v3", etag=task.etag)),
+            metadata=alice.metadata,
+        ),
+        stubs.tasks.DeleteTask(
+            pb.DeleteTaskRequest(id=task.id, etag=task.etag), metadata=alice.metadata
+        ),
+    ]
+    for call in stale_calls:
+        assert (await fails(call, ABORTED)).reason == "ETAG_MISMATCH"
+    assert await get(stubs, alice, task.id) == fresh
+    await stubs.tasks.DeleteTask(
+        pb.DeleteTaskRequest(id=task.id, etag=fresh.etag), metadata=alice.metadata
+    )
+
+
+async def test_concurrent_patches_of_different_fields_keep_both(
+    stubs: Stubs, alice: Account
+) -> None:
+    tasks = [await create(stubs, alice, f"task {i}") for i in range(10)]
+
+    def patch(task: task_pb2.Task, **fields: object) -> object:
+        return stubs.tasks.PatchTask(
+            pb.PatchTaskRequest(
+                task=task_pb2.Task(id=task.id, **fields), update_mask={"paths": list(fields)}
+            ),
+            metadata=alice.metadata,
+        )
+
+    await asyncio.gather(
+        *(patch(t, description=f"described {t.id}") for t in tasks),
+        *(patch(t, status=DONE) for t in tasks),
+    )
+    for task in tasks:
+        now = await get(stubs, alice, task.id)
+        assert (now.description, now.status) == (f"described {task.id}", DONE)
+
+
+# --- ListTasks --------------------------------------------------------------------------------
+
+
+async def test_lists_are_owner_scoped_for_users_and_global_for_admins(
+    stubs: Stubs, admin: Account, alice: Account, bob: Account
+) -> None:
+    alices = [await create(stubs, alice) for _ in range(3)]
+    bobs = [await create(stubs, bob) for _ in range(2)]
+    assert [t.id for t in await list_all(stubs, alice)] == [t.id for t in reversed(alices)]
+    assert [t.id for t in await list_all(stubs, alice, owner_id=alice.user.id)] == [
+        t.id for t in reversed(alices)
+    ]
+    await fails(
+        stubs.tasks.ListTasks(pb.ListTasksRequest(owner_id=bob.user.id), metadata=alice.metadata),
+        DENIED,
+    )
+    everything = [t.id for t in await list_all(stubs, admin)]
+    assert everything == sorted((t.id for t in alices + bobs), reverse=True)
+    assert [t.id for t in await list_all(stubs, admin, owner_id=bob.user.id)] == [
+        t.id for t in reversed(bobs)
+    ]
+
+
+async def test_list_filters_by_status(stubs: Stubs, alice: Account) -> None:
+    done = await create(stubs, alice, status=DONE)
+    await create(stubs, alice, status=TODO)
+    assert [t.id for t in await list_all(stubs, alice, status=DONE)] == [done.id]
+    await fails(
+        stubs.tasks.ListTasks(pb.ListTasksRequest(status=42), metadata=alice.metadata), INVALID
+    )
+
+
+async def test_page_sizes_default_clamp_and_refuse_negatives(
+    app: Application, stubs: Stubs, alice: Account
+) -> None:
+    await _insert_tasks(app, alice.user.id, 1_005)
+    default = await stubs.tasks.ListTasks(pb.ListTasksRequest(), metadata=alice.metadata)
+    assert len(default.tasks) == 50
+    assert default.next_page_token
+    clamped = await stubs.tasks.ListTasks(
+        pb.ListTasksRequest(page_size=5_000), metadata=alice.metadata
+    )
+    assert len(clamped.tasks) == 1_000
+    rest = await stubs.tasks.ListTasks(
+        pb.ListTasksRequest(page_size=5_000, page_token=clamped.next_page_token),
+        metadata=alice.metadata,
+    )
+    assert (len(rest.tasks), rest.next_page_token) == (5, "")
+    failure = await fails(
+        stubs.tasks.ListTasks(pb.ListTasksRequest(page_size=-1), metadata=alice.metadata), INVALID
+    )
+    assert set(failure.fields) == {"page_size"}
+
+
+async def test_a_page_token_only_works_with_its_filters_and_caller(
+    app: Application, stubs: Stubs, admin: Account, alice: Account
+) -> None:
+    await _insert_tasks(app, alice.user.id, 3)
+    page = await stubs.tasks.ListTasks(pb.ListTasksRequest(page_size=1), metadata=alice.metadata)
+    token = page.next_page_token
+    misuses = [
+        (pb.ListTasksRequest(page_token=token, status=DONE), alice),
+        (pb.ListTasksRequest(page_token=token, owner_id=alice.user.id), admin),
+        (pb.ListTasksRequest(page_token=token), admin),
+        (pb.ListTasksRequest(page_token=token[:-1]), alice),
+        (pb.ListTasksRequest(page_token="not a token"), alice),
+    ]
+    for request, who in misuses:
+        failure = await fails(stubs.tasks.ListTasks(request, metadata=who.metadata), INVALID)
+        assert set(failure.fields) == {"page_token"}
+    following = await stubs.tasks.ListTasks(
+        pb.ListTasksRequest(page_token=token, page_size=1), metadata=alice.metadata
+    )
+    assert following.tasks[0].id < page.tasks[0].id
+
+
+async def test_a_page_walk_sees_every_existing_task_once_while_tasks_are_added(
+    stubs: Stubs, alice: Account
+) -> None:
+    existing = {(await create(stubs, alice, f"t{i}")).id for i in range(23)}
+    seen: list[int] = []
+    token = ""
+    while True:
+        page = await stubs.tasks.ListTasks(
+            pb.ListTasksRequest(page_size=5, page_token=token), metadata=alice.metadata
+        )
+        seen.extend(t.id for t in page.tasks)
+        await create(stubs, alice, "added during the walk")
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(seen) == sorted(existing)
+    assert len(seen) == len(set(seen))
+    assert seen == sorted(seen, reverse=True)
+
+
+async def _insert_tasks(app: Application, owner_id: int, count: int) -> None:
+    """Bulk-insert tasks straight into the database, for tests that need many."""
+    engine = create_async_engine(app.settings.sqlalchemy_url)
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "owner": owner_id,
+            "title": f"bulk {i}",
+            "now": now if engine.dialect.name != "sqlite" else now.replace(tzinfo=None),
+        }
+        for i in range(count)
+    ]
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO tasks (owner_id, title, description, status, version, "
+                    "create_time, update_time) VALUES (:owner, :title, '', 'todo', 1, :now, :now)"
+                ),
+                rows,
+            )
+    finally:
+        await engine.dispose()
