@@ -11,7 +11,8 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from taskservice.errors import InvalidArgument
 
@@ -20,6 +21,8 @@ MAX_PAGE_SIZE = 1000
 #: Longest page token accepted, in characters; ours are far shorter.
 MAX_PAGE_TOKEN_LENGTH = 1024
 _MAC_BYTES = 16
+
+_Row = TypeVar("_Row")
 
 
 def page_size(requested: int) -> int:
@@ -62,6 +65,18 @@ class PageTokens:
         if payload.get("s") != json.loads(json.dumps(scope)) or type(payload.get("a")) is not int:
             raise invalid
         return int(payload["a"])
+
+    def page(
+        self, rows: list[_Row], size: int, scope: Mapping[str, object], key: Callable[[_Row], int]
+    ) -> tuple[list[_Row], str]:
+        """Cut rows fetched with `limit(size + 1)` to one page and seal the next page's token.
+
+        The extra row only tells that more follow; the token is empty on the last page.
+        """
+        if len(rows) <= size:
+            return rows, ""
+        rows = rows[:size]
+        return rows, self.seal(scope, key(rows[-1]))
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_BYTES]

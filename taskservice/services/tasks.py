@@ -28,7 +28,7 @@ from taskservice.db.models import (
 from taskservice.errors import Aborted, FieldViolation, NotFound, PermissionDenied
 from taskservice.services.pagination import PageTokens, page_size
 from taskservice.services.principal import Principal
-from taskservice.services.validation import raise_if, require_id
+from taskservice.services.validation import mask_violations, raise_if, require_id
 
 #: Fields that UpdateTask replaces and PatchTask may name.
 WRITABLE_TASK_FIELDS = frozenset({"title", "description", "status", "due_time"})
@@ -200,27 +200,16 @@ class TaskService:
             query = query.where(Task.id < after)
         async with self._db.read() as session:
             tasks = list((await session.scalars(query)).all())
-        next_token = ""
-        if len(tasks) > size:
-            tasks = tasks[:size]
-            next_token = self._page_tokens.seal(scope, tasks[-1].id)
-        return TaskPage(tasks, next_token)
+        return TaskPage(*self._page_tokens.page(tasks, size, scope, key=lambda task: task.id))
 
 
 def _check_values(values: TaskValues, fields: set[str], mask: frozenset[str] | None = None) -> str:
     """Validate the mask (when given) and the named fields; return the trimmed title."""
     violations: list[FieldViolation | None] = []
     if mask is not None:
-        if not mask:
-            violations.append(FieldViolation("update_mask", "must name at least one field"))
-        for path in sorted(mask - WRITABLE_TASK_FIELDS):
-            why = "is read-only" if path in READ_ONLY_TASK_FIELDS else "is not a field of Task"
-            violations.append(
-                FieldViolation(
-                    "update_mask",
-                    f"path {path!r} {why}; allowed: {', '.join(sorted(WRITABLE_TASK_FIELDS))}",
-                )
-            )
+        violations.extend(
+            mask_violations(mask, WRITABLE_TASK_FIELDS, READ_ONLY_TASK_FIELDS, "Task")
+        )
     title = values.title.strip()
     if "title" in fields and not 1 <= len(title) <= TITLE_MAX_LENGTH:
         violations.append(

@@ -18,6 +18,7 @@ from taskservice.services.pagination import PageTokens, page_size
 from taskservice.services.principal import Principal
 from taskservice.services.validation import (
     email_violation,
+    mask_violations,
     new_password_violation,
     raise_if,
     require_id,
@@ -76,11 +77,7 @@ class UserService:
             query = query.where(User.id > after)
         async with self._db.read() as session:
             users = list((await session.scalars(query)).all())
-        next_token = ""
-        if len(users) > size:
-            users = users[:size]
-            next_token = self._page_tokens.seal(scope, users[-1].id)
-        return UserPage(users, next_token)
+        return UserPage(*self._page_tokens.page(users, size, scope, key=lambda user: user.id))
 
     async def update_user(self, caller: Principal, user_id: int, changes: UserChanges) -> User:
         """Change the fields in `changes.paths`; demotion and deactivation revoke tokens."""
@@ -152,17 +149,9 @@ class UserService:
 
 def _check_changes(changes: UserChanges) -> str | None:
     """Validate the update mask and the values it names; return the normalised new email."""
-    violations: list[FieldViolation | None] = []
-    if not changes.paths:
-        violations.append(FieldViolation("update_mask", "must name at least one field"))
-    for path in sorted(changes.paths - UPDATABLE_USER_FIELDS):
-        why = "is read-only" if path in READ_ONLY_USER_FIELDS else "is not a field of User"
-        violations.append(
-            FieldViolation(
-                "update_mask",
-                f"path {path!r} {why}; allowed: {', '.join(sorted(UPDATABLE_USER_FIELDS))}",
-            )
-        )
+    violations: list[FieldViolation | None] = list(
+        mask_violations(changes.paths, UPDATABLE_USER_FIELDS, READ_ONLY_USER_FIELDS, "User")
+    )
     email = None
     if "email" in changes.paths:
         email, bad_email = email_violation("user.email", changes.email)

@@ -59,3 +59,21 @@ def require_id(field: str, value: int) -> None:
     """Ids are positive; 0 is what an unset proto field reads as."""
     if value <= 0:
         raise InvalidArgument.field(field, "must be a positive id")
+
+
+def mask_violations(
+    paths: frozenset[str], writable: frozenset[str], read_only: frozenset[str], resource: str
+) -> list[FieldViolation]:
+    """What is wrong with an update mask: empty, or naming read-only or unknown fields."""
+    if not paths:
+        return [FieldViolation("update_mask", "must name at least one field")]
+    allowed = ", ".join(sorted(writable))
+    return [
+        FieldViolation(
+            "update_mask",
+            f"path {path!r} "
+            + ("is read-only" if path in read_only else f"is not a field of {resource}")
+            + f"; allowed: {allowed}",
+        )
+        for path in sorted(paths - writable)
+    ]
