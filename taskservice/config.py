@@ -70,6 +70,14 @@ class Settings(BaseSettings):
 
     grpc_host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - a server binds all
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    max_message_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_concurrent_rpcs: int = Field(default=1000, ge=1, le=100_000)
+    max_concurrent_streams: int = Field(default=100, ge=1, le=10_000)
+    keepalive_time_seconds: int = Field(default=60, ge=1, le=24 * 3600)
+    keepalive_timeout_seconds: int = Field(default=20, ge=1, le=3600)
+    keepalive_min_ping_interval_seconds: int = Field(default=10, ge=1, le=3600)
+    max_connection_age_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    max_connection_age_grace_seconds: int = Field(default=30, ge=1, le=3600)
 
     jwt_secret_key: SecretStr | None = None
     jwt_algorithm: Literal[

@@ -96,6 +96,36 @@ class Application:
         self.hasher.close()
 
 
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """GRPC core channel arguments: limits, keepalive, connection ageing.
+
+    `max_connection_age` closes connections gracefully now and then, so long-lived clients
+    re-resolve and spread over new replicas. Clients must not ping more often than
+    `keepalive_min_ping_interval` or the server answers GOAWAY `too_many_pings`.
+    """
+    ms = 1000
+    return [
+        # A second server on a busy port must fail, not silently share it.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", settings.keepalive_time_seconds * ms),
+        ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_seconds * ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            settings.keepalive_min_ping_interval_seconds * ms,
+        ),
+        (
+            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            settings.keepalive_min_ping_interval_seconds * ms,
+        ),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_age_ms", settings.max_connection_age_seconds * ms),
+        ("grpc.max_connection_age_grace_ms", settings.max_connection_age_grace_seconds * ms),
+    ]
+
+
 async def build_server(settings: Settings) -> Application:
     """Wire a complete server for `settings`, bound to its port but not yet started.
 
@@ -114,10 +144,8 @@ async def build_server(settings: Settings) -> Application:
     server = grpc.aio.server(
         # Outermost first: errors are mapped around everything, including authentication.
         interceptors=[ErrorInterceptor(), AuthInterceptor(auth)],
-        options=[
-            # A second server on a busy port must fail, not silently share it.
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     health_servicer = health.aio.HealthServicer()
     for name in HEALTH_NAMES:

@@ -1,0 +1,60 @@
+"""Transport limits: an oversize request is RESOURCE_EXHAUSTED and nothing else breaks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from taskservice.server import Application, build_server
+from taskservice.v1 import auth_service_pb2, task_pb2, user_service_pb2
+from taskservice.v1 import task_service_pb2 as pb
+from tests.conftest import make_settings, stubs_for
+from tests.helpers import PASSWORD, register
+
+LIMIT = 64 * 1024
+
+
+@pytest.fixture
+async def small_app(database_url: str) -> AsyncIterator[Application]:
+    application = await build_server(make_settings(database_url, max_message_bytes=LIMIT))
+    await application.start()
+    yield application
+    await application.stop(grace=None)
+
+
+async def test_an_oversize_request_is_resource_exhausted_and_the_server_carries_on(
+    small_app: Application,
+) -> None:
+    async with stubs_for(small_app) as stubs:
+        account = await register(stubs)
+        oversize = pb.CreateTaskRequest(task=task_pb2.Task(title="big", description="d" * LIMIT))
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stubs.tasks.CreateTask(oversize, metadata=account.metadata)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        listed = await stubs.tasks.ListTasks(pb.ListTasksRequest(), metadata=account.metadata)
+        assert list(listed.tasks) == []
+        me = await stubs.users.GetMe(user_service_pb2.GetMeRequest(), metadata=account.metadata)
+        assert me.user.id == account.user.id
+
+
+async def test_calls_beyond_the_concurrency_limit_are_resource_exhausted(
+    database_url: str,
+) -> None:
+    settings = make_settings(database_url, max_concurrent_rpcs=2, bcrypt_rounds=12)
+    application = await build_server(settings)
+    await application.start()
+    try:
+        async with stubs_for(application) as stubs:
+            account = await register(stubs)
+            login = auth_service_pb2.LoginRequest(email=account.user.email, password=PASSWORD)
+            results = await asyncio.gather(
+                *(stubs.auth.Login(login) for _ in range(6)), return_exceptions=True
+            )
+    finally:
+        await application.stop(grace=None)
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert 1 <= len(results) - len(refused) <= 2
