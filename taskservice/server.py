@@ -18,7 +18,9 @@ from grpc_reflection.v1alpha import reflection
 
 from taskservice.api.auth_servicer import AuthServicer
 from taskservice.api.authentication import AuthInterceptor
+from taskservice.api.availability import AvailabilityInterceptor
 from taskservice.api.errors import ErrorInterceptor
+from taskservice.api.health import LIVENESS, READINESS, HealthMonitor
 from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
 from taskservice.config import Settings
@@ -48,15 +50,14 @@ SERVICE_NAMES: tuple[str, ...] = (
     task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
 )
 
-#: Health names answered besides the services: "" is the whole server (what grpcurl and
-#: `grpc_health_probe` ask by default).
+#: Health names that follow the database besides `readiness`: "" is the whole server (what
+#: grpcurl and `grpc_health_probe` ask by default), then each service.
 HEALTH_NAMES: tuple[str, ...] = ("", *SERVICE_NAMES)
+#: Every health name answered.
+ALL_HEALTH_NAMES: tuple[str, ...] = (LIVENESS, READINESS, *HEALTH_NAMES)
 
 #: Seconds calls in flight may run on after a stop signal before they are cancelled.
 SHUTDOWN_GRACE_SECONDS = 10.0
-
-_SERVING = health_pb2.HealthCheckResponse.SERVING
-_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @dataclass
@@ -67,16 +68,15 @@ class Application:
     server: grpc.aio.Server
     database: Database
     auth_states: AuthStateStore
-    health: health.aio.HealthServicer
+    health: HealthMonitor
     hasher: PasswordHasher
     port: int
 
     async def start(self) -> None:
-        """Start accepting calls, then report SERVING once everything is ready."""
+        """Start accepting calls, then report readiness as the database allows."""
         await self.auth_states.start()
         await self.server.start()
-        for name in HEALTH_NAMES:
-            await self.health.set(name, _SERVING)
+        await self.health.start()
         logger.info(
             "serving gRPC on %s:%d (database: %s)",
             self.settings.grpc_host,
@@ -89,7 +89,7 @@ class Application:
 
         Calls in flight may finish within `grace` seconds (None: cancel them at once).
         """
-        await self.health.enter_graceful_shutdown()
+        await self.health.shutdown()
         await self.server.stop(grace)
         await self.auth_states.stop()
         await self.database.engine.dispose()
@@ -141,16 +141,20 @@ async def build_server(settings: Settings) -> Application:
     users = UserService(database, page_tokens, auth_states)
     tasks = TaskService(database, page_tokens)
 
+    monitor = HealthMonitor(health.aio.HealthServicer(), database.ping, HEALTH_NAMES)
+    await monitor.not_serving_yet()
     server = grpc.aio.server(
-        # Outermost first: errors are mapped around everything, including authentication.
-        interceptors=[ErrorInterceptor(), AuthInterceptor(auth)],
+        # Outermost first: errors are mapped around everything; calls fail fast while the
+        # database is down; then the caller is authenticated.
+        interceptors=[
+            ErrorInterceptor(on_database_error=monitor.suspect),
+            AvailabilityInterceptor(monitor),
+            AuthInterceptor(auth),
+        ],
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    health_servicer = health.aio.HealthServicer()
-    for name in HEALTH_NAMES:
-        await health_servicer.set(name, _NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
 
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
     user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(users), server)
@@ -171,7 +175,7 @@ async def build_server(settings: Settings) -> Application:
         await engine.dispose()
         hasher.close()
         raise RuntimeError(f"cannot listen on {address}: is the port already in use?") from None
-    return Application(settings, server, database, auth_states, health_servicer, hasher, port)
+    return Application(settings, server, database, auth_states, monitor, hasher, port)
 
 
 async def run(settings: Settings) -> None:

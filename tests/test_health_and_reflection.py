@@ -8,14 +8,14 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from taskservice.server import SERVICE_NAMES
+from taskservice.server import ALL_HEALTH_NAMES, SERVICE_NAMES
 from tests.conftest import Stubs
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-@pytest.mark.parametrize("service", ["", *SERVICE_NAMES])
-async def test_health_check_is_serving_for_the_server_and_each_service(
+@pytest.mark.parametrize("service", ALL_HEALTH_NAMES)
+async def test_health_check_is_serving_for_every_documented_name(
     stubs: Stubs, service: str
 ) -> None:
     response = await stubs.health.Check(health_pb2.HealthCheckRequest(service=service))

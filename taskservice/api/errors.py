@@ -8,10 +8,14 @@ with a generic message and that id, nothing more.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 
+import asyncpg
 import grpc
+import sqlalchemy.exc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -82,42 +86,96 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+#: Exceptions that mean "the database could not be reached or answered", not "a bug".
+DATABASE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, DATABASE_UNAVAILABLE_ERRORS)
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns exceptions escaping a unary handler into statuses; installed outermost."""
+    """Turns exceptions escaping a unary handler into statuses; installed outermost.
+
+    It also enforces the caller's deadline on the handler, so work stops (and database
+    statements are cancelled) when the deadline passes, and tells `on_database_error` when a
+    call found the database unreachable, so health can re-probe at once.
+    """
+
+    def __init__(self, on_database_error: Callable[[], None] = lambda: None) -> None:
+        self._on_database_error = on_database_error
 
     async def intercept_service(
         self,
-        continuation: object,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         """Wrap the method's handler so its exceptions become statuses."""
-        handler = await continuation(handler_call_details)  # type: ignore[operator]
+        handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
-        return wrap_unary_unary(handler, lambda inner: _mapping_errors(inner, method))
+        return wrap_unary_unary(handler, lambda inner: self._mapping_errors(inner, method))
+
+    def _mapping_errors(self, inner: UnaryBehavior, method: str) -> UnaryBehavior:
+        async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
+            deadline = asyncio.timeout(context.time_remaining())
+            try:
+                async with deadline:
+                    return await inner(request, context)
+            except errors.DomainError as error:
+                await abort_with_status(context, to_status(error))
+            except grpc.aio.AbortError:
+                raise
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                await abort_with_status(
+                    context,
+                    rich_status(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "deadline exceeded",
+                        "DEADLINE_EXCEEDED",
+                    ),
+                )
+            except Exception as exc:
+                if not _database_unavailable(exc):
+                    await _internal_error(context, method)
+                self._on_database_error()
+                logger.warning("%s: database unavailable: %s", method, type(exc).__name__)
+                await abort_with_status(context, to_status(database_unavailable()))
+            return None  # not reached: abort raises
+
+        return behavior
 
 
-def _mapping_errors(inner: UnaryBehavior, method: str) -> UnaryBehavior:
-    async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
-        try:
-            return await inner(request, context)
-        except errors.DomainError as error:
-            await abort_with_status(context, to_status(error))
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            request_id = uuid.uuid4().hex
-            logger.exception("unhandled error in %s (request id %s)", method, request_id)
-            await abort_with_status(
-                context,
-                rich_status(
-                    grpc.StatusCode.INTERNAL,
-                    f"internal error (request id {request_id})",
-                    "INTERNAL",
-                    {"request_id": request_id},
-                ),
-            )
-        return None  # not reached: abort raises
+def database_unavailable() -> errors.Unavailable:
+    """The error callers get while the database cannot be reached; they may retry."""
+    return errors.Unavailable(
+        "DATABASE_UNAVAILABLE", "the database is unavailable; retry with backoff"
+    )
 
-    return behavior
+
+async def _internal_error(context: grpc.aio.ServicerContext, method: str) -> None:
+    """Log the bug once with its traceback and an id; tell the caller only the id."""
+    request_id = uuid.uuid4().hex
+    logger.exception("unhandled error in %s (request id %s)", method, request_id)
+    await abort_with_status(
+        context,
+        rich_status(
+            grpc.StatusCode.INTERNAL,
+            f"internal error (request id {request_id})",
+            "INTERNAL",
+            {"request_id": request_id},
+        ),
+    )

@@ -79,6 +79,11 @@ class Database:
             engine.execution_options(**{_WRITES: True}), expire_on_commit=False
         )
 
+    async def ping(self) -> None:
+        """Round-trip to the database; raises when it does not answer."""
+        async with self.engine.connect() as connection:
+            await connection.exec_driver_sql("SELECT 1")
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session for reads; its transaction is rolled back (never committed) at the end."""

@@ -1,0 +1,100 @@
+"""Health that tells the truth: readiness follows the database, liveness follows the process.
+
+Kubernetes asks `liveness` whether to restart the pod and `readiness` whether to send it traffic.
+Readiness (and `""` and each service name, which clients and grpcurl ask) is NOT_SERVING until
+start-up is complete, then SERVING only while the database answers: it is probed in the background
+every PROBE_INTERVAL_SECONDS, and at once when a call meets a database error. Liveness stays
+SERVING whatever the database does, so an outage never turns into a restart storm; a wedged event
+loop cannot answer the probe at all, which is what makes Kubernetes restart it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from grpc_health.v1 import health, health_pb2
+
+logger = logging.getLogger(__name__)
+
+LIVENESS = "liveness"
+READINESS = "readiness"
+#: Seconds between database probes; with the probe timeout, an outage shows within 5 s.
+PROBE_INTERVAL_SECONDS = 2.0
+#: Longest a probe may take before the database counts as down.
+PROBE_TIMEOUT_SECONDS = 2.0
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthMonitor:
+    """Keeps the health servicer's statuses in step with the database."""
+
+    def __init__(
+        self,
+        servicer: health.aio.HealthServicer,
+        probe: Callable[[], Awaitable[object]],
+        readiness_names: Sequence[str],
+    ) -> None:
+        self.servicer = servicer
+        self._probe = probe
+        self._names = (READINESS, *readiness_names)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.ready = False
+
+    async def not_serving_yet(self) -> None:
+        """Before start-up: every name answers NOT_SERVING, never the library's default SERVING."""
+        for name in (LIVENESS, *self._names):
+            await self.servicer.set(name, _NOT_SERVING)
+
+    async def start(self) -> None:
+        """Start-up is complete: report liveness, probe the database, keep probing."""
+        await self.servicer.set(LIVENESS, _SERVING)
+        await self._update(await self._database_answers())
+        self._task = asyncio.create_task(self._watch(), name="health-monitor")
+
+    def suspect(self) -> None:
+        """A call met a database error: probe now rather than at the next interval."""
+        self._wake.set()
+
+    async def shutdown(self) -> None:
+        """Every name NOT_SERVING at once, for good (later updates are ignored)."""
+        self.ready = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.servicer.enter_graceful_shutdown()
+
+    async def _watch(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), PROBE_INTERVAL_SECONDS)
+            self._wake.clear()
+            await self._update(await self._database_answers())
+
+    async def _database_answers(self) -> bool:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+                await self._probe()
+        except Exception as exc:  # any failure to answer means "not ready"
+            logger.debug("database probe failed: %r", exc)
+            return False
+        return True
+
+    async def _update(self, ready: bool) -> None:
+        if ready == self.ready and self._task is not None:
+            return
+        if ready != self.ready:
+            log = logger.info if ready else logger.warning
+            log(
+                "database %s: readiness %s",
+                *(("up", "SERVING") if ready else ("down", "NOT_SERVING")),
+            )
+        self.ready = ready
+        for name in self._names:
+            await self.servicer.set(name, _SERVING if ready else _NOT_SERVING)
