@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     db_password: SecretStr = Field(default=SecretStr(""))
     db_pool_size: int = Field(default=10, ge=1, le=1000)
     db_max_overflow: int = Field(default=10, ge=0, le=1000)
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    db_statement_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     grpc_host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - a server binds all
     grpc_port: int = Field(default=50051, ge=0, le=65535)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -88,7 +89,6 @@ def _pack(message: object) -> any_pb2.Any:
 
 #: Exceptions that mean "the database could not be reached or answered", not "a bug".
 DATABASE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
     OSError,
@@ -98,8 +98,16 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: SQLite's OperationalError also covers bugs ("no such table"): only these are transient.
+SQLITE_TRANSIENT_MESSAGES = ("database is locked", "unable to open database", "disk I/O error")
+
+
 def _database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        if isinstance(exc.orig, sqlite3.Error):
+            return any(message in str(exc.orig) for message in SQLITE_TRANSIENT_MESSAGES)
         return True
     return isinstance(exc, DATABASE_UNAVAILABLE_ERRORS)
 

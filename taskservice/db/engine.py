@@ -18,6 +18,8 @@ from taskservice.config import Settings
 
 #: How long SQLite waits for another writer's lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+#: How often PostgreSQL checks that the client of a running statement is still there, in ms.
+CLIENT_CHECK_INTERVAL_MS = 1_000
 #: Execution option marking connections that will write (SQLite begins them IMMEDIATE).
 _WRITES = "taskservice_writes"
 
@@ -35,8 +37,21 @@ def create_engine(settings: Settings) -> AsyncEngine:
         echo=settings.debug,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_connect_timeout_seconds,
         pool_pre_ping=True,
         pool_recycle=1800,
+        connect_args={
+            "timeout": settings.db_connect_timeout_seconds,
+            "server_settings": {
+                "application_name": "taskservice",
+                # A call cancelled mid-statement (deadline passed, client gone) drops its
+                # connection; without this the backend would keep waiting on locks or
+                # running until it next writes to the socket. PostgreSQL 14+.
+                "client_connection_check_interval": str(CLIENT_CHECK_INTERVAL_MS),
+                # Backstop for work no deadline bounds.
+                "statement_timeout": str(int(settings.db_statement_timeout_seconds * 1000)),
+            },
+        },
     )
 
 
