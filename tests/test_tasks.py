@@ -216,6 +216,21 @@ async def test_admins_see_and_change_every_task(
     )
 
 
+async def test_a_deleted_tasks_id_and_etag_never_come_back(stubs: Stubs, alice: Account) -> None:
+    task = await create(stubs, alice)
+    await stubs.tasks.DeleteTask(pb.DeleteTaskRequest(id=task.id), metadata=alice.metadata)
+    successor = await create(stubs, alice)
+    assert successor.id > task.id
+    await fails(
+        stubs.tasks.UpdateTask(
+            pb.UpdateTaskRequest(task=task_pb2.Task(id=task.id, title="x", etag=task.etag)),
+            metadata=alice.metadata,
+        ),
+        NOT_FOUND,
+    )
+    assert await get(stubs, alice, successor.id) == successor
+
+
 async def test_owners_delete_their_tasks(stubs: Stubs, alice: Account) -> None:
     task = await create(stubs, alice)
     await stubs.tasks.DeleteTask(pb.DeleteTaskRequest(id=task.id), metadata=alice.metadata)

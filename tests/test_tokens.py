@@ -114,6 +114,24 @@ async def test_a_token_of_a_deleted_user_is_refused(app: Application, stubs: Stu
     assert await _get_me_fails(stubs, account.metadata) == "TOKEN_REVOKED"
 
 
+async def test_a_deleted_users_token_never_passes_for_the_next_user(
+    app: Application, stubs: Stubs
+) -> None:
+    """Ids are never reused: a new user (even an admin) does not inherit an old token."""
+    admin = await make_admin(app, stubs)
+    mallory = await register(stubs)
+    await stubs.users.DeleteUser(
+        user_service_pb2.DeleteUserRequest(id=mallory.user.id), metadata=admin.metadata
+    )
+    successor = await make_admin(app, stubs)
+    assert successor.user.id > mallory.user.id
+    assert await _get_me_fails(stubs, mallory.metadata) == "TOKEN_REVOKED"
+    await fails(
+        stubs.users.ListUsers(user_service_pb2.ListUsersRequest(), metadata=mallory.metadata),
+        UNAUTHENTICATED,
+    )
+
+
 async def test_a_deactivated_users_token_is_refused_on_the_next_call(
     app: Application, stubs: Stubs
 ) -> None:

@@ -65,7 +65,11 @@ class User(Base):
     """
 
     __tablename__ = "users"
-    __table_args__ = (CheckConstraint("email = lower(email)", name="email_lower_case"),)
+    __table_args__ = (
+        CheckConstraint("email = lower(email)", name="email_lower_case"),
+        # Never reuse a deleted user's id (SQLite would): tokens name their user by id.
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
     email: Mapped[str] = mapped_column(String(EMAIL_MAX_LENGTH), unique=True)
@@ -97,6 +101,8 @@ class Task(Base):
         Index("ix_tasks_owner_id_id", "owner_id", "id"),
         Index("ix_tasks_owner_id_status_id", "owner_id", "status", "id"),
         Index("ix_tasks_status_id", "status", "id"),
+        # Never reuse a deleted task's id (SQLite would): etags and clients name tasks by id.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
