@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -174,6 +175,7 @@ async def test_wrong_password_unknown_email_and_deactivated_user_fail_alike(
         ("nobody@example.com", PASSWORD),
         (deactivated.user.email, PASSWORD),
         (account.user.email, "x" * 73),  # over bcrypt's limit: an ordinary failure
+        (account.user.email, "x" * 5000),
         ("not even an email", PASSWORD),
     ]
     failures = [
@@ -288,3 +290,23 @@ async def test_change_password_needs_a_token(stubs: Stubs) -> None:
         ),
         UNAUTHENTICATED,
     )
+
+
+async def test_debug_sql_logging_never_shows_passwords_or_hashes(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine")
+    application = await build_server(make_settings(database_url, debug=True))
+    await application.start()
+    try:
+        async with stubs_for(application) as stubs:
+            account = await register(stubs, password="a secret passphrase")
+            await stubs.auth.Login(
+                pb.LoginRequest(email=account.user.email, password="a secret passphrase")
+            )
+    finally:
+        await application.stop(grace=None)
+    assert "INSERT INTO users" in caplog.text  # SQL is echoed...
+    assert "$2b$" not in caplog.text  # ...but never its values
+    assert "a secret passphrase" not in caplog.text
+    assert account.token not in caplog.text

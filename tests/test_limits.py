@@ -12,7 +12,7 @@ from taskservice.server import Application, build_server
 from taskservice.v1 import auth_service_pb2, task_pb2, user_service_pb2
 from taskservice.v1 import task_service_pb2 as pb
 from tests.conftest import make_settings, stubs_for
-from tests.helpers import PASSWORD, register
+from tests.helpers import PASSWORD, fails, register
 
 LIMIT = 64 * 1024
 
@@ -58,3 +58,40 @@ async def test_calls_beyond_the_concurrency_limit_are_resource_exhausted(
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert 1 <= len(results) - len(refused) <= 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x0a\x02\xff\xfe\x12\x08password",  # LoginRequest.email is not UTF-8
+        b"\xff\xff\xff\xff",  # not protobuf at all
+    ],
+    ids=["invalid-utf8", "garbage"],
+)
+async def test_malformed_requests_are_invalid_argument(app: Application, body: bytes) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        login = channel.unary_unary("/taskservice.v1.AuthService/Login")
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await login(body)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "DecodeError" not in (error.value.details() or "")
+
+
+async def test_nul_characters_are_refused_in_stored_text(app: Application) -> None:
+    async with stubs_for(app) as stubs:
+        account = await register(stubs)
+        for task, request_id, field in [
+            (task_pb2.Task(title="a\x00b"), "", "task.title"),
+            (task_pb2.Task(title="ok", description="a\x00b"), "", "task.description"),
+            (task_pb2.Task(title="ok"), "r\x00", "request_id"),
+        ]:
+            failure = await fails(
+                stubs.tasks.CreateTask(
+                    pb.CreateTaskRequest(task=task, request_id=request_id),
+                    metadata=account.metadata,
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+            assert set(failure.fields) == {field}
+        listed = await stubs.tasks.ListTasks(pb.ListTasksRequest(), metadata=account.metadata)
+        assert list(listed.tasks) == []

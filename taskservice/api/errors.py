@@ -18,6 +18,7 @@ import asyncpg
 import grpc
 import sqlalchemy.exc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -133,12 +134,24 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
-        return wrap_unary_unary(handler, lambda inner: self._mapping_errors(inner, method))
+        # Decode the request here rather than in gRPC, where a malformed message (invalid
+        # UTF-8 in a string field, say) would end the call UNKNOWN before any interceptor ran.
+        deserialize = handler.request_deserializer
+        wrapped = wrap_unary_unary(
+            handler, lambda inner: self._mapping_errors(inner, method, deserialize)
+        )
+        return wrapped._replace(request_deserializer=None)  # type: ignore[attr-defined]
 
-    def _mapping_errors(self, inner: UnaryBehavior, method: str) -> UnaryBehavior:
-        async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
+    def _mapping_errors(
+        self,
+        inner: UnaryBehavior,
+        method: str,
+        deserialize: Callable[[bytes], object] | None,
+    ) -> UnaryBehavior:
+        async def behavior(raw: object, context: grpc.aio.ServicerContext) -> object:
             deadline = asyncio.timeout(context.time_remaining())
             try:
+                request = _decode(raw, deserialize)
                 async with deadline:
                     return await inner(request, context)
             except errors.DomainError as error:
@@ -165,6 +178,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return None  # not reached: abort raises
 
         return behavior
+
+
+def _decode(raw: object, deserialize: Callable[[bytes], object] | None) -> object:
+    if deserialize is None or not isinstance(raw, bytes):
+        return raw
+    try:
+        return deserialize(raw)
+    except DecodeError:
+        raise errors.InvalidArgument.field(
+            "request", "not a valid protobuf message (malformed, or a string is not UTF-8)"
+        ) from None
 
 
 def database_unavailable() -> errors.Unavailable:

@@ -28,13 +28,15 @@ def create_engine(settings: Settings) -> AsyncEngine:
     """Build the process's engine: a bounded, pre-pinged pool on PostgreSQL; WAL mode on SQLite."""
     url = settings.sqlalchemy_url
     if url.get_backend_name() == "sqlite":
-        engine = create_async_engine(url, echo=settings.debug)
+        engine = create_async_engine(url, echo=settings.debug, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(
         url,
         echo=settings.debug,
+        # Bound values (password hashes, emails) never reach logs, with DEBUG or in errors.
+        hide_parameters=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_connect_timeout_seconds,

@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 logger = logging.getLogger(__name__)
 
 #: Seconds between liveness checks of the listening connection.
-CHECK_INTERVAL_SECONDS = 5.0
+CHECK_INTERVAL_SECONDS = 2.0
 #: Longest wait between reconnection attempts, in seconds.
 MAX_BACKOFF_SECONDS = 10.0
 

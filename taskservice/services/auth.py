@@ -16,7 +16,6 @@ from taskservice.services.auth_state import AuthStateStore
 from taskservice.services.principal import Principal
 from taskservice.services.users import email_taken
 from taskservice.services.validation import (
-    LOGIN_PASSWORD_MAX_BYTES,
     FieldViolation,
     email_violation,
     new_password_violation,
@@ -92,9 +91,6 @@ class AuthService:
         raise_if(
             None if email.strip() else FieldViolation("email", "required"),
             None if password else FieldViolation("password", "required"),
-            FieldViolation("password", f"at most {LOGIN_PASSWORD_MAX_BYTES} bytes")
-            if len(password.encode()) > LOGIN_PASSWORD_MAX_BYTES
-            else None,
         )
         try:
             normalized = normalize_email(email)
@@ -125,6 +121,8 @@ class AuthService:
             user = await session.get(User, caller.user_id, with_for_update=True)
             if user is None:
                 raise _user_gone()
+            if user.password_hash != stored:  # changed since it was checked: check again
+                raise Unauthenticated("PASSWORD_INCORRECT", "current_password is incorrect")
             user.password_hash = password_hash
             user.token_version += 1
             version = user.token_version

@@ -28,7 +28,12 @@ from taskservice.db.models import (
 from taskservice.errors import Aborted, FieldViolation, NotFound, PermissionDenied
 from taskservice.services.pagination import PageTokens, page_size
 from taskservice.services.principal import Principal
-from taskservice.services.validation import mask_violations, raise_if, require_id
+from taskservice.services.validation import (
+    mask_violations,
+    nul_violation,
+    raise_if,
+    require_id,
+)
 
 #: Fields that UpdateTask replaces and PatchTask may name.
 WRITABLE_TASK_FIELDS = frozenset({"title", "description", "status", "due_time"})
@@ -83,7 +88,7 @@ class TaskService:
         raise_if(
             FieldViolation("request_id", f"at most {REQUEST_ID_MAX_LENGTH} characters")
             if len(request_id) > REQUEST_ID_MAX_LENGTH
-            else None
+            else nul_violation("request_id", request_id)
         )
         try:
             async with self._db.write() as session:
@@ -110,9 +115,12 @@ class TaskService:
             # A concurrent retry with the same request_id committed first: return its task.
             async with self._db.read() as session:
                 earlier = await _by_request(session, caller, request_id) if request_id else None
-            if earlier is None:
-                raise
-            return earlier
+                owner_exists = await session.get(User, owner) is not None
+            if earlier is not None:
+                return earlier
+            if not owner_exists:  # the owner was deleted while the task was being created
+                raise NotFound("OWNER_NOT_FOUND", "no user has this owner_id") from None
+            raise
         return task
 
     async def get_task(self, caller: Principal, task_id: int) -> Task:
@@ -215,6 +223,10 @@ def _check_values(values: TaskValues, fields: set[str], mask: frozenset[str] | N
         violations.append(
             FieldViolation("task.title", f"1 to {TITLE_MAX_LENGTH} characters after trimming")
         )
+    if "title" in fields:
+        violations.append(nul_violation("task.title", title))
+    if "description" in fields:
+        violations.append(nul_violation("task.description", values.description))
     if "description" in fields and len(values.description) > DESCRIPTION_MAX_LENGTH:
         violations.append(
             FieldViolation("task.description", f"at most {DESCRIPTION_MAX_LENGTH} characters")

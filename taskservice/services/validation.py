@@ -10,8 +10,6 @@ from taskservice.security.passwords import BCRYPT_MAX_PASSWORD_BYTES
 
 #: Shortest password accepted when one is set, in characters.
 PASSWORD_MIN_CHARS = 8
-#: Longest password accepted at login, in bytes: longer is a malformed request, not a guess.
-LOGIN_PASSWORD_MAX_BYTES = 1024
 
 
 def normalize_email(raw: str) -> str:
@@ -77,3 +75,8 @@ def mask_violations(
         )
         for path in sorted(paths - writable)
     ]
+
+
+def nul_violation(field: str, value: str) -> FieldViolation | None:
+    """U+0000 is refused in stored text: PostgreSQL cannot store it, SQLite would."""
+    return FieldViolation(field, "must not contain NUL (U+0000)") if "\x00" in value else None
