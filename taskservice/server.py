@@ -56,9 +56,6 @@ HEALTH_NAMES: tuple[str, ...] = ("", *SERVICE_NAMES)
 #: Every health name answered.
 ALL_HEALTH_NAMES: tuple[str, ...] = (LIVENESS, READINESS, *HEALTH_NAMES)
 
-#: Seconds calls in flight may run on after a stop signal before they are cancelled.
-SHUTDOWN_GRACE_SECONDS = 10.0
-
 
 @dataclass
 class Application:
@@ -84,7 +81,7 @@ class Application:
             self.settings.sqlalchemy_url.render_as_string(hide_password=True),
         )
 
-    async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
+    async def stop(self, grace: float | None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, then close the pool.
 
         Calls in flight may finish within `grace` seconds (None: cancel them at once).
@@ -193,5 +190,5 @@ async def run(settings: Settings) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError):
                 loop.remove_signal_handler(signum)
-        await app.stop(SHUTDOWN_GRACE_SECONDS)
+        await app.stop(settings.shutdown_grace_seconds)
     logger.info("stopped")

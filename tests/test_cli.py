@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from taskservice.v1 import auth_service_pb2, auth_service_pb2_grpc
+from tests.helpers import PASSWORD
 from tests.test_config import ENV_NAMES
 
 SERVING_LINE = re.compile(rb"serving gRPC on [^:]+:(\d+)")
@@ -55,7 +56,9 @@ async def _serving(cwd: Path, **env: str) -> AsyncIterator[tuple[asyncio.subproc
         "taskservice",
         "serve",
         cwd=cwd,
-        env=_environment(GRPC_HOST="127.0.0.1", GRPC_PORT="0", BCRYPT_ROUNDS="4", **env),
+        env=_environment(
+            **{"GRPC_HOST": "127.0.0.1", "GRPC_PORT": "0", "BCRYPT_ROUNDS": "4", **env}
+        ),
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
@@ -159,3 +162,22 @@ async def test_create_admin_refuses_a_short_password(tmp_path: Path) -> None:
     )
     assert code == 1
     assert "password: at least 8 characters" in output
+
+
+async def test_sigterm_under_load_finishes_calls_in_flight_and_exits_0(tmp_path: Path) -> None:
+    assert (await _run(tmp_path, "migrate"))[0] == 0
+    async with _serving(tmp_path, BCRYPT_ROUNDS="12") as (process, port):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            auth = auth_service_pb2_grpc.AuthServiceStub(channel)
+            await auth.Register(
+                auth_service_pb2.RegisterRequest(email="load@example.com", password=PASSWORD),
+                timeout=10,
+            )
+            login = auth_service_pb2.LoginRequest(email="load@example.com", password=PASSWORD)
+            in_flight = [asyncio.ensure_future(auth.Login(login, timeout=20)) for _ in range(12)]
+            # Once one login is done the others are hashing: stop the server under that load.
+            await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            process.send_signal(signal.SIGTERM)
+            responses = await asyncio.gather(*in_flight)
+            assert all(r.access_token for r in responses)
+        assert await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT) == 0
