@@ -23,15 +23,21 @@ EXIT_FAILURE = 1
 
 def _serve(args: argparse.Namespace) -> int:
     """Serve gRPC until SIGTERM or SIGINT."""
-    from taskservice.server import run
-
     overrides: dict[str, object] = {}
     if args.host is not None:
         overrides["grpc_host"] = args.host
     if args.port is not None:
         overrides["grpc_port"] = args.port
+    if args.workers is not None:
+        overrides["workers"] = args.workers
     settings = _settings(**overrides)
     try:
+        if settings.workers > 1:
+            from taskservice.workers import Supervisor  # never imports gRPC in this process
+
+            return Supervisor(settings, settings.workers).run()
+        from taskservice.server import run
+
         asyncio.run(run(settings))
     except RuntimeError as exc:
         print(f"taskservice: {exc}", file=sys.stderr)
@@ -106,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve gRPC (health and reflection included)")
     serve.add_argument("--host", help="address to listen on (overrides GRPC_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides GRPC_PORT)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the port, supervised (overrides WORKERS; default 1)",
+    )
     serve.set_defaults(handler=_serve)
 
     migrate = commands.add_parser(

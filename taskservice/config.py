@@ -72,6 +72,7 @@ class Settings(BaseSettings):
 
     grpc_host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - a server binds all
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     max_message_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_concurrent_rpcs: int = Field(default=1000, ge=1, le=100_000)

@@ -93,7 +93,7 @@ class Application:
         self.hasher.close()
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
+def server_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[str, int]]:
     """GRPC core channel arguments: limits, keepalive, connection ageing.
 
     `max_connection_age` closes connections gracefully now and then, so long-lived clients
@@ -102,8 +102,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     """
     ms = 1000
     return [
-        # A second server on a busy port must fail, not silently share it.
-        ("grpc.so_reuseport", 0),
+        # A second server on a busy port must fail, not silently share it; only the workers of
+        # one supervisor share their port on purpose.
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
         ("grpc.keepalive_time_ms", settings.keepalive_time_seconds * ms),
@@ -123,7 +124,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-async def build_server(settings: Settings) -> Application:
+async def build_server(settings: Settings, *, reuse_port: bool = False) -> Application:
     """Wire a complete server for `settings`, bound to its port but not yet started.
 
     Raises RuntimeError when the address cannot be bound (for example, the port is taken).
@@ -148,7 +149,7 @@ async def build_server(settings: Settings) -> Application:
             AvailabilityInterceptor(monitor),
             AuthInterceptor(auth),
         ],
-        options=server_options(settings),
+        options=server_options(settings, reuse_port=reuse_port),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
@@ -175,9 +176,9 @@ async def build_server(settings: Settings) -> Application:
     return Application(settings, server, database, auth_states, monitor, hasher, port)
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, *, reuse_port: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then drain gracefully."""
-    app = await build_server(settings)
+    app = await build_server(settings, reuse_port=reuse_port)
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -118,9 +118,12 @@ async def test_migrate_then_serve_answers_health_and_stops_cleanly_on_sigterm(
 async def test_a_second_server_on_a_busy_port_fails_fast(tmp_path: Path) -> None:
     assert (await _run(tmp_path, "migrate"))[0] == 0
     async with _serving(tmp_path) as (process, port):
-        code, output = await _run(tmp_path, "serve", GRPC_HOST="127.0.0.1", GRPC_PORT=str(port))
-        assert code == 1
-        assert f"cannot listen on 127.0.0.1:{port}" in output
+        for workers in ("1", "2"):  # a lone server, and a supervisor of workers
+            code, output = await _run(
+                tmp_path, "serve", GRPC_HOST="127.0.0.1", GRPC_PORT=str(port), WORKERS=workers
+            )
+            assert code == 1
+            assert f"cannot listen on 127.0.0.1:{port}" in output
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT) == 0
 
@@ -181,3 +184,63 @@ async def test_sigterm_under_load_finishes_calls_in_flight_and_exits_0(tmp_path:
             responses = await asyncio.gather(*in_flight)
             assert all(r.access_token for r in responses)
         assert await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT) == 0
+
+
+async def _read_until(stream: asyncio.StreamReader, pattern: re.Pattern[bytes]) -> re.Match[bytes]:
+    async with asyncio.timeout(PROCESS_TIMEOUT):
+        while True:
+            line = await stream.readline()
+            if not line:
+                pytest.fail(f"stream ended before {pattern.pattern!r}")
+            if match := pattern.search(line):
+                return match
+
+
+async def _health(port: int) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    return response.status
+
+
+async def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path: Path) -> None:
+    assert (await _run(tmp_path, "migrate"))[0] == 0
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "taskservice",
+        "serve",
+        "--workers",
+        "2",
+        cwd=tmp_path,
+        env=_environment(GRPC_HOST="127.0.0.1", GRPC_PORT="0", BCRYPT_ROUNDS="4"),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    worker_started = re.compile(rb"worker started \(pid (\d+)\)")
+    serving = re.compile(rb"taskservice.server: serving gRPC")
+    try:
+        port = int((await _read_until(process.stderr, re.compile(rb"workers on [^:]+:(\d+)")))[1])
+        pids = [int((await _read_until(process.stderr, worker_started))[1]) for _ in range(2)]
+        for _ in range(2):
+            await _read_until(process.stderr, serving)
+        assert await _health(port) == health_pb2.HealthCheckResponse.SERVING
+
+        os.kill(pids[0], signal.SIGKILL)
+        await _read_until(process.stderr, re.compile(rb"worker pid %d exited" % pids[0]))
+        replacement = int((await _read_until(process.stderr, worker_started))[1])
+        assert replacement not in pids
+        await _read_until(process.stderr, serving)
+        assert await _health(port) == health_pb2.HealthCheckResponse.SERVING
+
+        process.send_signal(signal.SIGTERM)
+        await _read_until(process.stderr, re.compile(rb"all workers stopped"))
+        assert await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT) == 0
+        for pid in (pids[1], replacement):
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
