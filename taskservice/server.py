@@ -13,14 +13,14 @@ import signal
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from taskservice.api.auth_servicer import AuthServicer
 from taskservice.api.authentication import AuthInterceptor
 from taskservice.api.availability import AvailabilityInterceptor
 from taskservice.api.errors import ErrorInterceptor
-from taskservice.api.health import LIVENESS, READINESS, HealthMonitor
+from taskservice.api.health import LIVENESS, READINESS, HealthMonitor, HealthServicer
 from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
 from taskservice.config import Settings
@@ -139,7 +139,7 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     users = UserService(database, page_tokens, auth_states)
     tasks = TaskService(database, page_tokens)
 
-    monitor = HealthMonitor(health.aio.HealthServicer(), database.ping, HEALTH_NAMES)
+    monitor = HealthMonitor(HealthServicer(), database.ping, HEALTH_NAMES)
     await monitor.not_serving_yet()
     server = grpc.aio.server(
         # Outermost first: errors are mapped around everything; calls fail fast while the

@@ -19,9 +19,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from taskservice.server import Application, build_server
-from taskservice.v1 import task_pb2, task_service_pb2, user_service_pb2
+from taskservice.v1 import auth_service_pb2, task_pb2, task_service_pb2, user_service_pb2
 from tests.conftest import PG_ADMIN_DSN, Stubs, make_settings, stubs_for
-from tests.helpers import fails, register
+from tests.helpers import PASSWORD, fails, register
 from tests.proxy import TcpProxy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -151,6 +151,21 @@ async def test_calls_past_their_deadline_stop_their_queries_and_give_connections
                     # and every connection went back to the pool while the lock is still held.
                     await _eventually(nothing_waits, 5.0)
                     await _eventually(pool_whole, 5.0)
+                # Explicit cancellation by the client, once the calls are blocked in PostgreSQL.
+                calls = [
+                    stubs.tasks.PatchTask(patch, metadata=account.metadata) for _ in range(100)
+                ]
+
+                async def some_wait() -> bool:
+                    return await _waiting_on_locks(database) > 0
+
+                await _eventually(some_wait, 5.0)
+                for call in calls:
+                    call.cancel()
+                results = await asyncio.gather(*calls, return_exceptions=True)
+                assert all(isinstance(r, asyncio.CancelledError) for r in results)
+                await _eventually(nothing_waits, 5.0)
+                await _eventually(pool_whole, 5.0)
                 await transaction.rollback()
             finally:
                 await locker.close()
@@ -203,3 +218,37 @@ async def test_an_unexpected_error_is_internal_with_a_request_id_logged_once(
     # The server keeps serving.
     me = await stubs.users.GetMe(user_service_pb2.GetMeRequest(), metadata=account.metadata)
     assert me.user.id == account.user.id
+
+
+async def test_stopping_turns_health_off_at_once_and_lets_calls_in_flight_finish(
+    database_url: str,
+) -> None:
+    application = await build_server(make_settings(database_url, bcrypt_rounds=12))
+    await application.start()
+    stopped = False
+    try:
+        async with stubs_for(application) as stubs:
+            account = await register(stubs)
+            watch = stubs.health.Watch(health_pb2.HealthCheckRequest(service="liveness"))
+            assert (await watch.read()).status == SERVING
+            login = auth_service_pb2.LoginRequest(email=account.user.email, password=PASSWORD)
+            in_flight = [asyncio.ensure_future(stubs.auth.Login(login)) for _ in range(8)]
+            await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            stop_started = time.perf_counter()
+            stopping = asyncio.ensure_future(application.stop(grace=10))
+            assert await _read_within(watch, 2.0) == NOT_SERVING
+            assert await watch.read() == grpc.aio.EOF  # watchers do not hold the shutdown up
+            async with stubs_for(application) as late:  # refused by the transport itself
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await late.users.GetMe(
+                        user_service_pb2.GetMeRequest(), metadata=account.metadata
+                    )
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            responses = await asyncio.gather(*in_flight)
+            assert all(r.access_token for r in responses)
+            await stopping
+            stopped = True
+            assert time.perf_counter() - stop_started < 5.0, "stop waited out its grace period"
+    finally:
+        if not stopped:
+            await application.stop(grace=None)

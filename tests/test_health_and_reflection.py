@@ -22,6 +22,12 @@ async def test_health_check_is_serving_for_every_documented_name(
     assert response.status == SERVING
 
 
+async def test_health_list_names_every_status(stubs: Stubs) -> None:
+    response = await stubs.health.List(health_pb2.HealthListRequest())
+    assert set(response.statuses) == set(ALL_HEALTH_NAMES)
+    assert {s.status for s in response.statuses.values()} == {SERVING}
+
+
 async def test_health_check_of_an_unknown_service_is_not_found(stubs: Stubs) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stubs.health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))

@@ -15,7 +15,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from grpc_health.v1 import health, health_pb2
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,72 @@ PROBE_TIMEOUT_SECONDS = 2.0
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """`grpc.health.v1.Health` with Check, List and Watch, whose streams end at shutdown.
+
+    grpcio-health-checking's servicer keeps Watch streams open after its graceful shutdown, so a
+    server with any watcher (client-side health checking keeps one per connection) always waited
+    its whole shutdown grace. Here, once shut down, every Watch sends NOT_SERVING and ends.
+    """
+
+    def __init__(self) -> None:
+        self._statuses: dict[str, int] = {}
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    async def set(self, name: str, status: int) -> None:
+        """Set one name's status and wake its watchers; ignored after shutdown."""
+        if not self._closed and self._statuses.get(name) != status:
+            self._statuses[name] = status
+            self._notify()
+
+    async def enter_graceful_shutdown(self) -> None:
+        """Every name NOT_SERVING for good; Watch streams send that and end."""
+        self._statuses = dict.fromkeys(self._statuses, _NOT_SERVING)
+        self._closed = True
+        self._notify()
+
+    async def Check(  # noqa: N802 - the RPC's name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        """The status of one name; an unknown name is NOT_FOUND, as the protocol says."""
+        status = self._statuses.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def List(  # noqa: N802 - the RPC's name
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        """Every name and its status."""
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._statuses.items()
+            }
+        )
+
+    async def Watch(  # noqa: N802 - the RPC's name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Stream the name's status now and at every change (SERVICE_UNKNOWN if unknown)."""
+        last = None
+        while True:
+            changed = self._changed  # taken before reading, so no change is missed
+            status = self._statuses.get(request.service, _SERVICE_UNKNOWN)
+            if status != last:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            if self._closed:
+                return
+            await changed.wait()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
 
 class HealthMonitor:
@@ -35,7 +102,7 @@ class HealthMonitor:
 
     def __init__(
         self,
-        servicer: health.aio.HealthServicer,
+        servicer: HealthServicer,
         probe: Callable[[], Awaitable[object]],
         readiness_names: Sequence[str],
     ) -> None:
