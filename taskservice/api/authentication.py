@@ -14,7 +14,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from taskservice.api.handlers import UnaryBehavior, replace_behavior, wrap_unary_unary
+from taskservice.api.handlers import (
+    HandlerInterceptor,
+    UnaryBehavior,
+    replace_behavior,
+    wrap_unary_unary,
+)
 from taskservice.errors import Unauthenticated
 from taskservice.services.auth import AuthService
 from taskservice.services.principal import Principal
@@ -39,30 +44,22 @@ _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(HandlerInterceptor):
     """Resolves `authorization: Bearer <token>` to a Principal before the handler runs."""
 
     def __init__(self, auth: AuthService) -> None:
         self._auth = auth
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def intercept_handler(
+        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         """Let public methods through; make every other one authenticate first."""
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if (
-            handler is None
-            or method in PUBLIC_METHODS
-            or method.startswith(PUBLIC_SERVICE_PREFIXES)
-        ):
+        if method in PUBLIC_METHODS or method.startswith(PUBLIC_SERVICE_PREFIXES):
             return handler
         if handler.unary_unary is None:  # fail closed: we authenticate unary calls only
             return replace_behavior(handler, _refuse_streaming)
         optional = method in OPTIONAL_AUTH_METHODS
-        metadata = handler_call_details.invocation_metadata or ()
+        metadata = details.invocation_metadata or ()
         return wrap_unary_unary(
             handler, lambda inner: self._authenticating(inner, metadata, optional)
         )

@@ -6,34 +6,25 @@ Health and reflection stay answerable.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import grpc
 
 from taskservice.api.authentication import PUBLIC_SERVICE_PREFIXES
 from taskservice.api.errors import database_unavailable
-from taskservice.api.handlers import UnaryBehavior, wrap_unary_unary
+from taskservice.api.handlers import HandlerInterceptor, UnaryBehavior, wrap_unary_unary
 from taskservice.api.health import HealthMonitor
 
 
-class AvailabilityInterceptor(grpc.aio.ServerInterceptor):
+class AvailabilityInterceptor(HandlerInterceptor):
     """Refuses calls that need the database while health says it is down."""
 
     def __init__(self, monitor: HealthMonitor) -> None:
         self._monitor = monitor
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def intercept_handler(
+        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         """Gate every unary method outside health and reflection on database readiness."""
-        handler = await continuation(handler_call_details)
-        if (
-            handler is None
-            or handler.unary_unary is None
-            or handler_call_details.method.startswith(PUBLIC_SERVICE_PREFIXES)
-        ):
+        if handler.unary_unary is None or method.startswith(PUBLIC_SERVICE_PREFIXES):
             return handler
         return wrap_unary_unary(handler, self._gated)
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import asyncpg
 import grpc
@@ -23,7 +23,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from taskservice import errors
-from taskservice.api.handlers import UnaryBehavior, wrap_unary_unary
+from taskservice.api.handlers import HandlerInterceptor, UnaryBehavior, wrap_unary_unary
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _database_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, DATABASE_UNAVAILABLE_ERRORS)
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(HandlerInterceptor):
     """Turns exceptions escaping a unary handler into statuses; installed outermost.
 
     It also enforces the caller's deadline on the handler, so work stops (and database
@@ -124,16 +124,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, on_database_error: Callable[[], None] = lambda: None) -> None:
         self._on_database_error = on_database_error
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def intercept_handler(
+        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         """Wrap the method's handler so its exceptions become statuses."""
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler.unary_unary is None:
             return handler
-        method = handler_call_details.method
         # Decode the request here rather than in gRPC, where a malformed message (invalid
         # UTF-8 in a string field, say) would end the call UNKNOWN before any interceptor ran.
         deserialize = handler.request_deserializer

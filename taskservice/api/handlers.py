@@ -26,3 +26,27 @@ def replace_behavior(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any
         stream_unary=behavior if handler.stream_unary else None,
         stream_stream=behavior if handler.stream_stream else None,
     )
+
+
+class HandlerInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that rewrites the method handler of each call that has one.
+
+    Subclasses implement `intercept_handler`; unknown methods (no handler) pass through.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """Resolve the handler further in, then let the subclass rewrite it."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self.intercept_handler(handler, handler_call_details.method, handler_call_details)
+
+    def intercept_handler(
+        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        """The handler to use for `method` instead of `handler`."""
+        raise NotImplementedError
