@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -72,6 +72,9 @@ class Settings(BaseSettings):
 
     grpc_host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - a server binds all
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
     workers: int = Field(default=1, ge=1, le=64)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     max_message_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
@@ -108,6 +111,9 @@ class Settings(BaseSettings):
         "jwt_secret_key",
         "jwt_private_key_file",
         "jwt_public_key_file",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
         mode="before",
     )
     @classmethod
@@ -121,6 +127,14 @@ class Settings(BaseSettings):
         if value is None:
             return None
         return normalize_database_url(value).render_as_string(hide_password=False)
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+        return self
 
     @property
     def sqlalchemy_url(self) -> URL:

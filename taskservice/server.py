@@ -13,6 +13,8 @@ import signal
 from dataclasses import dataclass
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -23,7 +25,7 @@ from taskservice.api.errors import ErrorInterceptor
 from taskservice.api.health import LIVENESS, READINESS, HealthMonitor, HealthServicer
 from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
-from taskservice.config import Settings
+from taskservice.config import ConfigError, Settings
 from taskservice.db.engine import Database, create_engine
 from taskservice.security.passwords import PasswordHasher
 from taskservice.security.tokens import TokenCodec
@@ -124,12 +126,44 @@ def server_options(settings: Settings, *, reuse_port: bool = False) -> list[tupl
     ]
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """Transport security from the TLS_* files, or None for plaintext.
+
+    TLS_CERT_FILE and TLS_KEY_FILE serve TLS; with TLS_CLIENT_CA_FILE, clients must present a
+    certificate signed by that CA (mutual TLS). The files are checked here, so a bad one stops the
+    start with a clear message instead of a vague bind failure.
+    """
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    try:
+        key = settings.tls_key_file.read_bytes()
+        chain = settings.tls_cert_file.read_bytes()
+        client_ca = (
+            settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+        )
+    except OSError as exc:
+        raise ConfigError(f"TLS files: cannot read {exc.filename} ({exc.strerror})") from None
+    for name, check in (
+        ("TLS_CERT_FILE", lambda: x509.load_pem_x509_certificates(chain)),
+        ("TLS_KEY_FILE", lambda: serialization.load_pem_private_key(key, password=None)),
+        ("TLS_CLIENT_CA_FILE", lambda: client_ca and x509.load_pem_x509_certificates(client_ca)),
+    ):
+        try:
+            check()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{name}: not usable PEM ({exc})") from None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 async def build_server(settings: Settings, *, reuse_port: bool = False) -> Application:
     """Wire a complete server for `settings`, bound to its port but not yet started.
 
     Raises RuntimeError when the address cannot be bound (for example, the port is taken).
     """
     tokens = TokenCodec.from_settings(settings)
+    credentials = server_credentials(settings)  # before anything that would need closing
     engine = create_engine(settings)
     database = Database(engine)
     hasher = PasswordHasher(settings.bcrypt_rounds)
@@ -168,7 +202,10 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
 
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError:
         await engine.dispose()
         hasher.close()
