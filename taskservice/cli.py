@@ -96,7 +96,7 @@ def _create_admin(args: argparse.Namespace) -> int:
 
 def _settings(*, require_signing_key: bool = True, **overrides: object) -> Settings:
     settings = load_settings(**overrides)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return with_signing_key(settings) if require_signing_key else settings
 
 

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from taskservice.api.access_log import AccessLogInterceptor
 from taskservice.api.auth_servicer import AuthServicer
 from taskservice.api.authentication import AuthInterceptor
 from taskservice.api.availability import AvailabilityInterceptor
@@ -179,6 +180,7 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
         # Outermost first: errors are mapped around everything; calls fail fast while the
         # database is down; then the caller is authenticated.
         interceptors=[
+            AccessLogInterceptor(),
             ErrorInterceptor(on_database_error=monitor.suspect),
             AvailabilityInterceptor(monitor),
             AuthInterceptor(auth),

@@ -57,7 +57,7 @@ def _worker(settings: Settings) -> None:
     from taskservice.log import configure_logging
     from taskservice.server import run
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(run(settings, reuse_port=True))
 
 

@@ -219,7 +219,7 @@ async def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path: Pa
     )
     assert process.stderr is not None
     worker_started = re.compile(rb"worker started \(pid (\d+)\)")
-    serving = re.compile(rb"taskservice.server: serving gRPC")
+    serving = re.compile(rb"serving gRPC on")
     try:
         port = int((await _read_until(process.stderr, re.compile(rb"workers on [^:]+:(\d+)")))[1])
         pids = [int((await _read_until(process.stderr, worker_started))[1]) for _ in range(2)]

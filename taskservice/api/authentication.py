@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from taskservice.api.call_context import current_call
 from taskservice.api.handlers import (
     HandlerInterceptor,
     UnaryBehavior,
@@ -75,6 +76,8 @@ class AuthInterceptor(HandlerInterceptor):
                     "missing access token: send the metadata 'authorization: Bearer <token>'",
                 )
             principal = None if token is None else await self._auth.authenticate(token)
+            if principal is not None and (call := current_call()) is not None:
+                call.user_id = principal.user_id
             reset = _principal.set(principal)
             try:
                 return await inner(request, context)

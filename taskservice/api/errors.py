@@ -23,6 +23,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from taskservice import errors
+from taskservice.api.call_context import REQUEST_ID_KEY, current_call
 from taskservice.api.handlers import HandlerInterceptor, UnaryBehavior, wrap_unary_unary
 
 logger = logging.getLogger(__name__)
@@ -77,9 +78,15 @@ def to_status(error: errors.DomainError) -> status_pb2.Status:
 
 
 async def abort_with_status(context: grpc.aio.ServicerContext, status: status_pb2.Status) -> None:
-    """End the call with `status`, its details in the `grpc-status-details-bin` trailer."""
+    """End the call with `status`, its details in the `grpc-status-details-bin` trailer.
+
+    The call's request id is added again, since abort's trailers replace those set before.
+    """
     grpc_status = rpc_status.to_status(status)
-    await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
+    trailers = tuple(grpc_status.trailing_metadata)
+    if (call := current_call()) is not None:
+        trailers += ((REQUEST_ID_KEY, call.request_id),)
+    await context.abort(grpc_status.code, grpc_status.details, trailers)
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -196,7 +203,8 @@ def database_unavailable() -> errors.Unavailable:
 
 async def _internal_error(context: grpc.aio.ServicerContext, method: str) -> None:
     """Log the bug once with its traceback and an id; tell the caller only the id."""
-    request_id = uuid.uuid4().hex
+    call = current_call()
+    request_id = call.request_id if call is not None else uuid.uuid4().hex
     logger.exception("unhandled error in %s (request id %s)", method, request_id)
     await abort_with_status(
         context,

@@ -1,0 +1,74 @@
+"""One structured log line per call, and the request id returned to the caller.
+
+Outermost interceptor: it gives each call a request id (the caller's `x-request-id` when sane,
+else a new one), returns it in trailing metadata, and logs method, status code, duration, peer,
+user id and request id when the call ends. It logs no request or response content, so no
+password, token or hash can reach the log through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from taskservice.api.call_context import REQUEST_ID_KEY, begin_call
+from taskservice.api.handlers import HandlerInterceptor, UnaryBehavior, wrap_unary_unary
+
+access_logger = logging.getLogger("taskservice.access")
+
+
+class AccessLogInterceptor(HandlerInterceptor):
+    """Request ids and the access log."""
+
+    def intercept_handler(
+        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        """Wrap unary calls; streams (health Watch, reflection) are not access-logged."""
+        if handler.unary_unary is None:
+            return handler
+        caller_id = next(
+            (
+                entry.value
+                for entry in details.invocation_metadata or ()
+                if entry.key == REQUEST_ID_KEY and isinstance(entry.value, str)
+            ),
+            None,
+        )
+        return wrap_unary_unary(handler, lambda inner: _logged(inner, method, caller_id))
+
+
+def _logged(inner: UnaryBehavior, method: str, caller_id: str | None) -> UnaryBehavior:
+    async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
+        info = begin_call(caller_id)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, info.request_id),))
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await inner(request, context)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+            raise
+        finally:
+            service, _, name = method.rpartition("/")
+            access_logger.info(
+                "%s %s",
+                method,
+                code.name,
+                extra={
+                    "grpc_service": service.lstrip("/"),
+                    "grpc_method": name,
+                    "grpc_code": code.name,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "peer": context.peer(),
+                    "user_id": info.user_id,
+                    "request_id": info.request_id,
+                },
+            )
+
+    return behavior

@@ -1,0 +1,38 @@
+"""What every layer of the gRPC edge may need to know about the call in progress."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+#: Metadata key of the request id: taken from the caller when valid, returned in trailers.
+REQUEST_ID_KEY = "x-request-id"
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass
+class CallInfo:
+    """The call's request id, and its user once authenticated (for the access log)."""
+
+    request_id: str
+    user_id: int | None = None
+
+
+_current: ContextVar[CallInfo | None] = ContextVar("taskservice_call", default=None)
+
+
+def begin_call(caller_request_id: str | None) -> CallInfo:
+    """Start a call's context, keeping the caller's request id if it is a sane one."""
+    request_id = caller_request_id
+    if request_id is None or not _VALID_REQUEST_ID.fullmatch(request_id):
+        request_id = uuid.uuid4().hex
+    info = CallInfo(request_id)
+    _current.set(info)
+    return info
+
+
+def current_call() -> CallInfo | None:
+    """The call in progress, if any."""
+    return _current.get()

@@ -1,0 +1,97 @@
+"""Observability: one JSON line per call with the fields operators need, and no secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from taskservice.log import configure_logging
+from taskservice.v1 import auth_service_pb2, user_service_pb2
+from tests.conftest import Stubs
+from tests.helpers import PASSWORD, fails, register
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """Everything logged, with the production set-up at LOG_LEVEL=DEBUG, JSON format."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    names = ("sqlalchemy.engine", "sqlalchemy.pool", "sqlalchemy.orm", "aiosqlite")
+    saved_levels = {name: logging.getLogger(name).level for name in names}
+    stream = io.StringIO()
+    configure_logging("DEBUG", "json", stream)
+    yield stream
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+    for name, level in saved_levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def _access_lines(stream: io.StringIO) -> list[dict[str, object]]:
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [entry for entry in entries if entry["logger"] == "taskservice.access"]
+
+
+async def test_one_json_line_per_call_with_request_ids_and_no_secrets(
+    stubs: Stubs, log_lines: io.StringIO
+) -> None:
+    account = await register(stubs)
+    login = stubs.auth.Login(
+        auth_service_pb2.LoginRequest(email=account.user.email, password=PASSWORD),
+        metadata=(("x-request-id", "from-the-caller-42"),),
+    )
+    response = await login
+    assert dict(await login.trailing_metadata())["x-request-id"] == "from-the-caller-42"
+    me = stubs.users.GetMe(user_service_pb2.GetMeRequest(), metadata=account.metadata)
+    await me
+    generated = dict(await me.trailing_metadata())["x-request-id"]
+    failure = await fails(
+        stubs.auth.Login(auth_service_pb2.LoginRequest(email=account.user.email, password="nope")),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    assert failure.reason == "LOGIN_FAILED"
+
+    lines = _access_lines(log_lines)
+    assert [(e["grpc_method"], e["grpc_code"]) for e in lines] == [
+        ("Register", "OK"),
+        ("Login", "OK"),
+        ("GetMe", "OK"),
+        ("Login", "UNAUTHENTICATED"),
+    ]
+    for entry in lines:
+        assert entry["grpc_service"] in {"taskservice.v1.AuthService", "taskservice.v1.UserService"}
+        assert isinstance(entry["duration_ms"], float)
+        assert str(entry["peer"]).startswith("ipv4:127.0.0.1:")
+        assert entry["request_id"]
+    assert lines[1]["request_id"] == "from-the-caller-42"
+    assert lines[2]["request_id"] == generated
+    assert lines[2]["user_id"] == account.user.id
+    assert lines[0]["user_id"] is None  # anonymous
+
+    everything = log_lines.getvalue()
+    for secret in (PASSWORD, "nope", account.token, response.access_token, "$2b$"):
+        assert secret not in everything
+
+
+async def test_errors_carry_the_request_id_in_trailers(stubs: Stubs) -> None:
+    call = stubs.users.GetMe(user_service_pb2.GetMeRequest(), metadata=(("x-request-id", "r-1"),))
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    assert dict(error.value.trailing_metadata())["x-request-id"] == "r-1"
+
+
+async def test_unusable_request_ids_are_replaced(stubs: Stubs) -> None:
+    account = await register(stubs)
+    call = stubs.users.GetMe(
+        user_service_pb2.GetMeRequest(),
+        metadata=(*account.metadata, ("x-request-id", "bad id with spaces" * 20)),
+    )
+    await call
+    request_id = dict(await call.trailing_metadata())["x-request-id"]
+    assert len(request_id) == 32
+    assert " " not in request_id
