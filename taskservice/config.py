@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
+    metrics_host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - scraped remotely
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     max_message_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
@@ -120,6 +122,7 @@ class Settings(BaseSettings):
         "tls_cert_file",
         "tls_key_file",
         "tls_client_ca_file",
+        "metrics_port",
         mode="before",
     )
     @classmethod

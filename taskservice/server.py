@@ -24,6 +24,7 @@ from taskservice.api.authentication import AuthInterceptor
 from taskservice.api.availability import AvailabilityInterceptor
 from taskservice.api.errors import ErrorInterceptor
 from taskservice.api.health import LIVENESS, READINESS, HealthMonitor, HealthServicer
+from taskservice.api.metrics import ServerMetrics
 from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
 from taskservice.config import ConfigError, Settings
@@ -70,11 +71,17 @@ class Application:
     auth_states: AuthStateStore
     health: HealthMonitor
     hasher: PasswordHasher
+    metrics: ServerMetrics
     port: int
+    metrics_port: int | None = None
 
     async def start(self) -> None:
         """Start accepting calls, then report readiness as the database allows."""
         await self.auth_states.start()
+        if self.settings.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(
+                self.settings.metrics_host, self.settings.metrics_port
+            )
         await self.server.start()
         await self.health.start()
         logger.info(
@@ -92,6 +99,7 @@ class Application:
         await self.health.shutdown()
         await self.server.stop(grace)
         await self.auth_states.stop()
+        self.metrics.close()
         await self.database.engine.dispose()
         self.hasher.close()
 
@@ -175,12 +183,13 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     tasks = TaskService(database, page_tokens)
 
     monitor = HealthMonitor(HealthServicer(), database.ping, HEALTH_NAMES)
+    metrics = ServerMetrics(engine)
     await monitor.not_serving_yet()
     server = grpc.aio.server(
         # Outermost first: errors are mapped around everything; calls fail fast while the
         # database is down; then the caller is authenticated.
         interceptors=[
-            AccessLogInterceptor(),
+            AccessLogInterceptor(metrics),
             ErrorInterceptor(on_database_error=monitor.suspect),
             AvailabilityInterceptor(monitor),
             AuthInterceptor(auth),
@@ -212,7 +221,7 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
         await engine.dispose()
         hasher.close()
         raise RuntimeError(f"cannot listen on {address}: is the port already in use?") from None
-    return Application(settings, server, database, auth_states, monitor, hasher, port)
+    return Application(settings, server, database, auth_states, monitor, hasher, metrics, port)
 
 
 async def run(settings: Settings, *, reuse_port: bool = False) -> None:

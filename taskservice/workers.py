@@ -80,7 +80,7 @@ class Supervisor:
             logger.info(
                 "supervising %d workers on %s:%d", self._count, self._settings.grpc_host, port
             )
-            self._workers = [self._start() for _ in range(self._count)]
+            self._workers = [self._start(slot) for slot in range(self._count)]
             while not self._stopping:
                 wait([w.sentinel for w in self._workers], timeout=1.0)
                 for index, worker in enumerate(self._workers):
@@ -90,11 +90,15 @@ class Supervisor:
                             worker.pid,
                             worker.exitcode,
                         )
-                        self._workers[index] = self._start()
+                        self._workers[index] = self._start(index)
             return self._drain()
 
-    def _start(self) -> BaseProcess:
-        worker = self._context.Process(target=_worker, args=(self._settings,), daemon=False)
+    def _start(self, slot: int) -> BaseProcess:
+        """Start the worker for `slot`; its metrics (if on) are served on METRICS_PORT + slot."""
+        settings = self._settings
+        if settings.metrics_port:
+            settings = settings.model_copy(update={"metrics_port": settings.metrics_port + slot})
+        worker = self._context.Process(target=_worker, args=(settings,), daemon=False)
         worker.start()
         logger.info("worker started (pid %s)", worker.pid)
         return worker

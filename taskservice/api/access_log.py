@@ -1,9 +1,9 @@
-"""One structured log line per call, and the request id returned to the caller.
+"""One structured log line and one set of metrics per call, and the request id returned.
 
 Outermost interceptor: it gives each call a request id (the caller's `x-request-id` when sane,
-else a new one), returns it in trailing metadata, and logs method, status code, duration, peer,
-user id and request id when the call ends. It logs no request or response content, so no
-password, token or hash can reach the log through it.
+else a new one), returns it in trailing metadata, and, when the call ends, logs method, status
+code, duration, peer, user id and request id and records the gRPC server metrics. It logs no
+request or response content, so no password, token or hash can reach the log through it.
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ import grpc
 
 from taskservice.api.call_context import REQUEST_ID_KEY, begin_call
 from taskservice.api.handlers import HandlerInterceptor, UnaryBehavior, wrap_unary_unary
+from taskservice.api.metrics import ServerMetrics
 
 access_logger = logging.getLogger("taskservice.access")
 
 
 class AccessLogInterceptor(HandlerInterceptor):
-    """Request ids and the access log."""
+    """Request ids, the access log and the per-call metrics."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
 
     def intercept_handler(
         self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
@@ -37,12 +41,21 @@ class AccessLogInterceptor(HandlerInterceptor):
             ),
             None,
         )
-        return wrap_unary_unary(handler, lambda inner: _logged(inner, method, caller_id))
+        return wrap_unary_unary(
+            handler, lambda inner: _observed(inner, method, caller_id, self._metrics)
+        )
 
 
-def _logged(inner: UnaryBehavior, method: str, caller_id: str | None) -> UnaryBehavior:
+def _observed(
+    inner: UnaryBehavior, method: str, caller_id: str | None, metrics: ServerMetrics
+) -> UnaryBehavior:
+    service, _, name = method.rpartition("/")
+    service = service.lstrip("/")
+    labels = ("unary", service, name)
+
     async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
         info = begin_call(caller_id)
+        metrics.started.labels(*labels).inc()
         context.set_trailing_metadata(((REQUEST_ID_KEY, info.request_id),))
         started = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -55,16 +68,18 @@ def _logged(inner: UnaryBehavior, method: str, caller_id: str | None) -> UnaryBe
             code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
             raise
         finally:
-            service, _, name = method.rpartition("/")
+            seconds = time.perf_counter() - started
+            metrics.handled.labels(*labels, code.name).inc()
+            metrics.handling_seconds.labels(*labels).observe(seconds)
             access_logger.info(
                 "%s %s",
                 method,
                 code.name,
                 extra={
-                    "grpc_service": service.lstrip("/"),
+                    "grpc_service": service,
                     "grpc_method": name,
                     "grpc_code": code.name,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "duration_ms": round(seconds * 1000, 3),
                     "peer": context.peer(),
                     "user_id": info.user_id,
                     "request_id": info.request_id,
