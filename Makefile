@@ -14,6 +14,8 @@ export UV_PYTHON ?= $(PYTHON)
 PROTO_DIR := protos
 PROTO_FILES := $(wildcard $(PROTO_DIR)/taskservice/v1/*.proto)
 BUF := node_modules/.bin/buf
+# Oldest Kubernetes the manifests must validate against (native gRPC probes need 1.27+).
+KUBERNETES_VERSION ?= 1.30.0
 
 .PHONY: help
 help: ## List the targets.
@@ -51,10 +53,11 @@ $(BUF): package.json package-lock.json
 	@touch $(BUF)
 
 .PHONY: lint
-lint: install $(BUF) ## ruff (lint and format check) and buf lint.
+lint: install $(BUF) ## ruff (lint and format check), buf lint, and the Kubernetes manifests (offline).
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .
 	cd $(PROTO_DIR) && ../$(BUF) lint
+	$(UV) run --locked kubernetes-validate --strict --quiet -k $(KUBERNETES_VERSION) deploy/kubernetes/*.yaml
 
 .PHONY: format
 format: install ## Format and autofix with ruff.
