@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
+    health_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - scraped remotely
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
@@ -123,6 +124,7 @@ class Settings(BaseSettings):
         "tls_key_file",
         "tls_client_ca_file",
         "metrics_port",
+        "health_port",
         mode="before",
     )
     @classmethod

@@ -73,6 +73,8 @@ class Application:
     hasher: PasswordHasher
     metrics: ServerMetrics
     port: int
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
     metrics_port: int | None = None
 
     async def start(self) -> None:
@@ -83,6 +85,8 @@ class Application:
                 self.settings.metrics_host, self.settings.metrics_port
             )
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         await self.health.start()
         logger.info(
             "serving gRPC on %s:%d (database: %s)",
@@ -97,6 +101,8 @@ class Application:
         Calls in flight may finish within `grace` seconds (None: cancel them at once).
         """
         await self.health.shutdown()
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         await self.server.stop(grace)
         await self.auth_states.stop()
         self.metrics.close()
@@ -221,7 +227,31 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
         await engine.dispose()
         hasher.close()
         raise RuntimeError(f"cannot listen on {address}: is the port already in use?") from None
-    return Application(settings, server, database, auth_states, monitor, hasher, metrics, port)
+    application = Application(
+        settings, server, database, auth_states, monitor, hasher, metrics, port
+    )
+    if settings.health_port is not None:
+        application.health_server, application.health_port = _health_only_server(
+            settings, monitor.servicer
+        )
+    return application
+
+
+def _health_only_server(
+    settings: Settings, servicer: HealthServicer
+) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server answering only `grpc.health.v1.Health`, on HEALTH_PORT.
+
+    Kubernetes' native gRPC probes cannot speak TLS; with TLS on the main port, they probe this
+    one instead. It shares the main server's health statuses and exposes nothing else.
+    """
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    address = f"{settings.grpc_host}:{settings.health_port}"
+    try:
+        return server, server.add_insecure_port(address)
+    except RuntimeError:
+        raise RuntimeError(f"cannot listen on {address}: is the port already in use?") from None
 
 
 async def run(settings: Settings, *, reuse_port: bool = False) -> None:

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from taskservice.config import ConfigError
 from taskservice.server import Application, build_server
+from taskservice.v1 import user_service_pb2, user_service_pb2_grpc
 from tests.conftest import make_settings
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -180,3 +181,28 @@ async def test_unusable_tls_files_stop_the_start(sqlite_url: str, pki: Pki, tmp_
         )
     with pytest.raises(ValueError, match="must be set together"):
         make_settings(sqlite_url, tls_cert_file=pki.files["cert"])
+
+
+async def test_a_plaintext_health_port_serves_probes_and_nothing_else(
+    sqlite_url: str, pki: Pki
+) -> None:
+    settings = make_settings(
+        sqlite_url, tls_cert_file=pki.files["cert"], tls_key_file=pki.files["key"], health_port=0
+    )
+    application = await build_server(settings)
+    await application.start()
+    try:
+        assert application.health_port
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{application.health_port}") as channel:
+            assert await _check(channel) == SERVING
+            readiness = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="readiness"), timeout=5
+            )
+            assert readiness.status == SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await user_service_pb2_grpc.UserServiceStub(channel).GetMe(
+                    user_service_pb2.GetMeRequest(), timeout=5
+                )
+            assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await application.stop(grace=None)
