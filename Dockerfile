@@ -12,14 +12,18 @@ RUN uv sync --locked --no-dev --no-install-project
 COPY alembic.ini ./
 COPY migrations ./migrations
 COPY taskservice ./taskservice
-RUN uv sync --locked --no-dev
+RUN uv sync --locked --no-dev \
+    && .venv/bin/python -m compileall -q taskservice migrations
 
 FROM python:3.12-slim AS runtime
-RUN useradd --system --uid 10001 --home-dir /data --create-home taskservice
+# UID and GID 10001, as the Kubernetes manifests' securityContext expects.
+RUN groupadd --system --gid 10001 taskservice \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --create-home taskservice
 COPY --from=build /app /app
 ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1
 # The embedded SQLite default and its development key live in /data; set DB_HOST (or
-# DATABASE_URL) and JWT_SECRET_KEY to use PostgreSQL.
+# DATABASE_URL) and JWT_SECRET_KEY to use PostgreSQL. Sources are precompiled, so a read-only
+# root filesystem (as in deploy/kubernetes) costs nothing at start.
 WORKDIR /data
 USER 10001
 EXPOSE 50051
