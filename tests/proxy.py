@@ -18,6 +18,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
+        self.blackholed = False
 
     async def start(self) -> None:
         """Listen (on a free port the first time, on the same port after a cut)."""
@@ -40,12 +41,24 @@ class TcpProxy:
         """Listen again on the same port."""
         await self.start()
 
+    def blackhole(self) -> None:
+        """Keep every connection open but deliver nothing either way.
+
+        As a network partition does: no reset, no refusal, only silence.
+        """
+        self.blackholed = True
+
     async def close(self) -> None:
         """Cut for good."""
         if self._server is not None:
             await self.cut()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.blackholed:
+            self._writers.add(writer)
+            while await reader.read(65536):
+                pass
+            return
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
         except OSError:
@@ -53,16 +66,18 @@ class TcpProxy:
             return
         self._writers.update((writer, upstream_writer))
         await asyncio.gather(
-            _pipe(reader, upstream_writer), _pipe(upstream_reader, writer), return_exceptions=True
+            self._pipe(reader, upstream_writer),
+            self._pipe(upstream_reader, writer),
+            return_exceptions=True,
         )
         self._writers.difference_update((writer, upstream_writer))
 
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        with contextlib.suppress(Exception):
-            writer.transport.abort()
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if not self.blackholed:
+                    writer.write(data)
+                    await writer.drain()
+        finally:
+            with contextlib.suppress(Exception):
+                writer.transport.abort()

@@ -252,3 +252,46 @@ async def test_stopping_turns_health_off_at_once_and_lets_calls_in_flight_finish
     finally:
         if not stopped:
             await application.stop(grace=None)
+
+
+async def test_a_silent_database_gives_retryable_codes_and_turns_readiness_off(
+    pg_database_url: str,
+) -> None:
+    """A partition (no reset, no refusal) yields only retryable codes.
+
+    Calls end UNAVAILABLE or at their deadline, never UNKNOWN or INTERNAL, and readiness turns
+    NOT_SERVING within the issue's 5 s.
+    """
+    url = make_url(pg_database_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    settings = make_settings(
+        url.set(port=proxy.port).render_as_string(hide_password=False),
+        db_connect_timeout_seconds=1.0,
+    )
+    application = await build_server(settings)
+    await application.start()
+    try:
+        async with stubs_for(application) as stubs:
+            account = await register(stubs)
+            proxy.blackhole()
+            blackholed_at = time.perf_counter()
+            codes = set()
+            while application.health.ready:
+                assert time.perf_counter() - blackholed_at < FLIP_SECONDS
+                try:
+                    await stubs.tasks.ListTasks(
+                        task_service_pb2.ListTasksRequest(), metadata=account.metadata, timeout=1.5
+                    )
+                except grpc.aio.AioRpcError as error:
+                    codes.add(error.code())
+            assert codes <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+            await fails(
+                stubs.tasks.ListTasks(
+                    task_service_pb2.ListTasksRequest(), metadata=account.metadata
+                ),
+                grpc.StatusCode.UNAVAILABLE,
+            )
+    finally:
+        await application.stop(grace=None)
+        await proxy.close()

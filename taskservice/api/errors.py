@@ -99,7 +99,7 @@ def _pack(message: object) -> any_pb2.Any:
 DATABASE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
-    OSError,
+    OSError,  # includes TimeoutError: connecting took longer than DB_CONNECT_TIMEOUT_SECONDS
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
@@ -161,9 +161,9 @@ class ErrorInterceptor(HandlerInterceptor):
                 await abort_with_status(context, to_status(error))
             except grpc.aio.AbortError:
                 raise
-            except TimeoutError:
-                if not deadline.expired():
-                    raise
+            except TimeoutError as exc:
+                if not deadline.expired():  # a connect or pool timeout: the database is away
+                    await self._unexpected(context, method, exc)
                 await abort_with_status(
                     context,
                     rich_status(
@@ -173,14 +173,20 @@ class ErrorInterceptor(HandlerInterceptor):
                     ),
                 )
             except Exception as exc:
-                if not _database_unavailable(exc):
-                    await _internal_error(context, method)
-                self._on_database_error()
-                logger.warning("%s: database unavailable: %s", method, type(exc).__name__)
-                await abort_with_status(context, to_status(database_unavailable()))
+                await self._unexpected(context, method, exc)
             return None  # not reached: abort raises
 
         return behavior
+
+    async def _unexpected(
+        self, context: grpc.aio.ServicerContext, method: str, exc: Exception
+    ) -> None:
+        """UNAVAILABLE when the database could not be reached; otherwise a bug: INTERNAL."""
+        if not _database_unavailable(exc):
+            await _internal_error(context, method)
+        self._on_database_error()
+        logger.warning("%s: database unavailable: %s", method, type(exc).__name__)
+        await abort_with_status(context, to_status(database_unavailable()))
 
 
 def _decode(raw: object, deserialize: Callable[[bytes], object] | None) -> object:
