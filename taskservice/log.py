@@ -42,9 +42,9 @@ _ROW_LOGGING_LOGGERS = ("sqlalchemy.engine", "sqlalchemy.pool", "sqlalchemy.orm"
 def configure_logging(level: str, log_format: str = "json", stream: TextIO | None = None) -> None:
     """Send records at `level` and above to stderr (or `stream`), as JSON lines or plain text.
 
-    SQLAlchemy's and aiosqlite's loggers are held at INFO at least, whatever `level` is: at DEBUG
-    they would log every parameter and result row. Statements themselves appear only with
-    DEBUG=true, parameters hidden.
+    SQLAlchemy's and aiosqlite's loggers are held at WARNING at least, whatever `level` is: at
+    INFO they log every statement, at DEBUG every parameter and result row. Statements appear
+    only with DEBUG=true (the engine's echo), parameters hidden.
     """
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
@@ -54,4 +54,4 @@ def configure_logging(level: str, log_format: str = "json", stream: TextIO | Non
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for name in _ROW_LOGGING_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level)))
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -37,6 +37,8 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # TIME_WAIT sockets of a previous run must not block a restart; a listener still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

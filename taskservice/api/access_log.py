@@ -62,7 +62,9 @@ def _observed(
         try:
             return await inner(request, context)
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise
         except BaseException:
             code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
