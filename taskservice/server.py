@@ -70,7 +70,6 @@ class Application:
     database: Database
     auth_states: AuthStateStore
     health: HealthMonitor
-    probe_database: Database
     hasher: PasswordHasher
     metrics: ServerMetrics
     port: int
@@ -108,7 +107,6 @@ class Application:
         await self.auth_states.stop()
         self.metrics.close()
         await self.database.engine.dispose()
-        await self.probe_database.engine.dispose()
         self.hasher.close()
 
 
@@ -190,10 +188,7 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     users = UserService(database, page_tokens, auth_states)
     tasks = TaskService(database, page_tokens)
 
-    # The probe has a connection of its own: a saturated request pool is load, not an outage,
-    # and must not take the replica out of rotation.
-    probe_database = Database(create_engine(settings, pool_size=1))
-    monitor = HealthMonitor(HealthServicer(), probe_database.ping, HEALTH_NAMES)
+    monitor = HealthMonitor(HealthServicer(), database.ping, HEALTH_NAMES)
     metrics = ServerMetrics(engine)
     await monitor.not_serving_yet()
     server = grpc.aio.server(
@@ -230,11 +225,10 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
             port = server.add_secure_port(address, credentials)
     except RuntimeError:
         await engine.dispose()
-        await probe_database.engine.dispose()
         hasher.close()
         raise RuntimeError(f"cannot listen on {address}: is the port already in use?") from None
     application = Application(
-        settings, server, database, auth_states, monitor, probe_database, hasher, metrics, port
+        settings, server, database, auth_states, monitor, hasher, metrics, port
     )
     if settings.health_port is not None:
         application.health_server, application.health_port = _health_only_server(

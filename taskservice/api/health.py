@@ -25,7 +25,7 @@ READINESS = "readiness"
 #: Seconds between database probes; with the probe timeout, an outage shows within 5 s.
 PROBE_INTERVAL_SECONDS = 2.0
 #: Longest a probe may take before the database counts as down.
-PROBE_TIMEOUT_SECONDS = 2.0
+PROBE_TIMEOUT_SECONDS = 1.5
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

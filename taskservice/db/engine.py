@@ -24,12 +24,8 @@ CLIENT_CHECK_INTERVAL_MS = 1_000
 _WRITES = "taskservice_writes"
 
 
-def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
-    """Build the process's engine: a bounded, pre-pinged pool on PostgreSQL; WAL mode on SQLite.
-
-    `pool_size` overrides the configured pool (and disables overflow), for the health probe's
-    own one-connection engine.
-    """
+def create_engine(settings: Settings) -> AsyncEngine:
+    """Build the process's engine: a bounded, pre-pinged pool on PostgreSQL; WAL mode on SQLite."""
     url = settings.sqlalchemy_url
     if url.get_backend_name() == "sqlite":
         engine = create_async_engine(url, echo=settings.debug, hide_parameters=True)
@@ -41,8 +37,8 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncE
         echo=settings.debug,
         # Bound values (password hashes, emails) never reach logs, with DEBUG or in errors.
         hide_parameters=True,
-        pool_size=pool_size or settings.db_pool_size,
-        max_overflow=0 if pool_size else settings.db_max_overflow,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_connect_timeout_seconds,
         pool_pre_ping=True,
         pool_recycle=1800,
