@@ -42,6 +42,18 @@ migrate: install ## Apply database migrations.
 test: install ## Run the whole test suite (SQLite and PostgreSQL).
 	$(UV) run --locked pytest $(PYTEST_ARGS)
 
+.PHONY: bench
+bench: install ## Load-test with h2load against a bare echo baseline (docs/benchmarks.md).
+	@command -v h2load >/dev/null || $(MAKE) --no-print-directory h2load
+	$(UV) run --locked python -m bench $(BENCH_ARGS)
+
+# h2load, the load generator `make bench` drives (Debian's nghttp2-client).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+.PHONY: h2load
+h2load:
+	$(SUDO) apt-get install -y --no-install-recommends nghttp2-client \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends nghttp2-client; }
+
 .PHONY: proto
 proto: install ## Regenerate taskservice/v1 from protos/.
 	rm -f taskservice/v1/*_pb2*.py taskservice/v1/*_pb2*.pyi

@@ -1,0 +1,122 @@
+"""Driving h2load: gRPC unary calls from a prebuilt body, and what its output and log say.
+
+h2load speaks HTTP/2 (cleartext, prior knowledge), not gRPC, so a call is a POST to the method's
+path with the length-prefixed message as body and the headers gRPC requires. It reports HTTP
+statuses only; grpc-status is checked by the harness on the server side (see `bench.run`).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf.message import Message
+
+#: Connections per h2load process at concurrency above this; the rest are streams on them, as a
+#: few client replicas each multiplexing calls on one channel would.
+MAX_CONNECTIONS = 4
+
+_REQUESTS = re.compile(
+    r"requests: (?P<total>\d+) total, \d+ started, (?P<done>\d+) done, (?P<ok>\d+) succeeded, "
+    r"(?P<failed>\d+) failed, (?P<errored>\d+) errored, (?P<timeout>\d+) timeout"
+)
+_STATUS_2XX = re.compile(r"status codes: (?P<ok>\d+) 2xx")
+
+
+class H2LoadError(RuntimeError):
+    """h2load is missing, failed, or reported calls that did not succeed."""
+
+
+@dataclass(frozen=True)
+class Load:
+    """One h2load process: `calls` calls of one method with one body, `concurrency` at a time."""
+
+    path: str
+    body: bytes
+    concurrency: int
+    calls: int
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one h2load process measured: each call's start and duration, in microseconds."""
+
+    load: Load
+    starts_us: list[int]
+    durations_us: list[int]
+
+
+def frame(message: Message | bytes) -> bytes:
+    """A gRPC length-prefixed message: uncompressed flag, big-endian length, the bytes."""
+    payload = message if isinstance(message, bytes) else message.SerializeToString()
+    return struct.pack(">BI", 0, len(payload)) + payload
+
+
+def executable() -> str:
+    """The h2load binary, or a clear error saying how to install it."""
+    found = shutil.which("h2load")
+    if found is None:
+        raise H2LoadError(
+            "h2load not found: install Debian's nghttp2-client (make bench does, where it can)"
+        )
+    return found
+
+
+def start(load: Load, target: str, workdir: Path, name: str) -> tuple[subprocess.Popen[str], Path]:
+    """Start h2load for `load` against `target` (host:port); return the process and its log."""
+    body = workdir / f"{name}.body"
+    body.write_bytes(load.body)
+    log = workdir / f"{name}.log"
+    connections = min(load.concurrency, MAX_CONNECTIONS)
+    streams = -(-load.concurrency // connections)
+    command = [
+        executable(),
+        f"--requests={load.calls}",
+        f"--clients={connections}",
+        f"--max-concurrent-streams={streams}",
+        "--threads=1",
+        f"--data={body}",
+        f"--log-file={log}",
+        "--header=content-type: application/grpc",
+        "--header=te: trailers",
+    ]
+    if load.token is not None:
+        command.append(f"--header=authorization: Bearer {load.token}")
+    command.append(f"http://{target}{load.path}")
+    process = subprocess.Popen(  # noqa: S603 - our own arguments
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    return process, log
+
+
+def finish(load: Load, process: subprocess.Popen[str], log: Path) -> Result:
+    """Wait for h2load and check that it completed every call with HTTP 200."""
+    output, _ = process.communicate()
+    if process.returncode != 0:
+        raise H2LoadError(f"h2load exited {process.returncode} on {load.path}:\n{output}")
+    requests, statuses = _REQUESTS.search(output), _STATUS_2XX.search(output)
+    if requests is None or statuses is None:
+        raise H2LoadError(f"unreadable h2load output on {load.path}:\n{output}")
+    if int(requests["ok"]) != load.calls or int(statuses["ok"]) != load.calls:
+        raise H2LoadError(
+            f"{load.path}: {requests['ok']} of {load.calls} calls succeeded "
+            f"({requests['failed']} failed, {requests['errored']} errored, "
+            f"{requests['timeout']} timed out, {statuses['ok']} HTTP 2xx)"
+        )
+    starts, durations = [], []
+    for line in log.read_text().splitlines():
+        start_us, _status, duration_us, *_ = line.split("\t")
+        starts.append(int(start_us))
+        durations.append(int(duration_us))
+    return Result(load, starts, durations)
+
+
+def run(loads: list[Load], target: str, workdir: Path, name: str) -> list[Result]:
+    """Run several loads at once (one h2load process each) and wait for all of them."""
+    started = [start(load, target, workdir, f"{name}-{i}") for i, load in enumerate(loads)]
+    return [finish(load, process, log) for load, (process, log) in zip(loads, started, strict=True)]

@@ -1,0 +1,154 @@
+"""The processes under test: taskservice, started as production starts it, and the echo baseline.
+
+Also how to wait for them, read their memory, and read taskservice's call counts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.echo_server import CALLS_PATH
+
+#: (method, grpc code) -> calls handled, summed over the workers.
+Handled = Counter[tuple[str, str]]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class TaskService:
+    """`taskservice serve` in a child process, with metrics on for the harness to read."""
+
+    def __init__(self, environment: dict[str, str], workers: int, log: Path) -> None:
+        self.port = free_port()
+        self.workers = workers
+        self._metrics_ports = [free_port()]
+        if workers > 1:  # workers serve metrics on METRICS_PORT + slot
+            base = self._metrics_ports[0]
+            self._metrics_ports = [base + slot for slot in range(workers)]
+        env = {
+            **environment,
+            "GRPC_HOST": "127.0.0.1",
+            "GRPC_PORT": str(self.port),
+            "METRICS_HOST": "127.0.0.1",
+            "METRICS_PORT": str(self._metrics_ports[0]),
+            "WORKERS": str(workers),
+        }
+        self._log = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "taskservice", "serve"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.target = f"127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until readiness reports SERVING (the database is reachable)."""
+        deadline = time.monotonic() + timeout
+        request = health_pb2.HealthCheckRequest(service="readiness")
+        with grpc.insecure_channel(self.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"taskservice exited {self.process.returncode} at start")
+                try:
+                    status = health.Check(request, timeout=1).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("taskservice did not become ready")
+                time.sleep(0.1)
+
+    def handled(self) -> Handled:
+        """Calls completed so far, by method and status code (`grpc_server_handled_total`)."""
+        counts: Handled = Counter()
+        for port in self._metrics_ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                text = reply.read().decode()
+            for family in text_string_to_metric_families(text):
+                if family.name != "grpc_server_handled":
+                    continue
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        key = (sample.labels["grpc_method"], sample.labels["grpc_code"])
+                        counts[key] += int(sample.value)
+        return counts
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve calls: the server itself, or the supervisor's workers."""
+        if self.workers == 1:
+            return [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+    def stop(self) -> None:
+        """SIGTERM (the graceful drain), then wait."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+class EchoServer:
+    """The baseline server in a child process of its own (one process, like one worker)."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.echo_server"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self.process.stdout is None:
+            raise RuntimeError("echo server has no stdout")
+        self.target = f"127.0.0.1:{int(self.process.stdout.readline())}"
+
+    def calls(self) -> int:
+        """How many echoes the server has answered."""
+        with grpc.insecure_channel(self.target) as channel:
+            method = channel.unary_unary(CALLS_PATH)
+            return int(method(b"", timeout=5))
+
+    def worker_pids(self) -> list[int]:
+        """The one process serving calls."""
+        return [self.process.pid]
+
+    def stop(self) -> None:
+        """Stop the echo server."""
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0))

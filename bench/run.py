@@ -1,0 +1,496 @@
+"""The benchmark run: prepare a database, start both servers, measure every scenario, report.
+
+Every measured call is checked twice: h2load must see HTTP 200 for all of them, and the server's
+`grpc_server_handled_total` must have grown by exactly the number of calls, all with code OK, so
+a call that failed with a grpc-status (which h2load cannot see) fails the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+
+from bench import h2load
+from bench.h2load import Load, Result
+from bench.processes import EchoServer, Handled, TaskService, cpu_count, rss_mib
+from bench.scenarios import ECHO, SCENARIOS, Fixture, Scenario, login_storm
+from bench.seed import ADMIN_EMAIL, PASSWORD, Seeded, recreate_postgres_database, seed, user_email
+from taskservice.config import normalize_database_url
+from taskservice.v1 import (
+    auth_service_pb2,
+    auth_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
+)
+
+#: Calls per measurement at concurrency 1; above 1, CONCURRENT_CALLS_FACTOR times more.
+DEFAULT_CALLS = 1000
+CONCURRENT_CALLS_FACTOR = 5
+STORM_CONCURRENCY = 32
+
+
+class RunFailed(RuntimeError):
+    """A call failed, or the server did not count what was sent: the figures mean nothing."""
+
+
+@dataclass
+class Measurement:
+    """One scenario at one concurrency."""
+
+    scenario: str
+    concurrency: int
+    calls: int
+    calls_per_second: float
+    p50_ms: float
+    p99_ms: float
+    max_worker_rss_mib: float
+    ratio_to_baseline: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _percentile(sorted_values: list[int], fraction: float) -> float:
+    index = max(0, math.ceil(fraction * len(sorted_values)) - 1)
+    return sorted_values[index] / 1000
+
+
+def _measure(
+    name: str, concurrency: int, results: list[Result], sequential: bool, rss: float
+) -> Measurement:
+    durations = sorted(d for result in results for d in result.durations_us)
+    if sequential:
+        spans = [_span_us(result) for result in results]
+        elapsed_us = sum(spans)
+    else:
+        elapsed_us = _span_us(*results)
+    return Measurement(
+        scenario=name,
+        concurrency=concurrency,
+        calls=len(durations),
+        calls_per_second=len(durations) / (elapsed_us / 1e6),
+        p50_ms=_percentile(durations, 0.50),
+        p99_ms=_percentile(durations, 0.99),
+        max_worker_rss_mib=rss,
+    )
+
+
+def _span_us(*results: Result) -> int:
+    """From the first call's start to the last call's end."""
+    first = min(min(result.starts_us) for result in results)
+    last = max(
+        max(s + d for s, d in zip(result.starts_us, result.durations_us, strict=True))
+        for result in results
+    )
+    return last - first
+
+
+def _method(load: Load) -> str:
+    return load.path.rsplit("/", 1)[1]
+
+
+class Bench:
+    """Holds the servers and the scratch directory for one run."""
+
+    def __init__(self, service: TaskService, echo: EchoServer, workdir: Path) -> None:
+        self.service = service
+        self.echo = echo
+        self.workdir = workdir
+        self._runs = 0
+
+    def _run(self, loads: list[Load], target: str, sequential: bool) -> list[Result]:
+        self._runs += 1
+        name = f"run{self._runs}"
+        if sequential:
+            return [
+                h2load.run([load], target, self.workdir, f"{name}-{i}")[0]
+                for i, load in enumerate(loads)
+            ]
+        return h2load.run(loads, target, self.workdir, name)
+
+    def _rss(self, server: TaskService | EchoServer) -> float:
+        return max(rss_mib(pid) for pid in server.worker_pids())
+
+    def measure(
+        self, scenario: Scenario, fixture: Fixture, concurrency: int, calls: int
+    ) -> Measurement:
+        """Warm up, then measure; fail the run unless every call is counted OK by the server."""
+        loads = scenario.loads(fixture, concurrency, calls)
+        warm_up = scenario.loads(fixture, concurrency, max(concurrency, calls // 10))
+        sequential = concurrency == 1
+        if scenario.baseline:
+            self._run(warm_up, self.echo.target, sequential)
+            before = self.echo.calls()
+            results = self._run(loads, self.echo.target, sequential)
+            served = self.echo.calls() - before
+            sent = sum(load.calls for load in loads)
+            if served != sent:
+                raise RunFailed(f"echo server answered {served} calls of {sent}")
+            return _measure(scenario.name, concurrency, results, sequential, self._rss(self.echo))
+        self._run(warm_up, self.service.target, sequential)
+        before = self.service.handled()
+        results = self._run(loads, self.service.target, sequential)
+        expected: Counter[str] = Counter()
+        for load in loads:
+            expected[_method(load)] += load.calls
+        self._check(before, expected, scenario.name)
+        return _measure(scenario.name, concurrency, results, sequential, self._rss(self.service))
+
+    def measure_storm(self, fixture: Fixture, concurrency: int, calls: int) -> Measurement:
+        """GetTask while STORM_CONCURRENCY Logins run all the time."""
+        storm = login_storm(fixture, STORM_CONCURRENCY)
+        process, _log = h2load.start(storm, self.service.target, self.workdir, "storm")
+        try:
+            self._wait_for_logins(STORM_CONCURRENCY)
+            before = self.service.handled()
+            get_task = next(s for s in SCENARIOS if s.name == "GetTask")
+            loads = get_task.loads(fixture, concurrency, calls)
+            results = self._run(loads, self.service.target, sequential=False)
+            during = self.service.handled()
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.communicate()
+        logins = during[("Login", "OK")] - before[("Login", "OK")]
+        failed = {
+            key: during[key] - before[key]
+            for key in during
+            if key[0] == "Login" and key[1] not in ("OK", "CANCELLED") and during[key] > before[key]
+        }
+        if failed or logins == 0:
+            raise RunFailed(f"the Login storm did not run cleanly: {logins} OK, {failed}")
+        self._check(
+            before, Counter({"GetTask": calls}), "GetTask during a Login storm", ignore="Login"
+        )
+        measurement = _measure(
+            "GetTask during a Login storm", concurrency, results, False, self._rss(self.service)
+        )
+        measurement.extra["storm_logins_per_second"] = logins / (_span_us(*results) / 1e6)
+        return measurement
+
+    def _wait_for_logins(self, count: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        start = self.service.handled()[("Login", "OK")]
+        while self.service.handled()[("Login", "OK")] - start < count:
+            if time.monotonic() > deadline:
+                raise RunFailed("the Login storm never got going")
+            time.sleep(0.05)
+
+    def _check(self, before: Handled, expected: Counter[str], name: str, ignore: str = "") -> None:
+        """The server's counts since `before` are exactly `expected` calls, all OK."""
+        deadline = time.monotonic() + 5
+        while True:
+            after = self.service.handled()
+            delta = {key: after[key] - before[key] for key in after if after[key] != before[key]}
+            delta = {key: n for key, n in delta.items() if key[0] != ignore}
+            wanted = {(method, "OK"): n for method, n in expected.items()}
+            if delta == wanted:
+                return
+            if any(code != "OK" for _method_name, code in delta) or time.monotonic() > deadline:
+                raise RunFailed(f"{name}: server counted {delta}, expected {wanted}")
+            time.sleep(0.05)
+
+
+def _fixture(target: str, seeded: Seeded, tasks_per_user: int) -> Fixture:
+    """Log in and find the rows and page tokens the scenarios address."""
+    with grpc.insecure_channel(target) as channel:
+        auth = auth_service_pb2_grpc.AuthServiceStub(channel)
+        tasks = task_service_pb2_grpc.TaskServiceStub(channel)
+
+        def login(email: str) -> str:
+            reply = auth.Login(auth_service_pb2.LoginRequest(email=email, password=PASSWORD))
+            return reply.access_token
+
+        user_token, admin_token = login(user_email(0)), login(ADMIN_EMAIL)
+        user = (("authorization", f"Bearer {user_token}"),)
+        admin = (("authorization", f"Bearer {admin_token}"),)
+        own = tasks.ListTasks(task_service_pb2.ListTasksRequest(page_size=1000), metadata=user)
+        ids = [task.id for task in own.tasks]
+        # The user's last page of 50: the token after all but the last 50 of their tasks.
+        deep = tasks.ListTasks(
+            task_service_pb2.ListTasksRequest(page_size=max(1, tasks_per_user - 50)), metadata=user
+        ).next_page_token
+        # The admin's page 50 tasks before the end of every task: walk there 1000 at a time.
+        remaining = len(seeded.user_ids) * tasks_per_user
+        admin_deep, token = "", ""
+        while remaining > 1000:
+            page = tasks.ListTasks(
+                task_service_pb2.ListTasksRequest(
+                    page_size=min(1000, remaining - 50), page_token=token
+                ),
+                metadata=admin,
+            )
+            remaining -= len(page.tasks)
+            token = admin_deep = page.next_page_token
+        if not admin_deep:
+            admin_deep = tasks.ListTasks(
+                task_service_pb2.ListTasksRequest(page_size=max(1, remaining - 50)), metadata=admin
+            ).next_page_token
+    return Fixture(
+        user_token=user_token,
+        login_email=user_email(1),
+        task_id=ids[len(ids) // 2],
+        patch_task_ids=ids[:4],
+        deep_page_token=deep,
+        admin_token=admin_token,
+        admin_deep_page_token=admin_deep,
+    )
+
+
+def _machine(database: str) -> dict[str, object]:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    h2load_version = subprocess.run(  # noqa: S603 - our own command
+        [h2load.executable(), "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],  # noqa: S607 - git from PATH
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "cpu": model,
+        "cpus": cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "h2load": h2load_version,
+        "database": database,
+        "commit": commit,
+    }
+
+
+def _table(measurements: list[Measurement]) -> str:
+    header = (
+        f"{'scenario':<30} {'conc':>4} {'calls':>6} {'calls/s':>9} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'ratio':>6} {'RSS MiB':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for m in measurements:
+        ratio = f"{m.ratio_to_baseline:.3f}" if m.ratio_to_baseline is not None else ""
+        lines.append(
+            f"{m.scenario:<30} {m.concurrency:>4} {m.calls:>6} {m.calls_per_second:>9.0f} "
+            f"{m.p50_ms:>8.2f} {m.p99_ms:>8.2f} {ratio:>6} {m.max_worker_rss_mib:>8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def _targets(measurements: list[Measurement], concurrency: int) -> list[dict[str, object]]:
+    """The issue's first targets, at the highest concurrency measured."""
+    at = {m.scenario: m for m in measurements if m.concurrency == concurrency}
+    checks: list[tuple[str, float, str, float]] = []
+
+    def ratio(name: str) -> float:
+        return at[name].ratio_to_baseline or 0.0
+
+    checks.append(("GetTask ratio", ratio("GetTask"), ">=", 0.30))
+    checks.append(("CreateTask ratio", ratio("CreateTask"), ">=", 0.20))
+    checks.append(("ListTasks first page ratio", ratio("ListTasks first page"), ">=", 0.10))
+    checks.append(
+        (
+            "ListTasks deep page / first page, calls/s",
+            at["ListTasks deep page"].calls_per_second
+            / at["ListTasks first page"].calls_per_second,
+            ">=",
+            0.80,
+        )
+    )
+    checks.append(
+        (
+            "GetTask p99 during Login storm / without",
+            at["GetTask during a Login storm"].p99_ms / at["GetTask"].p99_ms,
+            "<=",
+            2.0,
+        )
+    )
+    checks.append(
+        (
+            "max worker RSS after the run, MiB",
+            max(m.max_worker_rss_mib for m in measurements if m.scenario != ECHO.name),
+            "<=",
+            150.0,
+        )
+    )
+    return [
+        {
+            "target": name,
+            "value": round(value, 3),
+            "bound": f"{op} {bound}",
+            "met": value >= bound if op == ">=" else value <= bound,
+        }
+        for name, value, op, bound in checks
+    ]
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", ""),
+        help="PostgreSQL database to recreate and use (its name must contain 'bench'); "
+        "default BENCH_DATABASE_URL, else a scratch SQLite file",
+    )
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "1")))
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--tasks-per-user", type=int, default=1000)
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=DEFAULT_CALLS,
+        help=f"calls per measurement at concurrency 1 ({CONCURRENT_CALLS_FACTOR}x that above)",
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument(
+        "--bcrypt-rounds", type=int, default=int(os.environ.get("BCRYPT_ROUNDS", "12"))
+    )
+    parser.add_argument("--output", type=Path, default=Path("bench-results"))
+    return parser.parse_args(argv)
+
+
+def _calls(args: argparse.Namespace, scenario: Scenario, concurrency: int) -> int:
+    base = args.calls * (1 if concurrency == 1 else CONCURRENT_CALLS_FACTOR)
+    return max(2 * concurrency, round(base * scenario.calls_factor))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every scenario; print the table and write the JSON. Exit 1 if any call failed."""
+    args = _arguments(argv)
+    h2load.executable()
+    with tempfile.TemporaryDirectory(prefix="taskservice-bench-") as scratch:
+        workdir = Path(scratch)
+        if args.database_url:
+            url = normalize_database_url(args.database_url)
+            if url.get_backend_name() != "postgresql":
+                raise SystemExit("--database-url: only PostgreSQL (SQLite is the default)")
+            asyncio.run(recreate_postgres_database(url))
+        else:
+            url = normalize_database_url(f"sqlite:///{workdir / 'bench.db'}")
+        environment = {
+            **os.environ,
+            "DATABASE_URL": url.render_as_string(hide_password=False),
+            "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+            "BCRYPT_ROUNDS": str(args.bcrypt_rounds),
+            "ACCESS_TOKEN_EXPIRE_MINUTES": "180",
+        }
+        print(f"database: {url.render_as_string()} ({args.workers} worker(s))", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "taskservice", "migrate"], env=environment, check=True
+        )
+        started = time.monotonic()
+        seeded = asyncio.run(seed(url, args.users, args.tasks_per_user, args.bcrypt_rounds))
+        print(
+            f"seeded {args.users} users and {args.users * args.tasks_per_user} tasks "
+            f"in {time.monotonic() - started:.1f} s",
+            flush=True,
+        )
+        service = TaskService(environment, args.workers, workdir / "server.log")
+        echo = EchoServer()
+        try:
+            service.wait_ready()
+            fixture = _fixture(service.target, seeded, args.tasks_per_user)
+            measurements = _run_all(Bench(service, echo, workdir), fixture, args)
+        except (RunFailed, h2load.H2LoadError) as failure:
+            print(f"\nRUN FAILED: {failure}", file=sys.stderr)
+            return 1
+        finally:
+            service.stop()
+            echo.stop()
+        machine = _machine(f"{url.get_backend_name()}")
+    top = max(args.concurrency)
+    targets = _targets(measurements, top)
+    print("\n" + _table(measurements))
+    print(f"\ntargets (concurrency {top}, {args.workers} worker(s)):")
+    for target in targets:
+        mark = "met   " if target["met"] else "MISSED"
+        print(f"  {mark} {target['target']}: {target['value']} (target {target['bound']})")
+    args.output.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    report = args.output / f"bench-{stamp}.json"
+    report.write_text(
+        json.dumps(
+            {
+                "command": " ".join(
+                    ["python -m bench", *(argv if argv is not None else sys.argv[1:])]
+                ),
+                "machine": machine,
+                "workers": args.workers,
+                "users": args.users,
+                "tasks": args.users * args.tasks_per_user,
+                "measurements": [asdict(m) for m in measurements],
+                "targets": targets,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"\nwritten: {report}")
+    return 0
+
+
+def _run_all(bench: Bench, fixture: Fixture, args: argparse.Namespace) -> list[Measurement]:
+    """The echo baseline first and last (its mean is the reference), every scenario between."""
+    measurements: list[Measurement] = []
+    baselines: dict[int, list[Measurement]] = {c: [] for c in args.concurrency}
+
+    def baseline() -> None:
+        for concurrency in args.concurrency:
+            measured = bench.measure(ECHO, fixture, concurrency, _calls(args, ECHO, concurrency))
+            baselines[concurrency].append(measured)
+            print(_progress(measured), flush=True)
+
+    baseline()
+    for scenario in SCENARIOS:
+        for concurrency in args.concurrency:
+            measured = bench.measure(
+                scenario, fixture, concurrency, _calls(args, scenario, concurrency)
+            )
+            measurements.append(measured)
+            print(_progress(measured), flush=True)
+    for concurrency in args.concurrency:
+        get_task = next(s for s in SCENARIOS if s.name == "GetTask")
+        measured = bench.measure_storm(fixture, concurrency, _calls(args, get_task, concurrency))
+        measurements.append(measured)
+        print(_progress(measured), flush=True)
+    baseline()
+    reference = {}
+    for concurrency, runs in baselines.items():
+        mean = sum(run.calls_per_second for run in runs) / len(runs)
+        reference[concurrency] = mean
+        combined = runs[-1]
+        combined.calls_per_second = mean
+        combined.extra = {
+            "calls_per_second_first": runs[0].calls_per_second,
+            "calls_per_second_last": runs[-1].calls_per_second,
+        }
+        combined.ratio_to_baseline = 1.0
+        measurements.insert(0, combined)
+    for measured in measurements:
+        if measured.scenario != ECHO.name:
+            measured.ratio_to_baseline = measured.calls_per_second / reference[measured.concurrency]
+    measurements.sort(key=lambda m: m.scenario != ECHO.name)
+    return measurements
+
+
+def _progress(m: Measurement) -> str:
+    return (
+        f"  {m.scenario} @{m.concurrency}: {m.calls_per_second:.0f} calls/s, "
+        f"p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms"
+    )

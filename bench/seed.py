@@ -1,0 +1,151 @@
+"""A fresh benchmark database with realistic data: users, and tasks spread evenly among them.
+
+Rows are inserted in bulk (not through the API: 100,000 CreateTask calls would take minutes and
+measure nothing); the schema comes from the real migrations, applied by `taskservice migrate`.
+Every user shares one bcrypt hash at the server's cost, so Login does its real work.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import bcrypt
+from sqlalchemy import insert
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from taskservice.db.models import Task, TaskStatus, User
+
+PASSWORD = "bench-password-1"  # noqa: S105 - a throwaway database's test accounts
+ADMIN_EMAIL = "admin@bench.example"
+_CHUNK = 5_000
+_WORDS = [
+    "review",
+    "quarterly",
+    "report",
+    "draft",
+    "invoice",
+    "customer",
+    "migrate",
+    "service",
+    "update",
+    "dashboard",
+    "fix",
+    "flaky",
+    "test",
+    "deploy",
+    "staging",
+    "schedule",
+    "meeting",
+    "prepare",
+    "release",
+    "notes",
+    "refactor",
+    "module",
+    "audit",
+    "access",
+    "rotate",
+    "keys",
+    "backup",
+    "database",
+    "clean",
+    "up",
+    "tickets",
+    "onboard",
+    "new",
+    "hire",
+    "plan",
+    "sprint",
+    "write",
+    "design",
+    "doc",
+]
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """What the harness needs to know about the data it seeded."""
+
+    user_emails: list[str]
+    user_ids: list[int]
+    admin_id: int
+
+
+def user_email(index: int) -> str:
+    """The email of seeded user `index`."""
+    return f"user{index:04d}@bench.example"
+
+
+async def recreate_postgres_database(url: URL) -> None:
+    """Drop and create the benchmark's PostgreSQL database, so every run starts the same."""
+    name = url.database
+    if not name or "bench" not in name:
+        raise SystemExit(
+            f"refusing to recreate database {name!r}: its name must contain 'bench' "
+            "(the benchmark drops it first)"
+        )
+    connection = await asyncpg.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        database="postgres",
+    )
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+async def seed(url: URL, users: int, tasks_per_user: int, bcrypt_rounds: int) -> Seeded:
+    """Insert `users` users (plus one admin) owning `tasks_per_user` tasks each."""
+    password_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(bcrypt_rounds)).decode()
+    rng = random.Random(8)  # noqa: S311 - reproducible fake data, not security
+    now = datetime.now(UTC)
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            admin_id = (
+                await connection.execute(
+                    insert(User)
+                    .values(email=ADMIN_EMAIL, password_hash=password_hash, is_admin=True)
+                    .returning(User.id)
+                )
+            ).scalar_one()
+            emails = [user_email(i) for i in range(users)]
+            user_ids = list(
+                (
+                    await connection.execute(
+                        insert(User).returning(User.id, sort_by_parameter_order=True),
+                        [{"email": email, "password_hash": password_hash} for email in emails],
+                    )
+                ).scalars()
+            )
+            rows = []
+            for n in range(users * tasks_per_user):
+                created = now - timedelta(minutes=users * tasks_per_user - n)
+                rows.append(
+                    {
+                        "owner_id": user_ids[n % users],
+                        "title": " ".join(rng.choices(_WORDS, k=rng.randint(2, 6))).capitalize(),
+                        "description": " ".join(rng.choices(_WORDS, k=rng.randint(0, 30))),
+                        "status": rng.choice(list(TaskStatus)),
+                        "due_time": created + timedelta(days=rng.randint(1, 60))
+                        if rng.random() < 0.5
+                        else None,
+                        "create_time": created,
+                        "update_time": created,
+                    }
+                )
+                if len(rows) == _CHUNK:
+                    await connection.execute(insert(Task), rows)
+                    rows = []
+            if rows:
+                await connection.execute(insert(Task), rows)
+    finally:
+        await engine.dispose()
+    return Seeded(emails, user_ids, admin_id)
