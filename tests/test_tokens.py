@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from grpc_health.v1 import health_pb2
 
+from taskservice.errors import Unauthenticated
+from taskservice.security.tokens import LEEWAY_SECONDS, VERIFIED_CACHE_SIZE, TokenCodec
 from taskservice.server import Application, build_server
 from taskservice.v1 import auth_service_pb2, user_service_pb2
 from tests.conftest import TEST_SIGNING_KEY, Stubs, make_settings, stubs_for
@@ -235,3 +237,42 @@ def _hs256_with_raw_key(claims: dict[str, object], key: bytes) -> str:
     payload = b64(json.dumps(claims).encode())
     signature = hmac.new(key, f"{header}.{payload}".encode(), hashlib.sha256).digest()
     return f"{header}.{payload}.{b64(signature)}"
+
+
+def _codec(clock: list[float]) -> TokenCodec:
+    return TokenCodec(
+        algorithm="HS256",
+        signing_key=TEST_SIGNING_KEY,
+        verifying_key=TEST_SIGNING_KEY,
+        issuer="taskservice",
+        audience="taskservice",
+        lifetime_seconds=60,
+        clock=lambda: clock[0],
+    )
+
+
+def test_a_remembered_token_still_expires() -> None:
+    """Verified tokens are remembered, but a remembered one past its expiry is refused."""
+    clock = [time.time()]
+    codec = _codec(clock)
+    token = codec.issue(user_id=7, token_version=0).access_token
+    assert codec.verify(token).user_id == 7
+    assert codec.verify(token).user_id == 7  # from memory
+    clock[0] += 60 + LEEWAY_SECONDS + 1
+    with pytest.raises(Unauthenticated) as refused:
+        codec.verify(token)
+    assert refused.value.reason == "TOKEN_EXPIRED"
+
+
+def test_the_memory_of_verified_tokens_is_bounded() -> None:
+    clock = [time.time()]
+    codec = _codec(clock)
+    tokens = [
+        codec.issue(user_id=n, token_version=0).access_token
+        for n in range(1, VERIFIED_CACHE_SIZE + 2)
+    ]
+    for n, token in enumerate(tokens, start=1):
+        assert codec.verify(token).user_id == n
+    assert len(codec._verified) == VERIFIED_CACHE_SIZE
+    assert tokens[0] not in codec._verified
+    assert codec.verify(tokens[0]).user_id == 1  # checked again in full, still valid

@@ -40,7 +40,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_connect_timeout_seconds,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip on every checkout. A connection found dead on use
+        # raises a disconnect error, which fails that call with UNAVAILABLE (retryable) and makes
+        # SQLAlchemy discard every pooled connection older than the failure, so a database
+        # restart costs the calls in flight at most; the readiness probe notices it too.
         pool_recycle=1800,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
@@ -91,7 +94,12 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._readers = async_sessionmaker(engine, expire_on_commit=False)
+        readers = engine
+        if engine.dialect.name == "postgresql":
+            # Reads are single statements: in autocommit they need no BEGIN and ROLLBACK round
+            # trips around them (each statement still sees one consistent snapshot).
+            readers = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._readers = async_sessionmaker(readers, expire_on_commit=False)
         self._writers = async_sessionmaker(
             engine.execution_options(**{_WRITES: True}), expire_on_commit=False
         )
@@ -103,7 +111,11 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """A session for reads; its transaction is rolled back (never committed) at the end."""
+        """A session for reads, never committed.
+
+        On PostgreSQL it runs in autocommit, so each statement is its own snapshot; services that
+        need several statements to agree use `write()`.
+        """
         async with self._readers() as session:
             yield session
 
