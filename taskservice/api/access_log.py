@@ -25,37 +25,35 @@ class AccessLogInterceptor(HandlerInterceptor):
     """Request ids, the access log and the per-call metrics."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
+        super().__init__()
         self._metrics = metrics
 
     def intercept_handler(
-        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+        self, handler: grpc.RpcMethodHandler, method: str
     ) -> grpc.RpcMethodHandler:
         """Wrap unary calls; streams (health Watch, reflection) are not access-logged."""
         if handler.unary_unary is None:
             return handler
-        caller_id = next(
-            (
-                entry.value
-                for entry in details.invocation_metadata or ()
-                if entry.key == REQUEST_ID_KEY and isinstance(entry.value, str)
-            ),
-            None,
-        )
-        return wrap_unary_unary(
-            handler, lambda inner: _observed(inner, method, caller_id, self._metrics)
-        )
+        return wrap_unary_unary(handler, lambda inner: _observed(inner, method, self._metrics))
 
 
-def _observed(
-    inner: UnaryBehavior, method: str, caller_id: str | None, metrics: ServerMetrics
-) -> UnaryBehavior:
+def _caller_request_id(context: grpc.aio.ServicerContext) -> str | None:
+    for entry in context.invocation_metadata() or ():
+        if entry.key == REQUEST_ID_KEY and isinstance(entry.value, str):
+            return entry.value
+    return None
+
+
+def _observed(inner: UnaryBehavior, method: str, metrics: ServerMetrics) -> UnaryBehavior:
     service, _, name = method.rpartition("/")
     service = service.lstrip("/")
     labels = ("unary", service, name)
+    started_total = metrics.started.labels(*labels)
+    handling_seconds = metrics.handling_seconds.labels(*labels)
 
     async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
-        info = begin_call(caller_id)
-        metrics.started.labels(*labels).inc()
+        info = begin_call(_caller_request_id(context))
+        started_total.inc()
         context.set_trailing_metadata(((REQUEST_ID_KEY, info.request_id),))
         started = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -72,7 +70,7 @@ def _observed(
         finally:
             seconds = time.perf_counter() - started
             metrics.handled.labels(*labels, code.name).inc()
-            metrics.handling_seconds.labels(*labels).observe(seconds)
+            handling_seconds.observe(seconds)
             access_logger.info(
                 "%s %s",
                 method,

@@ -49,10 +49,11 @@ class AuthInterceptor(HandlerInterceptor):
     """Resolves `authorization: Bearer <token>` to a Principal before the handler runs."""
 
     def __init__(self, auth: AuthService) -> None:
+        super().__init__()
         self._auth = auth
 
     def intercept_handler(
-        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+        self, handler: grpc.RpcMethodHandler, method: str
     ) -> grpc.RpcMethodHandler:
         """Let public methods through; make every other one authenticate first."""
         if method in PUBLIC_METHODS or method.startswith(PUBLIC_SERVICE_PREFIXES):
@@ -60,16 +61,11 @@ class AuthInterceptor(HandlerInterceptor):
         if handler.unary_unary is None:  # fail closed: we authenticate unary calls only
             return replace_behavior(handler, _refuse_streaming)
         optional = method in OPTIONAL_AUTH_METHODS
-        metadata = details.invocation_metadata or ()
-        return wrap_unary_unary(
-            handler, lambda inner: self._authenticating(inner, metadata, optional)
-        )
+        return wrap_unary_unary(handler, lambda inner: self._authenticating(inner, optional))
 
-    def _authenticating(
-        self, inner: UnaryBehavior, metadata: Sequence[Any], optional: bool
-    ) -> UnaryBehavior:
+    def _authenticating(self, inner: UnaryBehavior, optional: bool) -> UnaryBehavior:
         async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
-            token = bearer_token(metadata)
+            token = bearer_token(context.invocation_metadata() or ())
             if token is None and not optional:
                 raise Unauthenticated(
                     "TOKEN_MISSING",

@@ -18,10 +18,11 @@ class AvailabilityInterceptor(HandlerInterceptor):
     """Refuses calls that need the database while health says it is down."""
 
     def __init__(self, monitor: HealthMonitor) -> None:
+        super().__init__()
         self._monitor = monitor
 
     def intercept_handler(
-        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+        self, handler: grpc.RpcMethodHandler, method: str
     ) -> grpc.RpcMethodHandler:
         """Gate every unary method outside health and reflection on database readiness."""
         if handler.unary_unary is None or method.startswith(PUBLIC_SERVICE_PREFIXES):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import re
-import uuid
+import secrets
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -20,6 +21,10 @@ class CallInfo:
     user_id: int | None = None
 
 
+#: Generated request ids: a random per-process prefix and a counter, unique without a syscall.
+_PROCESS_PREFIX = secrets.token_hex(6)
+_sequence = itertools.count(1)
+
 _current: ContextVar[CallInfo | None] = ContextVar("taskservice_call", default=None)
 
 
@@ -27,7 +32,7 @@ def begin_call(caller_request_id: str | None) -> CallInfo:
     """Start a call's context, keeping the caller's request id if it is a sane one."""
     request_id = caller_request_id
     if request_id is None or not _VALID_REQUEST_ID.fullmatch(request_id):
-        request_id = uuid.uuid4().hex
+        request_id = f"{_PROCESS_PREFIX}-{next(_sequence):x}"
     info = CallInfo(request_id)
     _current.set(info)
     return info

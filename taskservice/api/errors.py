@@ -129,10 +129,11 @@ class ErrorInterceptor(HandlerInterceptor):
     """
 
     def __init__(self, on_database_error: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
         self._on_database_error = on_database_error
 
     def intercept_handler(
-        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+        self, handler: grpc.RpcMethodHandler, method: str
     ) -> grpc.RpcMethodHandler:
         """Wrap the method's handler so its exceptions become statuses."""
         if handler.unary_unary is None:

@@ -31,8 +31,15 @@ def replace_behavior(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any
 class HandlerInterceptor(grpc.aio.ServerInterceptor):
     """An interceptor that rewrites the method handler of each call that has one.
 
-    Subclasses implement `intercept_handler`; unknown methods (no handler) pass through.
+    Subclasses implement `intercept_handler`, which depends on the method only (per-call data
+    comes from the context when the call runs), so each method's rewritten handler is built once
+    and reused: gRPC asks the interceptors for a handler on every call. Unknown methods (no
+    handler) pass through.
     """
+
+    def __init__(self) -> None:
+        # method -> (the handler from further in, our rewrite of it)
+        self._rewritten: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -43,10 +50,16 @@ class HandlerInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return self.intercept_handler(handler, handler_call_details.method, handler_call_details)
+        method = handler_call_details.method
+        known = self._rewritten.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        rewritten = self.intercept_handler(handler, method)
+        self._rewritten[method] = (handler, rewritten)
+        return rewritten
 
     def intercept_handler(
-        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+        self, handler: grpc.RpcMethodHandler, method: str
     ) -> grpc.RpcMethodHandler:
         """The handler to use for `method` instead of `handler`."""
         raise NotImplementedError
