@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from taskservice.db.models import Task, TaskStatus, User
+from taskservice.db.models import TaskStatus
+from taskservice.db.records import TaskRecord, UserRecord
 from taskservice.errors import InvalidArgument
 from taskservice.security.tokens import IssuedToken
 from taskservice.services.tasks import TaskValues, etag
@@ -20,14 +21,20 @@ _STATUS_TO_PROTO = {
 _STATUS_FROM_PROTO = {number: status for status, number in _STATUS_TO_PROTO.items()}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime) -> Timestamp:
-    """An aware datetime as a protobuf Timestamp."""
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    """An aware datetime as a protobuf Timestamp.
+
+    Computed from the difference to the epoch: Timestamp.FromDatetime goes through a time tuple
+    and was the costliest part of rendering a page of tasks (by profile).
+    """
+    delta = value - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1_000)
 
 
-def user_to_proto(user: User) -> user_pb2.User:
+def user_to_proto(user: UserRecord) -> user_pb2.User:
     """The public view of a user: never the password hash or token version."""
     return user_pb2.User(
         id=user.id,
@@ -73,7 +80,7 @@ def task_values(task: task_pb2.Task) -> TaskValues:
     )
 
 
-def task_to_proto(task: Task) -> task_pb2.Task:
+def task_to_proto(task: TaskRecord) -> task_pb2.Task:
     """A task as clients see it, with its etag."""
     message = task_pb2.Task(
         id=task.id,

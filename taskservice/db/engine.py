@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -100,6 +101,7 @@ class Database:
             # trips around them (each statement still sees one consistent snapshot).
             readers = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._readers = async_sessionmaker(readers, expire_on_commit=False)
+        self._row_engine = readers
         self._writers = async_sessionmaker(
             engine.execution_options(**{_WRITES: True}), expire_on_commit=False
         )
@@ -118,6 +120,16 @@ class Database:
         """
         async with self._readers() as session:
             yield session
+
+    @asynccontextmanager
+    async def rows(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads that want plain rows rather than ORM objects.
+
+        The cheapest way to read: no session, identity map or instances. Like `read()`, never
+        committed, and in autocommit on PostgreSQL.
+        """
+        async with self._row_engine.connect() as connection:
+            yield connection
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:

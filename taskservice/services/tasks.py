@@ -25,6 +25,7 @@ from taskservice.db.models import (
     TaskStatus,
     User,
 )
+from taskservice.db.records import TaskRecord
 from taskservice.errors import Aborted, FieldViolation, NotFound, PermissionDenied
 from taskservice.services.pagination import PageTokens, page_size
 from taskservice.services.principal import Principal
@@ -58,11 +59,11 @@ class TaskValues:
 class TaskPage:
     """One page of tasks, newest first, and the token for the next (empty on the last)."""
 
-    tasks: list[Task]
+    tasks: list[TaskRecord]
     next_page_token: str
 
 
-def etag(task: Task) -> str:
+def etag(task: TaskRecord) -> str:
     """The task's current etag: opaque to clients, new after every successful write."""
     return f'W/"{task.id}-{task.version}"'
 
@@ -123,11 +124,16 @@ class TaskService:
             raise
         return task
 
-    async def get_task(self, caller: Principal, task_id: int) -> Task:
+    async def get_task(self, caller: Principal, task_id: int) -> TaskRecord:
         """One task the caller may see."""
         require_id("id", task_id)
-        async with self._db.read() as session:
-            return await _visible(session, caller, task_id, lock=False)
+        query = _VISIBLE[caller.is_admin, False]
+        async with self._db.rows() as connection:
+            result = await connection.execute(query, _visible_parameters(caller, task_id))
+            task = result.first()
+        if task is None:
+            raise _task_not_found()
+        return task
 
     async def update_task(
         self, caller: Principal, task_id: int, values: TaskValues, expected_etag: str
@@ -206,8 +212,8 @@ class TaskService:
             query = query.where(Task.status == status)
         if after is not None:
             query = query.where(Task.id < after)
-        async with self._db.read() as session:
-            tasks = list((await session.scalars(query)).all())
+        async with self._db.rows() as connection:
+            tasks: list[TaskRecord] = list((await connection.execute(query)).all())
         return TaskPage(*self._page_tokens.page(tasks, size, scope, key=lambda task: task.id))
 
 
@@ -261,10 +267,18 @@ _VISIBLE = {
 async def _visible(session: AsyncSession, caller: Principal, task_id: int, *, lock: bool) -> Task:
     """The task, if the caller may see it; NOT_FOUND alike for missing and foreign tasks."""
     query = _VISIBLE[caller.is_admin, lock]
-    task = await session.scalar(query, {"task_id": task_id, "owner_id": caller.user_id})
+    task = await session.scalar(query, _visible_parameters(caller, task_id))
     if task is None:
-        raise NotFound("TASK_NOT_FOUND", "no task has this id")
+        raise _task_not_found()
     return task
+
+
+def _visible_parameters(caller: Principal, task_id: int) -> dict[str, int]:
+    return {"task_id": task_id, "owner_id": caller.user_id}
+
+
+def _task_not_found() -> NotFound:
+    return NotFound("TASK_NOT_FOUND", "no task has this id")
 
 
 async def _by_request(session: AsyncSession, caller: Principal, request_id: str) -> Task | None:

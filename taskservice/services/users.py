@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskservice.db.engine import Database
 from taskservice.db.models import User
+from taskservice.db.records import UserRecord
 from taskservice.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
 from taskservice.security.passwords import PasswordHasher
 from taskservice.services.auth_state import AuthStateStore
@@ -28,6 +29,10 @@ from taskservice.services.validation import (
 UPDATABLE_USER_FIELDS = frozenset({"email", "is_active", "is_admin"})
 #: Fields that exist on a User but are never written by clients.
 READ_ONLY_USER_FIELDS = frozenset({"id", "create_time", "update_time"})
+#: One user's public columns (never the password hash), as a plain row.
+_USER_BY_ID = select(
+    User.id, User.email, User.is_active, User.is_admin, User.create_time, User.update_time
+).where(User.id == bindparam("user_id"))
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,11 @@ class UserService:
         self._page_tokens = page_tokens
         self._states = states
 
-    async def get_me(self, caller: Principal) -> User:
+    async def get_me(self, caller: Principal) -> UserRecord:
         """The caller's own user."""
         return await self._get(caller.user_id)
 
-    async def get_user(self, caller: Principal, user_id: int) -> User:
+    async def get_user(self, caller: Principal, user_id: int) -> UserRecord:
         """Any user, for an admin."""
         caller.require_admin()
         require_id("id", user_id)
@@ -139,9 +144,10 @@ class UserService:
             await self._states.announce(session, user_id)
         self._states.forget(user_id)
 
-    async def _get(self, user_id: int) -> User:
-        async with self._db.read() as session:
-            user = await session.get(User, user_id)
+    async def _get(self, user_id: int) -> UserRecord:
+        async with self._db.rows() as connection:
+            result = await connection.execute(_USER_BY_ID, {"user_id": user_id})
+            user = result.first()
         if user is None:
             raise _user_not_found()
         return user
