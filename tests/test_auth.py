@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
+from taskservice.security.passwords import HASHING_NICENESS, PasswordHasher
 from taskservice.server import Application, build_server
 from taskservice.services.auth import LOGIN_FAILED
 from taskservice.v1 import auth_service_pb2 as pb
@@ -310,3 +314,19 @@ async def test_debug_sql_logging_never_shows_passwords_or_hashes(
     assert "$2b$" not in caplog.text  # ...but never its values
     assert "a secret passphrase" not in caplog.text
     assert account.token not in caplog.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread niceness is Linux's")
+async def test_hashing_threads_yield_the_cpu_to_the_event_loop() -> None:
+    """bcrypt threads run niced, so under CPU contention other calls keep their latency."""
+    hasher = PasswordHasher(rounds=4, threads=1)
+    try:
+        await hasher.hash("a password")  # starts the thread
+        loop = asyncio.get_running_loop()
+        niceness = await loop.run_in_executor(
+            hasher._executor,
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
+        )
+        assert niceness == os.getpriority(os.PRIO_PROCESS, 0) + HASHING_NICENESS
+    finally:
+        hasher.close()

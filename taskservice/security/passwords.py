@@ -1,15 +1,21 @@
 """bcrypt password hashing, run in worker threads so the event loop keeps serving.
 
 bcrypt releases the GIL while it works, so a small dedicated pool hashes in parallel on every core
-without starving the default executor. bcrypt only reads the first 72 bytes of a password: longer
-ones are refused when set (see `taskservice.services.auth`) and simply fail to match when checked,
-never truncated, and never the ValueError bcrypt 5 raises for them.
+without starving the default executor. Its threads run at a lower CPU priority (nice
+HASHING_NICENESS): when logins and other calls compete for the cores, the event loop wins, so a
+login storm slows logins rather than every other call.
+
+bcrypt only reads the first 72 bytes of a password: longer ones are refused when set (see
+`taskservice.services.auth`) and simply fail to match when checked, never truncated, and never the
+ValueError bcrypt 5 raises for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -18,6 +24,8 @@ import bcrypt
 
 _T = TypeVar("_T")
 
+#: How much lower than the event loop's the hashing threads' CPU priority is.
+HASHING_NICENESS = 10
 #: bcrypt's input limit, in bytes.
 BCRYPT_MAX_PASSWORD_BYTES = 72
 
@@ -28,7 +36,9 @@ class PasswordHasher:
     def __init__(self, rounds: int, threads: int | None = None) -> None:
         self.rounds = rounds
         self._executor = ThreadPoolExecutor(
-            max_workers=threads or os.cpu_count() or 2, thread_name_prefix="bcrypt"
+            max_workers=threads or os.cpu_count() or 2,
+            thread_name_prefix="bcrypt",
+            initializer=_lower_priority,
         )
         # A real hash at the same cost: checking an unknown email against it takes as long as
         # checking a real user's password, so timing does not tell which emails exist.
@@ -65,3 +75,10 @@ class PasswordHasher:
     def close(self) -> None:
         """Stop the worker threads once pending hashes are done."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority() -> None:
+    """Lower the calling thread's CPU priority (Linux: niceness is per thread)."""
+    # Not Linux, or not permitted: hash at normal priority.
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)

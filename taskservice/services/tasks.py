@@ -205,15 +205,10 @@ class TaskService:
             "owner": owner_id,
         }
         after = self._page_tokens.open(token, scope)
-        query = select(Task).order_by(Task.id.desc()).limit(size + 1)
-        if owner_id is not None:
-            query = query.where(Task.owner_id == owner_id)
-        if status is not None:
-            query = query.where(Task.status == status)
-        if after is not None:
-            query = query.where(Task.id < after)
+        query = _LISTS[owner_id is not None, status is not None, after is not None]
+        parameters = {"owner_id": owner_id, "status": status, "after": after, "limit": size + 1}
         async with self._db.rows() as connection:
-            tasks: list[TaskRecord] = list((await connection.execute(query)).all())
+            tasks: list[TaskRecord] = list((await connection.execute(query, parameters)).all())
         return TaskPage(*self._page_tokens.page(tasks, size, scope, key=lambda task: task.id))
 
 
@@ -261,6 +256,26 @@ _VISIBLE = {
     (any_owner, lock): _visible_query(any_owner=any_owner, lock=lock)
     for any_owner in (False, True)
     for lock in (False, True)
+}
+
+
+def _list_query(*, by_owner: bool, by_status: bool, after: bool) -> Select[tuple[Task]]:
+    query = select(Task).order_by(Task.id.desc()).limit(bindparam("limit"))
+    if by_owner:
+        query = query.where(Task.owner_id == bindparam("owner_id"))
+    if by_status:
+        query = query.where(Task.status == bindparam("status"))
+    if after:
+        query = query.where(Task.id < bindparam("after"))
+    return query
+
+
+#: ListTasks' eight query shapes (owner filter, status filter, page token), built once.
+_LISTS = {
+    (by_owner, by_status, after): _list_query(by_owner=by_owner, by_status=by_status, after=after)
+    for by_owner in (False, True)
+    for by_status in (False, True)
+    for after in (False, True)
 }
 
 
