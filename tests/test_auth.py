@@ -318,7 +318,7 @@ async def test_debug_sql_logging_never_shows_passwords_or_hashes(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread niceness is Linux's")
 async def test_hashing_threads_yield_the_cpu_to_the_event_loop() -> None:
-    """bcrypt threads run niced, so under CPU contention other calls keep their latency."""
+    """The bcrypt threads run niced, so under CPU contention other calls keep their latency."""
     hasher = PasswordHasher(rounds=4, threads=1)
     try:
         await hasher.hash("a password")  # starts the thread
