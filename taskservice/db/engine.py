@@ -96,15 +96,15 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         readers = engine
-        if engine.dialect.name == "postgresql":
+        self._autocommit = engine.dialect.name == "postgresql"
+        self._write_engine = engine.execution_options(**{_WRITES: True})
+        if self._autocommit:
             # Reads are single statements: in autocommit they need no BEGIN and ROLLBACK round
             # trips around them (each statement still sees one consistent snapshot).
             readers = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._readers = async_sessionmaker(readers, expire_on_commit=False)
         self._row_engine = readers
-        self._writers = async_sessionmaker(
-            engine.execution_options(**{_WRITES: True}), expire_on_commit=False
-        )
+        self._writers = async_sessionmaker(self._write_engine, expire_on_commit=False)
 
     async def ping(self) -> None:
         """Round-trip to the database; raises when it does not answer."""
@@ -130,6 +130,20 @@ class Database:
         """
         async with self._row_engine.connect() as connection:
             yield connection
+
+    @asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for statements each atomic by itself (one INSERT ... RETURNING, say).
+
+        On PostgreSQL it runs in autocommit: no BEGIN and COMMIT round trips around a lone
+        statement. On SQLite it is one write transaction, committed when the block ends.
+        """
+        if self._autocommit:
+            async with self._row_engine.connect() as connection:
+                yield connection
+        else:
+            async with self._write_engine.begin() as connection:
+                yield connection
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:

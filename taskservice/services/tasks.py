@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -77,7 +77,7 @@ class TaskService:
 
     async def create_task(
         self, caller: Principal, values: TaskValues, owner_id: int, request_id: str
-    ) -> Task:
+    ) -> TaskRecord:
         """Create a task for the caller, or for `owner_id` when an admin sets it.
 
         With a `request_id`, at most one task is created per caller and key.
@@ -91,27 +91,32 @@ class TaskService:
             if len(request_id) > REQUEST_ID_MAX_LENGTH
             else nul_violation("request_id", request_id)
         )
+        row = {
+            "owner_id": owner,
+            "title": title,
+            "description": values.description,
+            "status": values.status or TaskStatus.TODO,
+            "due_time": values.due_time,
+        }
         try:
+            if not request_id:
+                # One INSERT, atomic by itself: no transaction around it (a missing owner fails
+                # the foreign key, handled below like the keyed path's check).
+                async with self._db.statement() as connection:
+                    return (await connection.execute(_INSERT_TASK, row)).one()
             async with self._db.write() as session:
-                if request_id and (earlier := await _by_request(session, caller, request_id)):
+                if earlier := await _by_request(session, caller, request_id):
                     return earlier
                 if owner != caller.user_id and await session.get(User, owner) is None:
                     raise NotFound("OWNER_NOT_FOUND", "no user has this owner_id")
-                task = Task(
-                    owner_id=owner,
-                    title=title,
-                    description=values.description,
-                    status=values.status or TaskStatus.TODO,
-                    due_time=values.due_time,
-                )
+                task = Task(**row)
                 session.add(task)
                 await session.flush()
-                if request_id:
-                    session.add(
-                        TaskCreateRequest(
-                            user_id=caller.user_id, request_id=request_id, task_id=task.id
-                        )
+                session.add(
+                    TaskCreateRequest(
+                        user_id=caller.user_id, request_id=request_id, task_id=task.id
                     )
+                )
         except IntegrityError:
             # A concurrent retry with the same request_id committed first: return its task.
             async with self._db.read() as session:
@@ -257,6 +262,10 @@ _VISIBLE = {
     for any_owner in (False, True)
     for lock in (False, True)
 }
+
+
+#: CreateTask without an idempotency key: insert and return the row in one statement.
+_INSERT_TASK = insert(Task).returning(*Task.__table__.columns)
 
 
 def _list_query(*, by_owner: bool, by_status: bool, after: bool) -> Select[tuple[Task]]:
