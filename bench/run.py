@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+from sqlalchemy.engine import URL
 
 from bench import h2load
 from bench.h2load import Load, Result
@@ -203,7 +204,7 @@ class Bench:
             time.sleep(0.05)
 
 
-def _fixture(target: str, seeded: Seeded, tasks_per_user: int) -> Fixture:
+def find_fixture(target: str, seeded: Seeded, tasks_per_user: int) -> Fixture:
     """Log in and find the rows and page tokens the scenarios address."""
     with grpc.insecure_channel(target) as channel:
         auth = auth_service_pb2_grpc.AuthServiceStub(channel)
@@ -337,6 +338,30 @@ def _ratio(measurement: Measurement) -> float:
     return measurement.ratio_to_baseline or 0.0
 
 
+def server_environment(url: URL, bcrypt_rounds: int) -> dict[str, str]:
+    """The environment taskservice runs with: this database, a throwaway signing key."""
+    return {
+        **os.environ,
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+        "BCRYPT_ROUNDS": str(bcrypt_rounds),
+        "ACCESS_TOKEN_EXPIRE_MINUTES": "180",
+    }
+
+
+def migrate(environment: dict[str, str]) -> None:
+    """`taskservice migrate`, as an operator runs it; its output only when it fails."""
+    migrated = subprocess.run(
+        [sys.executable, "-m", "taskservice", "migrate"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if migrated.returncode != 0:
+        raise SystemExit(f"taskservice migrate failed:\n{migrated.stdout}{migrated.stderr}")
+
+
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
@@ -386,17 +411,9 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(recreate_postgres_database(url))
         else:
             url = normalize_database_url(f"sqlite:///{workdir / 'bench.db'}")
-        environment = {
-            **os.environ,
-            "DATABASE_URL": url.render_as_string(hide_password=False),
-            "JWT_SECRET_KEY": secrets.token_urlsafe(48),
-            "BCRYPT_ROUNDS": str(args.bcrypt_rounds),
-            "ACCESS_TOKEN_EXPIRE_MINUTES": "180",
-        }
+        environment = server_environment(url, args.bcrypt_rounds)
         print(f"database: {url.render_as_string()} ({args.workers} worker(s))", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "taskservice", "migrate"], env=environment, check=True
-        )
+        migrate(environment)
         started = time.monotonic()
         seeded = asyncio.run(seed(url, args.users, args.tasks_per_user, args.bcrypt_rounds))
         print(
@@ -408,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         echo = EchoServer()
         try:
             service.wait_ready()
-            fixture = _fixture(service.target, seeded, args.tasks_per_user)
+            fixture = find_fixture(service.target, seeded, args.tasks_per_user)
             measurements = _run_all(Bench(service, echo, workdir), fixture, args)
         except (RunFailed, h2load.H2LoadError) as failure:
             print(f"\nRUN FAILED: {failure}", file=sys.stderr)
