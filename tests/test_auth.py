@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from taskservice.security.passwords import HASHING_NICENESS, PasswordHasher
+from taskservice.security.passwords import PasswordHasher
 from taskservice.server import Application, build_server
 from taskservice.services.auth import LOGIN_FAILED
 from taskservice.v1 import auth_service_pb2 as pb
@@ -318,15 +318,15 @@ async def test_debug_sql_logging_never_shows_passwords_or_hashes(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread niceness is Linux's")
 async def test_hashing_threads_yield_the_cpu_to_the_event_loop() -> None:
-    """The bcrypt threads run niced, so under CPU contention other calls keep their latency."""
+    """The bcrypt threads run at idle priority, so under CPU contention other calls keep theirs."""
     hasher = PasswordHasher(rounds=4, threads=1)
     try:
         await hasher.hash("a password")  # starts the thread
         loop = asyncio.get_running_loop()
-        niceness = await loop.run_in_executor(
-            hasher._executor,
-            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
+        policy = await loop.run_in_executor(
+            hasher._executor, lambda: os.sched_getscheduler(threading.get_native_id())
         )
-        assert niceness == os.getpriority(os.PRIO_PROCESS, 0) + HASHING_NICENESS
+        assert policy == os.SCHED_IDLE
+        assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
     finally:
         hasher.close()

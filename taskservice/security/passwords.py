@@ -1,9 +1,10 @@
 """bcrypt password hashing, run in worker threads so the event loop keeps serving.
 
 bcrypt releases the GIL while it works, so a small dedicated pool hashes in parallel on every core
-without starving the default executor. Its threads run at a lower CPU priority (nice
-HASHING_NICENESS): when logins and other calls compete for the cores, the event loop wins, so a
-login storm slows logins rather than every other call.
+without starving the default executor. Its threads run at the lowest CPU priority Linux has
+(SCHED_IDLE; else nice +HASHING_NICENESS): when logins and other calls compete for the cores, the
+event loop wins, so a login storm slows logins rather than every other call. Under sustained full
+CPU load logins get only what is left; such a replica needs more CPU or company anyway.
 
 bcrypt only reads the first 72 bytes of a password: longer ones are refused when set (see
 `taskservice.services.auth`) and simply fail to match when checked, never truncated, and never the
@@ -78,7 +79,15 @@ class PasswordHasher:
 
 
 def _lower_priority() -> None:
-    """Lower the calling thread's CPU priority (Linux: niceness is per thread)."""
-    # Not Linux, or not permitted: hash at normal priority.
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
+    """Lower the calling thread's CPU priority (on Linux, scheduling is per thread).
+
+    SCHED_IDLE kept GetTask's p99 under a login storm lower than nice +10 did, in every one of
+    three paired `make bench` runs (docs/benchmarks.md).
+    """
+    thread = threading.get_native_id()
+    try:
+        os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        # Not Linux, or not permitted: a lower niceness, or failing that normal priority.
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, thread, HASHING_NICENESS)
