@@ -306,3 +306,43 @@ async def test_a_silent_database_gives_retryable_codes_and_turns_readiness_off(
     finally:
         await application.stop(grace=None)
         await proxy.close()
+
+
+async def test_a_statement_timeout_is_deadline_exceeded_and_changes_nothing(
+    pg_database_url: str,
+) -> None:
+    """PostgreSQL ending a statement at DB_STATEMENT_TIMEOUT_SECONDS is not an internal error."""
+    application = await build_server(
+        make_settings(pg_database_url, db_statement_timeout_seconds=0.2)
+    )
+    await application.start()
+    try:
+        async with stubs_for(application) as stubs:
+            account = await register(stubs)
+            task = (
+                await stubs.tasks.CreateTask(
+                    task_service_pb2.CreateTaskRequest(task=task_pb2.Task(title="kept")),
+                    metadata=account.metadata,
+                )
+            ).task
+            patch = task_service_pb2.PatchTaskRequest(
+                task=task_pb2.Task(id=task.id, title="lost"), update_mask={"paths": ["title"]}
+            )
+            locker = await asyncpg.connect(_asyncpg_dsn(pg_database_url))
+            try:
+                async with locker.transaction():
+                    await locker.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", task.id)
+                    failure = await fails(
+                        stubs.tasks.PatchTask(patch, metadata=account.metadata, timeout=10),
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    )
+                    assert failure.reason == "DATABASE_TIMEOUT"
+            finally:
+                await locker.close()
+            got = await stubs.tasks.GetTask(
+                task_service_pb2.GetTaskRequest(id=task.id), metadata=account.metadata
+            )
+            assert got.task.title == "kept"
+            assert got.task.etag == task.etag
+    finally:
+        await application.stop(grace=None)

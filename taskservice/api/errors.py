@@ -110,6 +110,23 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 SQLITE_TRANSIENT_MESSAGES = ("database is locked", "unable to open database", "disk I/O error")
 
 
+#: PostgreSQL errors that are neither bugs nor outages, by SQLSTATE: what the caller gets.
+_POSTGRES_STATES: dict[str, tuple[grpc.StatusCode, str, str]] = {
+    # statement_timeout (DB_STATEMENT_TIMEOUT_SECONDS) or lock_timeout ended the statement.
+    "57014": (grpc.StatusCode.DEADLINE_EXCEEDED, "DATABASE_TIMEOUT", "the database took too long"),
+    "55P03": (grpc.StatusCode.DEADLINE_EXCEEDED, "DATABASE_TIMEOUT", "the database took too long"),
+    # Lost a race with a concurrent transaction: nothing was written; retrying is safe.
+    "40001": (grpc.StatusCode.ABORTED, "CONCURRENT_TRANSACTION", "concurrent change; retry"),
+    "40P01": (grpc.StatusCode.ABORTED, "CONCURRENT_TRANSACTION", "concurrent change; retry"),
+}
+
+
+def _postgres_state(exc: BaseException) -> tuple[grpc.StatusCode, str, str] | None:
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return _POSTGRES_STATES.get(getattr(exc.orig, "sqlstate", None) or "")
+    return None
+
+
 def _database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return True
@@ -182,7 +199,15 @@ class ErrorInterceptor(HandlerInterceptor):
     async def _unexpected(
         self, context: grpc.aio.ServicerContext, method: str, exc: Exception
     ) -> None:
-        """UNAVAILABLE when the database could not be reached; otherwise a bug: INTERNAL."""
+        """The status for an exception no layer expected.
+
+        UNAVAILABLE when the database could not be reached; DEADLINE_EXCEEDED or ABORTED for a
+        statement PostgreSQL timed out or aborted; otherwise a bug: INTERNAL.
+        """
+        if (known := _postgres_state(exc)) is not None:
+            code, reason, message = known
+            logger.warning("%s: %s (%s)", method, reason, type(exc).__name__)
+            await abort_with_status(context, rich_status(code, message, reason))
         if not _database_unavailable(exc):
             await _internal_error(context, method)
         self._on_database_error()
