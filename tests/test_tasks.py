@@ -502,3 +502,28 @@ async def _insert_tasks(app: Application, owner_id: int, count: int) -> None:
             )
     finally:
         await engine.dispose()
+
+
+async def test_pages_of_large_tasks_stay_under_a_clients_default_limit(
+    stubs: Stubs, alice: Account
+) -> None:
+    """1000 tasks a page was asked for, but 40 KB tasks end a page before about 1 MiB."""
+    description = "\N{WHITE HEAVY CHECK MARK}" * 10_000  # 3 bytes each in UTF-8
+    created = await asyncio.gather(
+        *(create(stubs, alice, f"big {n}", description=description) for n in range(40))
+    )
+    pages = []
+    token = ""
+    while True:
+        page = await stubs.tasks.ListTasks(
+            pb.ListTasksRequest(page_size=1000, page_token=token), metadata=alice.metadata
+        )
+        pages.append(page)
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(pages) == 2
+    assert all(page.ByteSize() <= 1024 * 1024 for page in pages)
+    listed = [task.id for page in pages for task in page.tasks]
+    assert sorted(listed, reverse=True) == listed
+    assert sorted(listed) == sorted(task.id for task in created)

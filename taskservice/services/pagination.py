@@ -18,6 +18,8 @@ from taskservice.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+#: A page ends before its rows' approximate encoded size passes this, whatever page_size says.
+MAX_PAGE_BYTES = 1024 * 1024
 #: Longest page token accepted, in characters; ours are far shorter.
 MAX_PAGE_TOKEN_LENGTH = 1024
 _MAC_BYTES = 16
@@ -67,12 +69,26 @@ class PageTokens:
         return int(payload["a"])
 
     def page(
-        self, rows: list[_Row], size: int, scope: Mapping[str, object], key: Callable[[_Row], int]
+        self,
+        rows: list[_Row],
+        size: int,
+        scope: Mapping[str, object],
+        key: Callable[[_Row], int],
+        weight: Callable[[_Row], int] | None = None,
     ) -> tuple[list[_Row], str]:
         """Cut rows fetched with `limit(size + 1)` to one page and seal the next page's token.
 
-        The extra row only tells that more follow; the token is empty on the last page.
+        The extra row only tells that more follow; the token is empty on the last page. With a
+        `weight` (a row's approximate encoded size), the page also ends before it would pass
+        MAX_PAGE_BYTES, so a page of large rows stays under every client's default 4 MiB limit;
+        it always holds at least one row.
         """
+        if weight is not None:
+            total = 0
+            for index, row in enumerate(rows[:size]):
+                total += weight(row)
+                if total > MAX_PAGE_BYTES and index > 0:
+                    return rows[:index], self.seal(scope, key(rows[index - 1]))
         if len(rows) <= size:
             return rows, ""
         rows = rows[:size]

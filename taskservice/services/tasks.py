@@ -214,7 +214,9 @@ class TaskService:
         parameters = {"owner_id": owner_id, "status": status, "after": after, "limit": size + 1}
         async with self._db.rows() as connection:
             tasks: list[TaskRecord] = list((await connection.execute(query, parameters)).all())
-        return TaskPage(*self._page_tokens.page(tasks, size, scope, key=lambda task: task.id))
+        return TaskPage(
+            *self._page_tokens.page(tasks, size, scope, key=lambda task: task.id, weight=_weight)
+        )
 
 
 def _check_values(values: TaskValues, fields: set[str], mask: frozenset[str] | None = None) -> str:
@@ -266,6 +268,19 @@ _VISIBLE = {
 
 #: CreateTask without an idempotency key: insert and return the row in one statement.
 _INSERT_TASK = insert(Task).returning(*Task.__table__.columns)
+
+
+#: Bytes a task takes in a response beyond its title and description (ids, times, etag, tags).
+_TASK_OVERHEAD_BYTES = 96
+
+
+def _weight(task: TaskRecord) -> int:
+    """A task's approximate encoded size: its text in UTF-8 plus a fixed overhead."""
+    return _text_bytes(task.title) + _text_bytes(task.description) + _TASK_OVERHEAD_BYTES
+
+
+def _text_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _list_query(*, by_owner: bool, by_status: bool, after: bool) -> Select[tuple[Task]]:
