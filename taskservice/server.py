@@ -255,19 +255,25 @@ def _health_only_server(
 
 
 async def run(settings: Settings, *, reuse_port: bool = False) -> None:
-    """Serve until SIGTERM or SIGINT, then drain gracefully."""
-    app = await build_server(settings, reuse_port=reuse_port)
-    await app.start()
+    """Serve until SIGTERM or SIGINT, then drain gracefully.
+
+    The signal handlers go in before anything starts, so a stop signal during start-up ends the
+    process cleanly (started, then drained at once) rather than killing it mid-way.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
-        logger.info("stop signal received: draining calls in flight")
+        app = await build_server(settings, reuse_port=reuse_port)
+        try:
+            await app.start()
+            await stop.wait()
+            logger.info("stop signal received: draining calls in flight")
+        finally:
+            await app.stop(settings.shutdown_grace_seconds)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError):
                 loop.remove_signal_handler(signum)
-        await app.stop(settings.shutdown_grace_seconds)
     logger.info("stopped")

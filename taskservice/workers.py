@@ -35,6 +35,7 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
     Binding first without SO_REUSEPORT fails at once if anything already listens there, so a
     busy port is an error rather than silently shared.
     """
+    host = host.removeprefix("[").removesuffix("]")  # GRPC_HOST may be gRPC's "[::]" form
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         # TIME_WAIT sockets of a previous run must not block a restart; a listener still does.

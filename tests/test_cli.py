@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from taskservice.v1 import auth_service_pb2, auth_service_pb2_grpc
+from taskservice.workers import reserve_port
 from tests.helpers import PASSWORD
 from tests.test_config import ENV_NAMES
 
@@ -244,3 +245,9 @@ async def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path: Pa
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_workers_reserve_the_port_given_in_grpcs_bracketed_ipv6_form() -> None:
+    """GRPC_HOST=[::] is how gRPC spells every IPv6 address; the workers' reservation takes it."""
+    with reserve_port("[::]", 0) as port:
+        assert port > 0
