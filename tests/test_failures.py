@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from taskservice.server import Application, build_server
 from taskservice.v1 import auth_service_pb2, task_pb2, task_service_pb2, user_service_pb2
 from tests.conftest import PG_ADMIN_DSN, Stubs, make_settings, stubs_for
-from tests.helpers import PASSWORD, fails, register
+from tests.helpers import PASSWORD, Account, fails, register
 from tests.proxy import TcpProxy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -114,15 +114,7 @@ async def test_calls_past_their_deadline_stop_their_queries_and_give_connections
     try:
         async with stubs_for(application) as stubs:
             account = await register(stubs)
-            task = (
-                await stubs.tasks.CreateTask(
-                    task_service_pb2.CreateTaskRequest(task=task_pb2.Task(title="contended")),
-                    metadata=account.metadata,
-                )
-            ).task
-            patch = task_service_pb2.PatchTaskRequest(
-                task=task_pb2.Task(id=task.id, title="never"), update_mask={"paths": ["title"]}
-            )
+            task, patch = await _task_and_rename(stubs, account, "contended", "never")
             locker = await asyncpg.connect(_asyncpg_dsn(pg_database_url))
             try:
                 transaction = locker.transaction()
@@ -177,6 +169,22 @@ async def test_calls_past_their_deadline_stop_their_queries_and_give_connections
             assert pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         await application.stop(grace=None)
+
+
+async def _task_and_rename(
+    stubs: Stubs, account: Account, title: str, new_title: str
+) -> tuple[task_pb2.Task, task_service_pb2.PatchTaskRequest]:
+    """A new task of the account's, and the PatchTask request that would rename it."""
+    task = (
+        await stubs.tasks.CreateTask(
+            task_service_pb2.CreateTaskRequest(task=task_pb2.Task(title=title)),
+            metadata=account.metadata,
+        )
+    ).task
+    patch = task_service_pb2.PatchTaskRequest(
+        task=task_pb2.Task(id=task.id, title=new_title), update_mask={"paths": ["title"]}
+    )
+    return task, patch
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -319,15 +327,7 @@ async def test_a_statement_timeout_is_deadline_exceeded_and_changes_nothing(
     try:
         async with stubs_for(application) as stubs:
             account = await register(stubs)
-            task = (
-                await stubs.tasks.CreateTask(
-                    task_service_pb2.CreateTaskRequest(task=task_pb2.Task(title="kept")),
-                    metadata=account.metadata,
-                )
-            ).task
-            patch = task_service_pb2.PatchTaskRequest(
-                task=task_pb2.Task(id=task.id, title="lost"), update_mask={"paths": ["title"]}
-            )
+            task, patch = await _task_and_rename(stubs, account, "kept", "lost")
             locker = await asyncpg.connect(_asyncpg_dsn(pg_database_url))
             try:
                 async with locker.transaction():
