@@ -41,10 +41,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_connect_timeout_seconds,
-        # No pre-ping: it costs a round trip on every checkout. A connection found dead on use
-        # raises a disconnect error, which fails that call with UNAVAILABLE (retryable) and makes
-        # SQLAlchemy discard every pooled connection older than the failure, so a database
-        # restart costs the calls in flight at most; the readiness probe notices it too.
+        # Pre-ping costs a round trip per checkout, but without it a connection left unusable by
+        # a call cancelled mid-statement (deadline, client gone) went back to the pool and failed
+        # the next call UNAVAILABLE (seen in CI under 100 deadline-expired calls at once).
+        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
