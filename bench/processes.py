@@ -38,10 +38,8 @@ class TaskService:
     def __init__(self, environment: dict[str, str], workers: int, log: Path) -> None:
         self.port = free_port()
         self.workers = workers
-        self._metrics_ports = [free_port()]
-        if workers > 1:  # workers serve metrics on METRICS_PORT + slot
-            base = self._metrics_ports[0]
-            self._metrics_ports = [base + slot for slot in range(workers)]
+        base = free_port()  # worker `slot` serves metrics on METRICS_PORT + slot
+        self._metrics_ports = [base + slot for slot in range(workers)]
         env = {
             **environment,
             "GRPC_HOST": "127.0.0.1",

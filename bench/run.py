@@ -31,7 +31,7 @@ from sqlalchemy.engine import URL
 from bench import h2load
 from bench.h2load import Load, Result
 from bench.processes import EchoServer, Handled, TaskService, cpu_count, rss_mib
-from bench.scenarios import ECHO, SCENARIOS, Fixture, Scenario, login_storm
+from bench.scenarios import ECHO, SCENARIOS, Fixture, Scenario, by_name, login_storm
 from bench.seed import ADMIN_EMAIL, PASSWORD, Seeded, recreate_postgres_database, seed, user_email
 from taskservice.config import normalize_database_url
 from taskservice.v1 import (
@@ -159,8 +159,7 @@ class Bench:
         try:
             self._wait_for_logins(STORM_CONCURRENCY)
             before = self.service.handled()
-            get_task = next(s for s in SCENARIOS if s.name == "GetTask")
-            loads = get_task.loads(fixture, concurrency, calls)
+            loads = by_name("GetTask").loads(fixture, concurrency, calls)
             results = self._run(loads, self.service.target, sequential=False)
             during = self.service.handled()
         finally:
@@ -488,8 +487,9 @@ def _run_all(bench: Bench, fixture: Fixture, args: argparse.Namespace) -> list[M
             measurements.append(measured)
             print(_progress(measured), flush=True)
     for concurrency in args.concurrency if STORM in wanted else ():
-        get_task = next(s for s in SCENARIOS if s.name == "GetTask")
-        measured = bench.measure_storm(fixture, concurrency, _calls(args, get_task, concurrency))
+        measured = bench.measure_storm(
+            fixture, concurrency, _calls(args, by_name("GetTask"), concurrency)
+        )
         measurements.append(measured)
         print(_progress(measured), flush=True)
     baseline()

@@ -198,6 +198,12 @@ SCENARIOS = [
     Scenario("mixed read/write", _mixed),
 ]
 
+
+def by_name(name: str) -> Scenario:
+    """The scenario called `name`."""
+    return next(scenario for scenario in SCENARIOS if scenario.name == name)
+
+
 #: The storm's Login load: more calls than any measurement lasts; it is stopped when done.
 STORM_CALLS = 1_000_000
 

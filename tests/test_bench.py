@@ -21,7 +21,7 @@ import pytest
 
 from bench.processes import EchoServer, TaskService
 from bench.run import Bench, RunFailed, find_fixture, migrate, server_environment
-from bench.scenarios import ECHO, SCENARIOS, Fixture
+from bench.scenarios import ECHO, SCENARIOS, Fixture, by_name
 from bench.seed import seed
 from taskservice.config import normalize_database_url
 from tests.conftest import IN_CI
@@ -52,13 +52,9 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Bench, F
         echo.stop()
 
 
-def _scenario(name: str):
-    return next(scenario for scenario in SCENARIOS if scenario.name == name)
-
-
 def test_every_call_of_a_measurement_is_counted(harness: tuple[Bench, Fixture]) -> None:
     bench, fixture = harness
-    measured = bench.measure(_scenario("GetTask"), fixture, concurrency=4, calls=40)
+    measured = bench.measure(by_name("GetTask"), fixture, concurrency=4, calls=40)
     assert measured.calls == 40
     assert 0 < measured.p50_ms <= measured.p99_ms
     assert measured.calls_per_second > 0
@@ -71,7 +67,7 @@ def test_calls_failing_with_a_grpc_status_fail_the_run(harness: tuple[Bench, Fix
     bench, fixture = harness
     forged = dataclasses.replace(fixture, user_token="not-a-token")
     with pytest.raises(RunFailed, match="UNAUTHENTICATED"):
-        bench.measure(_scenario("GetTask"), forged, concurrency=4, calls=40)
+        bench.measure(by_name("GetTask"), forged, concurrency=4, calls=40)
 
 
 def test_make_bench_runs_end_to_end(tmp_path: Path) -> None:

@@ -110,14 +110,16 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 SQLITE_TRANSIENT_MESSAGES = ("database is locked", "unable to open database", "disk I/O error")
 
 
+# statement_timeout (DB_STATEMENT_TIMEOUT_SECONDS) or lock_timeout ended the statement.
+_TIMED_OUT = (grpc.StatusCode.DEADLINE_EXCEEDED, "DATABASE_TIMEOUT", "the database took too long")
+# Lost a race with a concurrent transaction: nothing was written; retrying is safe.
+_CONFLICT = (grpc.StatusCode.ABORTED, "CONCURRENT_TRANSACTION", "concurrent change; retry")
 #: PostgreSQL errors that are neither bugs nor outages, by SQLSTATE: what the caller gets.
 _POSTGRES_STATES: dict[str, tuple[grpc.StatusCode, str, str]] = {
-    # statement_timeout (DB_STATEMENT_TIMEOUT_SECONDS) or lock_timeout ended the statement.
-    "57014": (grpc.StatusCode.DEADLINE_EXCEEDED, "DATABASE_TIMEOUT", "the database took too long"),
-    "55P03": (grpc.StatusCode.DEADLINE_EXCEEDED, "DATABASE_TIMEOUT", "the database took too long"),
-    # Lost a race with a concurrent transaction: nothing was written; retrying is safe.
-    "40001": (grpc.StatusCode.ABORTED, "CONCURRENT_TRANSACTION", "concurrent change; retry"),
-    "40P01": (grpc.StatusCode.ABORTED, "CONCURRENT_TRANSACTION", "concurrent change; retry"),
+    "57014": _TIMED_OUT,  # query_canceled (by statement_timeout)
+    "55P03": _TIMED_OUT,  # lock_not_available (lock_timeout)
+    "40001": _CONFLICT,  # serialization_failure
+    "40P01": _CONFLICT,  # deadlock_detected
 }
 
 
