@@ -143,6 +143,46 @@ async def test_a_72_byte_password_is_accepted_whole(stubs: Stubs) -> None:
     assert response.user.id == account.user.id
 
 
+# bcrypt's key is the password, a NUL, and again up to 72 bytes: "abc\0abc\0abc" and "abc"
+# hash alike, as do "<password>\0<password>" and "<password>". So no password may hold a NUL.
+NUL_PASSWORD = "abc\x00abc\x00abc"
+
+
+async def test_a_password_with_nul_is_refused_and_its_prefix_cannot_log_in(stubs: Stubs) -> None:
+    email = unique_email()
+    failure = await fails(
+        stubs.auth.Register(pb.RegisterRequest(email=email, password=NUL_PASSWORD)), INVALID
+    )
+    assert failure.reason == "INVALID_ARGUMENT"
+    assert set(failure.fields) == {"password"}
+    assert "NUL" in failure.fields["password"]
+    for password in ("abc", NUL_PASSWORD):
+        refused = await fails(
+            stubs.auth.Login(pb.LoginRequest(email=email, password=password)), UNAUTHENTICATED
+        )
+        assert (refused.message, refused.reason) == (LOGIN_FAILED, "LOGIN_FAILED")
+    await register(stubs, email)  # nothing was created: the email is still free
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        f"{PASSWORD}\x00{PASSWORD}",
+        f"{PASSWORD}\x00{PASSWORD}\x00{PASSWORD}"[:72],
+        f"{PASSWORD}\x00",
+        "\x00",
+    ],
+)
+async def test_a_password_with_nul_never_logs_in_as_a_user(stubs: Stubs, password: str) -> None:
+    """Login with NUL fails like any wrong password, even where bcrypt alone would say yes."""
+    account = await register(stubs)
+    failure = await fails(
+        stubs.auth.Login(pb.LoginRequest(email=account.user.email, password=password)),
+        UNAUTHENTICATED,
+    )
+    assert (failure.message, failure.reason) == (LOGIN_FAILED, "LOGIN_FAILED")
+
+
 async def test_login_returns_a_bearer_token_with_its_lifetime(stubs: Stubs) -> None:
     account = await register(stubs)
     response = await stubs.auth.Login(pb.LoginRequest(email=account.user.email, password=PASSWORD))
@@ -285,6 +325,44 @@ async def test_change_password_validates_the_new_password(stubs: Stubs) -> None:
         INVALID,
     )
     assert set(failure.fields) == {"new_password"}
+
+
+async def test_change_password_refuses_a_new_password_with_nul_and_changes_nothing(
+    stubs: Stubs,
+) -> None:
+    account = await register(stubs)
+    failure = await fails(
+        stubs.auth.ChangePassword(
+            pb.ChangePasswordRequest(current_password=PASSWORD, new_password=NUL_PASSWORD),
+            metadata=account.metadata,
+        ),
+        INVALID,
+    )
+    assert failure.reason == "INVALID_ARGUMENT"
+    assert set(failure.fields) == {"new_password"}
+    assert "NUL" in failure.fields["new_password"]
+    await stubs.users.GetMe(user_service_pb2.GetMeRequest(), metadata=account.metadata)
+    await fails(
+        stubs.auth.Login(pb.LoginRequest(email=account.user.email, password="abc")),
+        UNAUTHENTICATED,
+    )
+    await stubs.auth.Login(pb.LoginRequest(email=account.user.email, password=PASSWORD))
+
+
+async def test_change_password_refuses_a_current_password_with_nul(stubs: Stubs) -> None:
+    """The password, a NUL and the password again is not it, though bcrypt alone matches it."""
+    account = await register(stubs)
+    failure = await fails(
+        stubs.auth.ChangePassword(
+            pb.ChangePasswordRequest(
+                current_password=f"{PASSWORD}\x00{PASSWORD}", new_password="a new passphrase"
+            ),
+            metadata=account.metadata,
+        ),
+        UNAUTHENTICATED,
+    )
+    assert failure.reason == "PASSWORD_INCORRECT"
+    await stubs.users.GetMe(user_service_pb2.GetMeRequest(), metadata=account.metadata)
 
 
 async def test_change_password_needs_a_token(stubs: Stubs) -> None:

@@ -251,3 +251,18 @@ def test_workers_reserve_the_port_given_in_grpcs_bracketed_ipv6_form() -> None:
     """GRPC_HOST=[::] is how gRPC spells every IPv6 address; the workers' reservation takes it."""
     with reserve_port("[::]", 0) as port:
         assert port > 0
+
+
+async def test_create_admin_refuses_a_password_with_nul(tmp_path: Path) -> None:
+    """The rule Register and ChangePassword apply (bcrypt would take "abc" for this password)."""
+    assert (await _run(tmp_path, "migrate"))[0] == 0
+    code, output = await _run(
+        tmp_path,
+        "create-admin",
+        "--email",
+        "a@example.com",
+        "--password-stdin",
+        stdin=b"abc\x00abc\x00abc\n",
+    )
+    assert code == 1
+    assert "password: must not contain NUL" in output

@@ -7,8 +7,9 @@ event loop wins, so a login storm slows logins rather than every other call. Und
 CPU load logins get only what is left; such a replica needs more CPU or company anyway.
 
 bcrypt only reads the first 72 bytes of a password: longer ones are refused when set (see
-`taskservice.services.auth`) and simply fail to match when checked, never truncated, and never the
-ValueError bcrypt 5 raises for them.
+`taskservice.services.validation`) and simply fail to match when checked, never truncated, and never
+the ValueError bcrypt 5 raises for them. The same goes for passwords containing NUL: bcrypt's key
+is the password and a NUL repeated to 72 bytes, so abc NUL abc NUL abc and plain abc would match.
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ class PasswordHasher:
         self._dummy_hash = bcrypt.hashpw(b"dummy password", bcrypt.gensalt(rounds))
 
     async def hash(self, password: str) -> str:
-        """Hash a password already checked to fit bcrypt's 72-byte limit."""
+        """Hash a password already checked to fit bcrypt's 72-byte limit and to hold no NUL."""
         encoded = password.encode()
         if len(encoded) > BCRYPT_MAX_PASSWORD_BYTES:
             raise ValueError("password longer than 72 bytes")
+        if b"\x00" in encoded:
+            raise ValueError("password contains NUL")
         salt = bcrypt.gensalt(self.rounds)
         digest = await self._run(bcrypt.hashpw, encoded, salt)
         return digest.decode()
@@ -58,17 +61,21 @@ class PasswordHasher:
         """Check a password in constant time; a None hash (unknown user) checks a dummy instead.
 
         Always does one full bcrypt computation, whatever the input, so every failure costs the
-        same as a success.
+        same as a success. A password that could never have been set (over 72 bytes, or holding
+        a NUL) is refused before bcrypt sees it; bcrypt still runs, on a harmless stand-in, only
+        so that the refusal takes as long as any other.
         """
         encoded = password.encode()
-        too_long = len(encoded) > BCRYPT_MAX_PASSWORD_BYTES
+        refused = len(encoded) > BCRYPT_MAX_PASSWORD_BYTES or b"\x00" in encoded
         target = self._dummy_hash if password_hash is None else password_hash.encode()
-        candidate = encoded[:BCRYPT_MAX_PASSWORD_BYTES] if too_long else encoded
+        candidate = (
+            encoded.replace(b"\x00", b"")[:BCRYPT_MAX_PASSWORD_BYTES] if refused else encoded
+        )
         try:
             matches = await self._run(bcrypt.checkpw, candidate, target)
         except ValueError:  # a corrupt stored hash is a failed check, not a crash
             return False
-        return matches and password_hash is not None and not too_long
+        return matches and password_hash is not None and not refused
 
     async def _run(self, function: Callable[..., _T], *args: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)

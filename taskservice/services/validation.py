@@ -30,7 +30,14 @@ def normalize_email(raw: str) -> str:
 
 
 def new_password_violation(field: str, password: str) -> FieldViolation | None:
-    """Why `password` cannot be set, or None. Over 72 bytes is refused, never truncated."""
+    """Why `password` cannot be set, or None (Register, ChangePassword and create-admin).
+
+    Over 72 bytes is refused, never truncated. A NUL is refused because bcrypt's key is the
+    password, a NUL, and the password again up to 72 bytes: abc NUL abc NUL abc would hash like
+    plain abc, so a long-looking password would be as weak as its first part.
+    """
+    if "\x00" in password:
+        return FieldViolation(field, "must not contain NUL (U+0000)")
     if len(password) < PASSWORD_MIN_CHARS:
         return FieldViolation(field, f"at least {PASSWORD_MIN_CHARS} characters")
     if len(password.encode()) > BCRYPT_MAX_PASSWORD_BYTES:

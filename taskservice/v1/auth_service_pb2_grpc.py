@@ -80,7 +80,7 @@ class AuthServiceServicer:
 
         Errors:
         - INVALID_ARGUMENT: the email is not a valid address, or the password is shorter than 8
-        characters or longer than 72 bytes in UTF-8.
+        characters, longer than 72 bytes in UTF-8, or contains NUL (U+0000).
         - ALREADY_EXISTS: a user with this email (compared case-insensitively) exists.
         - PERMISSION_DENIED: `is_admin` is true and the caller is not an authenticated admin.
         - UNAUTHENTICATED: an `authorization` header was sent but its token is not valid.
@@ -106,7 +106,8 @@ class AuthServiceServicer:
 
         Errors:
         - UNAUTHENTICATED: no valid token, or `current_password` is wrong.
-        - INVALID_ARGUMENT: `new_password` is shorter than 8 characters or longer than 72 bytes.
+        - INVALID_ARGUMENT: `new_password` is shorter than 8 characters, longer than 72 bytes, or
+        contains NUL (U+0000).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
