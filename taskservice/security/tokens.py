@@ -4,12 +4,21 @@ Decoding pins the one configured algorithm (never the token's own `alg`, so `non
 confusion are refused), requires every claim we rely on, checks issuer and audience, and allows only
 a few seconds of clock skew. Each failure becomes an Unauthenticated error whose reason says which
 check failed, without echoing the token.
+
+A valid signature proves who made a token, not that its claims are sane: a token signed with our
+key may still carry `sub: "99999999999999999999"` or `exp: 1e400`. So every claim is checked for
+its exact type and range before anything uses it (`sub` a canonical ASCII decimal user id, `ver`,
+`exp`, `iat` and `nbf` integers in range, `jti` a string); any other value is TOKEN_CLAIMS_INVALID.
+PyJWT's own time checks are switched off because they coerce with `int()` (accepting "123", true
+and 1.5, and reporting a bad `exp` as a malformed token); the time checks here run on the checked
+integers, against the codec's clock.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +27,7 @@ from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
+from jwt.types import Options
 
 from taskservice.config import ConfigError, Settings
 from taskservice.errors import Unauthenticated
@@ -28,6 +38,23 @@ LEEWAY_SECONDS = 5
 VERIFIED_CACHE_SIZE = 4096
 #: Claims a token must carry to be accepted.
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "jti", "iss", "aud", "ver")
+#: Largest user id a token may name: ids are signed 64-bit integers in the database.
+USER_ID_MAX = 2**63 - 1
+#: Largest token version: users.token_version is a 32-bit INTEGER column.
+TOKEN_VERSION_MAX = 2**31 - 1
+#: Latest time `exp`, `iat` or `nbf` may name (9999-12-31T23:59:59Z); also exact as a float.
+NUMERIC_DATE_MAX = 253_402_300_799
+#: PyJWT checks we make ourselves, strictly, in `_checked_claims`.
+_DECODE_OPTIONS: Options = {
+    "require": list(REQUIRED_CLAIMS),
+    "verify_exp": False,
+    "verify_iat": False,
+    "verify_nbf": False,
+    "verify_sub": False,
+    "verify_jti": False,
+}
+#: A user id as `issue` writes it: ASCII digits, no sign, spaces, underscores or leading zero.
+_CANONICAL_USER_ID = re.compile(r"[1-9][0-9]{0,18}")
 TOKEN_TYPE = "Bearer"  # noqa: S105 - a scheme name, not a secret
 
 
@@ -73,7 +100,7 @@ class TokenCodec:
         self._clock = clock
         # token -> (claims, exp). Only tokens that passed every check get in; a hit still checks
         # expiry, and revocation is checked by the caller on every call, cached or not.
-        self._verified: dict[str, tuple[TokenClaims, float]] = {}
+        self._verified: dict[str, tuple[TokenClaims, int]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenCodec:
@@ -122,7 +149,7 @@ class TokenCodec:
 
     def issue(self, user_id: int, token_version: int) -> IssuedToken:
         """Sign a token for `user_id` at its current credential generation."""
-        now = int(time.time())
+        now = int(self._clock())
         claims = {
             "sub": str(user_id),
             "ver": token_version,
@@ -143,22 +170,19 @@ class TokenCodec:
         """
         cached = self._verified.get(token)
         if cached is not None:
-            if self._clock() <= cached[1] + LEEWAY_SECONDS:
+            if not _expired(cached[1], self._clock()):
                 return cached[0]
             del self._verified[token]
-            raise Unauthenticated("TOKEN_EXPIRED", "access token has expired")
+            raise _token_expired()
         try:
-            claims = jwt.decode(
+            payload = jwt.decode(
                 token,
                 self._verifying_key,  # type: ignore[arg-type]
                 algorithms=[self.algorithm],
                 issuer=self.issuer,
                 audience=self.audience,
-                leeway=LEEWAY_SECONDS,
-                options={"require": list(REQUIRED_CLAIMS)},
+                options=_DECODE_OPTIONS,
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthenticated("TOKEN_EXPIRED", "access token has expired") from None
         except jwt.InvalidAlgorithmError:
             raise Unauthenticated(
                 "TOKEN_ALGORITHM_NOT_ALLOWED",
@@ -169,38 +193,79 @@ class TokenCodec:
                 "TOKEN_SIGNATURE_INVALID", "access token signature is invalid"
             ) from None
         except jwt.MissingRequiredClaimError as exc:
-            raise Unauthenticated(
-                "TOKEN_CLAIMS_INVALID", f"access token lacks the {exc.claim!r} claim"
-            ) from None
+            raise _claims_invalid(f"access token lacks the {exc.claim!r} claim") from None
         except jwt.InvalidIssuerError:
-            raise Unauthenticated(
-                "TOKEN_CLAIMS_INVALID", "access token has the wrong issuer"
-            ) from None
+            raise _claims_invalid("access token has the wrong issuer") from None
         except jwt.InvalidAudienceError:
-            raise Unauthenticated(
-                "TOKEN_CLAIMS_INVALID", "access token has the wrong audience"
-            ) from None
-        except (jwt.ImmatureSignatureError, jwt.InvalidIssuedAtError):
-            raise Unauthenticated("TOKEN_NOT_YET_VALID", "access token is not valid yet") from None
+            raise _claims_invalid("access token has the wrong audience") from None
         except jwt.DecodeError:
             raise Unauthenticated(
                 "TOKEN_MALFORMED", "access token is not a well-formed JWT"
             ) from None
         except jwt.InvalidTokenError:
             raise Unauthenticated("TOKEN_INVALID", "access token is invalid") from None
-        subject, version = claims["sub"], claims["ver"]
-        if not (isinstance(subject, str) and subject.isdigit()) or type(version) is not int:
-            raise Unauthenticated("TOKEN_CLAIMS_INVALID", "access token claims are malformed")
-        verified = TokenClaims(
-            user_id=int(subject),
-            token_version=version,
-            token_id=str(claims["jti"]),
-            issued_at=int(claims["iat"]),
-        )
+        verified, expires_at, not_before = _checked_claims(payload)
+        now = self._clock()
+        if _expired(expires_at, now):
+            raise _token_expired()
+        if max(verified.issued_at, not_before) > now + LEEWAY_SECONDS:
+            raise Unauthenticated("TOKEN_NOT_YET_VALID", "access token is not valid yet")
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             del self._verified[next(iter(self._verified))]  # the oldest entry
-        self._verified[token] = (verified, float(claims["exp"]))
+        self._verified[token] = (verified, expires_at)
         return verified
+
+
+def _checked_claims(payload: dict[str, object]) -> tuple[TokenClaims, int, int]:
+    """The claims of a signed payload as (claims, exp, nbf or 0), each of its exact type and range.
+
+    `bool` is a subclass of `int` in Python, hence `type(...) is int` rather than isinstance.
+    """
+    subject = payload["sub"]
+    if not (
+        isinstance(subject, str)
+        and _CANONICAL_USER_ID.fullmatch(subject)
+        and int(subject) <= USER_ID_MAX
+    ):
+        raise _claims_invalid(f"access token claim 'sub' is not a user id in 1..{USER_ID_MAX}")
+    version = payload["ver"]
+    if not (type(version) is int and 0 <= version <= TOKEN_VERSION_MAX):
+        raise _claims_invalid(
+            f"access token claim 'ver' is not an integer in 0..{TOKEN_VERSION_MAX}"
+        )
+    token_id = payload["jti"]
+    if not isinstance(token_id, str):
+        raise _claims_invalid("access token claim 'jti' is not a string")
+    claims = TokenClaims(
+        user_id=int(subject),
+        token_version=version,
+        token_id=token_id,
+        issued_at=_time_claim(payload, "iat"),
+    )
+    return claims, _time_claim(payload, "exp"), _time_claim(payload, "nbf")
+
+
+def _time_claim(payload: dict[str, object], name: str) -> int:
+    """A NumericDate claim in whole seconds (0 when absent; `exp` and `iat` are required)."""
+    value = payload.get(name, 0)
+    if type(value) is int and 0 <= value <= NUMERIC_DATE_MAX:
+        return value
+    raise _claims_invalid(
+        f"access token claim {name!r} is not a time in whole seconds in 0..{NUMERIC_DATE_MAX}"
+    )
+
+
+def _expired(expires_at: int, now: float) -> bool:
+    """Whether a token expiring at `expires_at` is past it, clock skew allowed for."""
+    return now >= expires_at + LEEWAY_SECONDS
+
+
+def _token_expired() -> Unauthenticated:
+    return Unauthenticated("TOKEN_EXPIRED", "access token has expired")
+
+
+def _claims_invalid(message: str) -> Unauthenticated:
+    return Unauthenticated("TOKEN_CLAIMS_INVALID", message)
 
 
 def _load_key_pair(private_file: Path | None, public_file: Path | None) -> tuple[object, object]:
