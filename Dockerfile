@@ -1,10 +1,12 @@
-# syntax=docker/dockerfile:1
 # Multi-stage build: dependencies are installed from uv.lock in a build stage; the runtime stage
 # carries only the virtual environment and the sources, and runs as a non-root user.
 
 FROM python:3.12-slim AS build
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never
-RUN pip install --no-cache-dir uv
+# Pinned to the uv the Makefile bootstraps and uv.lock is kept with: another uv may resolve or
+# refuse the lock differently. Only Dockerfile syntax of the built-in frontend is used (no `# syntax=` line,
+# which would make BuildKit fetch a frontend image from Docker Hub first).
+RUN pip install --no-cache-dir uv==0.13.9
 WORKDIR /app
 # Dependencies first, so source changes do not invalidate this layer.
 COPY pyproject.toml uv.lock README.md ./

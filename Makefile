@@ -54,11 +54,17 @@ h2load:
 	$(SUDO) apt-get install -y --no-install-recommends nghttp2-client \
 		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends nghttp2-client; }
 
+# The descriptor set keeps the protos' comments (source info) and every import, for server
+# reflection: the generated *_pb2 modules carry neither comments nor a way to add them.
+DESCRIPTOR_SET := taskservice/v1/descriptor_set.binpb
+
 .PHONY: proto
-proto: install ## Regenerate taskservice/v1 from protos/.
-	rm -f taskservice/v1/*_pb2*.py taskservice/v1/*_pb2*.pyi
+proto: install ## Regenerate taskservice/v1 (code and the reflection descriptor set) from protos/.
+	rm -f taskservice/v1/*_pb2*.py taskservice/v1/*_pb2*.pyi $(DESCRIPTOR_SET)
 	$(UV) run --locked python -m grpc_tools.protoc -I$(PROTO_DIR) \
-		--python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_FILES)
+		--python_out=. --pyi_out=. --grpc_python_out=. \
+		--include_source_info --include_imports --descriptor_set_out=$(DESCRIPTOR_SET) \
+		$(PROTO_FILES)
 
 $(BUF): package.json package-lock.json
 	npm ci --no-fund --no-audit --loglevel=error

@@ -45,11 +45,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _migrate(_args: argparse.Namespace) -> int:
-    """Apply every pending migration."""
-    from taskservice.db.migrations import upgrade
+def _migrate(args: argparse.Namespace) -> int:
+    """Apply every pending migration, once the database accepts connections.
+
+    A database that is not there (or refuses us) ends the command with one line on stderr and
+    exit status 1, after at most `--wait-seconds` of retrying.
+    """
+    from taskservice.db.migrations import DatabaseUnreachable, upgrade, wait_for_database
 
     settings = _settings(require_signing_key=False)
+    try:
+        wait_for_database(
+            settings.sqlalchemy_url,
+            args.wait_seconds,
+            connect_timeout=settings.db_connect_timeout_seconds,
+        )
+    except DatabaseUnreachable as exc:
+        print(f"taskservice: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     upgrade(settings.sqlalchemy_url)
     return 0
 
@@ -100,6 +113,21 @@ def _settings(*, require_signing_key: bool = True, **overrides: object) -> Setti
     return with_signing_key(settings) if require_signing_key else settings
 
 
+#: Longest `migrate --wait-seconds`: an hour is already far beyond any database's start.
+MAX_WAIT_SECONDS = 3600.0
+
+
+def _wait_seconds(text: str) -> float:
+    """Parse `--wait-seconds`: a number of seconds from 0 to MAX_WAIT_SECONDS."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_WAIT_SECONDS:g}, not {text}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per operator task."""
     parser = argparse.ArgumentParser(
@@ -121,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser(
         "migrate", help="apply database migrations (alembic upgrade head)"
+    )
+    migrate.add_argument(
+        "--wait-seconds",
+        type=_wait_seconds,
+        default=0.0,
+        metavar="N",
+        help="wait up to N seconds for the database to accept connections, retrying with a "
+        "short backoff (default 0: one attempt); for starting together with the database",
     )
     migrate.set_defaults(handler=_migrate)
 

@@ -16,7 +16,6 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from taskservice.api.access_log import AccessLogInterceptor
 from taskservice.api.auth_servicer import AuthServicer
@@ -25,6 +24,7 @@ from taskservice.api.availability import AvailabilityInterceptor
 from taskservice.api.errors import ErrorInterceptor
 from taskservice.api.health import LIVENESS, READINESS, HealthMonitor, HealthServicer
 from taskservice.api.metrics import ServerMetrics
+from taskservice.api.reflection import enable_reflection
 from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
 from taskservice.config import ConfigError, Settings
@@ -208,13 +208,8 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
     user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(users), server)
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), server)
-    reflection.enable_server_reflection(
-        (
-            *SERVICE_NAMES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    enable_reflection(
+        server, (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     )
 
     address = f"{settings.grpc_host}:{settings.grpc_port}"

@@ -6,18 +6,25 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
 import pytest
+from alembic.script import ScriptDirectory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import NullPool, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from taskservice.db.migrations import alembic_config, downgrade
 from taskservice.v1 import auth_service_pb2, auth_service_pb2_grpc
 from taskservice.workers import reserve_port
 from tests.helpers import PASSWORD
+from tests.proxy import TcpProxy
 from tests.test_config import ENV_NAMES
 
 SERVING_LINE = re.compile(rb"serving gRPC on [^:]+:(\d+)")
@@ -251,6 +258,130 @@ def test_workers_reserve_the_port_given_in_grpcs_bracketed_ipv6_form() -> None:
     """GRPC_HOST=[::] is how gRPC spells every IPv6 address; the workers' reservation takes it."""
     with reserve_port("[::]", 0) as port:
         assert port > 0
+
+
+@pytest.fixture
+def empty_pg_database_url(pg_database_url: str) -> str:
+    """A fresh PostgreSQL database without a single table, for `migrate` to fill."""
+    downgrade(pg_database_url, "base")
+    return pg_database_url
+
+
+def _bound_but_not_listening() -> socket.socket:
+    """A port nothing listens on, held so nothing else takes it: connections are refused."""
+    reserved = socket.socket()
+    reserved.bind(("127.0.0.1", 0))
+    return reserved
+
+
+async def _schema_revision(database_url: str) -> str | None:
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            return (
+                await connection.exec_driver_sql("SELECT version_num FROM alembic_version")
+            ).scalar_one_or_none()
+    finally:
+        await engine.dispose()
+
+
+async def test_migrate_waits_for_postgresql_to_accept_connections(
+    tmp_path: Path, empty_pg_database_url: str
+) -> None:
+    """As in docker compose: migrate starts before PostgreSQL listens on TCP, and still succeeds."""
+    target = make_url(empty_pg_database_url)
+    head = ScriptDirectory.from_config(alembic_config(empty_pg_database_url)).get_current_head()
+    reserved = _bound_but_not_listening()
+    port = reserved.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "taskservice",
+        "migrate",
+        "--wait-seconds",
+        str(PROCESS_TIMEOUT),
+        cwd=tmp_path,
+        env=_environment(
+            DATABASE_URL=target.set(host="127.0.0.1", port=port).render_as_string(
+                hide_password=False
+            )
+        ),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
+    try:
+        await _read_until(process.stderr, re.compile(rb"not accepting connections yet"))
+        reserved.close()
+        proxy.port = port
+        await proxy.start()  # the database "comes up" on the port migrate keeps trying
+        rest = await asyncio.wait_for(process.stderr.read(), PROCESS_TIMEOUT)
+        assert await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT) == 0, rest.decode()
+    finally:
+        reserved.close()
+        await proxy.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert b"accepts connections" in rest
+    assert await _schema_revision(empty_pg_database_url) == head
+
+
+@pytest.mark.parametrize(
+    ("wait_seconds", "gives_up"),
+    [("0", "did not accept connections: "), ("1.5", "did not accept connections within 1.5 s: ")],
+)
+async def test_migrate_gives_up_after_wait_seconds_with_one_line_and_exit_1(
+    tmp_path: Path, wait_seconds: str, gives_up: str
+) -> None:
+    with _bound_but_not_listening() as reserved:
+        port = reserved.getsockname()[1]
+        started = time.monotonic()
+        code, output = await _run(
+            tmp_path,
+            "migrate",
+            "--wait-seconds",
+            wait_seconds,
+            DATABASE_URL=f"postgresql://taskservice:hunter2-password@127.0.0.1:{port}/taskservice",
+        )
+        elapsed = time.monotonic() - started
+    assert code == 1, output
+    messages = [line for line in output.splitlines() if line.startswith("taskservice: ")]
+    assert messages == output.splitlines()[-1:], "one message line, last"
+    assert messages[0].startswith(
+        f"taskservice: the database at postgresql+asyncpg://taskservice:***@127.0.0.1:{port}"
+        f"/taskservice {gives_up}ConnectionRefusedError: "
+    )
+    assert elapsed >= float(wait_seconds)
+    assert "hunter2-password" not in output
+    assert not (tmp_path / "taskservice.db").exists()
+
+
+async def test_migrate_does_not_wait_out_an_error_waiting_cannot_cure(
+    tmp_path: Path, pg_database_url: str
+) -> None:
+    """A missing database (or bad credentials) fails at once, however long the wait allowed."""
+    missing = make_url(pg_database_url).set(database="taskservice_no_such_database")
+    code, output = await _run(
+        tmp_path,
+        "migrate",
+        "--wait-seconds",
+        str(PROCESS_TIMEOUT * 10),
+        DATABASE_URL=missing.render_as_string(hide_password=False),
+    )
+    assert code == 1, output
+    assert output.splitlines()[-1].startswith(
+        f"taskservice: cannot use the database at {missing.render_as_string()}: "
+        'InvalidCatalogNameError: database "taskservice_no_such_database" does not exist'
+    )
+    assert "not accepting connections yet" not in output
+
+
+@pytest.mark.parametrize("wait_seconds", ["-1", "soon", "nan", "3601"])
+async def test_migrate_refuses_a_bad_wait_with_exit_2(tmp_path: Path, wait_seconds: str) -> None:
+    code, output = await _run(tmp_path, "migrate", "--wait-seconds", wait_seconds)
+    assert code == 2
+    assert "argument --wait-seconds:" in output
 
 
 async def test_create_admin_refuses_a_password_with_nul(tmp_path: Path) -> None:

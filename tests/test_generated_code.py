@@ -1,4 +1,8 @@
-"""The committed code in taskservice/v1 is exactly what `make proto` makes from protos/."""
+"""The committed code in taskservice/v1 is exactly what `make proto` makes from protos/.
+
+That includes the descriptor set reflection serves, so the comments clients read through
+reflection are the comments in protos/.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,14 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = ROOT / "protos"
 GENERATED = ROOT / "taskservice" / "v1"
+DESCRIPTOR_SET = "descriptor_set.binpb"
 
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
+    out = tmp_path / "taskservice" / "v1"
+    out.mkdir(parents=True)
     status = protoc.main(
         [
             "grpc_tools.protoc",
@@ -22,12 +29,19 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
             f"--python_out={tmp_path}",
             f"--pyi_out={tmp_path}",
             f"--grpc_python_out={tmp_path}",
+            "--include_source_info",
+            "--include_imports",
+            f"--descriptor_set_out={out / DESCRIPTOR_SET}",
             *protos,
         ]
     )
     assert status == 0
-    fresh = {p.name: p.read_bytes() for p in (tmp_path / "taskservice" / "v1").iterdir()}
-    committed = {p.name: p.read_bytes() for p in GENERATED.glob("*_pb2*.py*")}
+    fresh = {p.name: p.read_bytes() for p in out.iterdir()}
+    committed = {
+        p.name: p.read_bytes()
+        for p in [*GENERATED.glob("*_pb2*.py*"), *GENERATED.glob(DESCRIPTOR_SET)]
+    }
+    assert DESCRIPTOR_SET in fresh
     stale = sorted(
         name for name in fresh.keys() | committed.keys() if fresh.get(name) != committed.get(name)
     )

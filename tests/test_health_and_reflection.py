@@ -1,15 +1,31 @@
-"""The standard health service answers for the server and each service; reflection lists them."""
+"""The standard health service answers for the server and each service; reflection lists them.
+
+Reflection answers under `grpc.reflection.v1` and `v1alpha`, and its descriptors carry the protos'
+comments, which is how grpcurl and `buf curl` users read the API documentation.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import grpc
 import pytest
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from taskservice.api.reflection import ReflectionServicer, contract_files
 from taskservice.server import ALL_HEALTH_NAMES, SERVICE_NAMES
+from taskservice.v1 import task_service_pb2
 from tests.conftest import Stubs
+
+PROTOS = Path(__file__).resolve().parents[1] / "protos"
+V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
+REFLECTION_SERVICES = ("grpc.reflection.v1.ServerReflection", V1ALPHA)
+#: Every service the server registers, as reflection must list and describe it.
+SERVED = (*SERVICE_NAMES, "grpc.health.v1.Health", *REFLECTION_SERVICES)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -42,34 +58,210 @@ async def test_health_watch_streams_the_current_status_first(stubs: Stubs) -> No
 
 
 async def _reflect(
-    channel: grpc.aio.Channel, request: reflection_pb2.ServerReflectionRequest
+    channel: grpc.aio.Channel,
+    request: reflection_pb2.ServerReflectionRequest,
+    service: str = V1ALPHA,
 ) -> reflection_pb2.ServerReflectionResponse:
-    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    call = stub.ServerReflectionInfo()
+    """One request over a reflection stream, through grpcio-reflection's generated v1alpha stub.
+
+    grpcio-reflection ships no v1 stub. v1's messages are v1alpha's, field for field and number for
+    number (grpc-proto's reflection.proto), so v1 is called with v1alpha's message classes.
+    """
+    if service == V1ALPHA:
+        info = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo
+    else:
+        info = channel.stream_stream(
+            f"/{service}/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+    call = info()
     await call.write(request)
     response = await call.read()
     await call.done_writing()
+    assert response.original_request == request
     return response
 
 
-async def test_reflection_lists_every_service(channel: grpc.aio.Channel) -> None:
-    response = await _reflect(channel, reflection_pb2.ServerReflectionRequest(list_services=""))
-    names = {service.name for service in response.list_services_response.service}
-    assert names >= {*SERVICE_NAMES, "grpc.health.v1.Health"}
+async def _files(
+    channel: grpc.aio.Channel, service: str, **request: str
+) -> list[descriptor_pb2.FileDescriptorProto]:
+    response = await _reflect(channel, reflection_pb2.ServerReflectionRequest(**request), service)
+    assert response.WhichOneof("message_response") == "file_descriptor_response", response
+    return [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in response.file_descriptor_response.file_descriptor_proto
+    ]
+
+
+@pytest.mark.parametrize("reflection", REFLECTION_SERVICES)
+async def test_reflection_lists_every_service_under_both_versions(
+    channel: grpc.aio.Channel, reflection: str
+) -> None:
+    response = await _reflect(
+        channel, reflection_pb2.ServerReflectionRequest(list_services=""), reflection
+    )
+    names = [service.name for service in response.list_services_response.service]
+    assert sorted(names) == sorted(SERVED)
 
 
 @pytest.mark.parametrize("service", SERVICE_NAMES)
 async def test_reflection_describes_each_service_with_its_methods(
     channel: grpc.aio.Channel, service: str
 ) -> None:
-    response = await _reflect(
-        channel, reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
-    )
-    files = [
-        descriptor_pb2.FileDescriptorProto.FromString(raw)
-        for raw in response.file_descriptor_response.file_descriptor_proto
-    ]
+    files = await _files(channel, V1ALPHA, file_containing_symbol=service)
     short_name = service.rsplit(".", 1)[1]
     described = [s for f in files for s in f.service if s.name == short_name]
     assert len(described) == 1
     assert described[0].method, f"{service} has no methods"
+
+
+def _leading_comment_in_proto(proto: Path, rpc: str) -> str:
+    """The `//` lines right above `rpc <name>(` in the .proto file, as protoc records them."""
+    lines = proto.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if re.match(rf"\s*rpc {rpc}\(", line))
+    comment: list[str] = []
+    for line in reversed(lines[:at]):
+        if not line.strip().startswith("//"):
+            break
+        comment.insert(0, line.strip().removeprefix("//") + "\n")
+    return "".join(comment)
+
+
+@pytest.mark.parametrize("reflection", REFLECTION_SERVICES)
+async def test_reflection_carries_the_protos_comments(
+    channel: grpc.aio.Channel, reflection: str
+) -> None:
+    """What grpcurl `describe` prints: the leading comment of CreateTask, from source info."""
+    files = await _files(channel, reflection, file_containing_symbol="taskservice.v1.TaskService")
+    assert files[0].name == "taskservice/v1/task_service.proto"
+    service_index, service = next(
+        (i, s) for i, s in enumerate(files[0].service) if s.name == "TaskService"
+    )
+    method_index = next(i for i, m in enumerate(service.method) if m.name == "CreateTask")
+    # SourceCodeInfo paths: 6 = FileDescriptorProto.service, 2 = ServiceDescriptorProto.method.
+    comments = {
+        tuple(location.path): location.leading_comments
+        for location in files[0].source_code_info.location
+    }
+    expected = _leading_comment_in_proto(PROTOS / "taskservice/v1/task_service.proto", "CreateTask")
+    assert expected.startswith(" Creates a task")
+    assert comments[(6, service_index, 2, method_index)] == expected
+
+
+def _pool_of(files: list[descriptor_pb2.FileDescriptorProto]) -> descriptor_pool.DescriptorPool:
+    """A pool of the first file and everything it imports, from these files alone."""
+    by_name = {file.name: file for file in files}
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(name: str) -> None:
+        if name not in added:
+            for dependency in by_name[name].dependency:
+                add(dependency)
+            pool.AddSerializedFile(by_name[name].SerializeToString())
+            added.add(name)
+
+    add(files[0].name)
+    return pool
+
+
+def _methods(service: ServiceDescriptor) -> list[tuple[str, str, str, bool, bool]]:
+    return [
+        (
+            m.name,
+            m.input_type.full_name,
+            m.output_type.full_name,
+            m.client_streaming,
+            m.server_streaming,
+        )
+        for m in service.methods
+    ]
+
+
+@pytest.mark.parametrize("reflection", REFLECTION_SERVICES)
+async def test_reflected_files_resolve_every_served_service_as_served(
+    channel: grpc.aio.Channel, reflection: str
+) -> None:
+    """A client builds a pool from what reflection sends, imports included, as grpcurl does."""
+    for service in SERVED:
+        files = await _files(channel, reflection, file_containing_symbol=service)
+        described = _pool_of(files).FindServiceByName(service)
+        assert described.methods, service
+        if service != REFLECTION_SERVICES[0]:  # v1 has no generated module to compare with
+            served = descriptor_pool.Default().FindServiceByName(service)
+            assert _methods(described) == _methods(served), service
+
+
+@pytest.mark.parametrize("reflection", REFLECTION_SERVICES)
+async def test_reflection_finds_the_file_of_a_method_a_message_and_an_import(
+    channel: grpc.aio.Channel, reflection: str
+) -> None:
+    for symbol, file in (
+        ("taskservice.v1.TaskService.CreateTask", "taskservice/v1/task_service.proto"),
+        ("taskservice.v1.Task", "taskservice/v1/task.proto"),
+        ("google.protobuf.FieldMask", "google/protobuf/field_mask.proto"),
+    ):
+        files = await _files(channel, reflection, file_containing_symbol=symbol)
+        assert files[0].name == file
+    files = await _files(channel, reflection, file_by_filename="taskservice/v1/task.proto")
+    assert [f.name for f in files] == [
+        "taskservice/v1/task.proto",
+        "google/protobuf/timestamp.proto",
+    ]
+    response = await _reflect(
+        channel,
+        reflection_pb2.ServerReflectionRequest(all_extension_numbers_of_type="taskservice.v1.Task"),
+        reflection,
+    )
+    numbers = response.all_extension_numbers_response
+    assert (numbers.base_type_name, list(numbers.extension_number)) == ("taskservice.v1.Task", [])
+
+
+@pytest.mark.parametrize("reflection", REFLECTION_SERVICES)
+async def test_reflection_answers_an_unknown_or_empty_request_with_an_error_code(
+    channel: grpc.aio.Channel, reflection: str
+) -> None:
+    not_found = grpc.StatusCode.NOT_FOUND.value[0]
+    for request, code in (
+        ({"file_containing_symbol": "taskservice.v1.NoSuchThing"}, not_found),
+        ({"file_containing_symbol": "taskservice.v1.TaskService.NoSuchMethod"}, not_found),
+        ({"file_by_filename": "taskservice/v1/no_such.proto"}, not_found),
+        ({"all_extension_numbers_of_type": "taskservice.v1.NoSuchThing"}, not_found),
+        (
+            {
+                "file_containing_extension": reflection_pb2.ExtensionRequest(
+                    containing_type="taskservice.v1.Task", extension_number=1000
+                )
+            },
+            not_found,
+        ),
+        ({}, grpc.StatusCode.INVALID_ARGUMENT.value[0]),
+    ):
+        response = await _reflect(
+            channel, reflection_pb2.ServerReflectionRequest(**request), reflection
+        )
+        assert response.WhichOneof("message_response") == "error_response", request
+        assert response.error_response.error_code == code, request
+
+
+def _contract_without(method: str) -> list[descriptor_pb2.FileDescriptorProto]:
+    files = contract_files()
+    for file in files:
+        for service in file.service:
+            kept = [m for m in service.method if m.name != method]
+            del service.method[:]
+            service.method.extend(kept)
+    return files
+
+
+def test_a_stale_descriptor_set_stops_the_start() -> None:
+    """Reflection that would describe a service unlike the server serves it refuses to start."""
+    task_service = task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
+    ReflectionServicer([task_service], contract_files())  # the committed set matches
+    with pytest.raises(RuntimeError, match="run `make proto`"):
+        ReflectionServicer([task_service], _contract_without("CreateTask"))
+    with pytest.raises(
+        RuntimeError, match=re.escape("no descriptor for service taskservice.v1.NoSuch")
+    ):
+        ReflectionServicer(["taskservice.v1.NoSuchService"], contract_files())
