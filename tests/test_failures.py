@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import asyncpg
 import grpc
@@ -104,9 +105,18 @@ async def _waiting_on_locks(database: str) -> int:
 
 
 async def test_calls_past_their_deadline_stop_their_queries_and_give_connections_back(
-    pg_database_url: str,
+    pg_database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Hundreds of calls time out while blocked on a row lock or waiting for the pool."""
+    """Hundreds of calls time out or are cancelled while blocked on a row lock or the pool.
+
+    Each burst opens a connection of its own: gRPC counts a cancelled call against its HTTP/2
+    connection's MAX_CONCURRENT_STREAMS until the server has let go of it, so a burst of
+    exactly that many calls right after the last one ended may be refused (REFUSED_STREAM, seen
+    as UNAVAILABLE) on a shared connection; that is gRPC's overload protection, not the subject
+    here. Nothing may be logged at ERROR: asyncio's "Future exception was never retrieved" from
+    a connection attempt or cancel request abandoned half-way was once.
+    """
+    caplog.set_level(logging.ERROR)
     application = await build_server(make_settings(pg_database_url))
     await application.start()
     database = make_url(pg_database_url).database
@@ -115,20 +125,21 @@ async def test_calls_past_their_deadline_stop_their_queries_and_give_connections
         async with stubs_for(application) as stubs:
             account = await register(stubs)
             task, patch = await _task_and_rename(stubs, account, "contended", "never")
-            locker = await asyncpg.connect(_asyncpg_dsn(pg_database_url))
-            try:
-                transaction = locker.transaction()
-                await transaction.start()
-                await locker.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", task.id)
-                pool = application.database.engine.pool
+        locker = await asyncpg.connect(_asyncpg_dsn(pg_database_url))
+        try:
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", task.id)
+            pool = application.database.engine.pool
 
-                async def nothing_waits() -> bool:
-                    return await _waiting_on_locks(database) == 0
+            async def nothing_waits() -> bool:
+                return await _waiting_on_locks(database) == 0
 
-                async def pool_whole() -> bool:
-                    return pool.checkedout() == 0  # type: ignore[attr-defined]
+            async def pool_whole() -> bool:
+                return pool.checkedout() == 0  # type: ignore[attr-defined]
 
-                for _ in range(3):  # 300 calls, 100 at a time: pool (20) and lock waits both
+            for _ in range(3):  # 300 calls, 100 at a time: pool (20) and lock waits both
+                async with _own_connection(application) as stubs:
                     results = await asyncio.gather(
                         *(
                             stubs.tasks.PatchTask(patch, metadata=account.metadata, timeout=0.3)
@@ -136,14 +147,19 @@ async def test_calls_past_their_deadline_stop_their_queries_and_give_connections
                         ),
                         return_exceptions=True,
                     )
-                    assert all(isinstance(r, grpc.aio.AioRpcError) for r in results)
-                    codes = {r.code() for r in results}  # type: ignore[union-attr]
-                    assert codes == {grpc.StatusCode.DEADLINE_EXCEEDED}
-                    # The blocked UPDATEs were cancelled in PostgreSQL, not left to run on,
-                    # and every connection went back to the pool while the lock is still held.
-                    await _eventually(nothing_waits, 5.0)
-                    await _eventually(pool_whole, 5.0)
-                # Explicit cancellation by the client, once the calls are blocked in PostgreSQL.
+                others = [
+                    r if not isinstance(r, grpc.aio.AioRpcError) else (r.code(), r.details())
+                    for r in results
+                    if not isinstance(r, grpc.aio.AioRpcError)
+                    or r.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+                ]
+                assert not others, f"{len(others)} calls ended otherwise: {others[:3]}"
+                # The blocked UPDATEs were cancelled in PostgreSQL, not left to run on, and
+                # every connection went back to the pool while the lock is still held.
+                await _eventually(nothing_waits, 5.0)
+                await _eventually(pool_whole, 5.0)
+            # Explicit cancellation by the client, once the calls are blocked in PostgreSQL.
+            async with _own_connection(application) as stubs:
                 calls = [
                     stubs.tasks.PatchTask(patch, metadata=account.metadata) for _ in range(100)
                 ]
@@ -155,20 +171,32 @@ async def test_calls_past_their_deadline_stop_their_queries_and_give_connections
                 for call in calls:
                     call.cancel()
                 results = await asyncio.gather(*calls, return_exceptions=True)
-                assert all(isinstance(r, asyncio.CancelledError) for r in results)
-                await _eventually(nothing_waits, 5.0)
-                await _eventually(pool_whole, 5.0)
-                await transaction.rollback()
-            finally:
-                await locker.close()
+            not_cancelled = [r for r in results if not isinstance(r, asyncio.CancelledError)]
+            assert not not_cancelled, f"calls ended otherwise: {not_cancelled[:3]}"
+            await _eventually(nothing_waits, 5.0)
+            await _eventually(pool_whole, 5.0)
+            await transaction.rollback()
+        finally:
+            await locker.close()
 
+        async with stubs_for(application) as stubs:
             for _ in range(30):  # the pooled connections still work
                 await stubs.users.GetMe(user_service_pb2.GetMeRequest(), metadata=account.metadata)
             patched = await stubs.tasks.PatchTask(patch, metadata=account.metadata, timeout=5)
-            assert patched.task.title == "never"
-            assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert patched.task.title == "never"
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         await application.stop(grace=None)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+@asynccontextmanager
+async def _own_connection(app: Application) -> AsyncIterator[Stubs]:
+    """Stubs over a new HTTP/2 connection (channels to one target otherwise share theirs)."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", options=options) as channel:
+        yield Stubs.over(channel)
 
 
 async def _task_and_rename(

@@ -8,7 +8,6 @@ with a generic message and that id, nothing more.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import uuid
@@ -142,9 +141,11 @@ def _database_unavailable(exc: BaseException) -> bool:
 class ErrorInterceptor(HandlerInterceptor):
     """Turns exceptions escaping a unary handler into statuses; installed outermost.
 
-    It also enforces the caller's deadline on the handler, so work stops (and database
-    statements are cancelled) when the deadline passes, and tells `on_database_error` when a
-    call found the database unreachable, so health can re-probe at once.
+    It tells `on_database_error` when a call found the database unreachable, so health can
+    re-probe at once. Deadlines need nothing here: when the caller's deadline passes (or the
+    caller cancels), gRPC has already answered the caller and cancels the handler, which stops
+    its database statement. A deadline of our own would race gRPC's: a status sent after gRPC
+    has ended the call fails in its core and is logged at ERROR.
     """
 
     def __init__(self, on_database_error: Callable[[], None] = lambda: None) -> None:
@@ -172,26 +173,13 @@ class ErrorInterceptor(HandlerInterceptor):
         deserialize: Callable[[bytes], object] | None,
     ) -> UnaryBehavior:
         async def behavior(raw: object, context: grpc.aio.ServicerContext) -> object:
-            deadline = asyncio.timeout(context.time_remaining())
             try:
                 request = _decode(raw, deserialize)
-                async with deadline:
-                    return await inner(request, context)
+                return await inner(request, context)
             except errors.DomainError as error:
                 await abort_with_status(context, to_status(error))
             except grpc.aio.AbortError:
                 raise
-            except TimeoutError as exc:
-                if not deadline.expired():  # a connect or pool timeout: the database is away
-                    await self._unexpected(context, method, exc)
-                await abort_with_status(
-                    context,
-                    rich_status(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        "deadline exceeded",
-                        "DEADLINE_EXCEEDED",
-                    ),
-                )
             except Exception as exc:
                 await self._unexpected(context, method, exc)
             return None  # not reached: abort raises

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -17,10 +20,14 @@ from sqlalchemy.ext.asyncio import (
 
 from taskservice.config import Settings
 
+logger = logging.getLogger(__name__)
+
 #: How long SQLite waits for another writer's lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 #: How often PostgreSQL checks that the client of a running statement is still there, in ms.
 CLIENT_CHECK_INTERVAL_MS = 1_000
+#: Longest the close of a connection nobody wants may take before it is aborted.
+CLOSE_TIMEOUT_SECONDS = 2.0
 #: Execution option marking connections that will write (SQLite begins them IMMEDIATE).
 _WRITES = "taskservice_writes"
 
@@ -33,7 +40,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         echo=settings.debug,
         # Bound values (password hashes, emails) never reach logs, with DEBUG or in errors.
@@ -59,6 +66,57 @@ def create_engine(settings: Settings) -> AsyncEngine:
             },
         },
     )
+    event.listen(engine.sync_engine, "do_connect", _connect_whole)
+    return engine
+
+
+def _connect_whole(
+    _dialect: object, _record: object, _cargs: object, cparams: dict[str, Any]
+) -> None:
+    """Make new PostgreSQL connections through `connect_uncancellable` (a `do_connect` hook)."""
+    cparams["async_creator_fn"] = connect_uncancellable
+
+
+async def connect_uncancellable(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """`asyncpg.connect`, which a cancelled caller no longer interrupts half-way.
+
+    A call that needs a new connection may be cancelled while it is being made (deadline, client
+    gone). Cancelling asyncpg there abandons its SSL negotiation, which leaves a future failing
+    with "unexpected connection_lost() call" that asyncio reports at ERROR (asyncpg issues 1211
+    and 1310), and can leave the socket to the garbage collector. Here the attempt finishes on
+    its own and a connection nobody waits for any more is closed.
+    """
+    attempt = asyncio.ensure_future(asyncpg.connect(*args, **kwargs))
+    try:
+        return await asyncio.shield(attempt)
+    except asyncio.CancelledError:
+        attempt.add_done_callback(_close_unwanted)
+        raise
+
+
+def _close_unwanted(attempt: asyncio.Future[asyncpg.Connection]) -> None:
+    if attempt.cancelled():
+        return
+    if (error := attempt.exception()) is not None:
+        logger.debug("an abandoned connection attempt failed: %r", error)
+        return
+    _background(attempt.result().close(timeout=CLOSE_TIMEOUT_SECONDS))
+
+
+#: Background closes in progress: asyncio keeps only weak references to tasks.
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _background(closing: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(closing)
+    _closing.add(task)
+    task.add_done_callback(_closed)
+
+
+def _closed(task: asyncio.Task[None]) -> None:
+    _closing.discard(task)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.debug("closing an abandoned connection failed: %r", error)
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: object) -> None:
