@@ -49,10 +49,13 @@ WORKERS = 24
 TOTAL_CALLS = 900
 #: The victim is frozen once this many calls have completed, a third of the way through.
 FREEZE_AFTER = TOTAL_CALLS // 3
-#: Calls started after the freeze that must complete on the others before the kill: with round
-#: robin, every third call started after the freeze went to the frozen replica, so six calls done
-#: elsewhere mean at least two are stuck on it.
-PILED_UP = 6
+#: Calls started after the freeze that must complete before the kill. Round robin hands every
+#: third pick to the frozen replica, so between three picks of the others there is always one of
+#: it: three calls done elsewhere since the freeze mean at least one is stuck on it.
+PILED_UP = 3
+#: Calls the test itself starts at the freeze, so the pile-up completes even when every worker
+#: happens to be waiting on the frozen replica (a replica starved of CPU gathers them all).
+PROBES = 9
 #: Deadline of each call, retries included: generous for a loaded 2-core CI machine.
 CALL_TIMEOUT = 20.0
 
@@ -199,10 +202,32 @@ class Load:
     #: request_id -> (owner's index in `accounts`, id of the task CreateTask returned)
     created: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    async def reached(self, condition: Callable[[], bool]) -> None:
+    def take_ticket(self) -> int:
+        """The number of the next call to make."""
+        self.started += 1
+        return self.started - 1
+
+    async def counted(self, call: Awaitable[None]) -> None:
+        """Make one call of the load and count it (apart, too, if it started after the freeze)."""
+        started_frozen = self.frozen
+        await call
+        async with self.progress:
+            self.completed += 1
+            if started_frozen:
+                self.completed_since_freeze += 1
+            self.progress.notify_all()
+
+    async def reached(self, condition: Callable[[], bool], what: str) -> None:
         """Wait until `condition` holds after some call completes."""
-        async with asyncio.timeout(PROCESS_TIMEOUT), self.progress:
-            await self.progress.wait_for(condition)
+        try:
+            async with asyncio.timeout(PROCESS_TIMEOUT), self.progress:
+                await self.progress.wait_for(condition)
+        except TimeoutError:
+            pytest.fail(
+                f"timed out waiting for {what}: {self.started} calls started, "
+                f"{self.completed} completed, {self.completed_since_freeze} since the freeze, "
+                f"failures: {self.failures[:5]}"
+            )
 
 
 async def _one_call(stubs: Stubs, load: Load, ticket: int) -> None:
@@ -265,15 +290,7 @@ async def _one_call(stubs: Stubs, load: Load, ticket: int) -> None:
 async def _worker(stubs: Stubs, load: Load) -> None:
     """Take tickets until TOTAL_CALLS have been handed out, one call at a time."""
     while load.started < TOTAL_CALLS:
-        ticket = load.started
-        load.started += 1
-        started_frozen = load.frozen
-        await _one_call(stubs, load, ticket)
-        async with load.progress:
-            load.completed += 1
-            if started_frozen:
-                load.completed_since_freeze += 1
-            load.progress.notify_all()
+        await load.counted(_one_call(stubs, load, load.take_ticket()))
 
 
 async def test_a_replica_killed_under_load_costs_the_client_nothing(
@@ -296,12 +313,16 @@ async def test_a_replica_killed_under_load_costs_the_client_nothing(
 
         workers = [asyncio.create_task(_worker(stubs, load)) for _ in range(WORKERS)]
         try:
-            await load.reached(lambda: load.completed >= FREEZE_AFTER)
+            await load.reached(lambda: load.completed >= FREEZE_AFTER, "the freeze")
             victim.process.send_signal(signal.SIGSTOP)
             load.frozen = True
-            await load.reached(lambda: load.completed_since_freeze >= PILED_UP)
+            workers += [
+                asyncio.create_task(load.counted(_one_call(stubs, load, load.take_ticket())))
+                for _ in range(PROBES)
+            ]
+            await load.reached(lambda: load.completed_since_freeze >= PILED_UP, "the pile-up")
             victim.process.kill()
-            assert await asyncio.wait_for(victim.process.wait(), PROCESS_TIMEOUT) == -9
+            assert await asyncio.wait_for(victim.process.wait(), PROCESS_TIMEOUT) == -signal.SIGKILL
             async with asyncio.timeout(CALL_TIMEOUT * 3):
                 await asyncio.gather(*workers)
         finally:
