@@ -26,6 +26,7 @@ from taskservice.db.models import (
     User,
 )
 from taskservice.db.records import TaskRecord
+from taskservice.db.retry import retries_conflicts
 from taskservice.errors import Aborted, FieldViolation, NotFound, PermissionDenied
 from taskservice.services.pagination import PageTokens, page_size
 from taskservice.services.principal import Principal
@@ -75,6 +76,7 @@ class TaskService:
         self._db = database
         self._page_tokens = page_tokens
 
+    @retries_conflicts
     async def create_task(
         self, caller: Principal, values: TaskValues, owner_id: int, request_id: str
     ) -> TaskRecord:
@@ -140,6 +142,7 @@ class TaskService:
             raise _task_not_found()
         return task
 
+    @retries_conflicts
     async def update_task(
         self, caller: Principal, task_id: int, values: TaskValues, expected_etag: str
     ) -> Task:
@@ -156,6 +159,7 @@ class TaskService:
             task.version += 1
         return task
 
+    @retries_conflicts
     async def patch_task(
         self,
         caller: Principal,
@@ -181,6 +185,7 @@ class TaskService:
             task.version += 1
         return task
 
+    @retries_conflicts
     async def delete_task(self, caller: Principal, task_id: int, expected_etag: str) -> None:
         """Delete a task the caller may see."""
         require_id("id", task_id)
