@@ -1,7 +1,8 @@
 """Transactions PostgreSQL aborts for a conflict (deadlock, serialization failure) are retried.
 
-Callers see OK, never ABORTED for a conflict the server could resolve by running the transaction
-again; only when every attempt lost does ABORTED CONCURRENT_TRANSACTION reach them.
+Callers see OK, or the documented code for what really happened (the owner is gone, the caller's
+token is revoked), never ABORTED for a conflict the server could resolve by running the
+transaction again; only when every attempt lost does ABORTED CONCURRENT_TRANSACTION reach them.
 
 Deadlocks are made on purpose with connections the test controls. PostgreSQL breaks a cycle by
 aborting the transaction whose `deadlock_timeout` runs out while the cycle exists, and a waiter
@@ -15,6 +16,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,20 +24,30 @@ import asyncpg
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from taskservice.db import retry
+from taskservice.db.models import Task
 from taskservice.server import Application, build_server
 from taskservice.v1 import task_pb2, task_service_pb2, user_service_pb2
 from tests.conftest import Stubs, make_settings, stubs_for
 from tests.helpers import Account, fails, make_admin, register
 
+#: Rounds of the race on PostgreSQL, and in each the streams of back-to-back CreateTask calls by
+#: the user deleted and by an admin for them (a few unkeyed, most with a request_id: those
+#: deadlocked). SQLite serialises writers, so it has no deadlock to provoke: one round there
+#: checks the outcomes, without its writers' lock lottery (busy handler) starving the deletion.
+RACE_ROUNDS = 4
+OWN_STREAMS = 4
+ADMIN_STREAMS = 8
 #: Bound on everything a test waits for; the deliberate deadlocks cost the server's
 #: `deadlock_timeout` (PostgreSQL's default, 1 s) each.
 WAIT_SECONDS = 10.0
 _T = TypeVar("_T")
+_request_ids = itertools.count(1)
 
 
 async def _outcome(call: Awaitable[Any]) -> tuple[str, str, Any]:
@@ -61,6 +73,111 @@ def _create(owner_id: int = 0, request_id: str = "") -> task_service_pb2.CreateT
     return task_service_pb2.CreateTaskRequest(
         task=task_pb2.Task(title="racing", owner_id=owner_id), request_id=request_id
     )
+
+
+async def _create_until_refused(
+    stubs: Stubs,
+    caller: Account,
+    owner_id: int,
+    keyed: bool,
+    outcomes: Counter[tuple[str, str]],
+    created: list[int],
+    first_created: asyncio.Event,
+    stop: asyncio.Event,
+) -> None:
+    """Create tasks for `owner_id` back to back until a call fails (or `stop`); record outcomes."""
+    while not stop.is_set():
+        request_id = f"race-{next(_request_ids)}" if keyed else ""
+        code, reason, response = await _outcome(
+            stubs.tasks.CreateTask(
+                _create(owner_id, request_id), metadata=caller.metadata, timeout=WAIT_SECONDS
+            )
+        )
+        outcomes[code, reason] += 1
+        if code != "OK":
+            return
+        created.append(response.task.id)
+        first_created.set()
+
+
+async def test_deleting_a_user_while_tasks_are_created_for_them_never_answers_aborted(
+    app: Application, stubs: Stubs
+) -> None:
+    """DeleteUser races streams of the user's own CreateTask calls and of an admin's for them.
+
+    This used to answer ABORTED CONCURRENT_TRANSACTION on PostgreSQL, to the deletion or to the
+    creates: an admin's keyed create held the user's row (its task's foreign key) and waited for
+    the admin's own row (its idempotency key's), which DeleteUser had locked before waiting for
+    the user's row. Retries alone did not cure it (every retry closed the cycle again); creates
+    now lock both rows in the deleters' order. A user's own create that lost the race to their
+    deletion used to answer NOT_FOUND OWNER_NOT_FOUND; it is now UNAUTHENTICATED, as the user's
+    every later call is.
+    """
+    deleter = await make_admin(app, stubs)
+    creator = await make_admin(app, stubs)
+    own: Counter[tuple[str, str]] = Counter()
+    for_them: Counter[tuple[str, str]] = Counter()
+    deletions: Counter[tuple[str, str]] = Counter()
+    created: list[int] = []
+    victims: list[int] = []
+    rounds = RACE_ROUNDS if app.database.engine.dialect.name == "postgresql" else 1
+    for _ in range(rounds):
+        victim = await register(stubs)
+        victims.append(victim.user.id)
+        for _ in range(3):
+            await stubs.tasks.CreateTask(_create(), metadata=victim.metadata)
+        streams = [(victim, 0, number % 2 == 0, own) for number in range(OWN_STREAMS)]
+        streams += [
+            (creator, victim.user.id, number % 4 != 0, for_them) for number in range(ADMIN_STREAMS)
+        ]
+        started = [asyncio.Event() for _ in streams]
+        stop = asyncio.Event()
+        workers = [
+            asyncio.create_task(
+                _create_until_refused(stubs, caller, owner, keyed, outcomes, created, event, stop)
+            )
+            for (caller, owner, keyed, outcomes), event in zip(streams, started, strict=True)
+        ]
+        try:
+            async with asyncio.timeout(WAIT_SECONDS):
+                for event in started:  # delete only once every stream is under way
+                    await event.wait()
+                delete = stubs.users.DeleteUser(
+                    user_service_pb2.DeleteUserRequest(id=victim.user.id),
+                    metadata=deleter.metadata,
+                    timeout=WAIT_SECONDS,
+                )
+                deletion = (await _outcome(delete))[:2]
+                deletions[deletion] += 1
+                if deletion != ("OK", ""):  # the user is still there: the streams would not end
+                    stop.set()
+                await asyncio.gather(*workers)
+        finally:
+            for worker in workers:
+                worker.cancel()
+
+    assert deletions == Counter({("OK", ""): rounds})
+    # Every stream ended, after the deletion, with the documented code for a deleted user.
+    assert set(own) == {("OK", ""), ("UNAUTHENTICATED", "TOKEN_REVOKED")}
+    assert own["UNAUTHENTICATED", "TOKEN_REVOKED"] == rounds * OWN_STREAMS
+    assert set(for_them) == {("OK", ""), ("NOT_FOUND", "OWNER_NOT_FOUND")}
+    assert for_them["NOT_FOUND", "OWNER_NOT_FOUND"] == rounds * ADMIN_STREAMS
+    # Every task created went with its owner, and no row is left without its parent.
+    async with app.database.rows() as connection:
+        survivors = await connection.scalar(
+            select(func.count()).select_from(Task).where(Task.owner_id.in_(victims))
+        )
+        orphans = await connection.scalar(
+            text(
+                "SELECT (SELECT count(*) FROM tasks WHERE owner_id NOT IN (SELECT id FROM users))"
+                " + (SELECT count(*) FROM task_create_requests"
+                " WHERE user_id NOT IN (SELECT id FROM users)"
+                " OR task_id NOT IN (SELECT id FROM tasks))"
+            )
+        )
+    assert len(created) > rounds * (OWN_STREAMS + ADMIN_STREAMS)
+    assert survivors == 0
+    assert orphans == 0
 
 
 @pytest.fixture
