@@ -26,7 +26,8 @@ from taskservice.db.models import (
     User,
 )
 from taskservice.db.records import TaskRecord
-from taskservice.errors import Aborted, FieldViolation, NotFound, PermissionDenied
+from taskservice.db.retry import retries_conflicts
+from taskservice.errors import Aborted, FieldViolation, NotFound, PermissionDenied, Unauthenticated
 from taskservice.services.pagination import PageTokens, page_size
 from taskservice.services.principal import Principal
 from taskservice.services.validation import (
@@ -75,6 +76,7 @@ class TaskService:
         self._db = database
         self._page_tokens = page_tokens
 
+    @retries_conflicts
     async def create_task(
         self, caller: Principal, values: TaskValues, owner_id: int, request_id: str
     ) -> TaskRecord:
@@ -107,7 +109,9 @@ class TaskService:
             async with self._db.write() as session:
                 if earlier := await _by_request(session, caller, request_id):
                     return earlier
-                if owner != caller.user_id and await session.get(User, owner) is None:
+                if owner != caller.user_id and not await _lock_caller_and_owner(
+                    session, caller, owner
+                ):
                     raise NotFound("OWNER_NOT_FOUND", "no user has this owner_id")
                 task = Task(**row)
                 session.add(task)
@@ -125,7 +129,7 @@ class TaskService:
             if earlier is not None:
                 return earlier
             if not owner_exists:  # the owner was deleted while the task was being created
-                raise NotFound("OWNER_NOT_FOUND", "no user has this owner_id") from None
+                raise _owner_gone(caller, owner) from None
             raise
         return task
 
@@ -140,6 +144,7 @@ class TaskService:
             raise _task_not_found()
         return task
 
+    @retries_conflicts
     async def update_task(
         self, caller: Principal, task_id: int, values: TaskValues, expected_etag: str
     ) -> Task:
@@ -156,6 +161,7 @@ class TaskService:
             task.version += 1
         return task
 
+    @retries_conflicts
     async def patch_task(
         self,
         caller: Principal,
@@ -181,6 +187,7 @@ class TaskService:
             task.version += 1
         return task
 
+    @retries_conflicts
     async def delete_task(self, caller: Principal, task_id: int, expected_etag: str) -> None:
         """Delete a task the caller may see."""
         require_id("id", task_id)
@@ -316,8 +323,46 @@ def _visible_parameters(caller: Principal, task_id: int) -> dict[str, int]:
     return {"task_id": task_id, "owner_id": caller.user_id}
 
 
+def _owner_gone(caller: Principal, owner: int) -> NotFound | Unauthenticated:
+    """The error for an owner deleted while their task was being created.
+
+    When the owner is the caller, the call is answered as any call of theirs made after the
+    deletion is (their token names a user that no longer exists), not with the NOT_FOUND that
+    only an admin's `owner_id` gets.
+    """
+    if owner == caller.user_id:
+        return Unauthenticated("TOKEN_REVOKED", "the user of this access token no longer exists")
+    return NotFound("OWNER_NOT_FOUND", "no user has this owner_id")
+
+
 def _task_not_found() -> NotFound:
     return NotFound("TASK_NOT_FOUND", "no task has this id")
+
+
+#: The caller's and the owner's rows, share-locked in the order DeleteUser and UpdateUser lock
+#: users: active admins by id, then the others.
+_LOCK_CALLER_AND_OWNER = (
+    select(User.id)
+    .where(User.id.in_([bindparam("caller_id"), bindparam("owner_id")]))
+    .order_by((User.is_admin & User.is_active).desc(), User.id)
+    .with_for_update(read=True, key_share=True)
+)
+
+
+async def _lock_caller_and_owner(session: AsyncSession, caller: Principal, owner: int) -> bool:
+    """Key-share lock the caller's and the owner's rows, deadlock-free; True if the owner exists.
+
+    For an admin's keyed create for another owner. The inserts take these locks anyway (foreign
+    keys), but the owner's first: the task's, then the idempotency key's on the caller. DeleteUser
+    and UpdateUser (demoting, deactivating) lock every active admin, the caller among them, before
+    the user they change, so a create holding that user's row while waiting for the caller's
+    closed a cycle PostgreSQL could only break by aborting one side, and a stream of creates for
+    that user kept closing it again, retries or not. Taken here in the deleters' order, a create
+    waits before it holds anything they want. A deleted owner's row is skipped once its deletion
+    commits: the owner is then missing.
+    """
+    parameters = {"caller_id": caller.user_id, "owner_id": owner}
+    return owner in (await session.scalars(_LOCK_CALLER_AND_OWNER, parameters)).all()
 
 
 async def _by_request(session: AsyncSession, caller: Principal, request_id: str) -> Task | None:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskservice.db.engine import Database
 from taskservice.db.models import User
 from taskservice.db.records import UserRecord
+from taskservice.db.retry import retries_conflicts
 from taskservice.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
 from taskservice.security.passwords import PasswordHasher
 from taskservice.services.auth_state import AuthStateStore
@@ -84,6 +85,7 @@ class UserService:
             users = list((await session.scalars(query)).all())
         return UserPage(*self._page_tokens.page(users, size, scope, key=lambda user: user.id))
 
+    @retries_conflicts
     async def update_user(self, caller: Principal, user_id: int, changes: UserChanges) -> User:
         """Change the fields in `changes.paths`; demotion and deactivation revoke tokens."""
         caller.require_admin()
@@ -127,6 +129,7 @@ class UserService:
         self._states.forget(user_id)
         return user
 
+    @retries_conflicts
     async def delete_user(self, caller: Principal, user_id: int) -> None:
         """Delete a user and their tasks in one transaction (the foreign key cascades)."""
         caller.require_admin()

@@ -118,7 +118,12 @@ class TaskServiceServicer:
         description is longer than 10,000 characters; the status is not a known value; `request_id` is
         longer than 128 characters.
         - PERMISSION_DENIED: a regular user set `task.owner_id` to another user's id.
-        - NOT_FOUND: an admin set `task.owner_id` to a user that does not exist.
+        - NOT_FOUND: an admin set `task.owner_id` to a user that does not exist, or that was deleted
+        while the task was being created. (A caller deleted meanwhile gets UNAUTHENTICATED.)
+        - ABORTED with reason CONCURRENT_TRANSACTION: rarely, when an admin creates a task for another
+        user, the database still aborted the call for colliding with concurrent changes to the same
+        users after the server had retried it a few times. Nothing was created; the call is safe to
+        retry as it is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -117,6 +117,9 @@ class UserServiceServicer:
         - NOT_FOUND: no user has this id.
         - ALREADY_EXISTS: another user has the new email.
         - FAILED_PRECONDITION: an admin tried to deactivate or demote themself.
+        - ABORTED with reason CONCURRENT_TRANSACTION: rarely, the database still aborted the call for
+        colliding with concurrent changes to the same users after the server had retried it a few
+        times. Nothing changed; the call is safe to retry as it is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +132,9 @@ class UserServiceServicer:
         - INVALID_ARGUMENT: `id` is not positive.
         - NOT_FOUND: no user has this id.
         - FAILED_PRECONDITION: an admin tried to delete themself.
+        - ABORTED with reason CONCURRENT_TRANSACTION: rarely, the database still aborted the call for
+        colliding with concurrent changes to the same users after the server had retried it a few
+        times. Nothing changed; the call is safe to retry as it is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
