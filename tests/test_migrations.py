@@ -55,3 +55,53 @@ def test_emails_differing_only_in_case_cannot_both_be_stored(database_url: str) 
             await engine.dispose()
 
     asyncio.run(insert_twice())
+
+
+def test_tasks_from_before_priorities_and_labels_survive_the_upgrade(database_url: str) -> None:
+    """Revision 0005 on a database with data: nothing lost, done tasks get a completion time."""
+    downgrade(database_url, "0004")
+
+    async def seed() -> None:
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(
+                    text(
+                        "INSERT INTO users (id, email, password_hash, is_active, is_admin, "
+                        "token_version, create_time, update_time) VALUES (1, 'a@example.com', "
+                        "'x', true, false, 0, '2026-01-01 00:00:00+00', '2026-01-01 00:00:00+00')"
+                    )
+                )
+                for task_id, status in ((1, "todo"), (2, "done")):
+                    await connection.execute(
+                        text(
+                            "INSERT INTO tasks (id, owner_id, title, description, status, "
+                            "version, create_time, update_time) VALUES (:id, 1, 'kept', '', "
+                            ":status, 3, '2026-01-02 00:00:00+00', '2026-01-03 00:00:00+00')"
+                        ),
+                        {"id": task_id, "status": status},
+                    )
+        finally:
+            await engine.dispose()
+
+    async def read() -> list[tuple[object, ...]]:
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                rows = await connection.execute(
+                    text(
+                        "SELECT id, title, status, version, priority, labels, complete_time "
+                        "FROM tasks ORDER BY id"
+                    )
+                )
+                return [tuple(row) for row in rows]
+        finally:
+            await engine.dispose()
+
+    asyncio.run(seed())
+    upgrade(database_url)
+    (todo, done) = asyncio.run(read())
+    assert todo[:6] == (1, "kept", "todo", 3, 0, "[]")
+    assert todo[6] is None
+    assert done[:6] == (2, "kept", "done", 3, 0, "[]")
+    assert str(done[6]).startswith("2026-01-03 00:00:00")

@@ -295,7 +295,7 @@ async def test_patch_changes_only_the_masked_fields(stubs: Stubs, alice: Account
     ("paths", "fields", "bad_fields"),
     [
         ([], {}, {"update_mask"}),
-        (["priority"], {}, {"update_mask"}),
+        (["colour"], {}, {"update_mask"}),
         (["owner_id"], {}, {"update_mask"}),
         (["id"], {}, {"update_mask"}),
         (["create_time"], {}, {"update_mask"}),

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from taskservice.db.models import TaskStatus
+from taskservice.db.models import TaskPriority, TaskStatus
 from taskservice.db.records import TaskRecord, UserRecord
 from taskservice.errors import InvalidArgument
 from taskservice.security.tokens import IssuedToken
@@ -64,6 +64,14 @@ def status_from_proto(number: int, field: str) -> TaskStatus | None:
     return _STATUS_FROM_PROTO[number]
 
 
+def priority_from_proto(number: int, field: str) -> TaskPriority:
+    """A proto TaskPriority as the domain's (the same numbers); unknown numbers are invalid."""
+    try:
+        return TaskPriority(number)
+    except ValueError:
+        raise InvalidArgument.field(field, f"unknown priority {number}") from None
+
+
 def task_values(task: task_pb2.Task) -> TaskValues:
     """The writable fields of a Task message."""
     due_time = None
@@ -77,6 +85,8 @@ def task_values(task: task_pb2.Task) -> TaskValues:
         description=task.description,
         status=status_from_proto(task.status, "task.status"),
         due_time=due_time,
+        priority=priority_from_proto(task.priority, "task.priority"),
+        labels=tuple(task.labels),
     )
 
 
@@ -91,7 +101,11 @@ def task_to_proto(task: TaskRecord) -> task_pb2.Task:
         create_time=timestamp(task.create_time),
         update_time=timestamp(task.update_time),
         etag=etag(task),
+        priority=task.priority,  # type: ignore[arg-type]
+        labels=task.labels,
     )
     if task.due_time is not None:
         message.due_time.CopyFrom(timestamp(task.due_time))
+    if task.complete_time is not None:
+        message.complete_time.CopyFrom(timestamp(task.complete_time))
     return message

@@ -13,13 +13,14 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
 )
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from taskservice.db.types import BigIntId, UTCDateTime, utcnow
+from taskservice.db.types import BigIntId, LabelList, UTCDateTime, utcnow
 
 #: Stable constraint names, so migrations can refer to them on every backend.
 NAMING_CONVENTION = {
@@ -36,6 +37,12 @@ EMAIL_MAX_LENGTH = 254
 TITLE_MAX_LENGTH = 200
 #: Longest task description.
 DESCRIPTION_MAX_LENGTH = 10_000
+#: Most labels on one task, counted after merging spellings that differ only in case.
+LABELS_MAX_COUNT = 20
+#: Longest label, after trimming.
+LABEL_MAX_LENGTH = 50
+#: Room for a label's case-folded key: folding can lengthen a label ("ß" -> "ss").
+LABEL_KEY_MAX_LENGTH = 4 * LABEL_MAX_LENGTH
 
 
 def _same_as_create_time(context: DefaultExecutionContext) -> datetime:
@@ -55,6 +62,16 @@ class TaskStatus(enum.StrEnum):
     TODO = "todo"
     IN_PROGRESS = "in_progress"
     DONE = "done"
+
+
+class TaskPriority(enum.IntEnum):
+    """How urgent a task is; stored as this number, 0 for none."""
+
+    UNSPECIFIED = 0
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+    URGENT = 4
 
 
 class User(Base):
@@ -126,8 +143,25 @@ class Task(Base):
     update_time: Mapped[datetime] = mapped_column(
         UTCDateTime, default=_same_as_create_time, onupdate=utcnow
     )
+    priority: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    # The labels as returned (trimmed, first spelling kept, sorted case-insensitively), so a read
+    # needs no join; `task_labels` holds their keys for filtering.
+    labels: Mapped[list[str]] = mapped_column(LabelList, default=list, server_default="[]")
+    complete_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     owner: Mapped[User] = relationship(back_populates="tasks")
+
+
+class TaskLabel(Base):
+    """One label of a task, by its case-folded key: what `labels:"home"` filters seek on."""
+
+    __tablename__ = "task_labels"
+    __table_args__ = (Index("ix_task_labels_key_task_id", "key", "task_id"),)
+
+    task_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(LABEL_KEY_MAX_LENGTH), primary_key=True)
 
 
 #: Longest idempotency key accepted on CreateTask.

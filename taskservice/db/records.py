@@ -25,6 +25,9 @@ class TaskRecord(Protocol):
     version: int
     create_time: datetime
     update_time: datetime
+    priority: int
+    labels: list[str]
+    complete_time: datetime | None
 
 
 class UserRecord(Protocol):

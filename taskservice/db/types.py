@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Dialect, Integer
+from sqlalchemy import BigInteger, DateTime, Dialect, Integer, Text
 from sqlalchemy.types import TypeDecorator
 
 #: 64-bit ids on PostgreSQL; on SQLite only `INTEGER PRIMARY KEY` is the auto-incrementing rowid.
@@ -40,3 +41,18 @@ class UTCDateTime(TypeDecorator[datetime]):
 def utcnow() -> datetime:
     """The current time as an aware UTC datetime."""
     return datetime.now(UTC)
+
+
+class LabelList(TypeDecorator[list[str]]):
+    """A task's labels as one JSON array in a text column, the same on both databases."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: list[str] | None, dialect: Dialect) -> str:
+        """Store the list as compact JSON (non-ASCII kept as is)."""
+        return json.dumps(value or [], ensure_ascii=False, separators=(",", ":"))
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> list[str]:
+        """Read the JSON array back; a NULL is no labels."""
+        return json.loads(value) if value else []

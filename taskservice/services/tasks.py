@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, bindparam, insert, select
+from sqlalchemy import Select, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,12 +22,16 @@ from taskservice.db.models import (
     TITLE_MAX_LENGTH,
     Task,
     TaskCreateRequest,
+    TaskLabel,
+    TaskPriority,
     TaskStatus,
     User,
 )
 from taskservice.db.records import TaskRecord
 from taskservice.db.retry import retries_conflicts
+from taskservice.db.types import utcnow
 from taskservice.errors import Aborted, FieldViolation, NotFound, PermissionDenied, Unauthenticated
+from taskservice.services.labels import label_key, normalize_labels
 from taskservice.services.pagination import PageTokens, page_size
 from taskservice.services.principal import Principal
 from taskservice.services.validation import (
@@ -38,9 +42,13 @@ from taskservice.services.validation import (
 )
 
 #: Fields that UpdateTask replaces and PatchTask may name.
-WRITABLE_TASK_FIELDS = frozenset({"title", "description", "status", "due_time"})
+WRITABLE_TASK_FIELDS = frozenset(
+    {"title", "description", "status", "due_time", "priority", "labels"}
+)
 #: Fields of a Task that clients never write.
-READ_ONLY_TASK_FIELDS = frozenset({"id", "owner_id", "create_time", "update_time", "etag"})
+READ_ONLY_TASK_FIELDS = frozenset(
+    {"id", "owner_id", "create_time", "update_time", "etag", "complete_time"}
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,16 @@ class TaskValues:
     description: str = ""
     status: TaskStatus | None = None
     due_time: datetime | None = None
+    priority: TaskPriority = TaskPriority.UNSPECIFIED
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """Values as stored: the trimmed title and the normalised labels."""
+
+    title: str
+    labels: list[str]
 
 
 @dataclass(frozen=True)
@@ -87,27 +105,31 @@ class TaskService:
         owner = owner_id or caller.user_id
         if owner != caller.user_id and not caller.is_admin:
             raise PermissionDenied("OWNER_NOT_ALLOWED", "you may only create tasks for yourself")
-        title = _check_values(values, set(WRITABLE_TASK_FIELDS))
+        checked = _check_values(values, set(WRITABLE_TASK_FIELDS))
         raise_if(
             FieldViolation("request_id", f"at most {REQUEST_ID_MAX_LENGTH} characters")
             if len(request_id) > REQUEST_ID_MAX_LENGTH
             else nul_violation("request_id", request_id)
         )
+        status = values.status or TaskStatus.TODO
         row = {
             "owner_id": owner,
-            "title": title,
+            "title": checked.title,
             "description": values.description,
-            "status": values.status or TaskStatus.TODO,
+            "status": status,
             "due_time": values.due_time,
+            "priority": values.priority,
+            "labels": checked.labels,
+            "complete_time": utcnow() if status is TaskStatus.DONE else None,
         }
         try:
-            if not request_id:
+            if not request_id and not checked.labels:
                 # One INSERT, atomic by itself: no transaction around it (a missing owner fails
                 # the foreign key, handled below like the keyed path's check).
                 async with self._db.statement() as connection:
                     return (await connection.execute(_INSERT_TASK, row)).one()
             async with self._db.write() as session:
-                if earlier := await _by_request(session, caller, request_id):
+                if request_id and (earlier := await _by_request(session, caller, request_id)):
                     return earlier
                 if owner != caller.user_id and not await _lock_caller_and_owner(
                     session, caller, owner
@@ -116,11 +138,13 @@ class TaskService:
                 task = Task(**row)
                 session.add(task)
                 await session.flush()
-                session.add(
-                    TaskCreateRequest(
-                        user_id=caller.user_id, request_id=request_id, task_id=task.id
+                session.add_all(_label_rows(task.id, checked.labels))
+                if request_id:
+                    session.add(
+                        TaskCreateRequest(
+                            user_id=caller.user_id, request_id=request_id, task_id=task.id
+                        )
                     )
-                )
         except IntegrityError:
             # A concurrent retry with the same request_id committed first: return its task.
             async with self._db.read() as session:
@@ -150,15 +174,11 @@ class TaskService:
     ) -> Task:
         """Replace every writable field; an unspecified status becomes TODO."""
         require_id("task.id", task_id)
-        title = _check_values(values, set(WRITABLE_TASK_FIELDS))
+        checked = _check_values(values, set(WRITABLE_TASK_FIELDS))
         async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
             _check_etag(task, expected_etag)
-            task.title = title
-            task.description = values.description
-            task.status = values.status or TaskStatus.TODO
-            task.due_time = values.due_time
-            task.version += 1
+            await _apply(session, task, values, checked, WRITABLE_TASK_FIELDS)
         return task
 
     @retries_conflicts
@@ -172,19 +192,11 @@ class TaskService:
     ) -> Task:
         """Change only the fields named in `paths`."""
         require_id("task.id", task_id)
-        title = _check_values(values, set(paths), mask=paths)
+        checked = _check_values(values, set(paths), mask=paths)
         async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
             _check_etag(task, expected_etag)
-            if "title" in paths:
-                task.title = title
-            if "description" in paths:
-                task.description = values.description
-            if "status" in paths:
-                task.status = values.status or TaskStatus.TODO
-            if "due_time" in paths:
-                task.due_time = values.due_time
-            task.version += 1
+            await _apply(session, task, values, checked, paths)
         return task
 
     @retries_conflicts
@@ -226,8 +238,44 @@ class TaskService:
         )
 
 
-def _check_values(values: TaskValues, fields: set[str], mask: frozenset[str] | None = None) -> str:
-    """Validate the mask (when given) and the named fields; return the trimmed title."""
+async def _apply(
+    session: AsyncSession,
+    task: Task,
+    values: TaskValues,
+    checked: _Checked,
+    fields: frozenset[str],
+) -> None:
+    """Write the named fields into a locked task, keeping complete_time and task_labels in step."""
+    if "title" in fields:
+        task.title = checked.title
+    if "description" in fields:
+        task.description = values.description
+    if "status" in fields:
+        status = values.status or TaskStatus.TODO
+        if status is not TaskStatus.DONE:
+            task.complete_time = None
+        elif task.status is not TaskStatus.DONE:
+            task.complete_time = utcnow()
+        task.status = status
+    if "due_time" in fields:
+        task.due_time = values.due_time
+    if "priority" in fields:
+        task.priority = values.priority
+    if "labels" in fields and checked.labels != task.labels:
+        await session.execute(delete(TaskLabel).where(TaskLabel.task_id == task.id))
+        session.add_all(_label_rows(task.id, checked.labels))
+        task.labels = checked.labels
+    task.version += 1
+
+
+def _label_rows(task_id: int, labels: list[str]) -> list[TaskLabel]:
+    return [TaskLabel(task_id=task_id, key=label_key(label)) for label in labels]
+
+
+def _check_values(
+    values: TaskValues, fields: set[str], mask: frozenset[str] | None = None
+) -> _Checked:
+    """Validate the mask (when given) and the named fields; return the values as stored."""
     violations: list[FieldViolation | None] = []
     if mask is not None:
         violations.extend(
@@ -248,8 +296,12 @@ def _check_values(values: TaskValues, fields: set[str], mask: frozenset[str] | N
         )
     if mask is not None and "status" in fields and values.status is None:
         violations.append(FieldViolation("task.status", "must be a status, not unspecified"))
+    labels: list[str] = []
+    if "labels" in fields:
+        labels, label_violations = normalize_labels(values.labels, "task.labels")
+        violations.extend(label_violations)
     raise_if(*violations)
-    return title
+    return _Checked(title, labels)
 
 
 def _check_etag(task: Task, expected: str) -> None:

@@ -1,10 +1,11 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -15,13 +16,26 @@ class TaskStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATUS_TODO: _ClassVar[TaskStatus]
     TASK_STATUS_IN_PROGRESS: _ClassVar[TaskStatus]
     TASK_STATUS_DONE: _ClassVar[TaskStatus]
+
+class TaskPriority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_PRIORITY_UNSPECIFIED: _ClassVar[TaskPriority]
+    TASK_PRIORITY_LOW: _ClassVar[TaskPriority]
+    TASK_PRIORITY_MEDIUM: _ClassVar[TaskPriority]
+    TASK_PRIORITY_HIGH: _ClassVar[TaskPriority]
+    TASK_PRIORITY_URGENT: _ClassVar[TaskPriority]
 TASK_STATUS_UNSPECIFIED: TaskStatus
 TASK_STATUS_TODO: TaskStatus
 TASK_STATUS_IN_PROGRESS: TaskStatus
 TASK_STATUS_DONE: TaskStatus
+TASK_PRIORITY_UNSPECIFIED: TaskPriority
+TASK_PRIORITY_LOW: TaskPriority
+TASK_PRIORITY_MEDIUM: TaskPriority
+TASK_PRIORITY_HIGH: TaskPriority
+TASK_PRIORITY_URGENT: TaskPriority
 
 class Task(_message.Message):
-    __slots__ = ("id", "title", "description", "status", "due_time", "owner_id", "create_time", "update_time", "etag")
+    __slots__ = ("id", "title", "description", "status", "due_time", "owner_id", "create_time", "update_time", "etag", "priority", "labels", "complete_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +45,9 @@ class Task(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_TIME_FIELD_NUMBER: _ClassVar[int]
     id: int
     title: str
     description: str
@@ -40,4 +57,7 @@ class Task(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     etag: str
-    def __init__(self, id: _Optional[int] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., due_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner_id: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
+    priority: TaskPriority
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    complete_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[int] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., due_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner_id: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., priority: _Optional[_Union[TaskPriority, str]] = ..., labels: _Optional[_Iterable[str]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

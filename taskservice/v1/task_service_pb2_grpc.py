@@ -115,8 +115,9 @@ class TaskServiceServicer:
 
         Errors:
         - INVALID_ARGUMENT: the title is empty or longer than 200 characters after trimming; the
-        description is longer than 10,000 characters; the status is not a known value; `request_id` is
-        longer than 128 characters.
+        description is longer than 10,000 characters; the status or priority is not a known value; a
+        label breaks the limits documented on `Task.labels`; `request_id` is longer than 128
+        characters.
         - PERMISSION_DENIED: a regular user set `task.owner_id` to another user's id.
         - NOT_FOUND: an admin set `task.owner_id` to a user that does not exist, or that was deleted
         while the task was being created. (A caller deleted meanwhile gets UNAUTHENTICATED.)
@@ -141,9 +142,10 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTask(self, request, context):
-        """Replaces a task: every writable field (`title`, `description`, `status`, `due_time`) takes the
-        request's value, so an omitted description or due time is cleared and an unspecified status
-        becomes TASK_STATUS_TODO. Output-only fields in the request are ignored.
+        """Replaces a task: every writable field (`title`, `description`, `status`, `due_time`,
+        `priority`, `labels`) takes the request's value, so an omitted description, due time, priority
+        or label list is cleared and an unspecified status becomes TASK_STATUS_TODO. Output-only fields
+        in the request are ignored.
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive, or a field value breaks its limits.
@@ -159,8 +161,9 @@ class TaskServiceServicer:
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive; `update_mask` is empty or names a path other than
-        `title`, `description`, `status` and `due_time` (output-only paths such as `id`, `owner_id`,
-        `create_time`, `update_time` and `etag` included); a changed field breaks its limits; or
+        `title`, `description`, `status`, `due_time`, `priority` and `labels` (output-only paths such
+        as `id`, `owner_id`, `create_time`, `update_time`, `complete_time` and `etag` included); a
+        changed field breaks its limits; or
         `status` is in the mask with TASK_STATUS_UNSPECIFIED. A `due_time` in the mask but unset in
         `task` clears the due time.
         - NOT_FOUND: no such task, or (for a regular user) another user's task.
