@@ -99,9 +99,9 @@ def disjunction(operands: list[Expression]) -> Expression:
 def canonical(filter_: Filter) -> str:
     """One spelling per tree: single spaces, explicit AND, NOT for `-`, folded and quoted strings.
 
-    Parentheses appear only around an OR inside AND (for readers used to AND binding tighter,
-    although AIP-160 would not need them), an AND inside OR, and a compound under NOT. Parsing
-    the result gives back an equal tree.
+    Parentheses appear only where AIP-160's precedence needs them (an AND inside OR, a compound
+    under NOT), so `a AND b OR c` stays as it is and means `a AND (b OR c)`. The result is never
+    nested deeper than the text it came from, so it always parses back to an equal tree.
     """
     return "" if filter_.expression is None else _render(filter_.expression)
 
@@ -114,10 +114,12 @@ def _render(expression: Expression) -> str:
         return f"{expression.field} {expression.op.value} {value}"
     if isinstance(expression, Not):
         inner = _render(expression.operand)
-        return f"NOT {inner}" if isinstance(expression.operand, Comparison) else f"NOT ({inner})"
-    joiner = " AND " if isinstance(expression, And) else " OR "
-    return joiner.join(
-        _render(operand) if isinstance(operand, Comparison | Not) else f"({_render(operand)})"
+        bare = isinstance(expression.operand, Comparison | Not)
+        return f"NOT {inner}" if bare else f"NOT ({inner})"
+    if isinstance(expression, And):
+        return " AND ".join(_render(operand) for operand in expression.operands)
+    return " OR ".join(
+        f"({_render(operand)})" if isinstance(operand, And) else _render(operand)
         for operand in expression.operands
     )
 
