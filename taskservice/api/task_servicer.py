@@ -55,6 +55,17 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         )
 
     @authenticated
+    async def BatchGetTasks(
+        self,
+        request: pb.BatchGetTasksRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
+    ) -> pb.BatchGetTasksResponse:
+        """Several tasks, in the order asked."""
+        tasks = await self._tasks.batch_get_tasks(principal, list(request.ids))
+        return pb.BatchGetTasksResponse(tasks=[task_to_proto(task) for task in tasks])
+
+    @authenticated
     async def UpdateTask(
         self, request: pb.UpdateTaskRequest, context: grpc.aio.ServicerContext, principal: Principal
     ) -> pb.UpdateTaskResponse:

@@ -30,7 +30,14 @@ from taskservice.db.models import (
 from taskservice.db.records import TaskRecord
 from taskservice.db.retry import retries_conflicts
 from taskservice.db.types import utcnow
-from taskservice.errors import Aborted, FieldViolation, NotFound, PermissionDenied, Unauthenticated
+from taskservice.errors import (
+    Aborted,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from taskservice.services.labels import label_key, normalize_labels
 from taskservice.services.pagination import PageTokens, page_size
 from taskservice.services.principal import Principal
@@ -167,6 +174,28 @@ class TaskService:
         if task is None:
             raise _task_not_found()
         return task
+
+    async def batch_get_tasks(self, caller: Principal, task_ids: list[int]) -> list[TaskRecord]:
+        """Several tasks the caller may see, in the order asked; NOT_FOUND names the first gap."""
+        if len(task_ids) > BATCH_GET_MAX_IDS:
+            raise InvalidArgument.field("ids", f"at most {BATCH_GET_MAX_IDS} ids")
+        raise_if(
+            *(
+                FieldViolation(f"ids[{index}]", "must be a positive id")
+                for index, task_id in enumerate(task_ids)
+                if task_id <= 0
+            )
+        )
+        if not task_ids:
+            return []
+        query = _BATCH_VISIBLE[caller.is_admin]
+        parameters = {"task_ids": sorted(set(task_ids)), "owner_id": caller.user_id}
+        async with self._db.rows() as connection:
+            found = {task.id: task for task in (await connection.execute(query, parameters))}
+        for task_id in task_ids:
+            if task_id not in found:
+                raise NotFound("TASK_NOT_FOUND", f"no task has id {task_id}")
+        return [found[task_id] for task_id in task_ids]
 
     @retries_conflicts
     async def update_task(
@@ -322,6 +351,23 @@ _VISIBLE = {
     (any_owner, lock): _visible_query(any_owner=any_owner, lock=lock)
     for any_owner in (False, True)
     for lock in (False, True)
+}
+
+
+#: Most ids one BatchGetTasks may ask for.
+BATCH_GET_MAX_IDS = 100
+
+
+def _batch_visible_query(*, any_owner: bool) -> Select[tuple[Task]]:
+    query = select(Task).where(Task.id.in_(bindparam("task_ids", expanding=True)))
+    if not any_owner:
+        query = query.where(Task.owner_id == bindparam("owner_id"))
+    return query
+
+
+#: BatchGetTasks' two query shapes (any owner for admins, the caller's own otherwise).
+_BATCH_VISIBLE = {
+    any_owner: _batch_visible_query(any_owner=any_owner) for any_owner in (False, True)
 }
 
 

@@ -60,6 +60,11 @@ class TaskServiceStub:
                 request_serializer=taskservice_dot_v1_dot_task__service__pb2.GetTaskRequest.SerializeToString,
                 response_deserializer=taskservice_dot_v1_dot_task__service__pb2.GetTaskResponse.FromString,
                 _registered_method=True)
+        self.BatchGetTasks = channel.unary_unary(
+                '/taskservice.v1.TaskService/BatchGetTasks',
+                request_serializer=taskservice_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.SerializeToString,
+                response_deserializer=taskservice_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.FromString,
+                _registered_method=True)
         self.UpdateTask = channel.unary_unary(
                 '/taskservice.v1.TaskService/UpdateTask',
                 request_serializer=taskservice_dot_v1_dot_task__service__pb2.UpdateTaskRequest.SerializeToString,
@@ -141,6 +146,20 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchGetTasks(self, request, context):
+        """Returns several tasks at once (AIP-231), in the order of `ids`; an id asked twice is returned
+        twice. All or nothing: if any id names no task the caller may see, the call fails and returns
+        none.
+
+        Errors:
+        - INVALID_ARGUMENT: more than 100 ids, or an id that is not positive (named as `ids[i]`).
+        - NOT_FOUND: an id names no task, or (for a regular user) another user's task; the message
+        names the first such id in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateTask(self, request, context):
         """Replaces a task: every writable field (`title`, `description`, `status`, `due_time`,
         `priority`, `labels`) takes the request's value, so an omitted description, due time, priority
@@ -202,6 +221,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.GetTask,
                     request_deserializer=taskservice_dot_v1_dot_task__service__pb2.GetTaskRequest.FromString,
                     response_serializer=taskservice_dot_v1_dot_task__service__pb2.GetTaskResponse.SerializeToString,
+            ),
+            'BatchGetTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetTasks,
+                    request_deserializer=taskservice_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.FromString,
+                    response_serializer=taskservice_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.SerializeToString,
             ),
             'UpdateTask': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateTask,
@@ -311,6 +335,33 @@ class TaskService:
             '/taskservice.v1.TaskService/GetTask',
             taskservice_dot_v1_dot_task__service__pb2.GetTaskRequest.SerializeToString,
             taskservice_dot_v1_dot_task__service__pb2.GetTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskservice.v1.TaskService/BatchGetTasks',
+            taskservice_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.SerializeToString,
+            taskservice_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,
