@@ -1,4 +1,4 @@
-"""The `taskservice` command: serve, migrate, create-admin.
+"""The `taskservice` command: serve, migrate, create-admin, purge.
 
 Each subcommand loads and validates the settings first; a bad value ends the process with one line
 on stderr and exit status 2, before anything else happens.
@@ -107,6 +107,25 @@ def _create_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _purge(_args: argparse.Namespace) -> int:
+    """Delete for good every trashed task whose purge time has come (servers do it too)."""
+    from taskservice.db.engine import Database, create_engine
+    from taskservice.db.types import utcnow
+    from taskservice.services.tasks import purge_expired_tasks
+
+    settings = _settings(require_signing_key=False)
+
+    async def purge() -> int:
+        engine = create_engine(settings)
+        try:
+            return await purge_expired_tasks(Database(engine), utcnow())
+        finally:
+            await engine.dispose()
+
+    print(f"purged {asyncio.run(purge())} task(s) from the trash")
+    return 0
+
+
 def _settings(*, require_signing_key: bool = True, **overrides: object) -> Settings:
     settings = load_settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
@@ -172,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(only needed when the user does not exist yet)",
     )
     create_admin.set_defaults(handler=_create_admin)
+
+    purge = commands.add_parser(
+        "purge",
+        help="delete for good the trashed tasks whose purge time has come "
+        "(servers also do it every few minutes)",
+    )
+    purge.set_defaults(handler=_purge)
     return parser
 
 

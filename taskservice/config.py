@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     jwt_audience: str = Field(default="taskservice", min_length=1, max_length=200)
     access_token_expire_minutes: int = Field(default=30, ge=1, le=7 * 24 * 60)
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
+    # How long a deleted task stays in the trash before it is purged; fractions allowed.
+    trash_retention_days: float = Field(default=30.0, gt=0, le=3650)
 
     debug: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 from cryptography import x509
@@ -35,6 +36,7 @@ from taskservice.services.auth import AuthService
 from taskservice.services.auth_state import AuthStateStore
 from taskservice.services.pagination import PageTokens
 from taskservice.services.tasks import TaskService
+from taskservice.services.trash import TrashSweeper
 from taskservice.services.users import UserService
 from taskservice.v1 import (
     auth_service_pb2,
@@ -73,6 +75,8 @@ class Application:
     hasher: PasswordHasher
     metrics: ServerMetrics
     port: int
+    tasks: TaskService | None = None
+    trash: TrashSweeper | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     metrics_port: int | None = None
@@ -88,6 +92,8 @@ class Application:
         if self.health_server is not None:
             await self.health_server.start()
         await self.health.start()
+        if self.trash is not None:
+            self.trash.start()
         logger.info(
             "serving gRPC on %s:%d (database: %s)",
             self.settings.grpc_host,
@@ -101,6 +107,8 @@ class Application:
         Calls in flight may finish within `grace` seconds (None: cancel them at once).
         """
         await self.health.shutdown()
+        if self.trash is not None:
+            await self.trash.stop()
         if self.health_server is not None:
             await self.health_server.stop(None)
         await self.server.stop(grace)
@@ -186,7 +194,7 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     auth = AuthService(database, hasher, tokens, auth_states)
     page_tokens = PageTokens(tokens.derive_key(b"page-tokens"))
     users = UserService(database, page_tokens, auth_states)
-    tasks = TaskService(database, page_tokens)
+    tasks = TaskService(database, page_tokens, timedelta(days=settings.trash_retention_days))
 
     monitor = HealthMonitor(HealthServicer(), database.ping, HEALTH_NAMES)
     metrics = ServerMetrics(engine)
@@ -225,6 +233,8 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     application = Application(
         settings, server, database, auth_states, monitor, hasher, metrics, port
     )
+    application.tasks = tasks
+    application.trash = TrashSweeper(tasks)
     if settings.health_port is not None:
         application.health_server, application.health_port = _health_only_server(
             settings, monitor.servicer

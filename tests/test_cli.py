@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -397,3 +398,25 @@ async def test_create_admin_refuses_a_password_with_nul(tmp_path: Path) -> None:
     )
     assert code == 1
     assert "password: must not contain NUL" in output
+
+
+async def test_purge_deletes_the_tasks_whose_purge_time_has_come(tmp_path: Path) -> None:
+    """`taskservice purge` for operators: what each server's sweep does, on demand."""
+    assert (await _run(tmp_path, "migrate"))[0] == 0
+    with sqlite3.connect(tmp_path / "taskservice.db") as connection:
+        connection.execute(
+            "INSERT INTO users (id, email, password_hash, is_active, is_admin, token_version, "
+            "create_time, update_time) VALUES (1, 'a@example.com', 'x', 1, 0, 0, "
+            "'2026-01-01', '2026-01-01')"
+        )
+        for task_id, purge_time in ((1, "2026-01-02 00:00:00"), (2, "2999-01-01 00:00:00")):
+            connection.execute(
+                "INSERT INTO tasks (id, owner_id, title, description, status, version, "
+                "create_time, update_time, delete_time, purge_time, trash_root_id) VALUES "
+                "(?, 1, 't', '', 'todo', 1, '2026-01-01', '2026-01-01', '2026-01-01', ?, ?)",
+                (task_id, purge_time, task_id),
+            )
+    code, output = await _run(tmp_path, "purge")
+    assert (code, output.strip().splitlines()[-1]) == (0, "purged 1 task(s) from the trash")
+    with sqlite3.connect(tmp_path / "taskservice.db") as connection:
+        assert connection.execute("SELECT id FROM tasks").fetchall() == [(2,)]

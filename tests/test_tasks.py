@@ -211,14 +211,16 @@ async def test_admins_see_and_change_every_task(
     )
     assert updated.task.owner_id == alice.user.id
     await stubs.tasks.DeleteTask(pb.DeleteTaskRequest(id=task.id), metadata=admin.metadata)
-    await fails(
-        stubs.tasks.GetTask(pb.GetTaskRequest(id=task.id), metadata=alice.metadata), NOT_FOUND
-    )
+    assert (await get(stubs, alice, task.id)).HasField("delete_time")
 
 
-async def test_a_deleted_tasks_id_and_etag_never_come_back(stubs: Stubs, alice: Account) -> None:
+async def test_a_purged_tasks_id_and_etag_never_come_back(
+    app: Application, stubs: Stubs, alice: Account
+) -> None:
     task = await create(stubs, alice)
     await stubs.tasks.DeleteTask(pb.DeleteTaskRequest(id=task.id), metadata=alice.metadata)
+    assert app.tasks is not None
+    assert await app.tasks.purge_expired(datetime(2999, 1, 1, tzinfo=UTC)) == 1
     successor = await create(stubs, alice)
     assert successor.id > task.id
     await fails(
@@ -231,15 +233,15 @@ async def test_a_deleted_tasks_id_and_etag_never_come_back(stubs: Stubs, alice: 
     assert await get(stubs, alice, successor.id) == successor
 
 
-async def test_owners_delete_their_tasks(stubs: Stubs, alice: Account) -> None:
+async def test_owners_delete_their_tasks_to_the_trash(stubs: Stubs, alice: Account) -> None:
     task = await create(stubs, alice)
     await stubs.tasks.DeleteTask(pb.DeleteTaskRequest(id=task.id), metadata=alice.metadata)
-    await fails(
-        stubs.tasks.GetTask(pb.GetTaskRequest(id=task.id), metadata=alice.metadata), NOT_FOUND
+    assert (await get(stubs, alice, task.id)).HasField("delete_time")
+    again = await fails(
+        stubs.tasks.DeleteTask(pb.DeleteTaskRequest(id=task.id), metadata=alice.metadata),
+        grpc.StatusCode.FAILED_PRECONDITION,
     )
-    await fails(
-        stubs.tasks.DeleteTask(pb.DeleteTaskRequest(id=task.id), metadata=alice.metadata), NOT_FOUND
-    )
+    assert again.reason == "TASK_DELETED"
 
 
 @pytest.mark.parametrize("method", ["GetTask", "DeleteTask"])

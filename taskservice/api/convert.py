@@ -108,4 +108,8 @@ def task_to_proto(task: TaskRecord) -> task_pb2.Task:
         message.due_time.CopyFrom(timestamp(task.due_time))
     if task.complete_time is not None:
         message.complete_time.CopyFrom(timestamp(task.complete_time))
+    if task.delete_time is not None:
+        message.delete_time.CopyFrom(timestamp(task.delete_time))
+    if task.purge_time is not None:
+        message.purge_time.CopyFrom(timestamp(task.purge_time))
     return message

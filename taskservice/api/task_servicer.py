@@ -93,6 +93,17 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def DeleteTask(
         self, request: pb.DeleteTaskRequest, context: grpc.aio.ServicerContext, principal: Principal
     ) -> pb.DeleteTaskResponse:
-        """Delete a task."""
-        await self._tasks.delete_task(principal, request.id, request.etag)
-        return pb.DeleteTaskResponse()
+        """Move a task to the trash."""
+        task = await self._tasks.delete_task(principal, request.id, request.etag)
+        return pb.DeleteTaskResponse(task=task_to_proto(task))
+
+    @authenticated
+    async def UndeleteTask(
+        self,
+        request: pb.UndeleteTaskRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
+    ) -> pb.UndeleteTaskResponse:
+        """Bring a task back from the trash."""
+        task = await self._tasks.undelete_task(principal, request.id, request.etag)
+        return pb.UndeleteTaskResponse(task=task_to_proto(task))

@@ -118,6 +118,8 @@ class Task(Base):
         Index("ix_tasks_owner_id_id", "owner_id", "id"),
         Index("ix_tasks_owner_id_status_id", "owner_id", "status", "id"),
         Index("ix_tasks_status_id", "status", "id"),
+        # The trash sweep seeks the tasks whose purge time has come.
+        Index("ix_tasks_purge_time", "purge_time"),
         # Never reuse a deleted task's id (SQLite would): etags and clients name tasks by id.
         {"sqlite_autoincrement": True},
     )
@@ -148,6 +150,12 @@ class Task(Base):
     # needs no join; `task_labels` holds their keys for filtering.
     labels: Mapped[list[str]] = mapped_column(LabelList, default=list, server_default="[]")
     complete_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The trash (AIP-164): when the task was moved there, when it goes for good, and which task's
+    # DeleteTask moved it (itself, or an ancestor trashed with its subtree): what UndeleteTask of
+    # that task restores.
+    delete_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    purge_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    trash_root_id: Mapped[int | None] = mapped_column(BigIntId)
 
     owner: Mapped[User] = relationship(back_populates="tasks")
 

@@ -28,6 +28,8 @@ class TaskRecord(Protocol):
     priority: int
     labels: list[str]
     complete_time: datetime | None
+    delete_time: datetime | None
+    purge_time: datetime | None
 
 
 class UserRecord(Protocol):

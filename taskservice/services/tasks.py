@@ -8,10 +8,11 @@ columns they set, so concurrent patches of different fields both survive.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Select, bindparam, delete, insert, select
+from sqlalchemy import Select, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +33,7 @@ from taskservice.db.retry import retries_conflicts
 from taskservice.db.types import utcnow
 from taskservice.errors import (
     Aborted,
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
@@ -97,9 +99,17 @@ def etag(task: TaskRecord) -> str:
 class TaskService:
     """Task rules: ownership, validation, etags, idempotency."""
 
-    def __init__(self, database: Database, page_tokens: PageTokens) -> None:
+    def __init__(
+        self,
+        database: Database,
+        page_tokens: PageTokens,
+        trash_retention: timedelta = timedelta(days=30),
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self._db = database
         self._page_tokens = page_tokens
+        self._trash_retention = trash_retention
+        self._clock = clock
 
     @retries_conflicts
     async def create_task(
@@ -207,6 +217,7 @@ class TaskService:
         async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
             _check_etag(task, expected_etag)
+            _check_live(task)
             await _apply(session, task, values, checked, WRITABLE_TASK_FIELDS)
         return task
 
@@ -225,17 +236,57 @@ class TaskService:
         async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
             _check_etag(task, expected_etag)
+            _check_live(task)
             await _apply(session, task, values, checked, paths)
         return task
 
     @retries_conflicts
-    async def delete_task(self, caller: Principal, task_id: int, expected_etag: str) -> None:
-        """Delete a task the caller may see."""
+    async def delete_task(self, caller: Principal, task_id: int, expected_etag: str) -> Task:
+        """Move a task the caller may see to the trash, until its purge time."""
         require_id("id", task_id)
         async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
             _check_etag(task, expected_etag)
-            await session.delete(task)
+            _check_live(task)
+            now = self._clock()
+            task.delete_time = now
+            task.purge_time = now + self._trash_retention
+            task.trash_root_id = task.id
+            task.version += 1
+        return task
+
+    @retries_conflicts
+    async def undelete_task(self, caller: Principal, task_id: int, expected_etag: str) -> Task:
+        """Bring a task back from the trash, with what its DeleteTask trashed with it."""
+        require_id("id", task_id)
+        async with self._db.write() as session:
+            task = await _visible(session, caller, task_id, lock=True)
+            _check_etag(task, expected_etag)
+            if task.delete_time is None:
+                raise FailedPrecondition("TASK_NOT_DELETED", "the task is not in the trash")
+            if task.trash_root_id != task.id:
+                raise FailedPrecondition(
+                    "PARENT_DELETED",
+                    "the task was trashed with its parent; undelete that task instead",
+                )
+            await session.execute(
+                update(Task)
+                .where(Task.trash_root_id == task.id)
+                .values(
+                    delete_time=None,
+                    purge_time=None,
+                    trash_root_id=None,
+                    version=Task.version + 1,
+                    update_time=self._clock(),
+                ),
+                execution_options={"synchronize_session": False},
+            )
+            await session.refresh(task)
+        return task
+
+    async def purge_expired(self, now: datetime | None = None) -> int:
+        """Delete for good every task whose purge time has come (by the service's clock)."""
+        return await purge_expired_tasks(self._db, now or self._clock())
 
     async def list_tasks(
         self,
@@ -333,6 +384,28 @@ def _check_values(
     return _Checked(title, labels)
 
 
+async def purge_expired_tasks(database: Database, now: datetime) -> int:
+    """Delete for good every task whose purge time is `now` or earlier; how many went.
+
+    Their idempotency keys go with them (the foreign key cascades), so a request_id that created
+    a purged task may create a new one.
+    """
+    async with database.write() as session:
+        result = await session.execute(
+            delete(Task).where(Task.purge_time <= now),
+            execution_options={"synchronize_session": False},
+        )
+    return result.rowcount  # type: ignore[attr-defined,no-any-return]
+
+
+def _check_live(task: Task) -> None:
+    """Refuse writes to a task in the trash: it is read-only until undeleted or purged."""
+    if task.delete_time is not None:
+        raise FailedPrecondition(
+            "TASK_DELETED", "the task is in the trash; undelete it before changing it"
+        )
+
+
 def _check_etag(task: Task, expected: str) -> None:
     if expected and expected != etag(task):
         raise Aborted("ETAG_MISMATCH", "the task changed since this etag; read it again")
@@ -389,7 +462,12 @@ def _text_bytes(text: str) -> int:
 
 
 def _list_query(*, by_owner: bool, by_status: bool, after: bool) -> Select[tuple[Task]]:
-    query = select(Task).order_by(Task.id.desc()).limit(bindparam("limit"))
+    query = (
+        select(Task)
+        .where(Task.delete_time.is_(None))
+        .order_by(Task.id.desc())
+        .limit(bindparam("limit"))
+    )
     if by_owner:
         query = query.where(Task.owner_id == bindparam("owner_id"))
     if by_status:

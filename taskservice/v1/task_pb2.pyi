@@ -35,7 +35,7 @@ TASK_PRIORITY_HIGH: TaskPriority
 TASK_PRIORITY_URGENT: TaskPriority
 
 class Task(_message.Message):
-    __slots__ = ("id", "title", "description", "status", "due_time", "owner_id", "create_time", "update_time", "etag", "priority", "labels", "complete_time")
+    __slots__ = ("id", "title", "description", "status", "due_time", "owner_id", "create_time", "update_time", "etag", "priority", "labels", "complete_time", "delete_time", "purge_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,8 @@ class Task(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PURGE_TIME_FIELD_NUMBER: _ClassVar[int]
     id: int
     title: str
     description: str
@@ -60,4 +62,6 @@ class Task(_message.Message):
     priority: TaskPriority
     labels: _containers.RepeatedScalarFieldContainer[str]
     complete_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[int] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., due_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner_id: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., priority: _Optional[_Union[TaskPriority, str]] = ..., labels: _Optional[_Iterable[str]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    delete_time: _timestamp_pb2.Timestamp
+    purge_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[int] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., due_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner_id: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., priority: _Optional[_Union[TaskPriority, str]] = ..., labels: _Optional[_Iterable[str]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., purge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -101,5 +101,21 @@ class DeleteTaskRequest(_message.Message):
     def __init__(self, id: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
 
 class DeleteTaskResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("task",)
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task: _task_pb2.Task
+    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...
+
+class UndeleteTaskRequest(_message.Message):
+    __slots__ = ("id", "etag")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    etag: str
+    def __init__(self, id: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class UndeleteTaskResponse(_message.Message):
+    __slots__ = ("task",)
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task: _task_pb2.Task
+    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...

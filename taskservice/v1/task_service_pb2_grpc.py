@@ -80,6 +80,11 @@ class TaskServiceStub:
                 request_serializer=taskservice_dot_v1_dot_task__service__pb2.DeleteTaskRequest.SerializeToString,
                 response_deserializer=taskservice_dot_v1_dot_task__service__pb2.DeleteTaskResponse.FromString,
                 _registered_method=True)
+        self.UndeleteTask = channel.unary_unary(
+                '/taskservice.v1.TaskService/UndeleteTask',
+                request_serializer=taskservice_dot_v1_dot_task__service__pb2.UndeleteTaskRequest.SerializeToString,
+                response_deserializer=taskservice_dot_v1_dot_task__service__pb2.UndeleteTaskResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -170,6 +175,7 @@ class TaskServiceServicer:
         - INVALID_ARGUMENT: `task.id` is not positive, or a field value breaks its limits.
         - NOT_FOUND: no such task, or (for a regular user) another user's task.
         - ABORTED: `task.etag` is set and is not the task's current etag; nothing changed.
+        - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,18 +193,42 @@ class TaskServiceServicer:
         `task` clears the due time.
         - NOT_FOUND: no such task, or (for a regular user) another user's task.
         - ABORTED: `task.etag` is set and is not the task's current etag; nothing changed.
+        - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTask(self, request, context):
-        """Deletes a task.
+        """Moves a task to the trash (AIP-164 soft delete) and returns it, with `delete_time` set and
+        `purge_time` = `delete_time` + TRASH_RETENTION_DAYS (30 days by default). A trashed task is hidden
+        from ListTasks, still returned by GetTask and BatchGetTasks, refuses every write until it is
+        undeleted, and is deleted for good at its purge time (then its `request_id` is forgotten too).
+        Deleting a task that is already in the trash changes nothing and is FAILED_PRECONDITION; there is
+        no way to purge one earlier.
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) another user's
+        task.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
+        - FAILED_PRECONDITION with reason TASK_DELETED: the task is already in the trash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeleteTask(self, request, context):
+        """Brings a task back from the trash, with everything its DeleteTask moved there with it, and
+        returns it. Its `delete_time` and `purge_time` are cleared and its etag changes.
+
+        Errors:
+        - INVALID_ARGUMENT: `id` is not positive.
+        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) another user's
+        task.
+        - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
+        - FAILED_PRECONDITION with reason TASK_NOT_DELETED: the task is not in the trash; with reason
+        PARENT_DELETED: it went to the trash with its parent, which is still there.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,6 +271,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.DeleteTask,
                     request_deserializer=taskservice_dot_v1_dot_task__service__pb2.DeleteTaskRequest.FromString,
                     response_serializer=taskservice_dot_v1_dot_task__service__pb2.DeleteTaskResponse.SerializeToString,
+            ),
+            'UndeleteTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeleteTask,
+                    request_deserializer=taskservice_dot_v1_dot_task__service__pb2.UndeleteTaskRequest.FromString,
+                    response_serializer=taskservice_dot_v1_dot_task__service__pb2.UndeleteTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +478,33 @@ class TaskService:
             '/taskservice.v1.TaskService/DeleteTask',
             taskservice_dot_v1_dot_task__service__pb2.DeleteTaskRequest.SerializeToString,
             taskservice_dot_v1_dot_task__service__pb2.DeleteTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeleteTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskservice.v1.TaskService/UndeleteTask',
+            taskservice_dot_v1_dot_task__service__pb2.UndeleteTaskRequest.SerializeToString,
+            taskservice_dot_v1_dot_task__service__pb2.UndeleteTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

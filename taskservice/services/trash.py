@@ -1,0 +1,52 @@
+"""The trash sweep: tasks past their purge time are deleted for good, in the background.
+
+Each server sweeps on its own every few minutes (several replicas sweeping at once only find less
+to delete), so no cron job is needed; `taskservice purge` runs one sweep for operators who want
+to choose the time themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+from taskservice.services.tasks import TaskService
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between sweeps, give or take a tenth so replicas do not sweep in step.
+SWEEP_INTERVAL_SECONDS = 300.0
+
+
+class TrashSweeper:
+    """Runs `TaskService.purge_expired` now and then until stopped."""
+
+    def __init__(self, tasks: TaskService, interval: float = SWEEP_INTERVAL_SECONDS) -> None:
+        self._tasks = tasks
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin sweeping in the background."""
+        self._task = asyncio.create_task(self._run(), name="trash-sweeper")
+
+    async def stop(self) -> None:
+        """Stop sweeping; a sweep in progress is cancelled (its transaction rolls back)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval * random.uniform(0.9, 1.1))  # noqa: S311
+            try:
+                purged = await self._tasks.purge_expired()
+            except Exception as exc:  # the database may be away; the next sweep tries again
+                logger.warning("trash sweep failed: %s", type(exc).__name__)
+                continue
+            if purged:
+                logger.info("trash sweep purged %d tasks", purged)
