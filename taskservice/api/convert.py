@@ -10,6 +10,7 @@ from taskservice.db.models import TaskPriority, TaskStatus
 from taskservice.db.records import TaskRecord, UserRecord
 from taskservice.errors import InvalidArgument
 from taskservice.security.tokens import IssuedToken
+from taskservice.services.task_tree import encode_position
 from taskservice.services.tasks import TaskValues, etag
 from taskservice.v1 import task_pb2, user_pb2
 
@@ -87,6 +88,7 @@ def task_values(task: task_pb2.Task) -> TaskValues:
         due_time=due_time,
         priority=priority_from_proto(task.priority, "task.priority"),
         labels=tuple(task.labels),
+        parent_id=task.parent_id,
     )
 
 
@@ -103,6 +105,8 @@ def task_to_proto(task: TaskRecord) -> task_pb2.Task:
         etag=etag(task),
         priority=task.priority,  # type: ignore[arg-type]
         labels=task.labels,
+        parent_id=task.parent_id or 0,
+        position=encode_position(task.position),
     )
     if task.due_time is not None:
         message.due_time.CopyFrom(timestamp(task.due_time))

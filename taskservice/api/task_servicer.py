@@ -98,6 +98,16 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         return pb.DeleteTaskResponse(task=task_to_proto(task))
 
     @authenticated
+    async def MoveTask(
+        self, request: pb.MoveTaskRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> pb.MoveTaskResponse:
+        """Put a task (and its subtree) under a parent, after a sibling."""
+        task = await self._tasks.move_task(
+            principal, request.id, request.parent_id, request.previous_id, request.etag
+        )
+        return pb.MoveTaskResponse(task=task_to_proto(task))
+
+    @authenticated
     async def UndeleteTask(
         self,
         request: pb.UndeleteTaskRequest,

@@ -6,6 +6,7 @@ import enum
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Enum,
@@ -120,6 +121,8 @@ class Task(Base):
         Index("ix_tasks_status_id", "status", "id"),
         # The trash sweep seeks the tasks whose purge time has come.
         Index("ix_tasks_purge_time", "purge_time"),
+        # A sibling list in manual order: an owner's top-level tasks, or a parent's subtasks.
+        Index("ix_tasks_owner_id_parent_id_position", "owner_id", "parent_id", "position"),
         # Never reuse a deleted task's id (SQLite would): etags and clients name tasks by id.
         {"sqlite_autoincrement": True},
     )
@@ -156,6 +159,12 @@ class Task(Base):
     delete_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
     purge_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
     trash_root_id: Mapped[int | None] = mapped_column(BigIntId)
+    # Subtasks: the parent (NULL at the top level; purging a task purges its subtree), and the
+    # manual order among siblings (smaller first; see services/task_tree.py).
+    parent_id: Mapped[int | None] = mapped_column(
+        BigIntId, ForeignKey("tasks.id", ondelete="CASCADE")
+    )
+    position: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     owner: Mapped[User] = relationship(back_populates="tasks")
 

@@ -29,6 +29,8 @@ class TaskRecord(Protocol):
     labels: list[str]
     complete_time: datetime | None
     delete_time: datetime | None
+    parent_id: int | None
+    position: int
     purge_time: datetime | None
 
 

@@ -40,6 +40,7 @@ from taskservice.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from taskservice.services import task_tree
 from taskservice.services.labels import label_key, normalize_labels
 from taskservice.services.pagination import PageTokens, page_size
 from taskservice.services.principal import Principal
@@ -52,11 +53,21 @@ from taskservice.services.validation import (
 
 #: Fields that UpdateTask replaces and PatchTask may name.
 WRITABLE_TASK_FIELDS = frozenset(
-    {"title", "description", "status", "due_time", "priority", "labels"}
+    {"title", "description", "status", "due_time", "priority", "labels", "parent_id"}
 )
 #: Fields of a Task that clients never write.
 READ_ONLY_TASK_FIELDS = frozenset(
-    {"id", "owner_id", "create_time", "update_time", "etag", "complete_time"}
+    {
+        "id",
+        "owner_id",
+        "create_time",
+        "update_time",
+        "etag",
+        "complete_time",
+        "position",
+        "delete_time",
+        "purge_time",
+    }
 )
 
 
@@ -73,6 +84,7 @@ class TaskValues:
     due_time: datetime | None = None
     priority: TaskPriority = TaskPriority.UNSPECIFIED
     labels: tuple[str, ...] = ()
+    parent_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -138,9 +150,11 @@ class TaskService:
             "priority": values.priority,
             "labels": checked.labels,
             "complete_time": utcnow() if status is TaskStatus.DONE else None,
+            "parent_id": task_tree.parent_key(values.parent_id),
+            "position": task_tree.first_position(self._clock()),
         }
         try:
-            if not request_id and not checked.labels:
+            if not request_id and not checked.labels and not values.parent_id:
                 # One INSERT, atomic by itself: no transaction around it (a missing owner fails
                 # the foreign key, handled below like the keyed path's check).
                 async with self._db.statement() as connection:
@@ -152,6 +166,9 @@ class TaskService:
                     session, caller, owner
                 ):
                     raise NotFound("OWNER_NOT_FOUND", "no user has this owner_id")
+                if values.parent_id:
+                    parent = await _visible(session, caller, values.parent_id, lock=True)
+                    await task_tree.check_parent(session, None, owner, parent, "task.parent_id")
                 task = Task(**row)
                 session.add(task)
                 await session.flush()
@@ -218,6 +235,7 @@ class TaskService:
             task = await _visible(session, caller, task_id, lock=True)
             _check_etag(task, expected_etag)
             _check_live(task)
+            await self._reparent(session, caller, task, values.parent_id)
             await _apply(session, task, values, checked, WRITABLE_TASK_FIELDS)
         return task
 
@@ -237,6 +255,8 @@ class TaskService:
             task = await _visible(session, caller, task_id, lock=True)
             _check_etag(task, expected_etag)
             _check_live(task)
+            if "parent_id" in paths:
+                await self._reparent(session, caller, task, values.parent_id)
             await _apply(session, task, values, checked, paths)
         return task
 
@@ -249,10 +269,19 @@ class TaskService:
             _check_etag(task, expected_etag)
             _check_live(task)
             now = self._clock()
-            task.delete_time = now
-            task.purge_time = now + self._trash_retention
-            task.trash_root_id = task.id
-            task.version += 1
+            await session.execute(
+                update(Task)
+                .where(Task.id.in_(await task_tree.subtree_ids(session, task.id)))
+                .values(
+                    delete_time=now,
+                    purge_time=now + self._trash_retention,
+                    trash_root_id=task.id,
+                    version=Task.version + 1,
+                    update_time=now,
+                ),
+                execution_options={"synchronize_session": False},
+            )
+            await session.refresh(task)
         return task
 
     @retries_conflicts
@@ -264,10 +293,12 @@ class TaskService:
             _check_etag(task, expected_etag)
             if task.delete_time is None:
                 raise FailedPrecondition("TASK_NOT_DELETED", "the task is not in the trash")
-            if task.trash_root_id != task.id:
+            parent = await session.get(Task, task.parent_id) if task.parent_id else None
+            if task.trash_root_id != task.id or (
+                parent is not None and parent.delete_time is not None
+            ):
                 raise FailedPrecondition(
-                    "PARENT_DELETED",
-                    "the task was trashed with its parent; undelete that task instead",
+                    "PARENT_DELETED", "the task's parent is in the trash; undelete it first"
                 )
             await session.execute(
                 update(Task)
@@ -283,6 +314,68 @@ class TaskService:
             )
             await session.refresh(task)
         return task
+
+    @retries_conflicts
+    async def move_task(
+        self,
+        caller: Principal,
+        task_id: int,
+        parent_id: int,
+        previous_id: int,
+        expected_etag: str,
+    ) -> Task:
+        """Put a task (with its subtree) under `parent_id`, right after sibling `previous_id`."""
+        require_id("id", task_id)
+        raise_if(
+            FieldViolation("parent_id", "must be 0 (top level) or a task id")
+            if parent_id < 0
+            else None,
+            FieldViolation("previous_id", "must be 0 (first) or a task id")
+            if previous_id < 0
+            else None,
+        )
+        async with self._db.write() as session:
+            task = await _visible(session, caller, task_id, lock=True)
+            _check_etag(task, expected_etag)
+            _check_live(task)
+            parent = await _visible(session, caller, parent_id, lock=True) if parent_id else None
+            await task_tree.check_parent(session, task, task.owner_id, parent, "parent_id")
+            await task_tree.lock_siblings(session, task.owner_id, parent)
+            previous = None
+            if previous_id:
+                previous = await session.get(Task, previous_id)
+                if (
+                    previous is None
+                    or previous.id == task.id
+                    or previous.owner_id != task.owner_id
+                    or previous.parent_id != task_tree.parent_key(parent_id)
+                    or previous.delete_time is not None
+                ):
+                    raise InvalidArgument.field(
+                        "previous_id", "must be a live task under the same parent, not the task"
+                    )
+            task.position = await task_tree.position_after(
+                session, task, task_tree.parent_key(parent_id), previous, self._clock()
+            )
+            task.parent_id = task_tree.parent_key(parent_id)
+            task.version += 1
+        return task
+
+    async def _reparent(
+        self, session: AsyncSession, caller: Principal, task: Task, parent_id: int
+    ) -> None:
+        """Give a locked task a new parent (0: top level); it goes first among its siblings."""
+        if task_tree.parent_key(parent_id) == task.parent_id:
+            return
+        if parent_id < 0:
+            raise InvalidArgument.field("task.parent_id", "must be 0 (top level) or a task id")
+        parent = await _visible(session, caller, parent_id, lock=True) if parent_id else None
+        await task_tree.check_parent(session, task, task.owner_id, parent, "task.parent_id")
+        await task_tree.lock_siblings(session, task.owner_id, parent)
+        task.position = await task_tree.position_after(
+            session, task, task_tree.parent_key(parent_id), None, self._clock()
+        )
+        task.parent_id = task_tree.parent_key(parent_id)
 
     async def purge_expired(self, now: datetime | None = None) -> int:
         """Delete for good every task whose purge time has come (by the service's clock)."""
@@ -385,7 +478,10 @@ def _check_values(
 
 
 async def purge_expired_tasks(database: Database, now: datetime) -> int:
-    """Delete for good every task whose purge time is `now` or earlier; how many went.
+    """Delete for good every task whose purge time is `now` or earlier.
+
+    Returns how many rows the statement deleted (the subtasks a parent's cascade takes may or may
+    not be counted, depending on the database).
 
     Their idempotency keys go with them (the foreign key cascades), so a request_id that created
     a purged task may create a new one.

@@ -35,7 +35,7 @@ TASK_PRIORITY_HIGH: TaskPriority
 TASK_PRIORITY_URGENT: TaskPriority
 
 class Task(_message.Message):
-    __slots__ = ("id", "title", "description", "status", "due_time", "owner_id", "create_time", "update_time", "etag", "priority", "labels", "complete_time", "delete_time", "purge_time")
+    __slots__ = ("id", "title", "description", "status", "due_time", "owner_id", "create_time", "update_time", "etag", "priority", "labels", "parent_id", "position", "complete_time", "delete_time", "purge_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,8 @@ class Task(_message.Message):
     ETAG_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_TIME_FIELD_NUMBER: _ClassVar[int]
     DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
     PURGE_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -61,7 +63,9 @@ class Task(_message.Message):
     etag: str
     priority: TaskPriority
     labels: _containers.RepeatedScalarFieldContainer[str]
+    parent_id: int
+    position: str
     complete_time: _timestamp_pb2.Timestamp
     delete_time: _timestamp_pb2.Timestamp
     purge_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[int] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., due_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner_id: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., priority: _Optional[_Union[TaskPriority, str]] = ..., labels: _Optional[_Iterable[str]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., purge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., due_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner_id: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., priority: _Optional[_Union[TaskPriority, str]] = ..., labels: _Optional[_Iterable[str]] = ..., parent_id: _Optional[int] = ..., position: _Optional[str] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., purge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -106,6 +106,24 @@ class DeleteTaskResponse(_message.Message):
     task: _task_pb2.Task
     def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...
 
+class MoveTaskRequest(_message.Message):
+    __slots__ = ("id", "parent_id", "previous_id", "etag")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_ID_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    parent_id: int
+    previous_id: int
+    etag: str
+    def __init__(self, id: _Optional[int] = ..., parent_id: _Optional[int] = ..., previous_id: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class MoveTaskResponse(_message.Message):
+    __slots__ = ("task",)
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task: _task_pb2.Task
+    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...
+
 class UndeleteTaskRequest(_message.Message):
     __slots__ = ("id", "etag")
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -33,6 +33,13 @@ class TaskServiceStub:
     that does not exist, with the same message. This deliberately departs from AIP-211 (which would
     answer PERMISSION_DENIED) so that task ids reveal nothing about other users' data.
 
+    Parents: wherever a request names a parent task (`task.parent_id` on CreateTask, UpdateTask and
+    PatchTask; `parent_id` on MoveTask), a parent the caller cannot see is NOT_FOUND like any other
+    task; a parent of another owner is INVALID_ARGUMENT on that field; a parent in the trash is
+    FAILED_PRECONDITION with reason TASK_DELETED; a parent that is the task itself or one of its
+    subtasks is FAILED_PRECONDITION with reason PARENT_CYCLE; nesting deeper than 5 levels is
+    FAILED_PRECONDITION with reason MAX_DEPTH_EXCEEDED.
+
     Codes every method may return besides those listed on it: UNAUTHENTICATED when the access token is
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
     reached (safe to retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL
@@ -85,6 +92,11 @@ class TaskServiceStub:
                 request_serializer=taskservice_dot_v1_dot_task__service__pb2.UndeleteTaskRequest.SerializeToString,
                 response_deserializer=taskservice_dot_v1_dot_task__service__pb2.UndeleteTaskResponse.FromString,
                 _registered_method=True)
+        self.MoveTask = channel.unary_unary(
+                '/taskservice.v1.TaskService/MoveTask',
+                request_serializer=taskservice_dot_v1_dot_task__service__pb2.MoveTaskRequest.SerializeToString,
+                response_deserializer=taskservice_dot_v1_dot_task__service__pb2.MoveTaskResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -94,6 +106,13 @@ class TaskServiceServicer:
     Visibility: a regular user asking for another user's task gets NOT_FOUND, exactly as for a task
     that does not exist, with the same message. This deliberately departs from AIP-211 (which would
     answer PERMISSION_DENIED) so that task ids reveal nothing about other users' data.
+
+    Parents: wherever a request names a parent task (`task.parent_id` on CreateTask, UpdateTask and
+    PatchTask; `parent_id` on MoveTask), a parent the caller cannot see is NOT_FOUND like any other
+    task; a parent of another owner is INVALID_ARGUMENT on that field; a parent in the trash is
+    FAILED_PRECONDITION with reason TASK_DELETED; a parent that is the task itself or one of its
+    subtasks is FAILED_PRECONDITION with reason PARENT_CYCLE; nesting deeper than 5 levels is
+    FAILED_PRECONDITION with reason MAX_DEPTH_EXCEEDED.
 
     Codes every method may return besides those listed on it: UNAUTHENTICATED when the access token is
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
@@ -200,7 +219,7 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTask(self, request, context):
-        """Moves a task to the trash (AIP-164 soft delete) and returns it, with `delete_time` set and
+        """Moves a task and its live subtasks to the trash (AIP-164 soft delete) and returns it, with `delete_time` set and
         `purge_time` = `delete_time` + TRASH_RETENTION_DAYS (30 days by default). A trashed task is hidden
         from ListTasks, still returned by GetTask and BatchGetTasks, refuses every write until it is
         undeleted, and is deleted for good at its purge time (then its `request_id` is forgotten too).
@@ -229,6 +248,25 @@ class TaskServiceServicer:
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason TASK_NOT_DELETED: the task is not in the trash; with reason
         PARENT_DELETED: it went to the trash with its parent, which is still there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveTask(self, request, context):
+        """Moves a task, with its whole subtree, under `parent_id` (0: the top level), right after its
+        sibling `previous_id` (0: first), and returns it (a custom method, AIP-136). Concurrent moves in
+        one sibling list queue up: no two siblings ever get the same position.
+
+        Errors:
+        - INVALID_ARGUMENT: `id` is not positive; `parent_id` or `previous_id` is negative; the parent
+        has another owner than the task; `previous_id` is not a live task under `parent_id` of the same
+        owner, or is the task itself.
+        - NOT_FOUND: the task or the parent does not exist, or (for a regular user) is another user's.
+        - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
+        - FAILED_PRECONDITION with reason PARENT_CYCLE: the parent is the task or one of its
+        subtasks; MAX_DEPTH_EXCEEDED: the subtree would nest deeper than 5 levels; TASK_DELETED: the
+        task or the parent is in the trash.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -277,6 +315,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     request_deserializer=taskservice_dot_v1_dot_task__service__pb2.UndeleteTaskRequest.FromString,
                     response_serializer=taskservice_dot_v1_dot_task__service__pb2.UndeleteTaskResponse.SerializeToString,
             ),
+            'MoveTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveTask,
+                    request_deserializer=taskservice_dot_v1_dot_task__service__pb2.MoveTaskRequest.FromString,
+                    response_serializer=taskservice_dot_v1_dot_task__service__pb2.MoveTaskResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'taskservice.v1.TaskService', rpc_method_handlers)
@@ -292,6 +335,13 @@ class TaskService:
     Visibility: a regular user asking for another user's task gets NOT_FOUND, exactly as for a task
     that does not exist, with the same message. This deliberately departs from AIP-211 (which would
     answer PERMISSION_DENIED) so that task ids reveal nothing about other users' data.
+
+    Parents: wherever a request names a parent task (`task.parent_id` on CreateTask, UpdateTask and
+    PatchTask; `parent_id` on MoveTask), a parent the caller cannot see is NOT_FOUND like any other
+    task; a parent of another owner is INVALID_ARGUMENT on that field; a parent in the trash is
+    FAILED_PRECONDITION with reason TASK_DELETED; a parent that is the task itself or one of its
+    subtasks is FAILED_PRECONDITION with reason PARENT_CYCLE; nesting deeper than 5 levels is
+    FAILED_PRECONDITION with reason MAX_DEPTH_EXCEEDED.
 
     Codes every method may return besides those listed on it: UNAUTHENTICATED when the access token is
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
@@ -505,6 +555,33 @@ class TaskService:
             '/taskservice.v1.TaskService/UndeleteTask',
             taskservice_dot_v1_dot_task__service__pb2.UndeleteTaskRequest.SerializeToString,
             taskservice_dot_v1_dot_task__service__pb2.UndeleteTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskservice.v1.TaskService/MoveTask',
+            taskservice_dot_v1_dot_task__service__pb2.MoveTaskRequest.SerializeToString,
+            taskservice_dot_v1_dot_task__service__pb2.MoveTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,
