@@ -20,7 +20,9 @@ _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 def upgrade() -> None:
     with op.batch_alter_table("tasks") as batch:
-        batch.add_column(sa.Column("priority", sa.SmallInteger(), server_default="0", nullable=False))
+        batch.add_column(
+            sa.Column("priority", sa.SmallInteger(), server_default="0", nullable=False)
+        )
         batch.add_column(sa.Column("labels", sa.Text(), server_default="[]", nullable=False))
         batch.add_column(sa.Column("complete_time", sa.DateTime(timezone=True), nullable=True))
     # Tasks already done were completed when they last changed, as far as anyone can tell.
