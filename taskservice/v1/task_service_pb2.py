@@ -26,7 +26,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from taskservice.v1 import task_pb2 as taskservice_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!taskservice/v1/task_service.proto\x12\x0etaskservice.v1\x1a google/protobuf/field_mask.proto\x1a\x19taskservice/v1/task.proto\"\x89\x01\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.taskservice.v1.TaskStatus\x12\x15\n\x08owner_id\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x0b\n\t_owner_id\"Q\n\x11ListTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.taskservice.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"K\n\x11\x43reateTaskRequest\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"8\n\x12\x43reateTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"5\n\x0fGetTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"7\n\x11UpdateTaskRequest\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"8\n\x12UpdateTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"g\n\x10PatchTaskRequest\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"7\n\x11PatchTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"-\n\x11\x44\x65leteTaskRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x14\n\x12\x44\x65leteTaskResponse2\xfc\x03\n\x0bTaskService\x12P\n\tListTasks\x12 .taskservice.v1.ListTasksRequest\x1a!.taskservice.v1.ListTasksResponse\x12S\n\nCreateTask\x12!.taskservice.v1.CreateTaskRequest\x1a\".taskservice.v1.CreateTaskResponse\x12J\n\x07GetTask\x12\x1e.taskservice.v1.GetTaskRequest\x1a\x1f.taskservice.v1.GetTaskResponse\x12S\n\nUpdateTask\x12!.taskservice.v1.UpdateTaskRequest\x1a\".taskservice.v1.UpdateTaskResponse\x12P\n\tPatchTask\x12 .taskservice.v1.PatchTaskRequest\x1a!.taskservice.v1.PatchTaskResponse\x12S\n\nDeleteTask\x12!.taskservice.v1.DeleteTaskRequest\x1a\".taskservice.v1.DeleteTaskResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!taskservice/v1/task_service.proto\x12\x0etaskservice.v1\x1a google/protobuf/field_mask.proto\x1a\x19taskservice/v1/task.proto\"\xab\x01\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.taskservice.v1.TaskStatus\x12\x15\n\x08owner_id\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06\x66ilter\x18\x05 \x01(\t\x12\x10\n\x08order_by\x18\x06 \x01(\tB\x0b\n\t_owner_id\"Q\n\x11ListTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.taskservice.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"K\n\x11\x43reateTaskRequest\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"8\n\x12\x43reateTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"5\n\x0fGetTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"7\n\x11UpdateTaskRequest\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"8\n\x12UpdateTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"g\n\x10PatchTaskRequest\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"7\n\x11PatchTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"-\n\x11\x44\x65leteTaskRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x14\n\x12\x44\x65leteTaskResponse2\xfc\x03\n\x0bTaskService\x12P\n\tListTasks\x12 .taskservice.v1.ListTasksRequest\x1a!.taskservice.v1.ListTasksResponse\x12S\n\nCreateTask\x12!.taskservice.v1.CreateTaskRequest\x1a\".taskservice.v1.CreateTaskResponse\x12J\n\x07GetTask\x12\x1e.taskservice.v1.GetTaskRequest\x1a\x1f.taskservice.v1.GetTaskResponse\x12S\n\nUpdateTask\x12!.taskservice.v1.UpdateTaskRequest\x1a\".taskservice.v1.UpdateTaskResponse\x12P\n\tPatchTask\x12 .taskservice.v1.PatchTaskRequest\x1a!.taskservice.v1.PatchTaskResponse\x12S\n\nDeleteTask\x12!.taskservice.v1.DeleteTaskRequest\x1a\".taskservice.v1.DeleteTaskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,29 +34,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taskservice.v1.task_service
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LISTTASKSREQUEST']._serialized_start=115
-  _globals['_LISTTASKSREQUEST']._serialized_end=252
-  _globals['_LISTTASKSRESPONSE']._serialized_start=254
-  _globals['_LISTTASKSRESPONSE']._serialized_end=335
-  _globals['_CREATETASKREQUEST']._serialized_start=337
-  _globals['_CREATETASKREQUEST']._serialized_end=412
-  _globals['_CREATETASKRESPONSE']._serialized_start=414
-  _globals['_CREATETASKRESPONSE']._serialized_end=470
-  _globals['_GETTASKREQUEST']._serialized_start=472
-  _globals['_GETTASKREQUEST']._serialized_end=500
-  _globals['_GETTASKRESPONSE']._serialized_start=502
-  _globals['_GETTASKRESPONSE']._serialized_end=555
-  _globals['_UPDATETASKREQUEST']._serialized_start=557
-  _globals['_UPDATETASKREQUEST']._serialized_end=612
-  _globals['_UPDATETASKRESPONSE']._serialized_start=614
-  _globals['_UPDATETASKRESPONSE']._serialized_end=670
-  _globals['_PATCHTASKREQUEST']._serialized_start=672
-  _globals['_PATCHTASKREQUEST']._serialized_end=775
-  _globals['_PATCHTASKRESPONSE']._serialized_start=777
-  _globals['_PATCHTASKRESPONSE']._serialized_end=832
-  _globals['_DELETETASKREQUEST']._serialized_start=834
-  _globals['_DELETETASKREQUEST']._serialized_end=879
-  _globals['_DELETETASKRESPONSE']._serialized_start=881
-  _globals['_DELETETASKRESPONSE']._serialized_end=901
-  _globals['_TASKSERVICE']._serialized_start=904
-  _globals['_TASKSERVICE']._serialized_end=1412
+  _globals['_LISTTASKSREQUEST']._serialized_end=286
+  _globals['_LISTTASKSRESPONSE']._serialized_start=288
+  _globals['_LISTTASKSRESPONSE']._serialized_end=369
+  _globals['_CREATETASKREQUEST']._serialized_start=371
+  _globals['_CREATETASKREQUEST']._serialized_end=446
+  _globals['_CREATETASKRESPONSE']._serialized_start=448
+  _globals['_CREATETASKRESPONSE']._serialized_end=504
+  _globals['_GETTASKREQUEST']._serialized_start=506
+  _globals['_GETTASKREQUEST']._serialized_end=534
+  _globals['_GETTASKRESPONSE']._serialized_start=536
+  _globals['_GETTASKRESPONSE']._serialized_end=589
+  _globals['_UPDATETASKREQUEST']._serialized_start=591
+  _globals['_UPDATETASKREQUEST']._serialized_end=646
+  _globals['_UPDATETASKRESPONSE']._serialized_start=648
+  _globals['_UPDATETASKRESPONSE']._serialized_end=704
+  _globals['_PATCHTASKREQUEST']._serialized_start=706
+  _globals['_PATCHTASKREQUEST']._serialized_end=809
+  _globals['_PATCHTASKRESPONSE']._serialized_start=811
+  _globals['_PATCHTASKRESPONSE']._serialized_end=866
+  _globals['_DELETETASKREQUEST']._serialized_start=868
+  _globals['_DELETETASKREQUEST']._serialized_end=913
+  _globals['_DELETETASKRESPONSE']._serialized_start=915
+  _globals['_DELETETASKRESPONSE']._serialized_end=935
+  _globals['_TASKSERVICE']._serialized_start=938
+  _globals['_TASKSERVICE']._serialized_end=1446
 # @@protoc_insertion_point(module_scope)
