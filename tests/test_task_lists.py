@@ -15,7 +15,9 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from taskservice.security.tokens import TokenCodec
 from taskservice.server import Application
+from taskservice.services.pagination import PageKey, PageTokens
 from taskservice.v1 import task_pb2
 from taskservice.v1 import task_service_pb2 as pb
 from tests.conftest import Stubs
@@ -280,6 +282,37 @@ async def test_page_tokens_are_bound_to_filter_and_order_by(stubs: Stubs, alice:
             pb.ListTasksRequest(page_token=page_token, **request), metadata=alice.metadata
         )
         assert len(page.tasks) == 2
+
+
+async def test_sealed_tokens_of_the_wrong_shape_are_invalid_not_internal(
+    app: Application, stubs: Stubs, alice: Account
+) -> None:
+    """A genuine MAC on a key this version cannot read (say, from another release) is refused."""
+    await make_tasks(stubs, alice, 3)
+    seal = PageTokens(TokenCodec.from_settings(app.settings).derive_key(b"page-tokens")).seal
+    me = alice.user.id
+    scope = {"list": "tasks", "caller": me, "status": None, "owner": me}
+    cases: list[tuple[str, PageKey]] = [
+        ("", [5]),
+        ("due_time", 5),
+        ("due_time", [0, "soon", 1]),
+        ("due_time", [2, 0, 1]),
+        ("due_time", [0, 10**30, 1]),
+        ("due_time", [1, None, "1"]),
+        ("due_time", [0, 1]),
+        ("title", [0, 5, 1]),
+        ("priority", [0, "high", 1]),
+        ("create_time", [1, None, 1]),
+    ]
+    for order_by, after in cases:
+        token = seal({**scope, "order_by": order_by} if order_by else scope, after)
+        failure = await fails(
+            stubs.tasks.ListTasks(
+                pb.ListTasksRequest(page_token=token, order_by=order_by), metadata=alice.metadata
+            ),
+            INVALID,
+        )
+        assert set(failure.fields) == {"page_token"}, (order_by, after)
 
 
 # --- order_by ---------------------------------------------------------------------------------
