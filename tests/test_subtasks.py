@@ -240,3 +240,26 @@ async def test_trash_takes_and_returns_the_subtree(
             stubs.tasks.GetTask(pb.GetTaskRequest(id=task.id), metadata=alice.metadata),
             grpc.StatusCode.NOT_FOUND,
         )
+
+
+async def test_a_parents_children_list_in_manual_order(stubs: Stubs, alice: Account) -> None:
+    parent = await _create(stubs, alice, "parent")
+    a, b, c = [await _create(stubs, alice, name, parent.id) for name in "abc"]
+    await _create(stubs, alice, "elsewhere")
+    await _move(stubs, alice, a.id, parent.id, previous_id=c.id)
+    request = pb.ListTasksRequest(
+        filter=f"parent_id = {parent.id}", order_by="position", page_size=2
+    )
+    seen: list[int] = []
+    while True:
+        page = await stubs.tasks.ListTasks(request, metadata=alice.metadata)
+        seen.extend(task.id for task in page.tasks)
+        if not page.next_page_token:
+            break
+        request.page_token = page.next_page_token
+    assert seen == [c.id, a.id, b.id]
+    top = await stubs.tasks.ListTasks(
+        pb.ListTasksRequest(filter="parent_id = 0", order_by="position desc"),
+        metadata=alice.metadata,
+    )
+    assert [task.title for task in top.tasks] == ["parent", "elsewhere"]

@@ -170,3 +170,31 @@ async def test_the_retention_comes_from_the_settings(database_url: str) -> None:
             assert _time(deleted.purge_time) - _time(deleted.delete_time) == timedelta(hours=12)
     finally:
         await application.stop(grace=None)
+
+
+async def test_show_deleted_lists_the_trash_too(stubs: Stubs, alice: Account) -> None:
+    kept, trashed = await _create(stubs, alice), await _create(stubs, alice)
+    await _delete(stubs, alice, trashed.id)
+    listed = await stubs.tasks.ListTasks(
+        pb.ListTasksRequest(show_deleted=True, page_size=1), metadata=alice.metadata
+    )
+    assert [task.id for task in listed.tasks] == [trashed.id]
+    # A token is bound to show_deleted: the default list refuses it.
+    failure = await fails(
+        stubs.tasks.ListTasks(
+            pb.ListTasksRequest(page_token=listed.next_page_token, page_size=1),
+            metadata=alice.metadata,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert set(failure.fields) == {"page_token"}
+    following = await stubs.tasks.ListTasks(
+        pb.ListTasksRequest(show_deleted=True, page_size=1, page_token=listed.next_page_token),
+        metadata=alice.metadata,
+    )
+    assert [task.id for task in following.tasks] == [kept.id]
+    in_trash = await stubs.tasks.ListTasks(
+        pb.ListTasksRequest(show_deleted=True, filter="NOT parent_id = 0 OR parent_id = 0"),
+        metadata=alice.metadata,
+    )
+    assert len(in_trash.tasks) == 2

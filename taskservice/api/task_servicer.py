@@ -22,13 +22,16 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def ListTasks(
         self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext, principal: Principal
     ) -> pb.ListTasksResponse:
-        """One page of tasks, newest first."""
+        """One page of tasks, filtered and ordered as asked."""
         page = await self._tasks.list_tasks(
             principal,
             request.page_size,
             request.page_token,
             status_from_proto(request.status, "status"),
             request.owner_id if request.HasField("owner_id") else None,
+            request.filter,
+            request.order_by,
+            request.show_deleted,
         )
         return pb.ListTasksResponse(
             tasks=[task_to_proto(task) for task in page.tasks],

@@ -111,7 +111,9 @@ class Task(Base):
     """A piece of work owned by one user; deleted with its owner.
 
     Lists are ordered newest first by id (ids only grow), and filtered by owner and status, so the
-    indexes lead with those columns and end with the id that keyset pagination seeks on.
+    indexes lead with those columns and end with the id that keyset pagination seeks on. The other
+    orderings of a user's list (due time, priority, update time) have an index each, ending with
+    the id their keyset pages break ties on.
     """
 
     __tablename__ = "tasks"
@@ -123,6 +125,9 @@ class Task(Base):
         Index("ix_tasks_purge_time", "purge_time"),
         # A sibling list in manual order: an owner's top-level tasks, or a parent's subtasks.
         Index("ix_tasks_owner_id_parent_id_position", "owner_id", "parent_id", "position"),
+        Index("ix_tasks_owner_id_due_time_id", "owner_id", "due_time", "id"),
+        Index("ix_tasks_owner_id_priority_id", "owner_id", "priority", "id"),
+        Index("ix_tasks_owner_id_update_time_id", "owner_id", "update_time", "id"),
         # Never reuse a deleted task's id (SQLite would): etags and clients name tasks by id.
         {"sqlite_autoincrement": True},
     )

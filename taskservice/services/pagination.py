@@ -25,6 +25,9 @@ MAX_PAGE_TOKEN_LENGTH = 1024
 _MAC_BYTES = 16
 
 _Row = TypeVar("_Row")
+#: What a token seeks past: an id, or for orderings on other columns the last row's sort key
+#: values and id (JSON scalars; the list decides what each means).
+PageKey = int | list[int | str | None]
 
 
 def page_size(requested: int) -> int:
@@ -42,18 +45,39 @@ class PageTokens:
     def __init__(self, key: bytes) -> None:
         self._key = key
 
-    def seal(self, scope: Mapping[str, object], after: int) -> str:
+    def seal(self, scope: Mapping[str, object], after: PageKey) -> str:
         """A token for the page after key `after`, valid only for `scope`."""
         body = json.dumps({"s": scope, "a": after}, separators=(",", ":"), sort_keys=True).encode()
         return f"{_b64(body)}.{_b64(self._mac(body))}"
 
     def open(self, token: str, scope: Mapping[str, object]) -> int | None:
-        """The key to seek past, or None for an empty token (the first page)."""
+        """The id to seek past, or None for an empty token (the first page)."""
+        after = self._open(token, scope)
+        if after is None:
+            return None
+        if type(after) is not int:
+            raise _invalid_token()
+        return after
+
+    def open_key(self, token: str, scope: Mapping[str, object]) -> list[int | str | None] | None:
+        """The sort key values to seek past, or None for an empty token (the first page).
+
+        The caller checks the list's length and types: the MAC proves the server wrote it, not
+        that this version of the server reads it the same way.
+        """
+        after = self._open(token, scope)
+        if after is None:
+            return None
+        if not isinstance(after, list) or not all(
+            value is None or type(value) in (int, str) for value in after
+        ):
+            raise _invalid_token()
+        return after
+
+    def _open(self, token: str, scope: Mapping[str, object]) -> object:
         if not token:
             return None
-        invalid = InvalidArgument.field(
-            "page_token", "not a page token this server issued for this request"
-        )
+        invalid = _invalid_token()
         if len(token) > MAX_PAGE_TOKEN_LENGTH or token.count(".") != 1:
             raise invalid
         body_text, mac_text = token.split(".")
@@ -64,16 +88,16 @@ class PageTokens:
         if not hmac.compare_digest(mac, self._mac(body)):
             raise invalid
         payload = json.loads(body)
-        if payload.get("s") != json.loads(json.dumps(scope)) or type(payload.get("a")) is not int:
+        if payload.get("s") != json.loads(json.dumps(scope)) or payload.get("a") is None:
             raise invalid
-        return int(payload["a"])
+        return payload["a"]
 
     def page(
         self,
         rows: list[_Row],
         size: int,
         scope: Mapping[str, object],
-        key: Callable[[_Row], int],
+        key: Callable[[_Row], PageKey],
         weight: Callable[[_Row], int] | None = None,
     ) -> tuple[list[_Row], str]:
         """Cut rows fetched with `limit(size + 1)` to one page and seal the next page's token.
@@ -96,6 +120,12 @@ class PageTokens:
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def _invalid_token() -> InvalidArgument:
+    return InvalidArgument.field(
+        "page_token", "not a page token this server issued for this request"
+    )
 
 
 def _b64(raw: bytes) -> str:

@@ -41,9 +41,11 @@ from taskservice.errors import (
     Unauthenticated,
 )
 from taskservice.services import task_tree
+from taskservice.services.filtering import canonical, parse
 from taskservice.services.labels import label_key, normalize_labels
 from taskservice.services.pagination import PageTokens, page_size
 from taskservice.services.principal import Principal
+from taskservice.services.task_lists import TASK_FILTER_SCHEMA, filter_clause, parse_order_by
 from taskservice.services.validation import (
     mask_violations,
     nul_violation,
@@ -97,7 +99,7 @@ class _Checked:
 
 @dataclass(frozen=True)
 class TaskPage:
-    """One page of tasks, newest first, and the token for the next (empty on the last)."""
+    """One page of tasks in the asked order, and the token for the next (empty on the last)."""
 
     tasks: list[TaskRecord]
     next_page_token: str
@@ -388,26 +390,67 @@ class TaskService:
         token: str,
         status: TaskStatus | None,
         owner_id: int | None,
+        filter_text: str = "",
+        order_by: str = "",
+        show_deleted: bool = False,
     ) -> TaskPage:
-        """Tasks newest first (by id, which only grows), by keyset: deep pages cost the same."""
+        """Tasks filtered and ordered as asked, by keyset: deep pages cost the same.
+
+        The default list (no `filter`, newest first) runs prebuilt statements that seek on the
+        id; any other builds its statements per call (see `task_lists`).
+        """
         if owner_id is not None and owner_id != caller.user_id and not caller.is_admin:
             raise PermissionDenied("OWNER_NOT_ALLOWED", "you may only list your own tasks")
         if owner_id is None and not caller.is_admin:
             owner_id = caller.user_id
         size = page_size(requested_size)
-        scope = {
+        parsed = parse(filter_text, TASK_FILTER_SCHEMA, "filter")
+        ordering = parse_order_by(order_by)
+        scope: dict[str, object] = {
             "list": "tasks",
             "caller": caller.user_id,
             "status": status.value if status else None,
             "owner": owner_id,
         }
-        after = self._page_tokens.open(token, scope)
-        query = _LISTS[owner_id is not None, status is not None, after is not None]
-        parameters = {"owner_id": owner_id, "status": status, "after": after, "limit": size + 1}
+        # Added only when not the default, so tokens issued before these fields existed still
+        # open with the very scope they were sealed with.
+        if parsed.expression is not None:
+            scope["filter"] = canonical(parsed)
+        if not ordering.is_default:
+            scope["order_by"] = ordering.name
+        if show_deleted:
+            scope["show_deleted"] = True
+        if parsed.expression is None and ordering.is_default and not show_deleted:
+            after = self._page_tokens.open(token, scope)
+            query = _LISTS[owner_id is not None, status is not None, after is not None]
+            parameters = {"owner_id": owner_id, "status": status, "after": after, "limit": size + 1}
+            async with self._db.rows() as connection:
+                tasks: list[TaskRecord] = list((await connection.execute(query, parameters)).all())
+            return TaskPage(
+                *self._page_tokens.page(
+                    tasks, size, scope, key=lambda task: task.id, weight=_weight
+                )
+            )
+        base = select(Task)
+        if not show_deleted:
+            base = base.where(Task.delete_time.is_(None))
+        if owner_id is not None:
+            base = base.where(Task.owner_id == owner_id)
+        if status is not None:
+            base = base.where(Task.status == status)
+        if parsed.expression is not None:
+            base = base.where(filter_clause(parsed))
+        statements = ordering.statements(base, self._page_tokens.open_key(token, scope), size + 1)
+        tasks = []
         async with self._db.rows() as connection:
-            tasks: list[TaskRecord] = list((await connection.execute(query, parameters)).all())
+            for statement in statements:
+                tasks.extend((await connection.execute(statement)).all())
+                if len(tasks) > size:
+                    break
         return TaskPage(
-            *self._page_tokens.page(tasks, size, scope, key=lambda task: task.id, weight=_weight)
+            *self._page_tokens.page(
+                tasks[: size + 1], size, scope, key=ordering.page_key, weight=_weight
+            )
         )
 
 

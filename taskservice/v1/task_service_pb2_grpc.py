@@ -121,13 +121,17 @@ class TaskServiceServicer:
     """
 
     def ListTasks(self, request, context):
-        """Lists tasks, newest first, one page at a time. Regular users list their own tasks; admins list
-        every task, or one owner's with `owner_id`. Pages are keyset-based: a page walk returns every
-        task that existed when it began exactly once, even while tasks are being added.
+        """Lists tasks, newest first unless `order_by` says otherwise, one page at a time. Regular users
+        list their own tasks; admins list every task, or one owner's with `owner_id`. `filter` narrows
+        the list (AIP-160). Pages are keyset-based for every ordering: a page walk returns every task
+        that existed when it began, and whose sort key did not change during the walk, exactly once
+        and in order, even while tasks are being added.
 
         Errors:
         - INVALID_ARGUMENT: `page_size` is negative; `page_token` is not one this server issued, or was
-        issued for other filters (`status`, `owner_id`) or another caller; `status` is not a known value.
+        issued for other filters (`status`, `owner_id`, `filter`), another `order_by` or another
+        caller; `status` is not a known value; `filter` does not parse (the message gives the
+        1-based position and what was expected there); `order_by` is not one of the orderings below.
         - PERMISSION_DENIED: a regular user set `owner_id` to another user's id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
