@@ -171,7 +171,10 @@ class Bench:
             for key in during
             if key[0] == "Login" and key[1] not in ("OK", "CANCELLED") and during[key] > before[key]
         }
-        if failed or logins == 0:
+        # Logins may all be between completions during a short GetTask run (bcrypt threads run at
+        # idle priority and starve on a saturated machine): the storm was shown to be running
+        # before the measurement, so only failed Logins make it unclean.
+        if failed:
             raise RunFailed(f"the Login storm did not run cleanly: {logins} OK, {failed}")
         self._check(
             before, Counter({"GetTask": calls}), "GetTask during a Login storm", ignore="Login"
