@@ -71,11 +71,24 @@ $(BUF): package.json package-lock.json
 	@touch $(BUF)
 
 .PHONY: lint
-lint: install $(BUF) ## ruff (lint and format check), buf lint, and the Kubernetes manifests (offline).
+lint: install $(BUF) ## ruff (lint and format check), buf lint and breaking, and the Kubernetes manifests (offline).
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .
 	cd $(PROTO_DIR) && ../$(BUF) lint
+	$(MAKE) --no-print-directory breaking
 	$(UV) run --locked kubernetes-validate --strict --quiet -k $(KUBERNETES_VERSION) deploy/kubernetes/*.yaml
+
+# The contract clients were given: every later change must be an addition (buf's FILE rules).
+# The first wave's released protos; move it forward only with a deliberate, announced break.
+BREAKING_BASE ?= b863fe4
+
+.PHONY: breaking
+breaking: $(BUF) ## buf breaking: the protos against the released contract ($(BREAKING_BASE)).
+	@if git cat-file -e $(BREAKING_BASE)^{commit} 2>/dev/null; then \
+		cd $(PROTO_DIR) && ../$(BUF) breaking --against '../.git#ref=$(BREAKING_BASE),subdir=$(PROTO_DIR)' && echo "buf breaking: only additions since $(BREAKING_BASE)"; \
+	else \
+		echo "breaking: $(BREAKING_BASE) is not in this clone (shallow?): fetch it to compare" >&2; exit 1; \
+	fi
 
 .PHONY: format
 format: install ## Format and autofix with ruff.
