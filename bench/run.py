@@ -31,7 +31,16 @@ from sqlalchemy.engine import URL
 from bench import h2load
 from bench.h2load import Load, Result
 from bench.processes import EchoServer, Handled, TaskService, cpu_count, rss_mib
-from bench.scenarios import ECHO, SCENARIOS, Fixture, Scenario, by_name, login_storm
+from bench.scenarios import (
+    ECHO,
+    LIST_VIEWS,
+    SCENARIOS,
+    Fixture,
+    Scenario,
+    by_name,
+    login_storm,
+    view_request,
+)
 from bench.seed import ADMIN_EMAIL, PASSWORD, Seeded, recreate_postgres_database, seed, user_email
 from taskservice.config import normalize_database_url
 from taskservice.v1 import (
@@ -206,6 +215,26 @@ class Bench:
             time.sleep(0.05)
 
 
+def _deep_token(
+    tasks: task_service_pb2_grpc.TaskServiceStub, metadata: tuple[tuple[str, str]], name: str
+) -> str:
+    """The token of a view's page 50 tasks before its end (or of its first page, if short)."""
+    sizes: list[int] = []
+    token = ""
+    while True:  # count the view, 1000 at a time
+        page = tasks.ListTasks(view_request(name, token, 1000), metadata=metadata)
+        sizes.append(len(page.tasks))
+        token = page.next_page_token
+        if not token:
+            break
+    remaining, token = max(0, sum(sizes) - 50), ""
+    while remaining > 0:
+        page = tasks.ListTasks(view_request(name, token, min(1000, remaining)), metadata=metadata)
+        remaining -= len(page.tasks)
+        token = page.next_page_token
+    return token
+
+
 def find_fixture(target: str, seeded: Seeded, tasks_per_user: int) -> Fixture:
     """Log in and find the rows and page tokens the scenarios address."""
     with grpc.insecure_channel(target) as channel:
@@ -241,7 +270,9 @@ def find_fixture(target: str, seeded: Seeded, tasks_per_user: int) -> Fixture:
             admin_deep = tasks.ListTasks(
                 task_service_pb2.ListTasksRequest(page_size=max(1, remaining - 50)), metadata=admin
             ).next_page_token
+        views = {name: _deep_token(tasks, user, name) for name in LIST_VIEWS}
     return Fixture(
+        view_deep_page_tokens=views,
         user_token=user_token,
         login_email=user_email(1),
         task_id=ids[len(ids) // 2],

@@ -35,6 +35,25 @@ class Fixture:
     deep_page_token: str
     admin_token: str
     admin_deep_page_token: str
+    #: Deep-page tokens of the filtered and ordered list scenarios, by LIST_VIEWS name.
+    view_deep_page_tokens: dict[str, str]
+
+
+#: Filtered and ordered lists users keep open, each served by an index (docs/benchmarks.md):
+#: name -> (filter, order_by).
+LIST_VIEWS: dict[str, tuple[str, str]] = {
+    "ListTasks open by due time, deep page": ("status != TASK_STATUS_DONE", "due_time"),
+    "ListTasks by priority, deep page": ("", "priority desc"),
+    "ListTasks with a label, deep page": ('labels:"home"', ""),
+}
+
+
+def view_request(name: str, page_token: str = "", page_size: int = 50) -> object:
+    """The ListTasks request of a LIST_VIEWS view."""
+    filter_text, order_by = LIST_VIEWS[name]
+    return task_service_pb2.ListTasksRequest(
+        page_size=page_size, page_token=page_token, filter=filter_text, order_by=order_by
+    )
 
 
 @dataclass(frozen=True)
@@ -181,6 +200,20 @@ SCENARIOS = [
             )
         ),
         calls_factor=0.5,
+    ),
+    *(
+        Scenario(
+            name,
+            _with_fixture(
+                lambda f, name=name: (
+                    f"{TASKS}ListTasks",
+                    view_request(name, f.view_deep_page_tokens[name]),
+                    f.user_token,
+                )
+            ),
+            calls_factor=0.5,
+        )
+        for name in LIST_VIEWS
     ),
     Scenario("CreateTask", _create),
     Scenario("PatchTask", _patch),

@@ -15,13 +15,16 @@ import asyncpg
 import bcrypt
 from sqlalchemy import insert
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from taskservice.db.models import Task, TaskStatus, User
+from taskservice.db.models import Task, TaskLabel, TaskStatus, User
+from taskservice.services.labels import label_key
 
 PASSWORD = "bench-password-1"  # noqa: S105 - a throwaway database's test accounts
 ADMIN_EMAIL = "admin@bench.example"
 _CHUNK = 5_000
+#: The labels seeded tasks carry (zero to two each), so label filters have realistic selectivity.
+LABELS = ["home", "work", "errand", "Q3 report", "urgent", "later"]
 _WORDS = [
     "review",
     "quarterly",
@@ -77,6 +80,22 @@ class Seeded:
 def user_email(index: int) -> str:
     """The email of seeded user `index`."""
     return f"user{index:04d}@bench.example"
+
+
+async def _insert_tasks(connection: AsyncConnection, rows: list[dict[str, object]]) -> None:
+    """Insert tasks and their label keys (what `labels:"x"` filters seek on)."""
+    ids = (
+        await connection.execute(
+            insert(Task).returning(Task.id, sort_by_parameter_order=True), rows
+        )
+    ).scalars()
+    labels = [
+        {"task_id": task_id, "key": label_key(label)}
+        for task_id, row in zip(ids, rows, strict=True)
+        for label in row["labels"]  # type: ignore[attr-defined]
+    ]
+    if labels:
+        await connection.execute(insert(TaskLabel), labels)
 
 
 async def recreate_postgres_database(url: URL) -> None:
@@ -139,13 +158,16 @@ async def seed(url: URL, users: int, tasks_per_user: int, bcrypt_rounds: int) ->
                         else None,
                         "create_time": created,
                         "update_time": created,
+                        "priority": rng.choice([0, 0, 1, 2, 3, 4]),
+                        "labels": sorted(rng.sample(LABELS, rng.randint(0, 2)), key=label_key),
+                        "position": -int(created.timestamp() * 1_000_000),
                     }
                 )
                 if len(rows) == _CHUNK:
-                    await connection.execute(insert(Task), rows)
+                    await _insert_tasks(connection, rows)
                     rows = []
             if rows:
-                await connection.execute(insert(Task), rows)
+                await _insert_tasks(connection, rows)
     finally:
         await engine.dispose()
     return Seeded(emails, user_ids, admin_id)
