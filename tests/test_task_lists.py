@@ -331,6 +331,8 @@ KEYS: dict[str, Callable[[task_pb2.Task], SortValue]] = {
     "due_time": lambda task: _time(task.due_time) if task.HasField("due_time") else None,
     "priority": lambda task: task.priority or None,
     "title": lambda task: task.title,
+    # Fixed-width strings that sort as the positions do; all these tasks are top-level siblings.
+    "position": lambda task: task.position,
 }
 ORDERINGS = [(name, descending) for name in KEYS for descending in (False, True)]
 
