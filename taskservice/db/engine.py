@@ -33,7 +33,7 @@ _WRITES = "taskservice_writes"
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
-    """Build the process's engine: a bounded, pre-pinged pool on PostgreSQL; WAL mode on SQLite."""
+    """Build the process's engine: a bounded pool on PostgreSQL; WAL mode on SQLite."""
     url = settings.sqlalchemy_url
     if url.get_backend_name() == "sqlite":
         engine = create_async_engine(url, echo=settings.debug, hide_parameters=True)
@@ -48,10 +48,11 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_connect_timeout_seconds,
-        # Pre-ping costs a round trip per checkout, but without it a connection left unusable by
-        # a call cancelled mid-statement (deadline, client gone) went back to the pool and failed
-        # the next call UNAVAILABLE (seen in CI under 100 deadline-expired calls at once).
-        pool_pre_ping=True,
+        # No pre-ping (a round trip on every checkout): a connection whose statement was
+        # cancelled is invalidated by SQLAlchemy, never pooled again, and one that died idle
+        # (the server restarted) fails its call UNAVAILABLE, after which every older pooled
+        # connection is replaced. The UNAVAILABLE answers once blamed on cancelled connections
+        # were gRPC refusing streams (see tests/test_failures.py).
         pool_recycle=1800,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
