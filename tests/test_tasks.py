@@ -529,3 +529,43 @@ async def test_pages_of_large_tasks_stay_under_a_clients_default_limit(
     listed = [task.id for page in pages for task in page.tasks]
     assert sorted(listed, reverse=True) == listed
     assert sorted(listed) == sorted(task.id for task in created)
+
+
+async def test_a_patch_ignores_bad_values_of_fields_outside_its_mask(
+    stubs: Stubs, alice: Account
+) -> None:
+    """A field the mask does not name is not changed, so its value is not checked either.
+
+    Found by the fuzz: an unknown status or priority, or an out-of-range due time, outside the
+    mask was refused, and named as the bad field, although the patch never changes it.
+    """
+    task = await create(stubs, alice, "before", status=DONE, due_time=DUE, priority=3)
+    beyond_year_9999 = Timestamp(seconds=253_402_300_800)
+    outside = task_pb2.Task(
+        id=task.id, title="after", status=99, priority=99, due_time=beyond_year_9999
+    )
+    patched = await stubs.tasks.PatchTask(
+        pb.PatchTaskRequest(task=outside, update_mask={"paths": ["title"]}),
+        metadata=alice.metadata,
+    )
+    kept = (patched.task.status, patched.task.priority, patched.task.due_time)
+    assert (patched.task.title, *kept) == ("after", DONE, 3, DUE)
+    failure = await fails(
+        stubs.tasks.PatchTask(
+            pb.PatchTaskRequest(task=task_pb2.Task(id=task.id, status=99), update_mask={}),
+            metadata=alice.metadata,
+        ),
+        INVALID,
+    )
+    assert set(failure.fields) == {"update_mask"}
+    await fails(
+        stubs.tasks.PatchTask(
+            pb.PatchTaskRequest(
+                task=task_pb2.Task(id=task.id, due_time=beyond_year_9999),
+                update_mask={"paths": ["due_time"]},
+            ),
+            metadata=alice.metadata,
+        ),
+        INVALID,
+    )
+    assert await get(stubs, alice, task.id) == patched.task

@@ -73,10 +73,18 @@ def priority_from_proto(number: int, field: str) -> TaskPriority:
         raise InvalidArgument.field(field, f"unknown priority {number}") from None
 
 
-def task_values(task: task_pb2.Task) -> TaskValues:
-    """The writable fields of a Task message."""
+def task_values(task: task_pb2.Task, fields: frozenset[str] | None = None) -> TaskValues:
+    """The writable fields of a Task message: all of them, or only those named in `fields`.
+
+    A patch converts only the fields its mask names: a value it does not change (an unknown
+    status or priority number, an out-of-range due time) is ignored, not refused.
+    """
+
+    def wanted(name: str) -> bool:
+        return fields is None or name in fields
+
     due_time = None
-    if task.HasField("due_time"):
+    if wanted("due_time") and task.HasField("due_time"):
         try:
             due_time = task.due_time.ToDatetime(tzinfo=UTC)
         except (ValueError, OverflowError):
@@ -84,9 +92,13 @@ def task_values(task: task_pb2.Task) -> TaskValues:
     return TaskValues(
         title=task.title,
         description=task.description,
-        status=status_from_proto(task.status, "task.status"),
+        status=status_from_proto(task.status, "task.status") if wanted("status") else None,
         due_time=due_time,
-        priority=priority_from_proto(task.priority, "task.priority"),
+        priority=(
+            priority_from_proto(task.priority, "task.priority")
+            if wanted("priority")
+            else TaskPriority.UNSPECIFIED
+        ),
         labels=tuple(task.labels),
         parent_id=task.parent_id,
     )

@@ -83,12 +83,9 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.PatchTaskRequest, context: grpc.aio.ServicerContext, principal: Principal
     ) -> pb.PatchTaskResponse:
         """Change the fields named in the update mask."""
+        paths = frozenset(request.update_mask.paths)
         task = await self._tasks.patch_task(
-            principal,
-            request.task.id,
-            frozenset(request.update_mask.paths),
-            task_values(request.task),
-            request.task.etag,
+            principal, request.task.id, paths, task_values(request.task, paths), request.task.etag
         )
         return pb.PatchTaskResponse(task=task_to_proto(task))
 
