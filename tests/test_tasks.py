@@ -569,3 +569,97 @@ async def test_a_patch_ignores_bad_values_of_fields_outside_its_mask(
         INVALID,
     )
     assert await get(stubs, alice, task.id) == patched.task
+
+
+async def test_every_bad_field_of_a_request_is_named_at_once(stubs: Stubs, alice: Account) -> None:
+    """One BadRequest lists every bad field (API conventions), and nothing is written.
+
+    Found by the fuzz: the first check to fail (an id, a number the edge could not convert, the
+    title, a negative page size) answered alone, so a client fixing one field met the next only
+    on its next try.
+    """
+    task = await create(stubs, alice)
+    beyond_year_9999 = Timestamp(seconds=253_402_300_800)
+    bad_task = task_pb2.Task(
+        title=" ",
+        status=99,
+        priority=99,
+        due_time=beyond_year_9999,
+        labels=["", "tab\there"],
+        parent_id=-1,
+    )
+    calls = {
+        "create": (
+            stubs.tasks.CreateTask(
+                pb.CreateTaskRequest(task=bad_task, request_id="k" * 129), metadata=alice.metadata
+            ),
+            {
+                "task.title",
+                "task.status",
+                "task.priority",
+                "task.due_time",
+                "task.labels[0]",
+                "task.labels[1]",
+                "task.parent_id",
+                "request_id",
+            },
+        ),
+        "update": (
+            stubs.tasks.UpdateTask(
+                pb.UpdateTaskRequest(task=task_pb2.Task(id=0, title="")), metadata=alice.metadata
+            ),
+            {"task.id", "task.title"},
+        ),
+        "patch": (
+            stubs.tasks.PatchTask(
+                pb.PatchTaskRequest(
+                    task=task_pb2.Task(id=-1, title="", status=99),
+                    update_mask={"paths": ["title", "status", "owner_id"]},
+                ),
+                metadata=alice.metadata,
+            ),
+            {"task.id", "task.title", "task.status", "update_mask"},
+        ),
+        "list": (
+            stubs.tasks.ListTasks(
+                pb.ListTasksRequest(page_size=-1, page_token="forged", status=99),
+                metadata=alice.metadata,
+            ),
+            {"page_size", "page_token", "status"},
+        ),
+        "list with a bad filter and order": (
+            stubs.tasks.ListTasks(
+                pb.ListTasksRequest(page_size=-1, filter="status =", order_by="id"),
+                metadata=alice.metadata,
+            ),
+            {"page_size", "filter", "order_by"},
+        ),
+        "move": (
+            stubs.tasks.MoveTask(
+                pb.MoveTaskRequest(id=0, parent_id=-1, previous_id=-1), metadata=alice.metadata
+            ),
+            {"id", "parent_id", "previous_id"},
+        ),
+        "batch get": (
+            stubs.tasks.BatchGetTasks(
+                pb.BatchGetTasksRequest(ids=[0, *[task.id] * 100]), metadata=alice.metadata
+            ),
+            {"ids", "ids[0]"},
+        ),
+    }
+    for name, (call, bad_fields) in calls.items():
+        failure = await fails(call, INVALID)
+        assert set(failure.fields) == bad_fields, name
+        if name == "list with a bad filter and order":
+            assert failure.reason == "FILTER_INVALID"
+    patch = await fails(
+        stubs.tasks.PatchTask(
+            pb.PatchTaskRequest(
+                task=task_pb2.Task(id=task.id, status=99), update_mask={"paths": ["status"]}
+            ),
+            metadata=alice.metadata,
+        ),
+        INVALID,
+    )
+    assert patch.fields == {"task.status": "unknown status 99"}
+    assert await list_all(stubs, alice) == [task]

@@ -287,3 +287,28 @@ async def test_delete_user_deletes_their_tasks_too(
         stubs.users.DeleteUser(pb.DeleteUserRequest(id=member.user.id), metadata=admin.metadata),
         NOT_FOUND,
     )
+
+
+async def test_every_bad_field_of_a_user_request_is_named_at_once(
+    stubs: Stubs, admin: Account, member: Account
+) -> None:
+    """One BadRequest lists every bad field (API conventions), and nothing changes.
+
+    Found by the fuzz: a bad id or page size answered alone, hiding the other bad fields.
+    """
+    update = await fails(
+        stubs.users.UpdateUser(
+            _update(0, ["email", "id"], email="not an email"), metadata=admin.metadata
+        ),
+        INVALID,
+    )
+    assert set(update.fields) == {"user.id", "update_mask", "user.email"}
+    listing = await fails(
+        stubs.users.ListUsers(
+            pb.ListUsersRequest(page_size=-1, page_token="forged"), metadata=admin.metadata
+        ),
+        INVALID,
+    )
+    assert set(listing.fields) == {"page_size", "page_token"}
+    me = await stubs.users.GetMe(pb.GetMeRequest(), metadata=member.metadata)
+    assert me.user == member.user

@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from taskservice.db.models import TaskPriority, TaskStatus
 from taskservice.db.records import TaskRecord, UserRecord
-from taskservice.errors import InvalidArgument
+from taskservice.errors import FieldViolation
 from taskservice.security.tokens import IssuedToken
 from taskservice.services.task_tree import encode_position
 from taskservice.services.tasks import TaskValues, etag
@@ -56,51 +56,58 @@ def token_fields(token: IssuedToken) -> dict[str, object]:
     }
 
 
-def status_from_proto(number: int, field: str) -> TaskStatus | None:
-    """A proto TaskStatus as the domain's, None for UNSPECIFIED; unknown numbers are invalid."""
+def status_from_proto(number: int, field: str) -> tuple[TaskStatus | None, FieldViolation | None]:
+    """A proto TaskStatus as the domain's (None for UNSPECIFIED), or why the number is unknown."""
     if number == task_pb2.TASK_STATUS_UNSPECIFIED:
-        return None
+        return None, None
     if number not in _STATUS_FROM_PROTO:
-        raise InvalidArgument.field(field, f"unknown status {number}")
-    return _STATUS_FROM_PROTO[number]
+        return None, FieldViolation(field, f"unknown status {number}")
+    return _STATUS_FROM_PROTO[number], None
 
 
-def priority_from_proto(number: int, field: str) -> TaskPriority:
-    """A proto TaskPriority as the domain's (the same numbers); unknown numbers are invalid."""
+def priority_from_proto(number: int, field: str) -> tuple[TaskPriority, FieldViolation | None]:
+    """A proto TaskPriority as the domain's (the same numbers), or why the number is unknown."""
     try:
-        return TaskPriority(number)
+        return TaskPriority(number), None
     except ValueError:
-        raise InvalidArgument.field(field, f"unknown priority {number}") from None
+        return TaskPriority.UNSPECIFIED, FieldViolation(field, f"unknown priority {number}")
 
 
 def task_values(task: task_pb2.Task, fields: frozenset[str] | None = None) -> TaskValues:
     """The writable fields of a Task message: all of them, or only those named in `fields`.
 
     A patch converts only the fields its mask names: a value it does not change (an unknown
-    status or priority number, an out-of-range due time) is ignored, not refused.
+    status or priority number, an out-of-range due time) is ignored, not refused. What cannot be
+    converted travels in `TaskValues.violations`, for the service to report with every other
+    bad field.
     """
 
     def wanted(name: str) -> bool:
         return fields is None or name in fields
 
+    violations: list[FieldViolation | None] = []
+    status, priority = None, TaskPriority.UNSPECIFIED
+    if wanted("status"):
+        status, bad_status = status_from_proto(task.status, "task.status")
+        violations.append(bad_status)
+    if wanted("priority"):
+        priority, bad_priority = priority_from_proto(task.priority, "task.priority")
+        violations.append(bad_priority)
     due_time = None
     if wanted("due_time") and task.HasField("due_time"):
         try:
             due_time = task.due_time.ToDatetime(tzinfo=UTC)
         except (ValueError, OverflowError):
-            raise InvalidArgument.field("task.due_time", "not a representable time") from None
+            violations.append(FieldViolation("task.due_time", "not a representable time"))
     return TaskValues(
         title=task.title,
         description=task.description,
-        status=status_from_proto(task.status, "task.status") if wanted("status") else None,
+        status=status,
         due_time=due_time,
-        priority=(
-            priority_from_proto(task.priority, "task.priority")
-            if wanted("priority")
-            else TaskPriority.UNSPECIFIED
-        ),
+        priority=priority,
         labels=tuple(task.labels),
         parent_id=task.parent_id,
+        violations=tuple(v for v in violations if v is not None),
     )
 
 

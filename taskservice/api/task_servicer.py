@@ -23,15 +23,17 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext, principal: Principal
     ) -> pb.ListTasksResponse:
         """One page of tasks, filtered and ordered as asked."""
+        status, bad_status = status_from_proto(request.status, "status")
         page = await self._tasks.list_tasks(
             principal,
             request.page_size,
             request.page_token,
-            status_from_proto(request.status, "status"),
+            status,
             request.owner_id if request.HasField("owner_id") else None,
             request.filter,
             request.order_by,
             request.show_deleted,
+            [bad_status] if bad_status else [],
         )
         return pb.ListTasksResponse(
             tasks=[task_to_proto(task) for task in page.tasks],

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from taskservice.errors import InvalidArgument
+from taskservice.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -32,11 +32,16 @@ PageKey = int | list[int | str | None]
 
 def page_size(requested: int) -> int:
     """0 means the default; above the maximum is clamped; negative is refused."""
-    if requested < 0:
-        raise InvalidArgument.field("page_size", "must not be negative")
+    if (violation := page_size_violation(requested)) is not None:
+        raise InvalidArgument([violation])
     if requested == 0:
         return DEFAULT_PAGE_SIZE
     return min(requested, MAX_PAGE_SIZE)
+
+
+def page_size_violation(requested: int) -> FieldViolation | None:
+    """Why `page_size` is refused (it is negative), or None."""
+    return FieldViolation("page_size", "must not be negative") if requested < 0 else None
 
 
 class PageTokens:

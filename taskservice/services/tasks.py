@@ -8,7 +8,7 @@ columns they set, so concurrent patches of different fields both survive.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -43,10 +43,12 @@ from taskservice.errors import (
 from taskservice.services import task_tree
 from taskservice.services.filtering import canonical, parse
 from taskservice.services.labels import label_key, normalize_labels
-from taskservice.services.pagination import PageTokens, page_size
+from taskservice.services.pagination import PageTokens, page_size, page_size_violation
 from taskservice.services.principal import Principal
 from taskservice.services.task_lists import TASK_FILTER_SCHEMA, filter_clause, parse_order_by
 from taskservice.services.validation import (
+    Violations,
+    id_violation,
     mask_violations,
     nul_violation,
     raise_if,
@@ -78,6 +80,9 @@ class TaskValues:
     """Requested values of a task's writable fields.
 
     `status` None means "not specified"; `title` is checked and trimmed by the service.
+    `violations` are what the edge found wrong while converting them (an unknown status or
+    priority number, an unrepresentable time): the service reports them with every other bad
+    field.
     """
 
     title: str = ""
@@ -87,6 +92,7 @@ class TaskValues:
     priority: TaskPriority = TaskPriority.UNSPECIFIED
     labels: tuple[str, ...] = ()
     parent_id: int = 0
+    violations: tuple[FieldViolation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,11 +142,14 @@ class TaskService:
         owner = owner_id or caller.user_id
         if owner != caller.user_id and not caller.is_admin:
             raise PermissionDenied("OWNER_NOT_ALLOWED", "you may only create tasks for yourself")
-        checked = _check_values(values, set(WRITABLE_TASK_FIELDS))
-        raise_if(
-            FieldViolation("request_id", f"at most {REQUEST_ID_MAX_LENGTH} characters")
-            if len(request_id) > REQUEST_ID_MAX_LENGTH
-            else nul_violation("request_id", request_id)
+        checked = _check_values(
+            values,
+            set(WRITABLE_TASK_FIELDS),
+            also=[
+                FieldViolation("request_id", f"at most {REQUEST_ID_MAX_LENGTH} characters")
+                if len(request_id) > REQUEST_ID_MAX_LENGTH
+                else nul_violation("request_id", request_id)
+            ],
         )
         status = values.status or TaskStatus.TODO
         row = {
@@ -206,14 +215,15 @@ class TaskService:
 
     async def batch_get_tasks(self, caller: Principal, task_ids: list[int]) -> list[TaskRecord]:
         """Several tasks the caller may see, in the order asked; NOT_FOUND names the first gap."""
-        if len(task_ids) > BATCH_GET_MAX_IDS:
-            raise InvalidArgument.field("ids", f"at most {BATCH_GET_MAX_IDS} ids")
         raise_if(
+            FieldViolation("ids", f"at most {BATCH_GET_MAX_IDS} ids")
+            if len(task_ids) > BATCH_GET_MAX_IDS
+            else None,
             *(
                 FieldViolation(f"ids[{index}]", "must be a positive id")
                 for index, task_id in enumerate(task_ids)
                 if task_id <= 0
-            )
+            ),
         )
         if not task_ids:
             return []
@@ -231,8 +241,9 @@ class TaskService:
         self, caller: Principal, task_id: int, values: TaskValues, expected_etag: str
     ) -> Task:
         """Replace every writable field; an unspecified status becomes TODO."""
-        require_id("task.id", task_id)
-        checked = _check_values(values, set(WRITABLE_TASK_FIELDS))
+        checked = _check_values(
+            values, set(WRITABLE_TASK_FIELDS), also=[id_violation("task.id", task_id)]
+        )
         async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
             _check_etag(task, expected_etag)
@@ -251,8 +262,9 @@ class TaskService:
         expected_etag: str,
     ) -> Task:
         """Change only the fields named in `paths`."""
-        require_id("task.id", task_id)
-        checked = _check_values(values, set(paths), mask=paths)
+        checked = _check_values(
+            values, set(paths), mask=paths, also=[id_violation("task.id", task_id)]
+        )
         async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
             _check_etag(task, expected_etag)
@@ -327,8 +339,8 @@ class TaskService:
         expected_etag: str,
     ) -> Task:
         """Put a task (with its subtree) under `parent_id`, right after sibling `previous_id`."""
-        require_id("id", task_id)
         raise_if(
+            id_violation("id", task_id),
             FieldViolation("parent_id", "must be 0 (top level) or a task id")
             if parent_id < 0
             else None,
@@ -369,8 +381,6 @@ class TaskService:
         """Give a locked task a new parent (0: top level); it goes first among its siblings."""
         if task_tree.parent_key(parent_id) == task.parent_id:
             return
-        if parent_id < 0:
-            raise InvalidArgument.field("task.parent_id", "must be 0 (top level) or a task id")
         parent = await _visible(session, caller, parent_id, lock=True) if parent_id else None
         await task_tree.check_parent(session, task, task.owner_id, parent, "task.parent_id")
         await task_tree.lock_siblings(session, task.owner_id, parent)
@@ -393,19 +403,27 @@ class TaskService:
         filter_text: str = "",
         order_by: str = "",
         show_deleted: bool = False,
+        violations: Sequence[FieldViolation] = (),
     ) -> TaskPage:
         """Tasks filtered and ordered as asked, by keyset: deep pages cost the same.
 
         The default list (no `filter`, newest first) runs prebuilt statements that seek on the
-        id; any other builds its statements per call (see `task_lists`).
+        id; any other builds its statements per call (see `task_lists`). `violations` are what
+        the edge found wrong converting the request (an unknown status), reported together with
+        every other bad field.
         """
         if owner_id is not None and owner_id != caller.user_id and not caller.is_admin:
             raise PermissionDenied("OWNER_NOT_ALLOWED", "you may only list your own tasks")
         if owner_id is None and not caller.is_admin:
             owner_id = caller.user_id
-        size = page_size(requested_size)
-        parsed = parse(filter_text, TASK_FILTER_SCHEMA, "filter")
-        ordering = parse_order_by(order_by)
+        problems = Violations()
+        problems.add(*violations, page_size_violation(requested_size))
+        parsed = problems.check(lambda: parse(filter_text, TASK_FILTER_SCHEMA, "filter"))
+        ordering = problems.check(lambda: parse_order_by(order_by))
+        if parsed is None or ordering is None:
+            # Which list the token was issued for is unknown while these are wrong.
+            raise problems.error()
+        size = page_size(max(requested_size, 0))  # a negative size is recorded above
         scope: dict[str, object] = {
             "list": "tasks",
             "caller": caller.user_id,
@@ -421,7 +439,8 @@ class TaskService:
         if show_deleted:
             scope["show_deleted"] = True
         if parsed.expression is None and ordering.is_default and not show_deleted:
-            after = self._page_tokens.open(token, scope)
+            after = problems.check(lambda: self._page_tokens.open(token, scope))
+            problems.raise_if_any()
             query = _LISTS[owner_id is not None, status is not None, after is not None]
             parameters = {"owner_id": owner_id, "status": status, "after": after, "limit": size + 1}
             async with self._db.rows() as connection:
@@ -440,7 +459,11 @@ class TaskService:
             base = base.where(Task.status == status)
         if parsed.expression is not None:
             base = base.where(filter_clause(parsed))
-        statements = ordering.statements(base, self._page_tokens.open_key(token, scope), size + 1)
+        statements = problems.check(
+            lambda: ordering.statements(base, self._page_tokens.open_key(token, scope), size + 1)
+        )
+        if statements is None or problems.found:
+            raise problems.error()
         tasks = []
         async with self._db.rows() as connection:
             for statement in statements:
@@ -489,10 +512,17 @@ def _label_rows(task_id: int, labels: list[str]) -> list[TaskLabel]:
 
 
 def _check_values(
-    values: TaskValues, fields: set[str], mask: frozenset[str] | None = None
+    values: TaskValues,
+    fields: set[str],
+    mask: frozenset[str] | None = None,
+    also: Sequence[FieldViolation | None] = (),
 ) -> _Checked:
-    """Validate the mask (when given) and the named fields; return the values as stored."""
-    violations: list[FieldViolation | None] = []
+    """Validate the mask (when given) and the named fields; return the values as stored.
+
+    Every bad field is reported at once: the mask's, the values' (including what the edge found
+    converting them) and those in `also`.
+    """
+    violations: list[FieldViolation | None] = [*also, *values.violations]
     if mask is not None:
         violations.extend(
             mask_violations(mask, WRITABLE_TASK_FIELDS, READ_ONLY_TASK_FIELDS, "Task")
@@ -510,8 +540,11 @@ def _check_values(
         violations.append(
             FieldViolation("task.description", f"at most {DESCRIPTION_MAX_LENGTH} characters")
         )
-    if mask is not None and "status" in fields and values.status is None:
+    status_converted = all(v.field != "task.status" for v in values.violations)
+    if mask is not None and "status" in fields and values.status is None and status_converted:
         violations.append(FieldViolation("task.status", "must be a status, not unspecified"))
+    if "parent_id" in fields and values.parent_id < 0:
+        violations.append(FieldViolation("task.parent_id", "must be 0 (top level) or a task id"))
     labels: list[str] = []
     if "labels" in fields:
         labels, label_violations = normalize_labels(values.labels, "task.labels")

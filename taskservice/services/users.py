@@ -16,10 +16,12 @@ from taskservice.db.retry import retries_conflicts
 from taskservice.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
 from taskservice.security.passwords import PasswordHasher
 from taskservice.services.auth_state import AuthStateStore
-from taskservice.services.pagination import PageTokens, page_size
+from taskservice.services.pagination import PageTokens, page_size, page_size_violation
 from taskservice.services.principal import Principal
 from taskservice.services.validation import (
+    Violations,
     email_violation,
+    id_violation,
     mask_violations,
     new_password_violation,
     raise_if,
@@ -75,9 +77,12 @@ class UserService:
     async def list_users(self, caller: Principal, requested_size: int, token: str) -> UserPage:
         """Users oldest first, by keyset on id."""
         caller.require_admin()
-        size = page_size(requested_size)
         scope = {"list": "users"}
-        after = self._page_tokens.open(token, scope)
+        problems = Violations()
+        problems.add(page_size_violation(requested_size))
+        after = problems.check(lambda: self._page_tokens.open(token, scope))
+        problems.raise_if_any()
+        size = page_size(requested_size)
         query = select(User).order_by(User.id).limit(size + 1)
         if after is not None:
             query = query.where(User.id > after)
@@ -89,8 +94,7 @@ class UserService:
     async def update_user(self, caller: Principal, user_id: int, changes: UserChanges) -> User:
         """Change the fields in `changes.paths`; demotion and deactivation revoke tokens."""
         caller.require_admin()
-        require_id("user.id", user_id)
-        email = _check_changes(changes)
+        email = _check_changes(changes, id_violation("user.id", user_id))
         if user_id == caller.user_id and (
             ("is_active" in changes.paths and not changes.is_active)
             or ("is_admin" in changes.paths and not changes.is_admin)
@@ -156,11 +160,15 @@ class UserService:
         return user
 
 
-def _check_changes(changes: UserChanges) -> str | None:
-    """Validate the update mask and the values it names; return the normalised new email."""
-    violations: list[FieldViolation | None] = list(
-        mask_violations(changes.paths, UPDATABLE_USER_FIELDS, READ_ONLY_USER_FIELDS, "User")
-    )
+def _check_changes(changes: UserChanges, *also: FieldViolation | None) -> str | None:
+    """Validate the update mask and the values it names; return the normalised new email.
+
+    Every bad field is reported at once, those in `also` included.
+    """
+    violations: list[FieldViolation | None] = [
+        *also,
+        *mask_violations(changes.paths, UPDATABLE_USER_FIELDS, READ_ONLY_USER_FIELDS, "User"),
+    ]
     email = None
     if "email" in changes.paths:
         email, bad_email = email_violation("user.email", changes.email)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from email_validator import EmailNotValidError, validate_email
 
 from taskservice.db.models import EMAIL_MAX_LENGTH
 from taskservice.errors import FieldViolation, InvalidArgument
 from taskservice.security.passwords import BCRYPT_MAX_PASSWORD_BYTES
+
+_T = TypeVar("_T")
 
 #: Shortest password accepted when one is set, in characters.
 PASSWORD_MIN_CHARS = 8
@@ -62,8 +67,52 @@ def raise_if(*violations: FieldViolation | None) -> None:
 
 def require_id(field: str, value: int) -> None:
     """Ids are positive; 0 is what an unset proto field reads as."""
-    if value <= 0:
-        raise InvalidArgument.field(field, "must be a positive id")
+    raise_if(id_violation(field, value))
+
+
+def id_violation(field: str, value: int) -> FieldViolation | None:
+    """Why `value` is not an id, or None; for requests with other fields to check too."""
+    return FieldViolation(field, "must be a positive id") if value <= 0 else None
+
+
+class Violations:
+    """Collects everything wrong with one request, to refuse it once, naming every bad field.
+
+    Checks that raise InvalidArgument themselves (a filter's parser, say) run through `check`;
+    the first specific reason among them (FILTER_INVALID) is the reason of the whole refusal.
+    """
+
+    def __init__(self) -> None:
+        self._found: list[FieldViolation] = []
+        self._reasons: list[str] = []
+
+    def add(self, *violations: FieldViolation | None) -> None:
+        """Record violations found by hand (None means "nothing wrong")."""
+        self._found.extend(v for v in violations if v is not None)
+
+    def check(self, run: Callable[[], _T]) -> _T | None:
+        """Run a check that raises InvalidArgument; return its result, or None if it raised."""
+        try:
+            return run()
+        except InvalidArgument as error:
+            self._found.extend(error.violations)
+            self._reasons.append(error.reason)
+            return None
+
+    @property
+    def found(self) -> bool:
+        """Whether anything is wrong so far."""
+        return bool(self._found)
+
+    def error(self) -> InvalidArgument:
+        """The refusal naming everything recorded (only meaningful when `found`)."""
+        specific = [reason for reason in self._reasons if reason != "INVALID_ARGUMENT"]
+        return InvalidArgument(self._found, *specific[:1])
+
+    def raise_if_any(self) -> None:
+        """Refuse the request with everything recorded, if anything was."""
+        if self._found:
+            raise self.error()
 
 
 def mask_violations(
