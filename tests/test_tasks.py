@@ -663,3 +663,37 @@ async def test_every_bad_field_of_a_request_is_named_at_once(stubs: Stubs, alice
     )
     assert patch.fields == {"task.status": "unknown status 99"}
     assert await list_all(stubs, alice) == [task]
+
+
+async def test_a_refusal_with_many_or_long_problems_still_reaches_the_client(
+    stubs: Stubs, alice: Account
+) -> None:
+    """INVALID_ARGUMENT, never RESOURCE_EXHAUSTED, however many fields are bad or long.
+
+    Found by the fuzz: 100 non-positive ids to BatchGetTasks, or a 9,000-character order_by
+    echoed in its error, made the status trailers pass gRPC's 8 KiB default metadata limit, so
+    the client got RESOURCE_EXHAUSTED "Stream removed". The list now stops at a text budget with
+    an entry saying how many more problems there are.
+    """
+    batch = await fails(
+        stubs.tasks.BatchGetTasks(pb.BatchGetTasksRequest(ids=[0] * 100), metadata=alice.metadata),
+        INVALID,
+    )
+    assert "ids[0]" in batch.fields
+    assert len(batch.fields) < 100
+    assert any(text.startswith("... and ") for text in batch.fields.values())
+    order = await fails(
+        stubs.tasks.ListTasks(pb.ListTasksRequest(order_by="x" * 9000), metadata=alice.metadata),
+        INVALID,
+    )
+    assert set(order.fields) == {"order_by"}
+    assert len(order.fields["order_by"]) <= 300
+    labels = await fails(
+        stubs.tasks.CreateTask(
+            pb.CreateTaskRequest(task=task_pb2.Task(title="t", labels=[""] * 1000)),
+            metadata=alice.metadata,
+        ),
+        INVALID,
+    )
+    assert "task.labels[0]" in labels.fields
+    assert await list_all(stubs, alice) == []

@@ -58,11 +58,41 @@ def email_violation(field: str, raw: str) -> tuple[str, FieldViolation | None]:
         return "", FieldViolation(field, str(exc))
 
 
+#: Most characters of violation text one refusal carries, and of any one description. gRPC
+#: clients refuse response metadata over 8 KiB by default, and a refusal carries its text twice
+#: (grpc-message, and base64 in grpc-status-details-bin): a longer list would reach the client
+#: as RESOURCE_EXHAUSTED "Stream removed" instead of INVALID_ARGUMENT.
+MAX_VIOLATIONS_TEXT = 1500
+MAX_DESCRIPTION_LENGTH = 300
+
+
+def bounded(violations: list[FieldViolation]) -> list[FieldViolation]:
+    """The violations one refusal can carry.
+
+    Long descriptions are clipped; past the text budget, one last entry on the next bad field
+    says how many more were not listed.
+    """
+    kept: list[FieldViolation] = []
+    used = 0
+    for index, violation in enumerate(violations):
+        description = violation.description
+        if len(description) > MAX_DESCRIPTION_LENGTH:
+            description = description[: MAX_DESCRIPTION_LENGTH - 3] + "..."
+        cost = len(violation.field) + len(description) + 4
+        if kept and used + cost > MAX_VIOLATIONS_TEXT:
+            more = len(violations) - index
+            kept.append(FieldViolation(violation.field, f"... and {more} more (not listed)"))
+            break
+        kept.append(FieldViolation(violation.field, description))
+        used += cost
+    return kept
+
+
 def raise_if(*violations: FieldViolation | None) -> None:
-    """Raise one InvalidArgument listing every violation given, if any."""
+    """Raise one InvalidArgument listing every violation given (as many as fit), if any."""
     found = [v for v in violations if v is not None]
     if found:
-        raise InvalidArgument(found)
+        raise InvalidArgument(bounded(found))
 
 
 def require_id(field: str, value: int) -> None:
@@ -107,7 +137,7 @@ class Violations:
     def error(self) -> InvalidArgument:
         """The refusal naming everything recorded (only meaningful when `found`)."""
         specific = [reason for reason in self._reasons if reason != "INVALID_ARGUMENT"]
-        return InvalidArgument(self._found, *specific[:1])
+        return InvalidArgument(bounded(self._found), *specific[:1])
 
     def raise_if_any(self) -> None:
         """Refuse the request with everything recorded, if anything was."""
