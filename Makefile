@@ -42,6 +42,15 @@ migrate: install ## Apply database migrations.
 test: install ## Run the whole test suite (SQLite and PostgreSQL).
 	$(UV) run --locked pytest $(PYTEST_ARGS)
 
+# A random seed unless FUZZ_SEED is given; the seed is printed so a failing run can be repeated.
+FUZZ_EXAMPLES ?= 2000
+.PHONY: fuzz
+fuzz: install ## Fuzz every RPC long (FUZZ_EXAMPLES=2000 per database); repeat with FUZZ_SEED=<seed>.
+	@seed="$(FUZZ_SEED)"; [ -n "$$seed" ] || seed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
+	echo "fuzz seed: $$seed (repeat with: make fuzz FUZZ_SEED=$$seed)"; \
+	FUZZ_SEED=$$seed FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+		$(UV) run --locked pytest tests/test_fuzz.py -s $(PYTEST_ARGS)
+
 .PHONY: bench
 bench: install ## Load-test with h2load against a bare echo baseline (docs/benchmarks.md).
 	@command -v h2load >/dev/null || $(MAKE) --no-print-directory h2load

@@ -1,0 +1,390 @@
+"""The fuzz's vocabulary: rows as the model knows them, expectations, and the documented limits.
+
+Limits and rules are restated from the proto comments (not imported from the server), so that the
+fuzz checks the server against its contract rather than against itself. Where a rule is defined
+by a library rather than a number (what a valid email is), the model asks the same function the
+server uses.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from taskservice.services.validation import normalize_email
+
+OK = grpc.StatusCode.OK
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+EXISTS = grpc.StatusCode.ALREADY_EXISTS
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+ABORTED = grpc.StatusCode.ABORTED
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+# Limits, as the proto comments state them.
+TITLE_MAX = 200
+DESCRIPTION_MAX = 10_000
+REQUEST_ID_MAX = 128
+EMAIL_MAX = 254
+PASSWORD_MIN_CHARS = 8
+PASSWORD_MAX_BYTES = 72
+LABEL_MAX = 50
+LABELS_MAX = 20
+MAX_DEPTH = 5
+BATCH_MAX = 100
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+#: "pages also end before about 1 MiB of tasks": a response may pass it by one task at most.
+MAX_PAGE_BYTES = 1024 * 1024
+FILTER_MAX_LENGTH = 2000
+ORDER_FIELDS = ("create_time", "update_time", "due_time", "priority", "title", "position")
+TASK_FIELDS = frozenset({"title", "description", "status", "due_time", "priority", "labels"})
+#: PatchTask may also name `parent_id` (Task.parent_id's comment; PatchTask's own omits it).
+PATCH_FIELDS = TASK_FIELDS | {"parent_id"}
+USER_FIELDS = frozenset({"email", "is_active", "is_admin"})
+STATUSES = frozenset({1, 2, 3})  # TODO, IN_PROGRESS, DONE; 0 is UNSPECIFIED
+PRIORITIES = frozenset({0, 1, 2, 3, 4})  # 0: no priority
+TODO, DONE = 1, 3
+#: The range a google.protobuf.Timestamp may hold (0001-01-01 to 9999-12-31, UTC).
+TIMESTAMP_MIN_SECONDS = -62_135_596_800
+TIMESTAMP_MAX_SECONDS = 253_402_300_799
+
+Pair = tuple[int, int]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class UserRow:
+    """A user as the last OK answer about it left it, with the password the model set."""
+
+    id: int
+    email: str
+    is_active: bool
+    is_admin: bool
+    password: str
+    create_time: Pair
+    #: Credential generation: bumped on every change that revokes the user's tokens.
+    version: int = 0
+
+
+@dataclass
+class TaskRow:
+    """A task as the last OK answer about it (or a checked side effect) left it."""
+
+    id: int
+    owner_id: int
+    title: str
+    description: str
+    status: int
+    due_time: Pair | None
+    priority: int
+    labels: list[str]
+    parent_id: int
+    etag: str
+    position: str
+    create_time: Pair
+    update_time: Pair
+    complete_time: Pair | None
+    delete_time: Pair | None = None
+    purge_time: Pair | None = None
+    #: The task whose DeleteTask trashed this one (itself, or an ancestor), while in the trash.
+    trash_root: int | None = None
+    etags: list[str] = field(default_factory=list)
+
+    @property
+    def deleted(self) -> bool:
+        """In the trash."""
+        return self.delete_time is not None
+
+    def wire(self) -> tuple[object, ...]:
+        """Every field a Task message carries, comparable with `wire_task`."""
+        return (
+            self.id,
+            self.owner_id,
+            self.title,
+            self.description,
+            self.status,
+            self.due_time,
+            self.priority,
+            tuple(self.labels),
+            self.parent_id,
+            self.etag,
+            self.position,
+            self.create_time,
+            self.update_time,
+            self.complete_time,
+            self.delete_time,
+            self.purge_time,
+        )
+
+
+def wire_task(message: Message) -> tuple[object, ...]:
+    """A Task message's fields in `TaskRow.wire` order (unset times as None)."""
+    m = message
+
+    def time(name: str) -> Pair | None:
+        return pair(getattr(m, name)) if m.HasField(name) else None
+
+    return (
+        m.id,  # type: ignore[attr-defined]
+        m.owner_id,  # type: ignore[attr-defined]
+        m.title,  # type: ignore[attr-defined]
+        m.description,  # type: ignore[attr-defined]
+        m.status,  # type: ignore[attr-defined]
+        time("due_time"),
+        m.priority,  # type: ignore[attr-defined]
+        tuple(m.labels),  # type: ignore[attr-defined]
+        m.parent_id,  # type: ignore[attr-defined]
+        m.etag,  # type: ignore[attr-defined]
+        m.position,  # type: ignore[attr-defined]
+        time("create_time"),
+        time("update_time"),
+        time("complete_time"),
+        time("delete_time"),
+        time("purge_time"),
+    )
+
+
+TASK_WIRE_FIELDS = (
+    "id",
+    "owner_id",
+    "title",
+    "description",
+    "status",
+    "due_time",
+    "priority",
+    "labels",
+    "parent_id",
+    "etag",
+    "position",
+    "create_time",
+    "update_time",
+    "complete_time",
+    "delete_time",
+    "purge_time",
+)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What a call sends as `authorization`: a real token, nothing, or something bad."""
+
+    name: str
+    metadata: tuple[tuple[str, str], ...] = ()
+    #: The user a real token was issued for, and the generation it was issued at.
+    user_id: int | None = None
+    version: int = 0
+
+    @property
+    def anonymous(self) -> bool:
+        """No authorization entry at all."""
+        return not self.metadata
+
+
+@dataclass(frozen=True)
+class IssuedPage:
+    """A next_page_token the server handed out, and what it is valid for."""
+
+    token: str
+    scope: tuple[object, ...]
+    #: Where the next page starts: the sort key of the last row of the page it came with.
+    after: object
+
+
+@dataclass(frozen=True)
+class Resync:
+    """Tasks an OK answer changed as a side effect, to read back from the database.
+
+    The fields in `absorb` may have changed (the model learns them); every other field must be
+    as the model has it, and those in `expect` must have the values given. `then` runs after,
+    to check what the new values must satisfy together.
+    """
+
+    task_ids: tuple[int, ...]
+    absorb: frozenset[str]
+    expect: dict[str, object] = field(default_factory=dict)
+    then: Callable[[], None] | None = None
+
+
+@dataclass
+class Expect:
+    """The answers a request may get, and a check for an OK answer.
+
+    INVALID_ARGUMENT must name every field in `bad_fields` (API conventions: one BadRequest
+    listing every bad field) and may also name those in `may_name`, but no other.
+    """
+
+    codes: frozenset[grpc.StatusCode]
+    reasons: list[str]
+    bad_fields: frozenset[str] = frozenset()
+    may_name: frozenset[str] = frozenset()
+    on_ok: Callable[[Message], Resync | None] | None = None
+    #: NOT_FOUND would be for a task that is missing or another user's: the two must read alike.
+    hides_task: bool = False
+    #: Text a NOT_FOUND message must hold (BatchGetTasks names the first id it could not return).
+    not_found_names: str | None = None
+
+
+class ContractViolation(AssertionError):
+    """An OK answer that disagrees with the request, the model or the proto comments."""
+
+
+class Conditions:
+    """Collects the documented error conditions that apply to one request.
+
+    Checks a server makes only after reading rows (a parent of another owner) are `late`: they
+    are reported only when the request has no other bad field, so they are required only then.
+    """
+
+    def __init__(self) -> None:
+        self.codes: set[grpc.StatusCode] = set()
+        self.fields: set[str] = set()
+        self.maybe: set[str] = set()
+        self.reasons: list[str] = []
+        self.hides_task = False
+        self.not_found_names: str | None = None
+        #: Codes that may answer although the contract does not require them (OK stays allowed).
+        self.perhaps_codes: set[grpc.StatusCode] = set()
+
+    def perhaps(self, code: grpc.StatusCode, reason: str, bad_field: str | None = None) -> None:
+        """An answer the contract leaves open: `code` (naming `bad_field`) or what else applies."""
+        self.perhaps_codes.add(code)
+        self.reasons.append(f"(perhaps {code.name}: {reason})")
+        if bad_field is not None:
+            self.maybe.add(bad_field)
+
+    def add(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        bad_field: str | None = None,
+        *,
+        late: bool = False,
+    ) -> None:
+        """One condition holds: `code` is an acceptable answer."""
+        if late and code == INVALID and INVALID in self.codes:
+            self.may_name(bad_field or "", reason)
+            return
+        self.codes.add(code)
+        self.reasons.append(f"{code.name}: {reason}")
+        if bad_field is not None:
+            self.fields.add(bad_field)
+
+    def may_name(self, bad_field: str, reason: str) -> None:
+        """A field the server may or may not find bad, as it checks another bad field first."""
+        self.maybe.add(bad_field)
+        self.reasons.append(f"(maybe {bad_field}: {reason})")
+
+    def task_not_found(self, what: str = "task") -> None:
+        """NOT_FOUND for a task that is missing or the caller may not see, told apart by nothing."""
+        self.add(NOT_FOUND, f"no such {what}, or another user's")
+        self.hides_task = True
+
+    def expect(self, on_ok: Callable[[Message], Resync | None]) -> Expect:
+        """OK (checked by `on_ok`) when nothing applies, else one of the collected codes."""
+        if not self.codes:
+            return Expect(
+                frozenset({OK} | self.perhaps_codes),
+                ["OK: no documented error applies", *self.reasons],
+                may_name=frozenset(self.maybe),
+                on_ok=on_ok,
+            )
+        return Expect(
+            frozenset(self.codes | self.perhaps_codes),
+            self.reasons,
+            frozenset(self.fields),
+            frozenset(self.maybe),
+            hides_task=self.hides_task,
+            not_found_names=self.not_found_names,
+        )
+
+
+def only(code: grpc.StatusCode, reason: str) -> Expect:
+    """Exactly one answer is right (the credentials or the size decide before anything else)."""
+    return Expect(frozenset({code}), [f"{code.name}: {reason}"])
+
+
+def check(condition: object, message: str) -> None:
+    """Fail the run with `message` when an OK answer breaks the contract."""
+    if not condition:
+        raise ContractViolation(message)
+
+
+def pair(value: Timestamp) -> Pair:
+    """A Timestamp as comparable (seconds, nanos)."""
+    return (value.seconds, value.nanos)
+
+
+def to_datetime(value: Pair) -> datetime:
+    """A (seconds, nanos) pair as an aware UTC datetime (microseconds kept)."""
+    return _EPOCH + timedelta(seconds=value[0], microseconds=value[1] // 1000)
+
+
+def timestamp_problem(value: Timestamp) -> str | None:
+    """Why a Timestamp is not a valid google.protobuf.Timestamp, or None."""
+    if not TIMESTAMP_MIN_SECONDS <= value.seconds <= TIMESTAMP_MAX_SECONDS:
+        return f"seconds {value.seconds} outside the Timestamp range"
+    if not 0 <= value.nanos <= 999_999_999:
+        return f"nanos {value.nanos} outside 0..999999999"
+    return None
+
+
+def stored_time(value: Timestamp) -> Pair:
+    """A valid Timestamp as stored: the server keeps microseconds (an undocumented precision)."""
+    return (value.seconds, value.nanos - value.nanos % 1000)
+
+
+def email_or_none(raw: str) -> str | None:
+    """The normalised address, or None when the server's own rule finds it invalid."""
+    try:
+        return normalize_email(raw)
+    except ValueError:
+        return None
+
+
+def password_problem(password: str) -> str | None:
+    """Why a new password is refused (proto: 8 characters to 72 UTF-8 bytes; no NUL)."""
+    if "\x00" in password:
+        return "contains NUL"
+    if len(password) < PASSWORD_MIN_CHARS:
+        return "shorter than 8 characters"
+    if len(password.encode()) > PASSWORD_MAX_BYTES:
+        return "longer than 72 bytes"
+    return None
+
+
+def effective_page_size(requested: int) -> int:
+    """0 means 50; above 1000 means 1000."""
+    return DEFAULT_PAGE_SIZE if requested == 0 else min(requested, MAX_PAGE_SIZE)
+
+
+def label_problems(
+    labels: Iterable[str], field_name: str
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Task.labels' comment: the labels as stored, and (field, why) for each one refused.
+
+    Each is 1 to 50 characters after trimming with no control character (C0, DEL or C1); labels
+    equal after Unicode case folding are one, the first spelling kept; at most 20 after merging;
+    returned sorted by their case folding.
+    """
+    kept: dict[str, str] = {}
+    problems: list[tuple[str, str]] = []
+    for index, raw in enumerate(labels):
+        label = raw.strip()
+        if not 1 <= len(label) <= LABEL_MAX:
+            problems.append((f"{field_name}[{index}]", f"{len(label)} characters after trimming"))
+        elif any(unicodedata.category(c) == "Cc" for c in label):
+            problems.append((f"{field_name}[{index}]", "a control character"))
+        else:
+            kept.setdefault(label.casefold(), label)
+    if len(kept) > LABELS_MAX:
+        problems.append((field_name, f"{len(kept)} labels after merging"))
+    return [kept[key] for key in sorted(kept)], problems
