@@ -93,6 +93,7 @@ class AuthServiceServicer:
         """Exchanges an email and password for an access token.
 
         Errors:
+        - INVALID_ARGUMENT: `email` or `password` is empty (nothing else about them is checked here).
         - UNAUTHENTICATED: the email is unknown, the password is wrong, or the user is deactivated. All
         three give the same message in about the same time, so a caller cannot learn which emails exist.
         """

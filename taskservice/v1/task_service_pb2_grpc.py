@@ -209,9 +209,9 @@ class TaskServiceServicer:
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive; `update_mask` is empty or names a path other than
-        `title`, `description`, `status`, `due_time`, `priority` and `labels` (output-only paths such
-        as `id`, `owner_id`, `create_time`, `update_time`, `complete_time` and `etag` included); a
-        changed field breaks its limits; or
+        `title`, `description`, `status`, `due_time`, `priority`, `labels` and `parent_id`
+        (output-only paths such as `id`, `owner_id`, `create_time`, `update_time`, `complete_time`
+        and `etag` included); a changed field breaks its limits; or
         `status` is in the mask with TASK_STATUS_UNSPECIFIED. A `due_time` in the mask but unset in
         `task` clears the due time.
         - NOT_FOUND: no such task, or (for a regular user) another user's task.
