@@ -190,7 +190,7 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     engine = create_engine(settings)
     database = Database(engine)
     hasher = PasswordHasher(settings.bcrypt_rounds)
-    auth_states = AuthStateStore(database)
+    auth_states = AuthStateStore(database, sole_owner=settings.is_sqlite and settings.workers == 1)
     auth = AuthService(database, hasher, tokens, auth_states)
     page_tokens = PageTokens(tokens.derive_key(b"page-tokens"))
     users = UserService(database, page_tokens, auth_states)

@@ -1,5 +1,7 @@
 """The per-call authorisation state: cached on PostgreSQL, invalidated across processes.
 
+On SQLite it is cached only by a server that owns the file alone (one worker).
+
 Two servers on one PostgreSQL database stand in for two replicas (or workers): a change made
 through one must reach the other's cache through NOTIFY, and a lost LISTEN connection must turn
 the cache off rather than let it go stale.
@@ -8,8 +10,10 @@ the cache off rather than let it go stale.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -43,6 +47,14 @@ async def replicas(pg_database_url: str) -> AsyncIterator[tuple[Application, App
     yield apps[0], apps[1]
     for application in apps:
         await application.stop(grace=None)
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    """A fresh, migrated SQLite database for one test."""
+    path = tmp_path / "taskservice.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite+aiosqlite:///{path}"
 
 
 async def _refused(stubs: Stubs, metadata: tuple[tuple[str, str]]) -> bool:
@@ -100,11 +112,17 @@ async def test_a_promotion_on_one_replica_reaches_the_others_cache(
 
 
 async def test_losing_the_listen_connection_turns_the_cache_off_until_it_is_back(
-    app: Application,
+    pg_database_url: str,
 ) -> None:
-    if app.database.engine.dialect.name != "postgresql":
-        assert not app.auth_states.caching  # SQLite has no cross-process channel: never cache
-        return
+    app = await build_server(make_settings(pg_database_url))
+    await app.start()
+    try:
+        await _lose_and_regain_the_listen_connection(app)
+    finally:
+        await app.stop(grace=None)
+
+
+async def _lose_and_regain_the_listen_connection(app: Application) -> None:
     assert app.auth_states.caching
     database = app.database.engine.url.database
     admin = await asyncpg.connect(PG_ADMIN_DSN)
@@ -126,3 +144,34 @@ async def test_losing_the_listen_connection_turns_the_cache_off_until_it_is_back
 
     await _eventually(cache_off, PROPAGATION_SECONDS)
     await _eventually(cache_on, 15.0)
+
+
+async def test_the_sole_sqlite_server_caches_and_still_refuses_a_deactivation_at_once(
+    sqlite_url: str,
+) -> None:
+    application = await build_server(make_settings(sqlite_url))
+    await application.start()
+    try:
+        assert application.auth_states.caching
+        async with stubs_for(application) as stubs:
+            admin = await make_admin(application, stubs)
+            member = await register(stubs)
+            await stubs.users.GetMe(pb.GetMeRequest(), metadata=member.metadata)  # now cached
+            await stubs.users.UpdateUser(
+                pb.UpdateUserRequest(
+                    user={"id": member.user.id, "is_active": False},
+                    update_mask={"paths": ["is_active"]},
+                ),
+                metadata=admin.metadata,
+            )
+            assert await _refused(stubs, member.metadata)  # the very next call
+    finally:
+        await application.stop(grace=None)
+
+
+async def test_sqlite_workers_share_the_file_so_they_do_not_cache(sqlite_url: str) -> None:
+    application = await build_server(make_settings(sqlite_url, workers=2))
+    try:
+        assert not application.auth_states.caching
+    finally:
+        await application.stop(grace=None)

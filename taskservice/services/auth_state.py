@@ -6,9 +6,13 @@ on PostgreSQL it is cached in-process and invalidated across processes: every tr
 changes a user's state also sends `NOTIFY auth_state_changed, '<user id>'`, delivered to every
 process at commit, and the process that made the change forgets its own entry right after commit.
 
-The cache is used only while the LISTEN connection is up (see `PgListener`); while it is down, and
-always on SQLite (no cross-process channel), every call reads the row. Reads race with changes
-safely: an entry read before an invalidation is never stored after it (a generation counter).
+The cache is used only while the LISTEN connection is up (see `PgListener`); while it is down,
+every call reads the row. SQLite has no cross-process channel, so there the cache is used only when
+this process is the database's sole server (`sole_owner`: one worker), where every change to a
+user's state is made, and forgotten, here. The one change another process can make there is the
+`create-admin` CLI promoting a user, which reaches this cache within CACHE_TTL_SECONDS; nothing
+outside a server revokes anything. Reads race with changes safely: an entry read before an
+invalidation is never stored after it (a generation counter).
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ class AuthState:
 class AuthStateStore:
     """Reads users' authorisation state, through a cache kept honest by notifications."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, sole_owner: bool = False) -> None:
         self._database = database
         self._notifies = database.engine.dialect.name == "postgresql"
+        self._sole_owner = sole_owner and not self._notifies
         self._cache: OrderedDict[int, tuple[float, AuthState]] = OrderedDict()
         self._generation = 0
         self._listener: PgListener | None = None
@@ -57,7 +62,9 @@ class AuthStateStore:
 
     @property
     def caching(self) -> bool:
-        """Whether entries are cached now: only while change notifications can reach us."""
+        """Whether entries are cached now: while notifications can reach us, or as sole owner."""
+        if self._sole_owner:
+            return True
         return self._listener is not None and self._listener.connected
 
     async def start(self) -> None:
