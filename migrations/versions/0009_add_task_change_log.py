@@ -3,7 +3,8 @@
 Every committed change of a task (API writes, foreign-key cascades from a parent's purge or a
 user's deletion, the trash sweep, `taskservice purge`) is recorded by AFTER ROW triggers on
 `tasks`, in the changing transaction itself, so nothing that commits can go unrecorded and
-nothing rolled back is recorded. Each recorded change takes the next value of the one-row
+nothing rolled back is recorded. The empty store is at revision 1 (0 means "from now" to
+WatchTasks). Each recorded change takes the next value of the one-row
 `task_revision` counter. On PostgreSQL that UPDATE holds the counter row's lock until commit, so a
 second writer waits for the first to commit before taking its revision: revisions are dense and
 become visible in order (a reader can never see N+1 committed while N is not yet), which is what
@@ -180,7 +181,9 @@ def upgrade() -> None:
         sa.CheckConstraint("id = 1", name=op.f("ck_task_revision_single_row")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_task_revision")),
     )
-    op.execute("INSERT INTO task_revision (id, revision, compacted_revision) VALUES (1, 0, 0)")
+    # The empty store is at revision 1, not 0: WatchTasks reads start_revision 0 as "from now",
+    # so a client resuming from a revision it was given must never hold a 0.
+    op.execute("INSERT INTO task_revision (id, revision, compacted_revision) VALUES (1, 1, 0)")
     op.create_table(
         "task_changes",
         sa.Column("revision", _ID, autoincrement=False, nullable=False),

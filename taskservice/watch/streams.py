@@ -138,8 +138,9 @@ class Watches:
             if time.monotonic() >= next_check:
                 await recheck()
                 next_check = time.monotonic() + AUTH_RECHECK_SECONDS
-        yield Bookmark(max(position, self._feed.revision))
-        position = max(position, self._feed.revision)
+        if not subscription.buffer:  # nothing after live_from is waiting: the feed's revision
+            position = max(position, self._feed.revision)  # is as far as this stream has got
+        yield Bookmark(position)
         next_bookmark = time.monotonic() + self._bookmark_seconds
         while True:
             for item in subscription.take():
