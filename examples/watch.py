@@ -1,6 +1,6 @@
 r"""Mirror a user's tasks into a dict with ListTasks + WatchTasks, surviving server restarts.
 
-    TASKSERVICE_TARGET=localhost:50051 TASKSERVICE_EMAIL=me@example.com \\
+    TASKSERVICE_TARGET=localhost:50051 TASKSERVICE_EMAIL=me@example.com \
     TASKSERVICE_PASSWORD='...' python examples/watch.py
 
 The pattern (Kubernetes' list-then-watch):
