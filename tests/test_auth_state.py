@@ -111,7 +111,7 @@ async def test_losing_the_listen_connection_turns_the_cache_off_until_it_is_back
     try:
         killed = await admin.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = $1 AND query LIKE 'LISTEN%'",
+            "WHERE datname = $1 AND query LIKE 'LISTEN%auth_state_changed%'",
             database,
         )
     finally:

@@ -8,6 +8,7 @@ uses short settings and deadlines far above them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -539,3 +540,51 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
                 if detail.Unpack(info):
                     return info.reason
     return ""
+
+
+async def test_a_stream_gets_one_access_log_line_with_its_final_code(
+    stubs: Stubs, alice: Account, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="taskservice.access")
+    stream = watch(stubs, alice)
+    await read_until(stream, lambda r: len(r) == 1)
+    stream.cancel()
+    failure = watch(stubs, alice, -1)
+    await fails(failure.read(), grpc.StatusCode.INVALID_ARGUMENT)
+    method = "/taskservice.v1.TaskService/WatchTasks"
+
+    def codes() -> list[str]:
+        return [r.grpc_code for r in caplog.records if r.getMessage().startswith(method)]
+
+    async with asyncio.timeout(DEADLINE):
+        while len(codes()) < 2:  # noqa: ASYNC110 - the cancelled stream logs when it unwinds
+            await asyncio.sleep(0.01)
+    assert sorted(codes()) == ["CANCELLED", "INVALID_ARGUMENT"]
+
+
+async def test_watchers_progress_while_the_listen_connection_is_down(
+    pg_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A change made through another server arrives by polling; the loss is in the log."""
+    caplog.set_level(logging.INFO, logger="taskservice.watch.feed")
+    watching = await build_server(watch_settings(pg_database_url))
+    writing = await build_server(watch_settings(pg_database_url))
+    await watching.start()
+    await writing.start()
+    try:
+        async with stubs_for(watching) as first, stubs_for(writing) as second:
+            alice = await register(first)
+            stream = watch(first, alice)
+            await read_until(stream, lambda r: len(r) == 1)
+            assert watching.feed is not None
+            listener = watching.feed._listener
+            assert listener is not None
+            await listener.stop()  # as if the connection were gone for good
+            assert "LISTEN task_changes lost" in caplog.text
+            task = await create(second, alice, "via the other server")
+            seen = changes(await read_until(stream, lambda r: len(changes(r)) == 1))
+            assert seen[0].change.task.id == task.id
+            stream.cancel()
+    finally:
+        await watching.stop(grace=None)
+        await writing.stop(grace=None)
