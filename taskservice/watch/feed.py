@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 CHANNEL = "task_changes"
 #: Seconds between polls when nothing woke the feed.
 POLL_INTERVAL_SECONDS = 1.0
-#: Longest pause between compactions, in seconds (shorter when the retention is short).
+#: Pause between compactions, in seconds: a quarter of the retention, within these bounds.
+MIN_COMPACTION_INTERVAL_SECONDS = 1.0
 MAX_COMPACTION_INTERVAL_SECONDS = 300.0
 
 
@@ -277,7 +278,10 @@ class ChangeFeed:
         return await changes.compact(self.database, self._retention, now or self._clock())
 
     async def _compact_now_and_then(self) -> None:
-        interval = min(self._retention.total_seconds() / 4, MAX_COMPACTION_INTERVAL_SECONDS)
+        interval = min(
+            max(self._retention.total_seconds() / 4, MIN_COMPACTION_INTERVAL_SECONDS),
+            MAX_COMPACTION_INTERVAL_SECONDS,
+        )
         while True:
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # noqa: S311
             try:
