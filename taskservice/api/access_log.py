@@ -76,6 +76,9 @@ class _Observation:
     def __init__(self, method: _Method, context: grpc.aio.ServicerContext) -> None:
         self.m = method
         self.context = context
+        # Read now: a stream abandoned by gRPC (cancelled while it was sending) is finalized
+        # later, when its call is gone and asking the context would crash in gRPC's core.
+        self.peer = context.peer()
         self.info = begin_call(_caller_request_id(context))
         method.started_total.inc()
         context.set_trailing_metadata(((REQUEST_ID_KEY, self.info.request_id),))
@@ -84,7 +87,9 @@ class _Observation:
 
     def failed(self, error: BaseException) -> None:
         """Record the code a call ending with `error` ends with (it is re-raised)."""
-        if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        if isinstance(error, GeneratorExit):  # finalized after gRPC dropped it: the call is gone
+            self.code = grpc.StatusCode.CANCELLED
+        elif isinstance(error, asyncio.CancelledError):
             remaining = self.context.time_remaining()
             expired = remaining is not None and remaining <= 0
             self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
@@ -105,7 +110,7 @@ class _Observation:
                 "grpc_method": self.m.name,
                 "grpc_code": self.code.name,
                 "duration_ms": round(seconds * 1000, 3),
-                "peer": self.context.peer(),
+                "peer": self.peer,
                 "user_id": self.info.user_id,
                 "request_id": self.info.request_id,
             },

@@ -90,14 +90,12 @@ class AuthInterceptor(HandlerInterceptor):
             principal = await self._auth.authenticate(token)
             if (call := current_call()) is not None:
                 call.user_id = principal.user_id
-            reset = _principal.set(principal)
-            reset_recheck = _recheck.set(lambda: self._auth.authenticate(token))
-            try:
-                async for response in inner(request, context):
-                    yield response
-            finally:
-                _recheck.reset(reset_recheck)
-                _principal.reset(reset)
+            # Not reset afterwards: each call runs in a task (and context) of its own, and a
+            # stream gRPC abandons is finalized in another context, where a reset would fail.
+            _principal.set(principal)
+            _recheck.set(lambda: self._auth.authenticate(token))
+            async for response in inner(request, context):
+                yield response
 
         return behavior
 
