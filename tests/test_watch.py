@@ -352,6 +352,28 @@ async def test_each_user_sees_only_their_own_tasks_and_admins_choose(
         stream.cancel()
 
 
+async def test_history_replayed_to_a_user_holds_only_their_tasks(
+    app: Application, stubs: Stubs, alice: Account
+) -> None:
+    bob = await register(stubs)
+    admin = await make_admin(app, stubs)
+    start = await current_revision(stubs, alice)
+    bobs = await create(stubs, bob, "bob's")
+    alices = await create(stubs, alice, "alice's")
+    final = await current_revision(stubs, alice)
+    cases = [
+        (alice, {}, [alices.id]),
+        (admin, {}, [bobs.id, alices.id]),
+        (admin, {"owner_id": bob.user.id}, [bobs.id]),
+        (admin, {"owner_id": 0}, []),  # no user has id 0
+    ]
+    for account, fields, expected in cases:
+        stream = watch(stubs, account, start, **fields)
+        seen = changes(await read_until(stream, reached(final)))
+        assert [r.change.task.id for r in seen] == expected
+        stream.cancel()
+
+
 async def test_a_task_leaving_the_filter_is_seen_leaving_it(stubs: Stubs, alice: Account) -> None:
     stream = watch(stubs, alice, filter="status = TASK_STATUS_TODO")
     await read_until(stream, lambda r: len(r) == 1)

@@ -59,12 +59,17 @@ def record(task: TaskSnapshot) -> dict[str, object]:
     }
 
 
-def _accepts(parsed: Filter) -> Callable[[Change], bool]:
-    if parsed.expression is None:
-        return lambda _change: True
+def _accepts(owner_id: int | None, parsed: Filter) -> Callable[[Change], bool]:
+    """Whether a stream sends a change: its owner's (any for None), matching before or after.
+
+    The owner is checked here even though the feed offers live changes by owner: history is
+    read from the table for every owner.
+    """
 
     def accepts(change: Change) -> bool:
-        return any(
+        if owner_id is not None and change.owner_id != owner_id:
+            return False
+        return parsed.expression is None or any(
             task is not None and matches(parsed, record(task))
             for task in (change.before, change.after)
         )
@@ -101,7 +106,7 @@ class Watches:
             problems.append(error)
         if problems:
             raise InvalidArgument([v for problem in problems for v in problem.violations])
-        subscription = self._feed.subscribe(owner_id, _accepts(parsed))
+        subscription = self._feed.subscribe(owner_id, _accepts(owner_id, parsed))
         try:
             async for item in self._stream(subscription, start_revision, recheck):
                 yield item
