@@ -56,6 +56,10 @@ bench: install ## Load-test with h2load against a bare echo baseline (docs/bench
 	@command -v h2load >/dev/null || $(MAKE) --no-print-directory h2load
 	$(UV) run --locked python -m bench $(BENCH_ARGS)
 
+.PHONY: bench-watch
+bench-watch: install ## WatchTasks: memory per idle watcher, write-to-event latency (BENCH_ARGS).
+	$(UV) run --locked python -m bench.watch $(BENCH_ARGS)
+
 # h2load, the load generator `make bench` drives (Debian's nghttp2-client).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 .PHONY: h2load

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
     # How long a deleted task stays in the trash before it is purged; fractions allowed.
     trash_retention_days: float = Field(default=30.0, gt=0, le=3650)
+    # WatchTasks: seconds between bookmarks on a stream; hours of change history kept (fractions
+    # allowed); changes buffered per stream before a slow reader is cut off; streams per process.
+    watch_bookmark_seconds: float = Field(default=15.0, gt=0, le=3600)
+    watch_retention_hours: float = Field(default=24.0, gt=0, le=24 * 365)
+    watch_buffer_events: int = Field(default=1000, ge=1, le=1_000_000)
+    watch_max_streams: int = Field(default=10_000, ge=1, le=1_000_000)
 
     debug: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

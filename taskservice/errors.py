@@ -13,10 +13,12 @@ from dataclasses import dataclass
 class DomainError(Exception):
     """Base of every error a caller is meant to see."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, metadata: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        #: Machine-readable facts for the client (ErrorInfo.metadata), e.g. `oldest_revision`.
+        self.metadata = metadata or {}
 
 
 @dataclass(frozen=True)
@@ -69,3 +71,11 @@ class Aborted(DomainError):
 
 class Unavailable(DomainError):
     """A dependency (the database) cannot be reached; the call may be retried."""
+
+
+class OutOfRange(DomainError):
+    """A value is valid in itself but beyond what exists yet (a revision not reached yet)."""
+
+
+class ResourceExhausted(DomainError):
+    """A per-caller or per-process limit is reached (too many streams, a reader too slow)."""

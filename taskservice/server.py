@@ -46,6 +46,8 @@ from taskservice.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
+from taskservice.watch.feed import ChangeFeed
+from taskservice.watch.streams import Watches
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class Application:
     port: int
     tasks: TaskService | None = None
     trash: TrashSweeper | None = None
+    feed: ChangeFeed | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     metrics_port: int | None = None
@@ -84,6 +87,8 @@ class Application:
     async def start(self) -> None:
         """Start accepting calls, then report readiness as the database allows."""
         await self.auth_states.start()
+        if self.feed is not None:
+            await self.feed.start()
         if self.settings.metrics_port is not None:
             self.metrics_port = self.metrics.serve(
                 self.settings.metrics_host, self.settings.metrics_port
@@ -104,14 +109,20 @@ class Application:
     async def stop(self, grace: float | None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, then close the pool.
 
-        Calls in flight may finish within `grace` seconds (None: cancel them at once).
+        Calls in flight may finish within `grace` seconds (None: cancel them at once). Watch
+        streams never finish by themselves: they are ended with UNAVAILABLE at once, so clients
+        resume elsewhere instead of holding the drain for the whole grace period.
         """
         await self.health.shutdown()
+        if self.feed is not None:
+            self.feed.close_streams()
         if self.trash is not None:
             await self.trash.stop()
         if self.health_server is not None:
             await self.health_server.stop(None)
         await self.server.stop(grace)
+        if self.feed is not None:
+            await self.feed.stop()
         await self.auth_states.stop()
         self.metrics.close()
         await self.database.engine.dispose()
@@ -195,6 +206,12 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     page_tokens = PageTokens(tokens.derive_key(b"page-tokens"))
     users = UserService(database, page_tokens, auth_states)
     tasks = TaskService(database, page_tokens, timedelta(days=settings.trash_retention_days))
+    feed = ChangeFeed(
+        database,
+        buffer_events=settings.watch_buffer_events,
+        max_streams=settings.watch_max_streams,
+        retention=timedelta(hours=settings.watch_retention_hours),
+    )
 
     monitor = HealthMonitor(HealthServicer(), database.ping, HEALTH_NAMES)
     metrics = ServerMetrics(engine)
@@ -215,7 +232,8 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
 
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
     user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(users), server)
-    task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), server)
+    watches = Watches(feed, settings.watch_bookmark_seconds)
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks, watches), server)
     enable_reflection(
         server, (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     )
@@ -235,6 +253,7 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     )
     application.tasks = tasks
     application.trash = TrashSweeper(tasks)
+    application.feed = feed
     if settings.health_port is not None:
         application.health_server, application.health_port = _health_only_server(
             settings, monitor.servicer

@@ -63,6 +63,7 @@ class Model(TaskOracles):
         self.request_ids: list[str] = []
         self.gone_user_ids: list[int] = []
         self.gone_task_ids: list[int] = []
+        self.current_revision = 1
         self._oracles: dict[str, Callable[[Credential, Any], Expect]] = {
             "/taskservice.v1.AuthService/Register": self._register,
             "/taskservice.v1.AuthService/Login": self._login,

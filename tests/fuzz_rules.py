@@ -28,6 +28,7 @@ EXISTS = grpc.StatusCode.ALREADY_EXISTS
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 ABORTED = grpc.StatusCode.ABORTED
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+OUT_OF_RANGE = grpc.StatusCode.OUT_OF_RANGE
 
 # Limits, as the proto comments state them.
 TITLE_MAX = 200

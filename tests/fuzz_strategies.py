@@ -565,6 +565,9 @@ def _int_values(
 ) -> st.SearchStrategy[int]:
     if name == "page_size":
         return page_sizes(bounds)
+    if name == "start_revision":
+        # Mostly from now (0) or a recent revision, so that streams open; sometimes anything.
+        return mostly(st.integers(0, 20), ints(bounds))
     me = [pools.caller_id] if pools.caller_id is not None else []
     if name == "id" and parent.name.startswith("Undelete"):
         return ids(bounds, pools.own_trashed_ids, pools.task_ids, pools.gone_task_ids)

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tests.fuzz_lists import check_page, issued_page, list_tasks_conditions
+from tests.fuzz_lists import _filter, check_page, issued_page, list_tasks_conditions
 from tests.fuzz_rules import (
     ABORTED,
     BATCH_MAX,
@@ -26,6 +26,7 @@ from tests.fuzz_rules import (
     INVALID,
     MAX_DEPTH,
     NOT_FOUND,
+    OUT_OF_RANGE,
     PATCH_FIELDS,
     PRECONDITION,
     PRIORITIES,
@@ -65,6 +66,8 @@ class TaskOracles:
     gone_task_ids: list[int]
     trash_retention_seconds: float
     title_order_exact: bool
+    #: The store's revision, read by the harness right before each WatchTasks call.
+    current_revision: int
 
     def _authenticated(self, credential: Credential) -> tuple[UserRow | None, Expect | None]:
         raise NotImplementedError
@@ -82,6 +85,7 @@ class TaskOracles:
             service + "DeleteTask": self._delete_task,
             service + "UndeleteTask": self._undelete_task,
             service + "MoveTask": self._move_task,
+            service + "WatchTasks": self._watch_tasks,
         }
 
     # --- the tree ------------------------------------------------------------------------------
@@ -355,6 +359,42 @@ class TaskOracles:
         return conditions.expect(
             lambda response: self._check_task(response.task, self.tasks[request.id])
         )
+
+    def _watch_tasks(self, credential: Credential, request: Any) -> Expect:
+        """WatchTasks, by its first response (the fuzz reads one, then cancels the stream)."""
+        caller, refused = self._authenticated(credential)
+        if caller is None:
+            return refused  # type: ignore[return-value]
+        conditions = Conditions()
+        owner = request.owner_id if request.HasField("owner_id") else None
+        if owner is not None and owner != caller.id and not caller.is_admin:
+            conditions.add(DENIED, "a regular user watching another owner")
+        if request.start_revision < 0:
+            conditions.add(INVALID, "start_revision negative", "start_revision")
+        _filter(request.filter, conditions)
+        current = self.current_revision
+        if request.start_revision > current and INVALID not in conditions.codes:
+            conditions.add(OUT_OF_RANGE, f"start_revision beyond the current {current}")
+        start = request.start_revision or current
+
+        def on_ok(response: Any) -> None:
+            if not response.HasField("change"):  # the bookmark that follows any history
+                check(start <= response.revision <= current, f"bookmark {response.revision}")
+                check(
+                    request.start_revision or response.revision == current,
+                    "a watch from now opens with a bookmark at the current revision",
+                )
+                return
+            check(start < response.revision <= current, f"a change at {response.revision}")
+            task = response.change.task
+            if response.change.type != 5:  # PURGED carries the id only
+                watched = owner if owner is not None else (None if caller.is_admin else caller.id)
+                check(
+                    watched is None or task.owner_id == watched,
+                    f"a change of user {task.owner_id}'s task",
+                )
+
+        return conditions.expect(on_ok)
 
     def _batch_get_tasks(self, credential: Credential, request: Any) -> Expect:
         caller, refused = self._authenticated(credential)

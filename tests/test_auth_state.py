@@ -129,7 +129,7 @@ async def _lose_and_regain_the_listen_connection(app: Application) -> None:
     try:
         killed = await admin.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = $1 AND query LIKE 'LISTEN%'",
+            "WHERE datname = $1 AND query LIKE 'LISTEN%auth_state_changed%'",
             database,
         )
     finally:

@@ -87,6 +87,11 @@ def test_env_file_is_read(tmp_path: Path) -> None:
         ("DEBUG", "maybe"),
         ("DATABASE_URL", "mysql+aiomysql://u@h/d"),
         ("DATABASE_URL", "::not a url::"),
+        ("WATCH_BOOKMARK_SECONDS", "0"),
+        ("WATCH_RETENTION_HOURS", "-1"),
+        ("WATCH_RETENTION_HOURS", "soon"),
+        ("WATCH_BUFFER_EVENTS", "0"),
+        ("WATCH_MAX_STREAMS", "1.5"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(
@@ -152,3 +157,11 @@ def test_secrets_are_not_shown_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "s" * 40 not in text
     assert "hunter2-password" not in text
     assert "url-password" not in text
+
+
+def test_watch_retention_takes_fractions_of_an_hour(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCH_RETENTION_HOURS", "0.25")
+    settings = load_settings()
+    assert settings.watch_retention_hours == 0.25
+    assert (settings.watch_bookmark_seconds, settings.watch_buffer_events) == (15.0, 1000)
+    assert settings.watch_max_streams == 10_000

@@ -119,11 +119,14 @@ def every_rpc() -> list[Rpc]:
 RPCS = every_rpc()
 
 
-def test_every_rpc_has_an_oracle_and_is_unary() -> None:
-    """A new RPC fails here until the model knows what it may answer: never skipped silently."""
+def test_every_rpc_has_an_oracle_and_no_client_streams() -> None:
+    """A new RPC fails here until the model knows what it may answer: never skipped silently.
+
+    Server streams are called for their first response (then cancelled); client streams the
+    fuzz cannot call yet.
+    """
     assert {rpc.path for rpc in RPCS} == Model(1).methods
     streaming = [rpc.path for rpc in RPCS if rpc.method.client_streaming]
-    streaming += [rpc.path for rpc in RPCS if rpc.method.server_streaming]
     assert not streaming, f"the fuzz calls unary methods only; teach it streams for {streaming}"
 
 
@@ -173,7 +176,10 @@ class Harness:
         self._methods: dict[str, Callable[..., Any]] = {}
         for rpc in RPCS:
             stub = getattr(rpc.stubs, f"{rpc.service.name}Stub")(channel)
-            self._methods[rpc.path] = getattr(stub, rpc.method.name)
+            method = getattr(stub, rpc.method.name)
+            self._methods[rpc.path] = (
+                _first_response(method) if rpc.method.server_streaming else method
+            )
         self.title_order_exact = True
         self.model = self.new_model()
         self.transcript: list[str] = []
@@ -351,6 +357,11 @@ class Harness:
 
     async def call(self, call: Call) -> None:
         """Make one call and hold its answer against the model."""
+        if call.rpc.method.server_streaming:  # WatchTasks' oracle needs the store's revision
+            async with self.app.database.rows() as connection:
+                self.model.current_revision = await connection.scalar(
+                    text("SELECT revision FROM task_revision")
+                )
         expect = self.model.expect(call.rpc.path, call.credential, call.request)
         method = self._methods[call.rpc.path]
         self.transcript.append(repr(call))
@@ -525,6 +536,21 @@ def _calls(draw: st.DrawFn, harness: Harness, credentials: st.SearchStrategy[Cre
     pools = harness.pools(credential)
     request = draw(message_strategy(rpc.method.input_type, pools, rpc.service.name))
     return Call(rpc, credential, request)
+
+
+def _first_response(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A server-streaming method called like a unary one: its first response, then cancelled."""
+
+    async def first(request: Message, **options: Any) -> Message:
+        stream = method(request, **options)
+        try:
+            response = await stream.read()
+        finally:
+            stream.cancel()
+        assert response is not grpc.aio.EOF, "a stream ended OK without a response"
+        return response
+
+    return first
 
 
 def _clip(value: object) -> str:

@@ -8,7 +8,7 @@ handler states whether it needs a caller and receives that caller explicitly.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -17,8 +17,10 @@ import grpc
 from taskservice.api.call_context import current_call
 from taskservice.api.handlers import (
     HandlerInterceptor,
+    StreamBehavior,
     UnaryBehavior,
     replace_behavior,
+    wrap_unary_stream,
     wrap_unary_unary,
 )
 from taskservice.errors import Unauthenticated
@@ -39,6 +41,10 @@ OPTIONAL_AUTH_METHODS = frozenset({"/taskservice.v1.AuthService/Register"})
 MAX_AUTHORIZATION_LENGTH = 4096
 
 _principal: ContextVar[Principal | None] = ContextVar("taskservice_principal", default=None)
+#: For a stream: checks the call's token again (expired? revoked?) and returns the caller now.
+_recheck: ContextVar[Callable[[], Awaitable[Principal]] | None] = ContextVar(
+    "taskservice_recheck", default=None
+)
 
 _S = TypeVar("_S")
 _Req = TypeVar("_Req")
@@ -58,10 +64,40 @@ class AuthInterceptor(HandlerInterceptor):
         """Let public methods through; make every other one authenticate first."""
         if method in PUBLIC_METHODS or method.startswith(PUBLIC_SERVICE_PREFIXES):
             return handler
-        if handler.unary_unary is None:  # fail closed: we authenticate unary calls only
+        if handler.unary_stream is not None:
+            return wrap_unary_stream(handler, self._authenticating_stream)
+        if handler.unary_unary is None:  # fail closed: client streams cannot authenticate yet
             return replace_behavior(handler, _refuse_streaming)
         optional = method in OPTIONAL_AUTH_METHODS
         return wrap_unary_unary(handler, lambda inner: self._authenticating(inner, optional))
+
+    def _authenticating_stream(self, inner: StreamBehavior) -> StreamBehavior:
+        """Authenticate a server stream when it starts, and let it re-check its token later.
+
+        A stream outlives the checks made when it began: `recheck()` gives the handler the
+        means to ask again (token expiry, revocation) as often as it must.
+        """
+
+        async def behavior(
+            request: object, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[object]:
+            token = bearer_token(context.invocation_metadata() or ())
+            if token is None:
+                raise Unauthenticated(
+                    "TOKEN_MISSING",
+                    "missing access token: send the metadata 'authorization: Bearer <token>'",
+                )
+            principal = await self._auth.authenticate(token)
+            if (call := current_call()) is not None:
+                call.user_id = principal.user_id
+            # Not reset afterwards: each call runs in a task (and context) of its own, and a
+            # stream gRPC abandons is finalized in another context, where a reset would fail.
+            _principal.set(principal)
+            _recheck.set(lambda: self._auth.authenticate(token))
+            async for response in inner(request, context):
+                yield response
+
+        return behavior
 
     def _authenticating(self, inner: UnaryBehavior, optional: bool) -> UnaryBehavior:
         async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
@@ -104,7 +140,25 @@ def _malformed(message: str) -> Unauthenticated:
 
 
 async def _refuse_streaming(_request: object, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "streaming calls cannot authenticate")
+    await context.abort(
+        grpc.StatusCode.UNAUTHENTICATED, "client-streaming calls cannot authenticate"
+    )
+
+
+def recheck() -> Callable[[], Awaitable[Principal]]:
+    """For a server stream: a function that authenticates its token again.
+
+    It raises Unauthenticated once the token has expired or been revoked. Outside an
+    authenticated stream it always refuses (fail closed).
+    """
+    check = _recheck.get()
+    if check is None:
+        return _never_authenticated
+    return check
+
+
+async def _never_authenticated() -> Principal:
+    raise Unauthenticated("TOKEN_MISSING", "this stream has no access token to check")
 
 
 def authenticated(
@@ -130,5 +184,23 @@ def optionally_authenticated(
     @functools.wraps(method)
     async def handler(self: _S, request: _Req, context: grpc.aio.ServicerContext) -> _Resp:
         return await method(self, request, context, _principal.get())
+
+    return handler
+
+
+def authenticated_stream(
+    method: Callable[[_S, _Req, grpc.aio.ServicerContext, Principal], AsyncIterator[_Resp]],
+) -> Callable[[_S, _Req, grpc.aio.ServicerContext], AsyncIterator[_Resp]]:
+    """`authenticated` for a server-streaming servicer method (an async generator)."""
+
+    @functools.wraps(method)
+    async def handler(
+        self: _S, request: _Req, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[_Resp]:
+        principal = _principal.get()
+        if principal is None:  # the interceptor was not installed: refuse rather than guess
+            raise Unauthenticated("TOKEN_MISSING", "this method needs an access token")
+        async for response in method(self, request, context, principal):
+            yield response
 
     return handler

@@ -6,11 +6,19 @@ Health and reflection stay answerable.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 
 from taskservice.api.authentication import PUBLIC_SERVICE_PREFIXES
 from taskservice.api.errors import database_unavailable
-from taskservice.api.handlers import HandlerInterceptor, UnaryBehavior, wrap_unary_unary
+from taskservice.api.handlers import (
+    HandlerInterceptor,
+    StreamBehavior,
+    UnaryBehavior,
+    wrap_unary_stream,
+    wrap_unary_unary,
+)
 from taskservice.api.health import HealthMonitor
 
 
@@ -24,10 +32,28 @@ class AvailabilityInterceptor(HandlerInterceptor):
     def intercept_handler(
         self, handler: grpc.RpcMethodHandler, method: str
     ) -> grpc.RpcMethodHandler:
-        """Gate every unary method outside health and reflection on database readiness."""
-        if handler.unary_unary is None or method.startswith(PUBLIC_SERVICE_PREFIXES):
+        """Gate every unary method and server stream outside health and reflection.
+
+        A stream is gated when it starts; once running, it fails on its own if the database goes.
+        """
+        if method.startswith(PUBLIC_SERVICE_PREFIXES):
+            return handler
+        if handler.unary_stream is not None:
+            return wrap_unary_stream(handler, self._gated_stream)
+        if handler.unary_unary is None:
             return handler
         return wrap_unary_unary(handler, self._gated)
+
+    def _gated_stream(self, inner: StreamBehavior) -> StreamBehavior:
+        async def behavior(
+            request: object, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[object]:
+            if not self._monitor.ready:
+                raise database_unavailable()
+            async for response in inner(request, context):
+                yield response
+
+        return behavior
 
     def _gated(self, inner: UnaryBehavior) -> UnaryBehavior:
         async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:

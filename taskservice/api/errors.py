@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import grpc
@@ -23,7 +23,13 @@ from grpc_status import rpc_status
 
 from taskservice import errors
 from taskservice.api.call_context import REQUEST_ID_KEY, current_call
-from taskservice.api.handlers import HandlerInterceptor, UnaryBehavior, wrap_unary_unary
+from taskservice.api.handlers import (
+    HandlerInterceptor,
+    StreamBehavior,
+    UnaryBehavior,
+    wrap_unary_stream,
+    wrap_unary_unary,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +45,8 @@ _CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Aborted: grpc.StatusCode.ABORTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -62,7 +70,7 @@ def rich_status(
 
 def to_status(error: errors.DomainError) -> status_pb2.Status:
     """The full rich status of a domain error."""
-    status = rich_status(status_code(error), error.message, error.reason)
+    status = rich_status(status_code(error), error.message, error.reason, error.metadata)
     if isinstance(error, errors.InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
@@ -156,14 +164,19 @@ class ErrorInterceptor(HandlerInterceptor):
         self, handler: grpc.RpcMethodHandler, method: str
     ) -> grpc.RpcMethodHandler:
         """Wrap the method's handler so its exceptions become statuses."""
-        if handler.unary_unary is None:
-            return handler
         # Decode the request here rather than in gRPC, where a malformed message (invalid
         # UTF-8 in a string field, say) would end the call UNKNOWN before any interceptor ran.
         deserialize = handler.request_deserializer
-        wrapped = wrap_unary_unary(
-            handler, lambda inner: self._mapping_errors(inner, method, deserialize)
-        )
+        if handler.unary_stream is not None:
+            wrapped = wrap_unary_stream(
+                handler, lambda inner: self._mapping_stream_errors(inner, method, deserialize)
+            )
+        elif handler.unary_unary is not None:
+            wrapped = wrap_unary_unary(
+                handler, lambda inner: self._mapping_errors(inner, method, deserialize)
+            )
+        else:
+            return handler
         return wrapped._replace(request_deserializer=None)  # type: ignore[attr-defined]
 
     def _mapping_errors(
@@ -183,6 +196,32 @@ class ErrorInterceptor(HandlerInterceptor):
             except Exception as exc:
                 await self._unexpected(context, method, exc)
             return None  # not reached: abort raises
+
+        return behavior
+
+    def _mapping_stream_errors(
+        self,
+        inner: StreamBehavior,
+        method: str,
+        deserialize: Callable[[bytes], object] | None,
+    ) -> StreamBehavior:
+        """The same mapping for a server stream, which may fail after it has sent responses.
+
+        Cancellation (the client went away) is never caught: grpc.aio leaks the call's batch when
+        a server-streaming handler swallows it.
+        """
+
+        async def behavior(raw: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+            try:
+                request = _decode(raw, deserialize)
+                async for response in inner(request, context):
+                    yield response
+            except errors.DomainError as error:
+                await abort_with_status(context, to_status(error))
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._unexpected(context, method, exc)
 
         return behavior
 

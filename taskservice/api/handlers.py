@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 #: A unary-unary behaviour: (request, context) -> response.
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+#: A unary-stream behaviour as interceptors see it: (request, context) -> async iterator.
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
 def wrap_unary_unary(
@@ -16,6 +20,39 @@ def wrap_unary_unary(
 ) -> grpc.RpcMethodHandler:
     """The same handler with its unary-unary behaviour replaced by `wrap(behaviour)`."""
     return handler._replace(unary_unary=wrap(handler.unary_unary))  # type: ignore[attr-defined]
+
+
+def wrap_unary_stream(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[StreamBehavior], StreamBehavior]
+) -> grpc.RpcMethodHandler:
+    """The same handler with its unary-stream behaviour replaced by `wrap(behaviour)`.
+
+    The behaviour given to `wrap` is always an async generator function, whether the servicer
+    method yields its responses or writes them with `context.write` (as grpcio's health Watch
+    does), so wrappers can iterate it either way.
+    """
+    return handler._replace(  # type: ignore[attr-defined]
+        unary_stream=wrap(as_async_iterator(handler.unary_stream))
+    )
+
+
+def as_async_iterator(behavior: Callable[..., Any]) -> StreamBehavior:
+    """A unary-stream behaviour as an async generator function.
+
+    grpc.aio accepts both shapes: an async generator of responses, or a coroutine that writes
+    them itself; the latter yields nothing here (its writes go straight to the call).
+    """
+
+    async def iterate(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        result = behavior(request, context)
+        if inspect.isasyncgen(result):
+            async with contextlib.aclosing(result):  # its `finally` runs now, not at GC
+                async for response in result:
+                    yield response
+        elif inspect.isawaitable(result):
+            await result
+
+    return iterate
 
 
 def replace_behavior(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> Any:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 
-from taskservice.api.authentication import authenticated
+from taskservice.api.authentication import authenticated, authenticated_stream, recheck
 from taskservice.api.convert import status_from_proto, task_to_proto, task_values
+from taskservice.db.models import TaskChangeType
 from taskservice.services.principal import Principal
 from taskservice.services.tasks import TaskService
+from taskservice.v1 import task_pb2, task_service_pb2_grpc
 from taskservice.v1 import task_service_pb2 as pb
-from taskservice.v1 import task_service_pb2_grpc
+from taskservice.watch.changes import Change
+from taskservice.watch.streams import Bookmark, Watches
 
 
 class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     """Adapts TaskService requests to the task service."""
 
-    def __init__(self, tasks: TaskService) -> None:
+    def __init__(self, tasks: TaskService, watches: Watches | None = None) -> None:
         self._tasks = tasks
+        self._watches = watches
 
     @authenticated
     async def ListTasks(
@@ -38,6 +44,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         return pb.ListTasksResponse(
             tasks=[task_to_proto(task) for task in page.tasks],
             next_page_token=page.next_page_token,
+            revision=page.revision,
         )
 
     @authenticated
@@ -55,9 +62,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext, principal: Principal
     ) -> pb.GetTaskResponse:
         """One task."""
-        return pb.GetTaskResponse(
-            task=task_to_proto(await self._tasks.get_task(principal, request.id))
-        )
+        task, revision = await self._tasks.get_task(principal, request.id)
+        return pb.GetTaskResponse(task=task_to_proto(task), revision=revision)
 
     @authenticated
     async def BatchGetTasks(
@@ -67,8 +73,10 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         principal: Principal,
     ) -> pb.BatchGetTasksResponse:
         """Several tasks, in the order asked."""
-        tasks = await self._tasks.batch_get_tasks(principal, list(request.ids))
-        return pb.BatchGetTasksResponse(tasks=[task_to_proto(task) for task in tasks])
+        tasks, revision = await self._tasks.batch_get_tasks(principal, list(request.ids))
+        return pb.BatchGetTasksResponse(
+            tasks=[task_to_proto(task) for task in tasks], revision=revision
+        )
 
     @authenticated
     async def UpdateTask(
@@ -119,3 +127,40 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         """Bring a task back from the trash."""
         task = await self._tasks.undelete_task(principal, request.id, request.etag)
         return pb.UndeleteTaskResponse(task=task_to_proto(task))
+
+    @authenticated_stream
+    async def WatchTasks(
+        self, request: pb.WatchTasksRequest, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> AsyncIterator[pb.WatchTasksResponse]:
+        """The changes of the tasks the caller may see, from `start_revision` on."""
+        if self._watches is None:  # a server built without a change feed
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchTasks is not served here")
+            return
+        stream = self._watches.watch(
+            principal,
+            request.start_revision,
+            request.filter,
+            request.owner_id if request.HasField("owner_id") else None,
+            recheck(),
+        )
+        async for item in stream:
+            yield _watch_response(item)
+
+
+_CHANGE_TYPES = {
+    TaskChangeType.CREATED: pb.TASK_CHANGE_TYPE_CREATED,
+    TaskChangeType.UPDATED: pb.TASK_CHANGE_TYPE_UPDATED,
+    TaskChangeType.DELETED: pb.TASK_CHANGE_TYPE_DELETED,
+    TaskChangeType.UNDELETED: pb.TASK_CHANGE_TYPE_UNDELETED,
+    TaskChangeType.PURGED: pb.TASK_CHANGE_TYPE_PURGED,
+}
+
+
+def _watch_response(item: Change | Bookmark) -> pb.WatchTasksResponse:
+    if isinstance(item, Bookmark):
+        return pb.WatchTasksResponse(revision=item.revision)
+    task = task_to_proto(item.after) if item.after is not None else task_pb2.Task(id=item.task_id)
+    return pb.WatchTasksResponse(
+        revision=item.revision,
+        change=pb.TaskChange(type=_CHANGE_TYPES[item.type], task=task),
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -164,6 +164,15 @@ class Database:
         self._readers = async_sessionmaker(readers, expire_on_commit=False)
         self._row_engine = readers
         self._writers = async_sessionmaker(self._write_engine, expire_on_commit=False)
+        self._after_commit: list[Callable[[], None]] = []
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` after every write this process commits (the change feed's wake-up)."""
+        self._after_commit.append(callback)
+
+    def _committed(self) -> None:
+        for callback in self._after_commit:
+            callback()
 
     async def ping(self) -> None:
         """Round-trip to the database; raises when it does not answer."""
@@ -203,9 +212,11 @@ class Database:
         else:
             async with self._write_engine.begin() as connection:
                 yield connection
+        self._committed()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction committed when the block ends, rolled back if it raises."""
         async with self._writers.begin() as session:
             yield session
+        self._committed()

@@ -206,3 +206,50 @@ class TaskCreateRequest(Base):
         BigIntId, ForeignKey("tasks.id", ondelete="CASCADE"), index=True
     )
     create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TaskChangeType(enum.IntEnum):
+    """What a committed change did to a task; stored as this number in `task_changes.type`."""
+
+    CREATED = 1
+    UPDATED = 2
+    DELETED = 3  # moved to the trash
+    UNDELETED = 4
+    PURGED = 5
+
+
+class TaskRevision(Base):
+    """The store's revision counter: one row, advanced by the `tasks` triggers.
+
+    `revision` counts committed task changes (migration 0009 installs the triggers that bump it
+    in the changing transaction, so revisions are dense and follow commit order);
+    `compacted_revision` is the newest revision whose history has been deleted: a watch may
+    start at it or later.
+    """
+
+    __tablename__ = "task_revision"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    compacted_revision: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class TaskChange(Base):
+    """One committed change of one task, written by the `tasks` triggers (migration 0009).
+
+    `before` and `after` are the row as JSON text (NULL for a created task's before and a purged
+    one's after): what WatchTasks matches filters against and sends. Rows older than
+    WATCH_RETENTION_HOURS are deleted by the compaction job.
+    """
+
+    __tablename__ = "task_changes"
+    __table_args__ = (Index("ix_task_changes_create_time", "create_time"),)
+
+    revision: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=False)
+    task_id: Mapped[int] = mapped_column(BigIntId)
+    owner_id: Mapped[int] = mapped_column(BigIntId)
+    type: Mapped[int] = mapped_column(SmallInteger)
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -25,6 +25,7 @@ from taskservice.db.models import (
     TaskCreateRequest,
     TaskLabel,
     TaskPriority,
+    TaskRevision,
     TaskStatus,
     User,
 )
@@ -54,6 +55,7 @@ from taskservice.services.validation import (
     raise_if,
     require_id,
 )
+from taskservice.watch.changes import CURRENT_REVISION
 
 #: Fields that UpdateTask replaces and PatchTask may name.
 WRITABLE_TASK_FIELDS = frozenset(
@@ -109,6 +111,8 @@ class TaskPage:
 
     tasks: list[TaskRecord]
     next_page_token: str
+    #: The store's revision read before the page (see ListTasksResponse.revision).
+    revision: int = 0
 
 
 def etag(task: TaskRecord) -> str:
@@ -202,19 +206,24 @@ class TaskService:
             raise
         return task
 
-    async def get_task(self, caller: Principal, task_id: int) -> TaskRecord:
-        """One task the caller may see."""
+    async def get_task(self, caller: Principal, task_id: int) -> tuple[TaskRecord, int]:
+        """One task the caller may see, and the revision it was read at (same statement)."""
         require_id("id", task_id)
-        query = _VISIBLE[caller.is_admin, False]
+        query = _GET[caller.is_admin]
         async with self._db.rows() as connection:
             result = await connection.execute(query, _visible_parameters(caller, task_id))
             task = result.first()
         if task is None:
             raise _task_not_found()
-        return task
+        return task, task.revision
 
-    async def batch_get_tasks(self, caller: Principal, task_ids: list[int]) -> list[TaskRecord]:
-        """Several tasks the caller may see, in the order asked; NOT_FOUND names the first gap."""
+    async def batch_get_tasks(
+        self, caller: Principal, task_ids: list[int]
+    ) -> tuple[list[TaskRecord], int]:
+        """Several tasks the caller may see, in the order asked; NOT_FOUND names the first gap.
+
+        With the revision they were read at (the same statement).
+        """
         raise_if(
             FieldViolation("ids", f"at most {BATCH_GET_MAX_IDS} ids")
             if len(task_ids) > BATCH_GET_MAX_IDS
@@ -226,7 +235,8 @@ class TaskService:
             ),
         )
         if not task_ids:
-            return []
+            async with self._db.rows() as connection:
+                return [], int(await connection.scalar(select(CURRENT_REVISION)) or 0)
         query = _BATCH_VISIBLE[caller.is_admin]
         parameters = {"task_ids": sorted(set(task_ids)), "owner_id": caller.user_id}
         async with self._db.rows() as connection:
@@ -234,7 +244,7 @@ class TaskService:
         for task_id in task_ids:
             if task_id not in found:
                 raise NotFound("TASK_NOT_FOUND", f"no task has id {task_id}")
-        return [found[task_id] for task_id in task_ids]
+        return [found[task_id] for task_id in task_ids], found[task_ids[0]].revision
 
     @retries_conflicts
     async def update_task(
@@ -444,11 +454,13 @@ class TaskService:
             query = _LISTS[owner_id is not None, status is not None, after is not None]
             parameters = {"owner_id": owner_id, "status": status, "after": after, "limit": size + 1}
             async with self._db.rows() as connection:
+                revision = await connection.scalar(_REVISION)
                 tasks: list[TaskRecord] = list((await connection.execute(query, parameters)).all())
             return TaskPage(
                 *self._page_tokens.page(
                     tasks, size, scope, key=lambda task: task.id, weight=_weight
-                )
+                ),
+                revision=revision or 0,
             )
         base = select(Task)
         if not show_deleted:
@@ -466,6 +478,7 @@ class TaskService:
             raise problems.error()
         tasks = []
         async with self._db.rows() as connection:
+            revision = await connection.scalar(_REVISION)
             for statement in statements:
                 tasks.extend((await connection.execute(statement)).all())
                 if len(tasks) > size:
@@ -473,7 +486,8 @@ class TaskService:
         return TaskPage(
             *self._page_tokens.page(
                 tasks[: size + 1], size, scope, key=ordering.page_key, weight=_weight
-            )
+            ),
+            revision=revision or 0,
         )
 
 
@@ -603,8 +617,22 @@ _VISIBLE = {
 BATCH_GET_MAX_IDS = 100
 
 
+#: GetTask's two query shapes, each reading the store's revision in the same statement.
+_GET = {
+    any_owner: _visible_query(any_owner=any_owner, lock=False).add_columns(CURRENT_REVISION)
+    for any_owner in (False, True)
+}
+#: The store's revision alone. ListTasks reads it before its page (the page may take two
+#: statements, or find no row to carry it), so changes after it may already show in the page.
+_REVISION = select(TaskRevision.revision).where(TaskRevision.id == 1)
+
+
 def _batch_visible_query(*, any_owner: bool) -> Select[tuple[Task]]:
-    query = select(Task).where(Task.id.in_(bindparam("task_ids", expanding=True)))
+    query = (
+        select(Task)
+        .add_columns(CURRENT_REVISION)
+        .where(Task.id.in_(bindparam("task_ids", expanding=True)))
+    )
     if not any_owner:
         query = query.where(Task.owner_id == bindparam("owner_id"))
     return query

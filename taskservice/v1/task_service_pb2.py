@@ -26,49 +26,57 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from taskservice.v1 import task_pb2 as taskservice_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!taskservice/v1/task_service.proto\x12\x0etaskservice.v1\x1a google/protobuf/field_mask.proto\x1a\x19taskservice/v1/task.proto\"\xc1\x01\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.taskservice.v1.TaskStatus\x12\x15\n\x08owner_id\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06\x66ilter\x18\x05 \x01(\t\x12\x10\n\x08order_by\x18\x06 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x07 \x01(\x08\x42\x0b\n\t_owner_id\"Q\n\x11ListTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.taskservice.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"K\n\x11\x43reateTaskRequest\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"8\n\x12\x43reateTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"5\n\x0fGetTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"#\n\x14\x42\x61tchGetTasksRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"<\n\x15\x42\x61tchGetTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.taskservice.v1.Task\"7\n\x11UpdateTaskRequest\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"8\n\x12UpdateTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"g\n\x10PatchTaskRequest\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"7\n\x11PatchTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"-\n\x11\x44\x65leteTaskRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"8\n\x12\x44\x65leteTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"S\n\x0fMoveTaskRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x11\n\tparent_id\x18\x02 \x01(\x03\x12\x13\n\x0bprevious_id\x18\x03 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\"6\n\x10MoveTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"/\n\x13UndeleteTaskRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\":\n\x14UndeleteTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task2\x84\x06\n\x0bTaskService\x12P\n\tListTasks\x12 .taskservice.v1.ListTasksRequest\x1a!.taskservice.v1.ListTasksResponse\x12S\n\nCreateTask\x12!.taskservice.v1.CreateTaskRequest\x1a\".taskservice.v1.CreateTaskResponse\x12J\n\x07GetTask\x12\x1e.taskservice.v1.GetTaskRequest\x1a\x1f.taskservice.v1.GetTaskResponse\x12\\\n\rBatchGetTasks\x12$.taskservice.v1.BatchGetTasksRequest\x1a%.taskservice.v1.BatchGetTasksResponse\x12S\n\nUpdateTask\x12!.taskservice.v1.UpdateTaskRequest\x1a\".taskservice.v1.UpdateTaskResponse\x12P\n\tPatchTask\x12 .taskservice.v1.PatchTaskRequest\x1a!.taskservice.v1.PatchTaskResponse\x12S\n\nDeleteTask\x12!.taskservice.v1.DeleteTaskRequest\x1a\".taskservice.v1.DeleteTaskResponse\x12Y\n\x0cUndeleteTask\x12#.taskservice.v1.UndeleteTaskRequest\x1a$.taskservice.v1.UndeleteTaskResponse\x12M\n\x08MoveTask\x12\x1f.taskservice.v1.MoveTaskRequest\x1a .taskservice.v1.MoveTaskResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!taskservice/v1/task_service.proto\x12\x0etaskservice.v1\x1a google/protobuf/field_mask.proto\x1a\x19taskservice/v1/task.proto\"\xc1\x01\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.taskservice.v1.TaskStatus\x12\x15\n\x08owner_id\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06\x66ilter\x18\x05 \x01(\t\x12\x10\n\x08order_by\x18\x06 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x07 \x01(\x08\x42\x0b\n\t_owner_id\"c\n\x11ListTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.taskservice.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\"K\n\x11\x43reateTaskRequest\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"8\n\x12\x43reateTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"G\n\x0fGetTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\x12\x10\n\x08revision\x18\x02 \x01(\x03\"#\n\x14\x42\x61tchGetTasksRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"N\n\x15\x42\x61tchGetTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.taskservice.v1.Task\x12\x10\n\x08revision\x18\x02 \x01(\x03\"7\n\x11UpdateTaskRequest\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"8\n\x12UpdateTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"g\n\x10PatchTaskRequest\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"7\n\x11PatchTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"-\n\x11\x44\x65leteTaskRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"8\n\x12\x44\x65leteTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"S\n\x0fMoveTaskRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x11\n\tparent_id\x18\x02 \x01(\x03\x12\x13\n\x0bprevious_id\x18\x03 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\"6\n\x10MoveTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"/\n\x13UndeleteTaskRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\":\n\x14UndeleteTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.Task\"_\n\x11WatchTasksRequest\x12\x16\n\x0estart_revision\x18\x01 \x01(\x03\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x15\n\x08owner_id\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x0b\n\t_owner_id\"R\n\x12WatchTasksResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12*\n\x06\x63hange\x18\x02 \x01(\x0b\x32\x1a.taskservice.v1.TaskChange\"^\n\nTaskChange\x12,\n\x04type\x18\x01 \x01(\x0e\x32\x1e.taskservice.v1.TaskChangeType\x12\"\n\x04task\x18\x02 \x01(\x0b\x32\x14.taskservice.v1.Task*\xc9\x01\n\x0eTaskChangeType\x12 \n\x1cTASK_CHANGE_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TASK_CHANGE_TYPE_CREATED\x10\x01\x12\x1c\n\x18TASK_CHANGE_TYPE_UPDATED\x10\x02\x12\x1c\n\x18TASK_CHANGE_TYPE_DELETED\x10\x03\x12\x1e\n\x1aTASK_CHANGE_TYPE_UNDELETED\x10\x04\x12\x1b\n\x17TASK_CHANGE_TYPE_PURGED\x10\x05\x32\xdb\x06\n\x0bTaskService\x12P\n\tListTasks\x12 .taskservice.v1.ListTasksRequest\x1a!.taskservice.v1.ListTasksResponse\x12S\n\nCreateTask\x12!.taskservice.v1.CreateTaskRequest\x1a\".taskservice.v1.CreateTaskResponse\x12J\n\x07GetTask\x12\x1e.taskservice.v1.GetTaskRequest\x1a\x1f.taskservice.v1.GetTaskResponse\x12\\\n\rBatchGetTasks\x12$.taskservice.v1.BatchGetTasksRequest\x1a%.taskservice.v1.BatchGetTasksResponse\x12S\n\nUpdateTask\x12!.taskservice.v1.UpdateTaskRequest\x1a\".taskservice.v1.UpdateTaskResponse\x12P\n\tPatchTask\x12 .taskservice.v1.PatchTaskRequest\x1a!.taskservice.v1.PatchTaskResponse\x12S\n\nDeleteTask\x12!.taskservice.v1.DeleteTaskRequest\x1a\".taskservice.v1.DeleteTaskResponse\x12Y\n\x0cUndeleteTask\x12#.taskservice.v1.UndeleteTaskRequest\x1a$.taskservice.v1.UndeleteTaskResponse\x12M\n\x08MoveTask\x12\x1f.taskservice.v1.MoveTaskRequest\x1a .taskservice.v1.MoveTaskResponse\x12U\n\nWatchTasks\x12!.taskservice.v1.WatchTasksRequest\x1a\".taskservice.v1.WatchTasksResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taskservice.v1.task_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TASKCHANGETYPE']._serialized_start=1676
+  _globals['_TASKCHANGETYPE']._serialized_end=1877
   _globals['_LISTTASKSREQUEST']._serialized_start=115
   _globals['_LISTTASKSREQUEST']._serialized_end=308
   _globals['_LISTTASKSRESPONSE']._serialized_start=310
-  _globals['_LISTTASKSRESPONSE']._serialized_end=391
-  _globals['_CREATETASKREQUEST']._serialized_start=393
-  _globals['_CREATETASKREQUEST']._serialized_end=468
-  _globals['_CREATETASKRESPONSE']._serialized_start=470
-  _globals['_CREATETASKRESPONSE']._serialized_end=526
-  _globals['_GETTASKREQUEST']._serialized_start=528
-  _globals['_GETTASKREQUEST']._serialized_end=556
-  _globals['_GETTASKRESPONSE']._serialized_start=558
-  _globals['_GETTASKRESPONSE']._serialized_end=611
-  _globals['_BATCHGETTASKSREQUEST']._serialized_start=613
-  _globals['_BATCHGETTASKSREQUEST']._serialized_end=648
-  _globals['_BATCHGETTASKSRESPONSE']._serialized_start=650
-  _globals['_BATCHGETTASKSRESPONSE']._serialized_end=710
-  _globals['_UPDATETASKREQUEST']._serialized_start=712
-  _globals['_UPDATETASKREQUEST']._serialized_end=767
-  _globals['_UPDATETASKRESPONSE']._serialized_start=769
-  _globals['_UPDATETASKRESPONSE']._serialized_end=825
-  _globals['_PATCHTASKREQUEST']._serialized_start=827
-  _globals['_PATCHTASKREQUEST']._serialized_end=930
-  _globals['_PATCHTASKRESPONSE']._serialized_start=932
-  _globals['_PATCHTASKRESPONSE']._serialized_end=987
-  _globals['_DELETETASKREQUEST']._serialized_start=989
-  _globals['_DELETETASKREQUEST']._serialized_end=1034
-  _globals['_DELETETASKRESPONSE']._serialized_start=1036
-  _globals['_DELETETASKRESPONSE']._serialized_end=1092
-  _globals['_MOVETASKREQUEST']._serialized_start=1094
-  _globals['_MOVETASKREQUEST']._serialized_end=1177
-  _globals['_MOVETASKRESPONSE']._serialized_start=1179
-  _globals['_MOVETASKRESPONSE']._serialized_end=1233
-  _globals['_UNDELETETASKREQUEST']._serialized_start=1235
-  _globals['_UNDELETETASKREQUEST']._serialized_end=1282
-  _globals['_UNDELETETASKRESPONSE']._serialized_start=1284
-  _globals['_UNDELETETASKRESPONSE']._serialized_end=1342
-  _globals['_TASKSERVICE']._serialized_start=1345
-  _globals['_TASKSERVICE']._serialized_end=2117
+  _globals['_LISTTASKSRESPONSE']._serialized_end=409
+  _globals['_CREATETASKREQUEST']._serialized_start=411
+  _globals['_CREATETASKREQUEST']._serialized_end=486
+  _globals['_CREATETASKRESPONSE']._serialized_start=488
+  _globals['_CREATETASKRESPONSE']._serialized_end=544
+  _globals['_GETTASKREQUEST']._serialized_start=546
+  _globals['_GETTASKREQUEST']._serialized_end=574
+  _globals['_GETTASKRESPONSE']._serialized_start=576
+  _globals['_GETTASKRESPONSE']._serialized_end=647
+  _globals['_BATCHGETTASKSREQUEST']._serialized_start=649
+  _globals['_BATCHGETTASKSREQUEST']._serialized_end=684
+  _globals['_BATCHGETTASKSRESPONSE']._serialized_start=686
+  _globals['_BATCHGETTASKSRESPONSE']._serialized_end=764
+  _globals['_UPDATETASKREQUEST']._serialized_start=766
+  _globals['_UPDATETASKREQUEST']._serialized_end=821
+  _globals['_UPDATETASKRESPONSE']._serialized_start=823
+  _globals['_UPDATETASKRESPONSE']._serialized_end=879
+  _globals['_PATCHTASKREQUEST']._serialized_start=881
+  _globals['_PATCHTASKREQUEST']._serialized_end=984
+  _globals['_PATCHTASKRESPONSE']._serialized_start=986
+  _globals['_PATCHTASKRESPONSE']._serialized_end=1041
+  _globals['_DELETETASKREQUEST']._serialized_start=1043
+  _globals['_DELETETASKREQUEST']._serialized_end=1088
+  _globals['_DELETETASKRESPONSE']._serialized_start=1090
+  _globals['_DELETETASKRESPONSE']._serialized_end=1146
+  _globals['_MOVETASKREQUEST']._serialized_start=1148
+  _globals['_MOVETASKREQUEST']._serialized_end=1231
+  _globals['_MOVETASKRESPONSE']._serialized_start=1233
+  _globals['_MOVETASKRESPONSE']._serialized_end=1287
+  _globals['_UNDELETETASKREQUEST']._serialized_start=1289
+  _globals['_UNDELETETASKREQUEST']._serialized_end=1336
+  _globals['_UNDELETETASKRESPONSE']._serialized_start=1338
+  _globals['_UNDELETETASKRESPONSE']._serialized_end=1396
+  _globals['_WATCHTASKSREQUEST']._serialized_start=1398
+  _globals['_WATCHTASKSREQUEST']._serialized_end=1493
+  _globals['_WATCHTASKSRESPONSE']._serialized_start=1495
+  _globals['_WATCHTASKSRESPONSE']._serialized_end=1577
+  _globals['_TASKCHANGE']._serialized_start=1579
+  _globals['_TASKCHANGE']._serialized_end=1673
+  _globals['_TASKSERVICE']._serialized_start=1880
+  _globals['_TASKSERVICE']._serialized_end=2739
 # @@protoc_insertion_point(module_scope)

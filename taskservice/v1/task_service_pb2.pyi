@@ -1,12 +1,28 @@
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from taskservice.v1 import task_pb2 as _task_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class TaskChangeType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_CHANGE_TYPE_UNSPECIFIED: _ClassVar[TaskChangeType]
+    TASK_CHANGE_TYPE_CREATED: _ClassVar[TaskChangeType]
+    TASK_CHANGE_TYPE_UPDATED: _ClassVar[TaskChangeType]
+    TASK_CHANGE_TYPE_DELETED: _ClassVar[TaskChangeType]
+    TASK_CHANGE_TYPE_UNDELETED: _ClassVar[TaskChangeType]
+    TASK_CHANGE_TYPE_PURGED: _ClassVar[TaskChangeType]
+TASK_CHANGE_TYPE_UNSPECIFIED: TaskChangeType
+TASK_CHANGE_TYPE_CREATED: TaskChangeType
+TASK_CHANGE_TYPE_UPDATED: TaskChangeType
+TASK_CHANGE_TYPE_DELETED: TaskChangeType
+TASK_CHANGE_TYPE_UNDELETED: TaskChangeType
+TASK_CHANGE_TYPE_PURGED: TaskChangeType
 
 class ListTasksRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "status", "owner_id", "filter", "order_by", "show_deleted")
@@ -27,12 +43,14 @@ class ListTasksRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., status: _Optional[_Union[_task_pb2.TaskStatus, str]] = ..., owner_id: _Optional[int] = ..., filter: _Optional[str] = ..., order_by: _Optional[str] = ..., show_deleted: _Optional[bool] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
-    __slots__ = ("tasks", "next_page_token")
+    __slots__ = ("tasks", "next_page_token", "revision")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[_task_pb2.Task]
     next_page_token: str
-    def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.Task, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    revision: int
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.Task, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class CreateTaskRequest(_message.Message):
     __slots__ = ("task", "request_id")
@@ -55,10 +73,12 @@ class GetTaskRequest(_message.Message):
     def __init__(self, id: _Optional[int] = ...) -> None: ...
 
 class GetTaskResponse(_message.Message):
-    __slots__ = ("task",)
+    __slots__ = ("task", "revision")
     TASK_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     task: _task_pb2.Task
-    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...
+    revision: int
+    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class BatchGetTasksRequest(_message.Message):
     __slots__ = ("ids",)
@@ -67,10 +87,12 @@ class BatchGetTasksRequest(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BatchGetTasksResponse(_message.Message):
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "revision")
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[_task_pb2.Task]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.Task, _Mapping]]] = ...) -> None: ...
+    revision: int
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.Task, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class UpdateTaskRequest(_message.Message):
     __slots__ = ("task",)
@@ -143,3 +165,29 @@ class UndeleteTaskResponse(_message.Message):
     TASK_FIELD_NUMBER: _ClassVar[int]
     task: _task_pb2.Task
     def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...
+
+class WatchTasksRequest(_message.Message):
+    __slots__ = ("start_revision", "filter", "owner_id")
+    START_REVISION_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    start_revision: int
+    filter: str
+    owner_id: int
+    def __init__(self, start_revision: _Optional[int] = ..., filter: _Optional[str] = ..., owner_id: _Optional[int] = ...) -> None: ...
+
+class WatchTasksResponse(_message.Message):
+    __slots__ = ("revision", "change")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    change: TaskChange
+    def __init__(self, revision: _Optional[int] = ..., change: _Optional[_Union[TaskChange, _Mapping]] = ...) -> None: ...
+
+class TaskChange(_message.Message):
+    __slots__ = ("type", "task")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    type: TaskChangeType
+    task: _task_pb2.Task
+    def __init__(self, type: _Optional[_Union[TaskChangeType, str]] = ..., task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...

@@ -97,6 +97,11 @@ class TaskServiceStub:
                 request_serializer=taskservice_dot_v1_dot_task__service__pb2.MoveTaskRequest.SerializeToString,
                 response_deserializer=taskservice_dot_v1_dot_task__service__pb2.MoveTaskResponse.FromString,
                 _registered_method=True)
+        self.WatchTasks = channel.unary_stream(
+                '/taskservice.v1.TaskService/WatchTasks',
+                request_serializer=taskservice_dot_v1_dot_task__service__pb2.WatchTasksRequest.SerializeToString,
+                response_deserializer=taskservice_dot_v1_dot_task__service__pb2.WatchTasksResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -276,6 +281,53 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTasks(self, request, context):
+        """Streams the changes of tasks, in revision order, from `start_revision` on, until the client
+        cancels or the server ends the stream (list-then-watch, like Kubernetes and etcd's Watch).
+
+        Every committed change of a task (create, update, patch, move, trash, undelete, purge, and
+        the purges of subtasks and of a deleted user's tasks) advances the store-wide revision by
+        one. Revisions start at 1 (an empty store), so a revision a client was given is never 0.
+        A stream first replays the history after `start_revision`, then sends a bookmark (so even a
+        stream with nothing to replay learns its revision at once), then changes as they commit. A response carries either a change (at its revision) or, with no `change`, a bookmark:
+        the revision up to which the stream has sent every change it was going to send. Bookmarks
+        come every 15 seconds by default (the server's WATCH_BOOKMARK_SECONDS) whether or not
+        anything matched, which also keeps idle streams alive through proxies.
+
+        Delivery: changes arrive in increasing revision order, each at most once, none skipped. A
+        change is sent when the task matches `filter` (and `owner_id`) before or after it, so the
+        client sees a task leave its view. To resume after a broken stream, call again with
+        `start_revision` set to the last `revision` received (change or bookmark): across the two
+        streams every change is then seen exactly once. To mirror tasks, list them (ListTasks'
+        `revision`), then watch from that revision.
+
+        Authorization is checked on every change: a regular user sees only their own tasks, an admin
+        every task or one owner's. The caller's access token is re-checked every 2 seconds: when it
+        expires or is revoked the stream ends with UNAUTHENTICATED.
+
+        Limits: each stream buffers at most 1,000 changes (WATCH_BUFFER_EVENTS) a slow client has not
+        read yet; a server serves at most 10,000 streams (WATCH_MAX_STREAMS); history is kept for 24
+        hours (WATCH_RETENTION_HOURS).
+
+        Errors (as the call's status, at once or when the stream ends):
+        - INVALID_ARGUMENT: `start_revision` is negative; `filter` does not parse (as in ListTasks).
+        - PERMISSION_DENIED: a regular user set `owner_id` to another user's id.
+        - OUT_OF_RANGE with reason REVISION_NOT_YET: `start_revision` is beyond the store's current
+        revision. The ErrorInfo metadata `current_revision` holds that revision.
+        - FAILED_PRECONDITION with reason REVISION_COMPACTED: the history after `start_revision` is no
+        longer kept. The ErrorInfo metadata `oldest_revision` holds the oldest revision a watch may
+        start from; relist (ListTasks) and watch from the list's revision.
+        - RESOURCE_EXHAUSTED with reason WATCHER_TOO_SLOW: the client did not read fast enough and its
+        buffer filled up; resume from the last revision received. With reason TOO_MANY_WATCHERS:
+        this server already serves WATCH_MAX_STREAMS streams; retry later or elsewhere.
+        - UNAUTHENTICATED: the access token expired or was revoked during the stream.
+        - UNAVAILABLE with reason SHUTTING_DOWN: the server is stopping; resume on another replica
+        from the last revision received.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -323,6 +375,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.MoveTask,
                     request_deserializer=taskservice_dot_v1_dot_task__service__pb2.MoveTaskRequest.FromString,
                     response_serializer=taskservice_dot_v1_dot_task__service__pb2.MoveTaskResponse.SerializeToString,
+            ),
+            'WatchTasks': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTasks,
+                    request_deserializer=taskservice_dot_v1_dot_task__service__pb2.WatchTasksRequest.FromString,
+                    response_serializer=taskservice_dot_v1_dot_task__service__pb2.WatchTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -586,6 +643,33 @@ class TaskService:
             '/taskservice.v1.TaskService/MoveTask',
             taskservice_dot_v1_dot_task__service__pb2.MoveTaskRequest.SerializeToString,
             taskservice_dot_v1_dot_task__service__pb2.MoveTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/taskservice.v1.TaskService/WatchTasks',
+            taskservice_dot_v1_dot_task__service__pb2.WatchTasksRequest.SerializeToString,
+            taskservice_dot_v1_dot_task__service__pb2.WatchTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

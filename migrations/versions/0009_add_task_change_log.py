@@ -1,0 +1,210 @@
+"""Add the task change log behind WatchTasks: a revision counter, the log, and triggers filling it.
+
+Every committed change of a task (API writes, foreign-key cascades from a parent's purge or a
+user's deletion, the trash sweep, `taskservice purge`) is recorded by AFTER ROW triggers on
+`tasks`, in the changing transaction itself, so nothing that commits can go unrecorded and
+nothing rolled back is recorded. The empty store is at revision 1 (0 means "from now" to
+WatchTasks). Each recorded change takes the next value of the one-row
+`task_revision` counter. On PostgreSQL that UPDATE holds the counter row's lock until commit, so a
+second writer waits for the first to commit before taking its revision: revisions are dense and
+become visible in order (a reader can never see N+1 committed while N is not yet), which is what
+lets the change feed read `revision > last` without skipping a change whose transaction commits
+late. SQLite has one writer at a time anyway.
+
+An UPDATE that changes nothing is not recorded. PostgreSQL also sends `NOTIFY task_changes` once
+per statement, as a wake-up for the change feeds of every server: the changes themselves are
+read from the table.
+
+The SQLite triggers list the task columns: a migration that adds a column to `tasks` must
+recreate them (as must one that rebuilds `tasks` with `batch_alter_table`, which drops them).
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-11-26 19:30:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0009"
+down_revision: str | None = "0008"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+#: Columns of `tasks` as of this revision, for SQLite's json_object().
+_TASK_COLUMNS = (
+    "id",
+    "owner_id",
+    "title",
+    "description",
+    "status",
+    "due_time",
+    "version",
+    "create_time",
+    "update_time",
+    "priority",
+    "labels",
+    "complete_time",
+    "delete_time",
+    "purge_time",
+    "trash_root_id",
+    "parent_id",
+    "position",
+)
+
+_POSTGRES_UP = (
+    """
+    CREATE FUNCTION task_changes_record() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+      next_revision BIGINT;
+      change_type SMALLINT;
+    BEGIN
+      UPDATE task_revision SET revision = revision + 1 WHERE id = 1
+        RETURNING revision INTO next_revision;
+      IF TG_OP = 'INSERT' THEN
+        change_type := 1;
+      ELSIF TG_OP = 'DELETE' THEN
+        change_type := 5;
+      ELSIF OLD.delete_time IS NULL AND NEW.delete_time IS NOT NULL THEN
+        change_type := 3;
+      ELSIF OLD.delete_time IS NOT NULL AND NEW.delete_time IS NULL THEN
+        change_type := 4;
+      ELSE
+        change_type := 2;
+      END IF;
+      IF TG_OP = 'DELETE' THEN
+        INSERT INTO task_changes (revision, task_id, owner_id, type, before, after, create_time)
+        VALUES (next_revision, OLD.id, OLD.owner_id, change_type, to_jsonb(OLD)::text, NULL,
+                now());
+        RETURN OLD;
+      END IF;
+      INSERT INTO task_changes (revision, task_id, owner_id, type, before, after, create_time)
+      VALUES (next_revision, NEW.id, NEW.owner_id, change_type,
+              CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD)::text END, to_jsonb(NEW)::text,
+              now());
+      RETURN NEW;
+    END
+    $$
+    """,
+    """
+    CREATE FUNCTION task_changes_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      PERFORM pg_notify('task_changes', '');
+      RETURN NULL;
+    END
+    $$
+    """,
+    """
+    CREATE TRIGGER tasks_record_insert AFTER INSERT ON tasks
+    FOR EACH ROW EXECUTE FUNCTION task_changes_record()
+    """,
+    """
+    CREATE TRIGGER tasks_record_update AFTER UPDATE ON tasks
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION task_changes_record()
+    """,
+    """
+    CREATE TRIGGER tasks_record_delete AFTER DELETE ON tasks
+    FOR EACH ROW EXECUTE FUNCTION task_changes_record()
+    """,
+    """
+    CREATE TRIGGER tasks_wake_watchers AFTER INSERT OR UPDATE OR DELETE ON tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION task_changes_notify()
+    """,
+)
+
+_POSTGRES_DOWN = (
+    "DROP TRIGGER tasks_wake_watchers ON tasks",
+    "DROP TRIGGER tasks_record_delete ON tasks",
+    "DROP TRIGGER tasks_record_update ON tasks",
+    "DROP TRIGGER tasks_record_insert ON tasks",
+    "DROP FUNCTION task_changes_notify()",
+    "DROP FUNCTION task_changes_record()",
+)
+
+
+def _json(row: str) -> str:
+    pairs = ", ".join(f"'{column}', {row}.{column}" for column in _TASK_COLUMNS)
+    return f"json_object({pairs})"
+
+
+def _sqlite_trigger(name: str, event: str, when: str, row: str, kind: str, before: str) -> str:
+    after = "NULL" if event == "DELETE" else _json("NEW")
+    # Built from the constant column list above, never from input.
+    return f"""
+    CREATE TRIGGER {name} AFTER {event} ON tasks {when}
+    BEGIN
+      UPDATE task_revision SET revision = revision + 1 WHERE id = 1;
+      INSERT INTO task_changes (revision, task_id, owner_id, type, before, after, create_time)
+      SELECT revision, {row}.id, {row}.owner_id, {kind}, {before}, {after},
+             strftime('%Y-%m-%d %H:%M:%f', 'now')
+      FROM task_revision WHERE id = 1;
+    END
+    """  # noqa: S608
+
+
+_SQLITE_CHANGED = " OR ".join(f"OLD.{column} IS NOT NEW.{column}" for column in _TASK_COLUMNS)
+_SQLITE_UPDATE_TYPE = (
+    "CASE WHEN OLD.delete_time IS NULL AND NEW.delete_time IS NOT NULL THEN 3"
+    " WHEN OLD.delete_time IS NOT NULL AND NEW.delete_time IS NULL THEN 4 ELSE 2 END"
+)
+
+_SQLITE_UP = (
+    _sqlite_trigger("tasks_record_insert", "INSERT", "", "NEW", "1", "NULL"),
+    _sqlite_trigger(
+        "tasks_record_update",
+        "UPDATE",
+        f"WHEN {_SQLITE_CHANGED}",
+        "NEW",
+        _SQLITE_UPDATE_TYPE,
+        _json("OLD"),
+    ),
+    _sqlite_trigger("tasks_record_delete", "DELETE", "", "OLD", "5", _json("OLD")),
+)
+
+_SQLITE_DOWN = (
+    "DROP TRIGGER tasks_record_delete",
+    "DROP TRIGGER tasks_record_update",
+    "DROP TRIGGER tasks_record_insert",
+)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "task_revision",
+        sa.Column("id", sa.SmallInteger(), autoincrement=False, nullable=False),
+        sa.Column("revision", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("compacted_revision", sa.BigInteger(), server_default="0", nullable=False),
+        sa.CheckConstraint("id = 1", name=op.f("ck_task_revision_single_row")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_task_revision")),
+    )
+    # The empty store is at revision 1, not 0: WatchTasks reads start_revision 0 as "from now",
+    # so a client resuming from a revision it was given must never hold a 0.
+    op.execute("INSERT INTO task_revision (id, revision, compacted_revision) VALUES (1, 1, 0)")
+    op.create_table(
+        "task_changes",
+        sa.Column("revision", _ID, autoincrement=False, nullable=False),
+        sa.Column("task_id", _ID, nullable=False),
+        sa.Column("owner_id", _ID, nullable=False),
+        sa.Column("type", sa.SmallInteger(), nullable=False),
+        sa.Column("before", sa.Text(), nullable=True),
+        sa.Column("after", sa.Text(), nullable=True),
+        sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("revision", name=op.f("pk_task_changes")),
+    )
+    op.create_index("ix_task_changes_create_time", "task_changes", ["create_time"], unique=False)
+    statements = _POSTGRES_UP if op.get_bind().dialect.name == "postgresql" else _SQLITE_UP
+    for statement in statements:
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    statements = _POSTGRES_DOWN if op.get_bind().dialect.name == "postgresql" else _SQLITE_DOWN
+    for statement in statements:
+        op.execute(statement)
+    op.drop_index("ix_task_changes_create_time", table_name="task_changes")
+    op.drop_table("task_changes")
+    op.drop_table("task_revision")

@@ -1,0 +1,290 @@
+"""The change feed: one reader of `task_changes` per process, fanning out to every stream.
+
+When woken, it reads the changes after the last revision it has seen (one query, however many
+streams are open) and offers each to the streams that may see it: those watching its owner and
+admins' streams watching every owner. Each stream has a bounded buffer; a stream whose buffer
+overflows is ended with RESOURCE_EXHAUSTED (WATCHER_TOO_SLOW) and its buffer dropped, so a slow
+reader costs the server at most WATCH_BUFFER_EVENTS changes.
+
+Wake-ups: on PostgreSQL, `NOTIFY task_changes` sent by the triggers (from every server) through a
+dedicated LISTEN connection; in-process, after every local commit; and a poll every second,
+which also keeps watchers moving while the LISTEN connection is down (logged) and on SQLite
+serves changes made by other processes. A notification carries nothing: the changes are always
+read from the table, so a listener that reconnects simply catches up.
+
+Revisions are dense and committed in order (migration 0009), so reading `revision > last`
+never skips a change that commits late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from itertools import chain
+
+from taskservice.db.engine import Database
+from taskservice.db.notifications import PgListener
+from taskservice.db.types import utcnow
+from taskservice.errors import DomainError, ResourceExhausted, Unavailable
+from taskservice.watch import changes
+from taskservice.watch.changes import Change
+
+logger = logging.getLogger(__name__)
+
+#: NOTIFY channel the triggers wake every feed through.
+CHANNEL = "task_changes"
+#: Seconds between polls when nothing woke the feed.
+POLL_INTERVAL_SECONDS = 1.0
+#: Pause between compactions, in seconds: a quarter of the retention, within these bounds.
+MIN_COMPACTION_INTERVAL_SECONDS = 1.0
+MAX_COMPACTION_INTERVAL_SECONDS = 300.0
+
+
+def too_slow() -> ResourceExhausted:
+    """The error a stream ends with when its reader fell WATCH_BUFFER_EVENTS changes behind."""
+    return ResourceExhausted(
+        "WATCHER_TOO_SLOW",
+        "the stream fell too far behind its reader; resume from the last revision received",
+    )
+
+
+def shutting_down() -> Unavailable:
+    """The error every stream ends with when the server stops."""
+    return Unavailable(
+        "SHUTTING_DOWN", "the server is shutting down; resume from the last revision received"
+    )
+
+
+class Subscription:
+    """One stream's place in the feed: what it may see, and its bounded buffer."""
+
+    def __init__(
+        self,
+        feed: ChangeFeed,
+        owner_id: int | None,
+        accepts: Callable[[Change], bool],
+        capacity: int,
+    ) -> None:
+        self.feed = feed
+        self.owner_id = owner_id
+        self.accepts = accepts
+        self.capacity = capacity
+        #: The feed's revision when this subscription began: later changes come live.
+        self.live_from = feed.revision
+        self.buffer: deque[Change] = deque()
+        self.ended: DomainError | None = None
+        self.signal = asyncio.Event()
+
+    def offer(self, change: Change) -> None:
+        """Buffer the change if this stream sees it; end the stream when the buffer is full."""
+        if self.ended is not None or not self.accepts(change):
+            return
+        if len(self.buffer) >= self.capacity:
+            self.feed.too_slow_total += 1
+            self.end(too_slow())
+            return
+        self.buffer.append(change)
+        self.signal.set()
+
+    def end(self, error: DomainError) -> None:
+        """End the stream with `error` at its next step; its buffer is dropped now."""
+        if self.ended is None:
+            self.ended = error
+            self.buffer.clear()
+        self.signal.set()
+
+    def take(self) -> list[Change]:
+        """Every buffered change, oldest first; raises the stream's end once it has one."""
+        if self.ended is not None:
+            raise self.ended
+        taken = list(self.buffer)
+        self.buffer.clear()
+        self.signal.clear()
+        return taken
+
+
+class ChangeFeed:
+    """Reads new changes once per wake-up and offers them to every subscription."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        buffer_events: int,
+        max_streams: int,
+        retention: timedelta,
+        poll_interval: float = POLL_INTERVAL_SECONDS,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.database = database
+        self._buffer_events = buffer_events
+        self._max_streams = max_streams
+        self._retention = retention
+        self._poll_interval = poll_interval
+        self._clock = clock
+        #: The newest revision read and offered to every subscription.
+        self.revision = 0
+        #: Streams cut off for reading too slowly, since start (for tests and logs).
+        self.too_slow_total = 0
+        self._by_owner: dict[int, set[Subscription]] = {}
+        self._every_owner: set[Subscription] = set()
+        self._count = 0
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._listener: PgListener | None = None
+        if database.engine.dialect.name == "postgresql":
+            self._listener = PgListener(
+                database.engine.url, CHANNEL, lambda _payload: self.wake(), self._listener_reset
+            )
+        database.after_commit(self.wake)
+
+    @property
+    def streams(self) -> int:
+        """Subscriptions open now."""
+        return self._count
+
+    def buffered(self) -> int:
+        """Changes buffered for all streams together: bounded by streams x buffer size."""
+        return sum(len(s.buffer) for s in chain(self._every_owner, *self._by_owner.values()))
+
+    async def start(self) -> None:
+        """Start from the current revision: changes committed from now on are offered."""
+        self.revision = (await changes.revisions(self.database)).current
+        if self._listener is not None:
+            await self._listener.start()
+        self._tasks = [
+            asyncio.create_task(self._run(), name="change-feed"),
+            asyncio.create_task(self._compact_now_and_then(), name="change-compaction"),
+        ]
+
+    def close_streams(self) -> None:
+        """End every stream with UNAVAILABLE now (the server is stopping); refuse new ones."""
+        self._closing = True
+        for subscription in list(chain(self._every_owner, *self._by_owner.values())):
+            subscription.end(shutting_down())
+
+    async def stop(self) -> None:
+        """Close every stream, then stop reading and listening."""
+        self.close_streams()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._listener is not None:
+            await self._listener.stop()
+
+    def subscribe(self, owner_id: int | None, accepts: Callable[[Change], bool]) -> Subscription:
+        """Register a stream: changes after `self.revision` of `owner_id` (None: all) it accepts.
+
+        Raises RESOURCE_EXHAUSTED past WATCH_MAX_STREAMS, UNAVAILABLE while stopping.
+        """
+        if self._closing:
+            raise shutting_down()
+        if self._count >= self._max_streams:
+            raise ResourceExhausted(
+                "TOO_MANY_WATCHERS", "this server serves as many streams as it may; retry later"
+            )
+        subscription = Subscription(self, owner_id, accepts, self._buffer_events)
+        if owner_id is None:
+            self._every_owner.add(subscription)
+        else:
+            self._by_owner.setdefault(owner_id, set()).add(subscription)
+        self._count += 1
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Forget a stream (idempotent)."""
+        if subscription.owner_id is None:
+            group = self._every_owner
+        else:
+            group = self._by_owner.get(subscription.owner_id, set())
+        if subscription in group:
+            group.discard(subscription)
+            self._count -= 1
+            if subscription.owner_id is not None and not group:
+                del self._by_owner[subscription.owner_id]
+
+    def wake(self) -> None:
+        """Read new changes soon (a commit happened, here or elsewhere)."""
+        self._wake.set()
+
+    async def catch_up(self) -> int:
+        """Read and offer every change after `self.revision`; return how many were read."""
+        read = 0
+        while True:
+            batch = await changes.page(self.database, self.revision)
+            for item in batch:
+                if item.revision != self.revision + 1:
+                    logger.error(
+                        "change feed: expected revision %d, read %d (history compacted while "
+                        "the feed lagged?)",
+                        self.revision + 1,
+                        item.revision,
+                    )
+                self._offer(item)
+                self.revision = item.revision
+            read += len(batch)
+            if len(batch) < changes.PAGE_SIZE:
+                return read
+
+    def _offer(self, item: Change) -> None:
+        for subscription in self._every_owner:
+            subscription.offer(item)
+        for subscription in self._by_owner.get(item.owner_id, ()):
+            subscription.offer(item)
+
+    async def _run(self) -> None:
+        failing = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.catch_up()
+            except Exception as exc:  # the database may be away: the next round tries again
+                if not failing:
+                    logger.warning("change feed: cannot read changes (%s)", type(exc).__name__)
+                failing = True
+                continue
+            if failing:
+                logger.info("change feed: reading changes again")
+            failing = False
+
+    def _listener_reset(self) -> None:
+        if self._closing:
+            return
+        connected = self._listener is not None and self._listener.connected
+        if connected:
+            logger.info("change feed: LISTEN %s connected; catching up", CHANNEL)
+        else:
+            logger.warning(
+                "change feed: LISTEN %s lost; watchers progress by polling every %.1f s",
+                CHANNEL,
+                self._poll_interval,
+            )
+        self.wake()  # whatever was notified meanwhile is read from the table
+
+    async def compact(self, now: datetime | None = None) -> int:
+        """Forget history older than the retention; return the compacted revision."""
+        return await changes.compact(self.database, self._retention, now or self._clock())
+
+    async def _compact_now_and_then(self) -> None:
+        interval = min(
+            max(self._retention.total_seconds() / 4, MIN_COMPACTION_INTERVAL_SECONDS),
+            MAX_COMPACTION_INTERVAL_SECONDS,
+        )
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # noqa: S311
+            try:
+                await self.compact()
+            except Exception as exc:  # the database may be away; the next round tries again
+                logger.warning("change log compaction failed: %s", type(exc).__name__)
