@@ -8,6 +8,7 @@ switch on (AIP-193's ErrorInfo.reason) and a message safe to show to the caller.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 
 class DomainError(Exception):
@@ -69,3 +70,11 @@ class Aborted(DomainError):
 
 class Unavailable(DomainError):
     """A dependency (the database) cannot be reached; the call may be retried."""
+
+
+class ResourceExhausted(DomainError):
+    """Too many attempts, or a quota reached; `retry_after` says when trying again may work."""
+
+    def __init__(self, reason: str, message: str, retry_after: timedelta | None = None) -> None:
+        super().__init__(reason, message)
+        self.retry_after = retry_after
