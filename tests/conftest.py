@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -152,10 +153,30 @@ def settings(database_url: str) -> Settings:
     return make_settings(database_url)
 
 
+class ManualClock:
+    """A clock that stands still until the test moves it: the time credentials, throttling
+    and the audit trail go by. It starts at the real present, so JWTs (real time) agree."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        """Move time forward by `timedelta(**delta)`."""
+        self.now += timedelta(**delta)
+
+
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[Application]:
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def app(settings: Settings, clock: ManualClock) -> AsyncIterator[Application]:
     """A started server, stopped (calls cancelled, pool closed) after the test."""
-    application = await build_server(settings)
+    application = await build_server(settings, clock=clock)
     await application.start()
     yield application
     await application.stop(grace=None)
