@@ -154,13 +154,17 @@ def settings(database_url: str) -> Settings:
 
 
 class ManualClock:
-    """A clock that stands still until the test moves it: the time credentials, throttling
-    and the audit trail go by. It starts at the real present, so JWTs (real time) agree."""
+    """A clock that stands still until the test moves it.
+
+    It is the time credentials, throttling and the audit trail go by. It starts at the real
+    present, so JWTs (which go by real time) agree with it.
+    """
 
     def __init__(self) -> None:
         self.now = datetime.now(UTC)
 
     def __call__(self) -> datetime:
+        """The time the test has set."""
         return self.now
 
     def advance(self, **delta: float) -> None:

@@ -152,3 +152,21 @@ def test_secrets_are_not_shown_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "s" * 40 not in text
     assert "hunter2-password" not in text
     assert "url-password" not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TRUSTED_PROXIES", "10.0.0.0/8, not-a-network"),
+        ("CREDENTIAL_HASH_KEY", "too short"),
+        ("LOGIN_MAX_FAILURES_PER_ACCOUNT", "0"),
+        ("THROTTLE_WINDOW_SECONDS", "0"),
+        ("REFRESH_TOKEN_EXPIRE_DAYS", "0"),
+    ],
+)
+def test_credential_and_throttle_settings_are_validated(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        load_settings()
