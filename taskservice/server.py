@@ -239,7 +239,12 @@ async def build_server(
         on_throttled=lambda kind: metrics.throttled.labels(kind).inc(),
     )
     users = UserService(database, page_tokens, auth_states, audit)
-    tasks = TaskService(database, page_tokens, timedelta(days=settings.trash_retention_days))
+    tasks = TaskService(
+        database,
+        page_tokens,
+        timedelta(days=settings.trash_retention_days),
+        audit_trail=audit,
+    )
 
     monitor = HealthMonitor(HealthServicer(), database.ping, HEALTH_NAMES)
     await monitor.not_serving_yet()
