@@ -32,7 +32,7 @@ class AuditServiceStub:
     fields. Neither ever holds a secret (no password, token, key or hash).
 
     Event names (stable lower_snake strings):
-    - `login_succeeded`, `login_failed` (actor: the user when the email is known, else unset).
+    - `login_succeeded`, `login_failed` (target: the account when the email is known, else unset).
     - `user_registered` (actor: the admin who created the user, or the new user).
     - `password_changed`, `password_change_failed`.
     - `refresh_token_reused` (a retired refresh token was presented; its family was revoked).
@@ -70,7 +70,7 @@ class AuditServiceServicer:
     fields. Neither ever holds a secret (no password, token, key or hash).
 
     Event names (stable lower_snake strings):
-    - `login_succeeded`, `login_failed` (actor: the user when the email is known, else unset).
+    - `login_succeeded`, `login_failed` (target: the account when the email is known, else unset).
     - `user_registered` (actor: the admin who created the user, or the new user).
     - `password_changed`, `password_change_failed`.
     - `refresh_token_reused` (a retired refresh token was presented; its family was revoked).
@@ -124,7 +124,7 @@ class AuditService:
     fields. Neither ever holds a secret (no password, token, key or hash).
 
     Event names (stable lower_snake strings):
-    - `login_succeeded`, `login_failed` (actor: the user when the email is known, else unset).
+    - `login_succeeded`, `login_failed` (target: the account when the email is known, else unset).
     - `user_registered` (actor: the admin who created the user, or the new user).
     - `password_changed`, `password_change_failed`.
     - `refresh_token_reused` (a retired refresh token was presented; its family was revoked).
