@@ -9,7 +9,7 @@ import grpc
 from taskservice.api.authentication import authenticated
 from taskservice.api.convert import timestamp
 from taskservice.db.models import ApiKey
-from taskservice.errors import InvalidArgument
+from taskservice.errors import FieldViolation
 from taskservice.security.credentials import API_KEY_KIND
 from taskservice.services.api_keys import ApiKeyService
 from taskservice.services.principal import Principal
@@ -31,16 +31,16 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
         principal: Principal,
     ) -> pb.CreateApiKeyResponse:
         """Create a key; its secret is in this response only."""
-        expire_time = None
+        expire_time, bad_expiry = None, None
         if request.HasField("expire_time"):
             try:
                 expire_time = request.expire_time.ToDatetime(tzinfo=UTC)
             except (ValueError, OverflowError):
-                raise InvalidArgument.field(
+                bad_expiry = FieldViolation(
                     "expire_time", "not a valid timestamp (0001-01-01 to 9999-12-31)"
-                ) from None
+                )
         created = await self._keys.create(
-            principal, request.user_id, request.display_name, expire_time
+            principal, request.user_id, request.display_name, expire_time, also=bad_expiry
         )
         return pb.CreateApiKeyResponse(api_key=api_key_to_proto(created.key), secret=created.secret)
 

@@ -99,12 +99,22 @@ class ApiKeyService:
         states.subscribe(NOTIFY_PREFIX, self._forget, self._forget_all)
 
     async def create(
-        self, caller: Principal, user_id: int, display_name: str, expire_time: datetime | None
+        self,
+        caller: Principal,
+        user_id: int,
+        display_name: str,
+        expire_time: datetime | None,
+        also: FieldViolation | None = None,
     ) -> CreatedKey:
-        """A new key for `user_id` (0: the caller), returned with its secret."""
+        """A new key for `user_id` (0: the caller), returned with its secret.
+
+        `also` is a bad field the edge found converting the request (an unreadable expire_time),
+        reported together with every other.
+        """
         caller.require_login_credential()
         owner = self._owner(caller, user_id)
         problems = Violations()
+        problems.add(also)
         problems.add(FieldViolation("user_id", "must not be negative") if user_id < 0 else None)
         name = display_name.strip()
         problems.add(
