@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import Any
@@ -227,3 +228,9 @@ def test_the_client_address_believes_only_trusted_proxies(
 )
 def test_grpc_peers_name_their_ip(peer: str, ip: str | None) -> None:
     assert peer_ip(peer) == ip
+
+
+async def test_concurrent_correct_logins_are_never_throttled(stubs: Stubs) -> None:
+    account = await register(stubs)
+    logins = await asyncio.gather(*(_login(stubs, account.user.email) for _ in range(8)))
+    assert all(login.access_token for login in logins)

@@ -8,7 +8,7 @@ for known ones. Refresh tokens rotate within a family; presenting a retired one 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -143,9 +143,12 @@ class AuthService:
             )
         if caller is None and (key := address_key("register", client_address)) is not None:
             await self._throttled(
-                [Limit(key, self._policy.max_registrations_per_address)],
-                "REGISTRATION_THROTTLED",
-                "too many registrations from this address; retry later",
+                self._throttle.attempt(
+                    [Limit(key, self._policy.max_registrations_per_address)],
+                    reason="REGISTRATION_THROTTLED",
+                    message="too many registrations from this address; retry later",
+                ),
+                audit.REGISTRATION_THROTTLED,
             )
         normalized, bad_email = email_violation("email", email)
         raise_if(bad_email, new_password_violation("password", password))
@@ -171,8 +174,9 @@ class AuthService:
     async def login(self, email: str, password: str, client_address: str | None = None) -> SignedIn:
         """Exchange credentials for tokens; every failure looks and takes the same.
 
-        The attempt is counted against the account and the client address before bcrypt runs;
-        past either limit it is refused without checking the password at all.
+        Past the limit of recent failures for the account or the client address, the attempt is
+        refused before bcrypt runs, without checking the password at all. A failure is counted
+        against both, in the transaction that audits it; a success clears the account's count.
         """
         raise_if(
             None if email.strip() else FieldViolation("email", "required"),
@@ -188,7 +192,12 @@ class AuthService:
         if address is not None:
             limits.append(Limit(address, self._policy.max_failures_per_address))
         await self._throttled(
-            limits, "LOGIN_THROTTLED", "too many failed logins; retry after the delay given"
+            self._throttle.check(
+                limits,
+                reason="LOGIN_THROTTLED",
+                message="too many failed logins; retry after the delay given",
+            ),
+            audit.LOGIN_THROTTLED,
         )
         user = None
         if normalized is not None:
@@ -196,17 +205,18 @@ class AuthService:
                 user = await session.scalar(select(User).where(User.email == normalized))
         matches = await self._hasher.verify(password, None if user is None else user.password_hash)
         if user is None or not matches or not user.is_active:
-            await self._audit.record_now(
-                audit.LOGIN_FAILED,
-                actor_id=None,
-                target_user_id=None if user is None else user.id,
-                outcome=audit.FAILURE,
-            )
+            async with self._db.write() as session:
+                await self._throttle.count(session, [limit.key for limit in limits])
+                self._audit.record(
+                    session,
+                    audit.LOGIN_FAILED,
+                    actor_id=None,
+                    target_user_id=None if user is None else user.id,
+                    outcome=audit.FAILURE,
+                )
             raise Unauthenticated("LOGIN_FAILED", LOGIN_FAILED)
         async with self._db.write() as session:
             await self._throttle.reset(session, account)
-            if address is not None:
-                await self._throttle.release(session, address)
             refresh = self._start_family(session, user)
             self._audit.record(
                 session, audit.LOGIN_SUCCEEDED, actor_id=user.id, target_user_id=user.id
@@ -321,16 +331,11 @@ class AuthService:
         self._states.forget(caller.user_id)
         return self._tokens.issue(caller.user_id, version)
 
-    async def _throttled(self, limits: list[Limit], reason: str, message: str) -> None:
-        """Count an attempt; when it is past a limit, log and count the refusal, then raise."""
+    async def _throttled(self, gate: Awaitable[None], kind: str) -> None:
+        """Pass `gate`; when it refuses, log and count the refusal, then raise it."""
         try:
-            await self._throttle.attempt(limits, reason=reason, message=message)
+            await gate
         except ResourceExhausted:
-            kind = (
-                audit.LOGIN_THROTTLED
-                if reason == "LOGIN_THROTTLED"
-                else (audit.REGISTRATION_THROTTLED)
-            )
             self._on_throttled(kind)
             log_event(
                 kind,

@@ -1,11 +1,18 @@
-"""Brute-force throttling: attempts per key (an account, a client address) in a fixed window.
+"""Brute-force throttling: events per key (an account, a client address) in a fixed window.
 
-Counters live in the database (`throttle_counters`), so every replica shares them. An attempt is
-counted *before* the expensive work it guards (bcrypt), by one atomic upsert that also reads the
-new count back: concurrent attempts each get a distinct count, so no burst of parallel guesses
-slips past the limit between a check and an increment. Past the limit the attempt is refused
-with the time left in the window; refused attempts are counted too, which cannot lengthen a
-fixed window. A success may give its attempt back (`release`) or clear the key (`reset`).
+Counters live in the database (`throttle_counters`), so every replica shares them; each count is
+one atomic upsert (a new window when the last one ended), the same statement on PostgreSQL and
+SQLite. Two ways to use them:
+
+- `check` then `count`, for failed logins: the check runs before bcrypt and refuses once the
+  failures reach the limit; only a failure is counted, after its password check. So concurrent
+  correct logins to one account are never refused for being concurrent; the price is that the
+  attempts already in flight when the limit is reached still finish (each counted, so the
+  overshoot is bounded by how many were in flight, not repeatable within the window).
+- `attempt`, for registrations: every attempt is counted before the work, atomically with the
+  check (the upsert returns the new count), so even a parallel burst stops exactly at the limit.
+
+A refusal carries the time left in the window; refused attempts are not counted as failures.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import case, delete, literal, update
+from sqlalchemy import case, delete, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -81,13 +88,28 @@ class Throttle:
         if retry_after is not None:
             raise ResourceExhausted(reason, message, max(retry_after, timedelta(seconds=1)))
 
-    async def release(self, session: AsyncSession, key: str) -> None:
-        """Give back one attempt counted against `key` (it turned out to be a success)."""
-        await session.execute(
-            update(ThrottleCounter)
-            .where(ThrottleCounter.key == key, ThrottleCounter.count > 0)
-            .values(count=ThrottleCounter.count - 1)
-        )
+    async def check(self, limits: Sequence[Limit], *, reason: str, message: str) -> None:
+        """Raise ResourceExhausted if any key's count in its current window reached its limit."""
+        if not limits:
+            return
+        now = self._clock()
+        maximum = {limit.key: limit.maximum for limit in limits}
+        query = select(ThrottleCounter.key, ThrottleCounter.count, ThrottleCounter.window_start)
+        async with self._db.rows() as connection:
+            rows = (await connection.execute(query.where(ThrottleCounter.key.in_(maximum)))).all()
+        waits = [
+            start + self._window - now
+            for key, count, start in rows
+            if count >= maximum[key] and start + self._window > now
+        ]
+        if waits:
+            raise ResourceExhausted(reason, message, max(max(waits), timedelta(seconds=1)))
+
+    async def count(self, session: AsyncSession, keys: Sequence[str]) -> None:
+        """Count one event against each key, in `session`'s transaction."""
+        now = self._clock()
+        for key in sorted(keys):  # one lock order: concurrent transactions queue, never deadlock
+            await self._count(session, key, now)
 
     async def reset(self, session: AsyncSession, key: str) -> None:
         """Forget every attempt counted against `key`."""
