@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import Any
@@ -18,6 +20,7 @@ from taskservice.services.client_address import client_address
 from taskservice.v1 import auth_service_pb2 as pb
 from tests.conftest import ManualClock, Stubs, make_settings, stubs_for
 from tests.helpers import PASSWORD, fails, make_admin, register, unique_email
+from tests.test_access_log import log_lines  # noqa: F401 - a fixture
 
 THROTTLED = grpc.StatusCode.RESOURCE_EXHAUSTED
 WINDOW_SECONDS = 600
@@ -86,7 +89,10 @@ async def _retry_delay(call: Awaitable[Any], reason: str = "LOGIN_THROTTLED") ->
 
 
 async def test_failed_logins_are_throttled_per_account_before_any_bcrypt(
-    servers: tuple[Application, Application], stubs: Stubs, clock: ManualClock
+    log_lines: io.StringIO,  # noqa: F811 - the fixture
+    servers: tuple[Application, Application],
+    stubs: Stubs,
+    clock: ManualClock,
 ) -> None:
     account = await register(stubs)
     for _ in range(3):
@@ -102,6 +108,11 @@ async def test_failed_logins_are_throttled_per_account_before_any_bcrypt(
         "taskservice_auth_throttled_total", {"kind": "login_throttled"}
     )
     assert throttled == 2
+    entries = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    refusals = [e for e in entries if e.get("event") == "login_throttled"]
+    assert len(refusals) == 2
+    assert all(e["outcome"] == "denied" and e["request_id"] for e in refusals)
+    assert PASSWORD not in log_lines.getvalue()
     clock.advance(seconds=WINDOW_SECONDS - 100)
     await _login(stubs, account.user.email)
 
