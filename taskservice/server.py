@@ -93,6 +93,7 @@ class Application:
     trash: TrashSweeper | None = None
     api_keys: ApiKeyService | None = None
     audit: AuditTrail | None = None
+    auth: AuthService | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     metrics_port: int | None = None
@@ -287,7 +288,8 @@ async def build_server(
         settings, server, database, auth_states, monitor, hasher, metrics, port
     )
     application.tasks = tasks
-    application.trash = TrashSweeper(tasks)
+    application.trash = TrashSweeper(tasks, also=(auth.purge_expired,))
+    application.auth = auth
     application.api_keys = api_keys
     application.audit = audit
     if settings.health_port is not None:

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
-from taskservice.db.models import RefreshToken
+from taskservice.db.models import RefreshToken, ThrottleCounter
 from taskservice.server import Application
 from taskservice.v1 import audit_service_pb2 as audit_pb
 from taskservice.v1 import auth_service_pb2 as pb
@@ -200,3 +200,26 @@ async def test_refresh_tokens_are_in_no_log_line(
     assert "refresh_token_reused" in logged
     for token in (login.refresh_token, refreshed.refresh_token):
         assert token.rsplit("_", 1)[1] not in logged
+
+
+async def test_expired_refresh_tokens_and_ended_throttle_windows_are_purged(
+    app: Application, stubs: Stubs, clock: ManualClock
+) -> None:
+    account = await register(stubs)
+    old = (await _login(stubs, account)).refresh_token
+    await fails(
+        stubs.auth.Login(pb.LoginRequest(email=account.user.email, password="wrong password")),
+        UNAUTHENTICATED,
+    )
+    clock.advance(days=29)
+    kept = (await _login(stubs, account)).refresh_token  # also resets the account's counter
+    clock.advance(days=2)
+    assert app.auth is not None
+    assert await app.auth.purge_expired() >= 2  # Register's and the first login's tokens
+    async with app.database.read() as session:
+        left = await session.scalar(select(func.count()).select_from(RefreshToken))
+        counters = await session.scalar(select(func.count()).select_from(ThrottleCounter))
+    assert left == 1
+    assert counters == 0
+    await _refused(stubs, old)
+    await _refresh(stubs, kept)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -292,6 +292,22 @@ class AuthService:
                 self._audit.record(
                     session, audit.LOGGED_OUT, actor_id=row.user_id, target_user_id=row.user_id
                 )
+
+    async def purge_expired(self) -> int:
+        """Delete refresh tokens past their expiry and throttle counters past their window.
+
+        An expired token is refused anyway; once deleted, replaying it is merely unknown rather
+        than reuse, which changes nothing for its family (expired too, or revoked).
+        """
+        now = self._clock()
+        async with self._db.write() as session:
+            result = await session.execute(
+                delete(RefreshToken)
+                .where(RefreshToken.expire_time <= now)
+                .execution_options(synchronize_session=False)
+            )
+            counters = await self._throttle.purge(session, now)
+        return int(result.rowcount or 0) + counters  # type: ignore[attr-defined]
 
     async def change_password(
         self, caller: Principal, current_password: str, new_password: str

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import case, delete, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -110,6 +110,13 @@ class Throttle:
         now = self._clock()
         for key in sorted(keys):  # one lock order: concurrent transactions queue, never deadlock
             await self._count(session, key, now)
+
+    async def purge(self, session: AsyncSession, now: datetime) -> int:
+        """Delete the counters whose window has ended; returns how many."""
+        result = await session.execute(
+            delete(ThrottleCounter).where(ThrottleCounter.window_start <= now - self._window)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     async def reset(self, session: AsyncSession, key: str) -> None:
         """Forget every attempt counted against `key`."""
