@@ -285,8 +285,12 @@ async def test_the_secret_is_in_no_log_line(
 
 @pytest.fixture
 async def replicas(database_url: str) -> AsyncIterator[tuple[Application, Application]]:
-    """Two servers sharing one database (on SQLite, one file), as two replicas would."""
-    apps = [await build_server(make_settings(database_url)) for _ in range(2)]
+    """Two servers sharing one database, as two replicas (or workers) would.
+
+    On SQLite two servers on one file are what WORKERS=2 runs, which is how they know not to
+    cache what the other may change.
+    """
+    apps = [await build_server(make_settings(database_url, workers=2)) for _ in range(2)]
     for application in apps:
         await application.start()
     yield apps[0], apps[1]

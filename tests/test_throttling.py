@@ -39,7 +39,8 @@ async def servers(
 ) -> AsyncIterator[tuple[Application, Application]]:
     """Two servers with small limits sharing one database and one clock the test moves."""
     apps = [
-        await build_server(make_settings(database_url, **LIMITS), clock=clock) for _ in range(2)
+        await build_server(make_settings(database_url, workers=2, **LIMITS), clock=clock)
+        for _ in range(2)
     ]
     for application in apps:
         await application.start()

@@ -6,10 +6,11 @@ management tells nobody which users exist. Keys are managed only with a login's 
 call authenticated by a key cannot create or delete keys, so a leaked key cannot outlive its
 revocation by minting a successor.
 
-Checking a key costs one keyed hash and, on PostgreSQL, nothing from the database once its row
-is cached: the cache is dropped entry by entry by NOTIFY when a key is deleted (on the same
-channel as users' authorisation state), and wholly whenever that channel is down, exactly like
-`AuthStateStore`. The user behind the key is checked on every call through `AuthStateStore`, so a
+Checking a key costs one keyed hash and nothing from the database once its row is cached, which
+happens exactly when `AuthStateStore` caches (PostgreSQL while its LISTEN connection is up; the
+sole server of a SQLite file): a deleted key is dropped here at once and from other processes by
+NOTIFY (on the same channel as users' authorisation state), and everything is dropped whenever
+that channel is down. The user behind the key is checked on every call through `AuthStateStore`, so a
 deactivated or deleted user's keys stop at once. `last_use_time` is written at most once a minute
 per key: the process remembers when it last wrote it, and the UPDATE itself only applies when the
 stored time is a minute old, so replicas do not multiply the writes.
@@ -198,9 +199,10 @@ class ApiKeyService:
         if presented is None:
             raise Unauthenticated("API_KEY_INVALID", "API key is malformed")
         entry = await self._entry(presented.lookup)
-        if not self._hasher.matches(presented, None if entry is None else entry.secret_hash):
+        # A miss is compared against a stand-in too, so it costs what a wrong secret does.
+        matches = self._hasher.matches(presented, None if entry is None else entry.secret_hash)
+        if entry is None or not matches:
             raise Unauthenticated("API_KEY_INVALID", "API key is not valid")
-        assert entry is not None  # noqa: S101 - matches() is False without a stored hash
         now = self._clock()
         if entry.expire_time is not None and entry.expire_time <= now:
             raise Unauthenticated("API_KEY_EXPIRED", "API key has expired")
