@@ -10,10 +10,10 @@ Checking a key costs one keyed hash and nothing from the database once its row i
 happens exactly when `AuthStateStore` caches (PostgreSQL while its LISTEN connection is up; the
 sole server of a SQLite file): a deleted key is dropped here at once and from other processes by
 NOTIFY (on the same channel as users' authorisation state), and everything is dropped whenever
-that channel is down. The user behind the key is checked on every call through `AuthStateStore`, so a
-deactivated or deleted user's keys stop at once. `last_use_time` is written at most once a minute
-per key: the process remembers when it last wrote it, and the UPDATE itself only applies when the
-stored time is a minute old, so replicas do not multiply the writes.
+that channel is down. The user behind the key is checked on every call through `AuthStateStore`,
+so a deactivated or deleted user's keys stop at once. `last_use_time` is written at most once a
+minute per key: the process remembers when it last wrote it, and the UPDATE itself only applies
+when the stored time is a minute old, so replicas do not multiply the writes.
 """
 
 from __future__ import annotations
