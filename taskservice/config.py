@@ -7,6 +7,7 @@ line, instead of surfacing as a strange failure on the first request that happen
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -20,6 +21,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 logger = logging.getLogger(__name__)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: HMAC keys shorter than the hash output are refused (RFC 7518 §3.2): 32 bytes for HS256.
 MIN_SECRET_KEY_BYTES = 32
@@ -99,6 +102,18 @@ class Settings(BaseSettings):
     jwt_audience: str = Field(default="taskservice", min_length=1, max_length=200)
     access_token_expire_minutes: int = Field(default=30, ge=1, le=7 * 24 * 60)
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
+    refresh_token_expire_days: int = Field(default=30, ge=1, le=3650)
+    # Key of the HMAC that API keys and refresh tokens are stored under; derived from the JWT
+    # signing key when unset (then rotating that key also invalidates every API key).
+    credential_hash_key: SecretStr | None = None
+    # Failed logins tolerated per account and per client address within the window, and
+    # anonymous registrations per client address; past them, calls are RESOURCE_EXHAUSTED.
+    login_max_failures_per_account: int = Field(default=5, ge=1, le=1_000_000)
+    login_max_failures_per_address: int = Field(default=50, ge=1, le=1_000_000)
+    register_max_per_address: int = Field(default=20, ge=1, le=1_000_000)
+    throttle_window_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    # Peers (addresses or CIDR networks, comma-separated) whose `x-forwarded-for` is believed.
+    trusted_proxies: str = ""
     # How long a deleted task stays in the trash before it is purged; fractions allowed.
     trash_retention_days: float = Field(default=30.0, gt=0, le=3650)
     # WatchTasks: seconds between bookmarks on a stream; hours of change history kept (fractions
@@ -133,6 +148,7 @@ class Settings(BaseSettings):
         "tls_client_ca_file",
         "metrics_port",
         "health_port",
+        "credential_hash_key",
         mode="before",
     )
     @classmethod
@@ -146,6 +162,24 @@ class Settings(BaseSettings):
         if value is None:
             return None
         return normalize_database_url(value).render_as_string(hide_password=False)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @field_validator("credential_hash_key")
+    @classmethod
+    def _long_hash_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_KEY_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_KEY_BYTES} bytes long")
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        """TRUSTED_PROXIES as networks (a single address is a /32 or /128)."""
+        return parse_networks(self.trusted_proxies)
 
     @model_validator(mode="after")
     def _tls_files_go_together(self) -> Settings:
@@ -175,6 +209,19 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         """Whether the database is the embedded kind, where development conveniences are allowed."""
         return self.sqlalchemy_url.get_backend_name() == "sqlite"
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDR networks; ValueError naming the first bad one."""
+    networks = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{item.strip()!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
 
 
 def normalize_database_url(raw: str) -> URL:

@@ -8,6 +8,7 @@ switch on (AIP-193's ErrorInfo.reason) and a message safe to show to the caller.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 
 class DomainError(Exception):
@@ -78,4 +79,8 @@ class OutOfRange(DomainError):
 
 
 class ResourceExhausted(DomainError):
-    """A per-caller or per-process limit is reached (too many streams, a reader too slow)."""
+    """Too many attempts, or a quota reached; `retry_after` says when trying again may work."""
+
+    def __init__(self, reason: str, message: str, retry_after: timedelta | None = None) -> None:
+        super().__init__(reason, message)
+        self.retry_after = retry_after

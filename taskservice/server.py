@@ -19,9 +19,12 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from taskservice.api.access_log import AccessLogInterceptor
+from taskservice.api.api_key_servicer import ApiKeyServicer
+from taskservice.api.audit_servicer import AuditServicer
 from taskservice.api.auth_servicer import AuthServicer
 from taskservice.api.authentication import AuthInterceptor
 from taskservice.api.availability import AvailabilityInterceptor
+from taskservice.api.call_context import current_call
 from taskservice.api.errors import ErrorInterceptor
 from taskservice.api.health import LIVENESS, READINESS, HealthMonitor, HealthServicer
 from taskservice.api.metrics import ServerMetrics
@@ -30,15 +33,24 @@ from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
 from taskservice.config import ConfigError, Settings
 from taskservice.db.engine import Database, create_engine
+from taskservice.security.credentials import CredentialHasher
 from taskservice.security.passwords import PasswordHasher
 from taskservice.security.tokens import TokenCodec
-from taskservice.services.auth import AuthService
+from taskservice.services.api_keys import ApiKeyService
+from taskservice.services.audit import AuditTrail
+from taskservice.services.auth import AuthPolicy, AuthService
 from taskservice.services.auth_state import AuthStateStore
+from taskservice.services.clock import Clock, system_clock
 from taskservice.services.pagination import PageTokens
 from taskservice.services.tasks import TaskService
+from taskservice.services.throttle import Throttle
 from taskservice.services.trash import TrashSweeper
 from taskservice.services.users import UserService
 from taskservice.v1 import (
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     auth_service_pb2,
     auth_service_pb2_grpc,
     task_service_pb2,
@@ -56,6 +68,8 @@ SERVICE_NAMES: tuple[str, ...] = (
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     user_service_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
     task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
+    api_key_service_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
+    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 #: Health names that follow the database besides `readiness`: "" is the whole server (what
@@ -80,6 +94,9 @@ class Application:
     tasks: TaskService | None = None
     trash: TrashSweeper | None = None
     feed: ChangeFeed | None = None
+    api_keys: ApiKeyService | None = None
+    audit: AuditTrail | None = None
+    auth: AuthService | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     metrics_port: int | None = None
@@ -191,8 +208,12 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-async def build_server(settings: Settings, *, reuse_port: bool = False) -> Application:
+async def build_server(
+    settings: Settings, *, reuse_port: bool = False, clock: Clock = system_clock
+) -> Application:
     """Wire a complete server for `settings`, bound to its port but not yet started.
+
+    `clock` is the time credentials, throttling and the audit trail go by (tests move it).
 
     Raises RuntimeError when the address cannot be bound (for example, the port is taken).
     """
@@ -202,10 +223,40 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     database = Database(engine)
     hasher = PasswordHasher(settings.bcrypt_rounds)
     auth_states = AuthStateStore(database, sole_owner=settings.is_sqlite and settings.workers == 1)
-    auth = AuthService(database, hasher, tokens, auth_states)
     page_tokens = PageTokens(tokens.derive_key(b"page-tokens"))
-    users = UserService(database, page_tokens, auth_states)
-    tasks = TaskService(database, page_tokens, timedelta(days=settings.trash_retention_days))
+    metrics = ServerMetrics(engine)
+    audit = AuditTrail(database, page_tokens, clock, _request_id)
+    credential_hasher = CredentialHasher(
+        settings.credential_hash_key.get_secret_value().encode()
+        if settings.credential_hash_key is not None
+        else tokens.derive_key(b"credentials")
+    )
+    api_keys = ApiKeyService(database, credential_hasher, auth_states, page_tokens, audit, clock)
+    auth = AuthService(
+        database,
+        hasher,
+        tokens,
+        auth_states,
+        credentials=credential_hasher,
+        api_keys=api_keys,
+        throttle=Throttle(database, timedelta(seconds=settings.throttle_window_seconds), clock),
+        audit_trail=audit,
+        policy=AuthPolicy(
+            refresh_lifetime=timedelta(days=settings.refresh_token_expire_days),
+            max_failures_per_account=settings.login_max_failures_per_account,
+            max_failures_per_address=settings.login_max_failures_per_address,
+            max_registrations_per_address=settings.register_max_per_address,
+        ),
+        clock=clock,
+        on_throttled=lambda kind: metrics.throttled.labels(kind).inc(),
+    )
+    users = UserService(database, page_tokens, auth_states, audit)
+    tasks = TaskService(
+        database,
+        page_tokens,
+        timedelta(days=settings.trash_retention_days),
+        audit_trail=audit,
+    )
     feed = ChangeFeed(
         database,
         buffer_events=settings.watch_buffer_events,
@@ -214,7 +265,6 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     )
 
     monitor = HealthMonitor(HealthServicer(), database.ping, HEALTH_NAMES)
-    metrics = ServerMetrics(engine)
     await monitor.not_serving_yet()
     server = grpc.aio.server(
         # Outermost first: errors are mapped around everything; calls fail fast while the
@@ -230,7 +280,11 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     )
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
 
-    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(
+        AuthServicer(auth, settings.trusted_proxy_networks), server
+    )
+    api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(api_keys), server)
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
     user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(users), server)
     watches = Watches(feed, settings.watch_bookmark_seconds)
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks, watches), server)
@@ -252,13 +306,22 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
         settings, server, database, auth_states, monitor, hasher, metrics, port
     )
     application.tasks = tasks
-    application.trash = TrashSweeper(tasks)
+    application.trash = TrashSweeper(tasks, also=(auth.purge_expired,))
+    application.auth = auth
+    application.api_keys = api_keys
+    application.audit = audit
     application.feed = feed
     if settings.health_port is not None:
         application.health_server, application.health_port = _health_only_server(
             settings, monitor.servicer
         )
     return application
+
+
+def _request_id() -> str | None:
+    """The request id of the gRPC call in progress, for audit rows."""
+    call = current_call()
+    return None if call is None else call.request_id
 
 
 def _health_only_server(

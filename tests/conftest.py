@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -28,7 +29,13 @@ from grpc_health.v1 import health_pb2_grpc
 from taskservice.config import Settings
 from taskservice.db.migrations import upgrade
 from taskservice.server import Application, build_server
-from taskservice.v1 import auth_service_pb2_grpc, task_service_pb2_grpc, user_service_pb2_grpc
+from taskservice.v1 import (
+    api_key_service_pb2_grpc,
+    audit_service_pb2_grpc,
+    auth_service_pb2_grpc,
+    task_service_pb2_grpc,
+    user_service_pb2_grpc,
+)
 
 PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -132,6 +139,10 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "grpc_port": 0,
         "jwt_secret_key": TEST_SIGNING_KEY,
         "bcrypt_rounds": 4,  # the minimum: tests check behaviour, not bcrypt's cost
+        # Every test client calls from 127.0.0.1: only the throttling tests want real limits.
+        "register_max_per_address": 1_000_000,
+        "login_max_failures_per_address": 1_000_000,
+        "login_max_failures_per_account": 1_000_000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -142,10 +153,34 @@ def settings(database_url: str) -> Settings:
     return make_settings(database_url)
 
 
+class ManualClock:
+    """A clock that stands still until the test moves it.
+
+    It is the time credentials, throttling and the audit trail go by. It starts at the real
+    present, so JWTs (which go by real time) agree with it.
+    """
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        """The time the test has set."""
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        """Move time forward by `timedelta(**delta)`."""
+        self.now += timedelta(**delta)
+
+
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[Application]:
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def app(settings: Settings, clock: ManualClock) -> AsyncIterator[Application]:
     """A started server, stopped (calls cancelled, pool closed) after the test."""
-    application = await build_server(settings)
+    application = await build_server(settings, clock=clock)
     await application.start()
     yield application
     await application.stop(grace=None)
@@ -165,6 +200,8 @@ class Stubs:
     users: user_service_pb2_grpc.UserServiceStub
     tasks: task_service_pb2_grpc.TaskServiceStub
     health: health_pb2_grpc.HealthStub
+    api_keys: api_key_service_pb2_grpc.ApiKeyServiceStub
+    audit: audit_service_pb2_grpc.AuditServiceStub
 
     @classmethod
     def over(cls, channel: grpc.aio.Channel) -> Stubs:
@@ -174,6 +211,8 @@ class Stubs:
             users=user_service_pb2_grpc.UserServiceStub(channel),
             tasks=task_service_pb2_grpc.TaskServiceStub(channel),
             health=health_pb2_grpc.HealthStub(channel),
+            api_keys=api_key_service_pb2_grpc.ApiKeyServiceStub(channel),
+            audit=audit_service_pb2_grpc.AuditServiceStub(channel),
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from tests.fuzz_credentials import CredentialOracles, CredentialState
 from tests.fuzz_rules import (
     DENIED,
     EMAIL_MAX,
@@ -41,7 +42,7 @@ from tests.fuzz_rules import (
 from tests.fuzz_tasks import TaskOracles
 
 
-class Model(TaskOracles):
+class Model(TaskOracles, CredentialOracles):
     """Every row and credential of one example, and the oracle of every RPC."""
 
     def __init__(
@@ -64,6 +65,7 @@ class Model(TaskOracles):
         self.gone_user_ids: list[int] = []
         self.gone_task_ids: list[int] = []
         self.current_revision = 1
+        self.cred = CredentialState()
         self._oracles: dict[str, Callable[[Credential, Any], Expect]] = {
             "/taskservice.v1.AuthService/Register": self._register,
             "/taskservice.v1.AuthService/Login": self._login,
@@ -74,6 +76,7 @@ class Model(TaskOracles):
             "/taskservice.v1.UserService/UpdateUser": self._update_user,
             "/taskservice.v1.UserService/DeleteUser": self._delete_user,
             **self.task_oracles(),
+            **self.credential_oracles(),
         }
 
     # --- what the model knows ------------------------------------------------------------------
@@ -159,6 +162,7 @@ class Model(TaskOracles):
             self._check_token_fields(response)
             self.add_user(user, request.password)
             self.add_token(user.id, response.access_token)
+            self.add_refresh_token(user.id, response.refresh_token)
 
         return conditions.expect(on_ok)
 
@@ -179,6 +183,7 @@ class Model(TaskOracles):
             self._check_user(response.user, user)
             self._check_token_fields(response)
             self.add_token(user.id, response.access_token)
+            self.add_refresh_token(user.id, response.refresh_token)
 
         return conditions.expect(on_ok)
 
@@ -327,6 +332,7 @@ class Model(TaskOracles):
             for task in [t for t in self.tasks.values() if t.owner_id == request.id]:
                 self._forget_task(task.id)
             self.keys = {k: v for k, v in self.keys.items() if k[0] != request.id}
+            self.forget_user_credentials(request.id)
 
         return conditions.expect(on_ok)
 

@@ -175,6 +175,11 @@ class Pools:
     times: Sequence[tuple[int, int]]
     #: The caller's tasks in the trash: what UndeleteTask is about.
     own_trashed_ids: Sequence[int] = ()
+    #: Refresh tokens the server issued (live, retired or revoked), for `refresh_token`.
+    refresh_tokens: Sequence[str] = ()
+    #: API keys: the caller's own, and everyone's, for DeleteApiKey's `id`.
+    own_api_key_ids: Sequence[int] = ()
+    api_key_ids: Sequence[int] = ()
 
 
 def ints(bounds: tuple[int, int]) -> st.SearchStrategy[int]:
@@ -409,6 +414,17 @@ def filters(pools: Pools) -> st.SearchStrategy[str]:
     return mostly(mostly(st.just(""), documented), broken_filters(documented))
 
 
+def refresh_tokens(issued: Sequence[str]) -> st.SearchStrategy[str]:
+    """A refresh token the server issued, mostly; else a tampered or made-up one, or junk."""
+    tampered = [token[:-1] + ("A" if token[-1] != "A" else "B") for token in issued]
+    bad = st.one_of(
+        st.sampled_from(["", "tsr_", "tsr_0123456789abcdef_" + "A" * 43, "x" * 201]),
+        nasty_text(),
+        *([st.sampled_from(tampered)] if tampered else []),
+    )
+    return mostly(known(issued, bad), bad)
+
+
 def orderings() -> st.SearchStrategy[str]:
     """The six documented orders, with and without " desc"; rarely a mistake."""
     words = ("create_time", "update_time", "due_time", "priority", "title", "position")
@@ -451,6 +467,10 @@ STRING_HINTS: dict[str, StringHint] = {
     "request_id": lambda pools, siblings: request_ids(pools.request_ids),
     "filter": lambda pools, siblings: filters(pools),
     "order_by": lambda pools, siblings: orderings(),
+    "refresh_token": lambda pools, siblings: refresh_tokens(pools.refresh_tokens),
+    "display_name": lambda pools, siblings: mostly(
+        plain_text(min_size=1), st.one_of(sized_text([100]), nasty_text())
+    ),
 }
 #: Name of a repeated field -> the whole list's values.
 REPEATED_HINTS: dict[str, Callable[[Pools], st.SearchStrategy[list[Any]]]] = {
@@ -569,6 +589,8 @@ def _int_values(
         # Mostly from now (0) or a recent revision, so that streams open; sometimes anything.
         return mostly(st.integers(0, 20), ints(bounds))
     me = [pools.caller_id] if pools.caller_id is not None else []
+    if name == "id" and parent.name == "DeleteApiKeyRequest":
+        return ids(bounds, pools.own_api_key_ids, pools.api_key_ids, ())
     if name == "id" and parent.name.startswith("Undelete"):
         return ids(bounds, pools.own_trashed_ids, pools.task_ids, pools.gone_task_ids)
     if name == "id" and resource_of(parent, service_name) == "task":

@@ -165,3 +165,21 @@ def test_watch_retention_takes_fractions_of_an_hour(monkeypatch: pytest.MonkeyPa
     assert settings.watch_retention_hours == 0.25
     assert (settings.watch_bookmark_seconds, settings.watch_buffer_events) == (15.0, 1000)
     assert settings.watch_max_streams == 10_000
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TRUSTED_PROXIES", "10.0.0.0/8, not-a-network"),
+        ("CREDENTIAL_HASH_KEY", "too short"),
+        ("LOGIN_MAX_FAILURES_PER_ACCOUNT", "0"),
+        ("THROTTLE_WINDOW_SECONDS", "0"),
+        ("REFRESH_TOKEN_EXPIRE_DAYS", "0"),
+    ],
+)
+def test_credential_and_throttle_settings_are_validated(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        load_settings()

@@ -43,7 +43,16 @@ from sqlalchemy import delete, select, text
 import taskservice.v1
 from taskservice.api.convert import task_to_proto
 from taskservice.config import Settings
-from taskservice.db.models import Task, TaskCreateRequest, TaskLabel, User
+from taskservice.db.models import (
+    ApiKey,
+    AuditEvent,
+    RefreshToken,
+    Task,
+    TaskCreateRequest,
+    TaskLabel,
+    ThrottleCounter,
+    User,
+)
 from taskservice.server import Application, build_server
 from taskservice.v1 import task_pb2, task_service_pb2
 from tests.conftest import Stubs
@@ -209,7 +218,16 @@ class Harness:
     async def reset(self) -> None:
         """Empty tables, then an admin and two regular users, as the model knows them."""
         async with self.app.database.write() as session:
-            for table in (TaskCreateRequest, TaskLabel, Task, User):
+            for table in (
+                TaskCreateRequest,
+                TaskLabel,
+                Task,
+                ApiKey,
+                RefreshToken,
+                AuditEvent,
+                ThrottleCounter,
+                User,
+            ):
                 await session.execute(delete(table))
         self.app.auth_states.forget_all()
         self.model = self.new_model()
@@ -248,6 +266,9 @@ class Harness:
             own_trashed_ids=[
                 t.id for t in model.tasks.values() if t.owner_id == caller_id and t.deleted
             ],
+            refresh_tokens=list(model.cred.refresh_tokens),
+            own_api_key_ids=[k.id for k in model.cred.api_keys.values() if k.user_id == caller_id],
+            api_key_ids=list(model.cred.api_keys),
             task_ids=list(model.tasks),
             gone_task_ids=model.gone_task_ids,
             user_ids=list(model.users),

@@ -1,5 +1,8 @@
 """Authentication: one interceptor checks the bearer token of every call outside an allow-list.
 
+The bearer value may be a JWT access token or an API key (`tsk_...`); telling them apart is the
+transport-neutral `AuthService.authenticate`'s business, so every edge accepts both alike.
+
 The interceptor resolves the token to a Principal and hands it to the servicer method, which
 declares it as a parameter through `@authenticated` (or `@optionally_authenticated`), so every
 handler states whether it needs a caller and receives that caller explicitly.
@@ -27,8 +30,14 @@ from taskservice.errors import Unauthenticated
 from taskservice.services.auth import AuthService
 from taskservice.services.principal import Principal
 
-#: Methods anyone may call without a token.
-PUBLIC_METHODS = frozenset({"/taskservice.v1.AuthService/Login"})
+#: Methods anyone may call without a token (a refresh token is a credential of its own).
+PUBLIC_METHODS = frozenset(
+    {
+        "/taskservice.v1.AuthService/Login",
+        "/taskservice.v1.AuthService/RefreshToken",
+        "/taskservice.v1.AuthService/Logout",
+    }
+)
 #: Services anyone may call: health probes and reflection.
 PUBLIC_SERVICE_PREFIXES = (
     "/grpc.health.v1.Health/",

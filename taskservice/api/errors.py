@@ -1,7 +1,8 @@
 """The one mapping from domain errors to gRPC status codes with rich details (AIP-193).
 
 Every error carries a `google.rpc.ErrorInfo` (stable `reason`, domain `taskservice`); validation
-errors add one `google.rpc.BadRequest` naming every offending field. Anything that is not a domain
+errors add one `google.rpc.BadRequest` naming every offending field, and throttling refusals a
+`google.rpc.RetryInfo` saying how long to wait. Anything that is not a domain
 error is a bug: it is logged once with its traceback and a request id, and the caller gets INTERNAL
 with a generic message and that id, nothing more.
 """
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import grpc
 import sqlalchemy.exc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -81,6 +82,10 @@ def to_status(error: errors.DomainError) -> status_pb2.Status:
             ]
         )
         status.details.append(_pack(bad_request))
+    if isinstance(error, errors.ResourceExhausted) and error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(error.retry_after)
+        status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status
 
 

@@ -46,6 +46,12 @@ class ServerMetrics:
             buckets=BUCKETS,
             registry=self.registry,
         )
+        self.throttled = Counter(
+            "taskservice_auth_throttled_total",
+            "Logins and registrations refused by brute-force throttling, by kind.",
+            ("kind",),
+            registry=self.registry,
+        )
         self.registry.register(_PoolCollector(engine))
         self._http: Any = None
 

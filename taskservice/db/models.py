@@ -253,3 +253,108 @@ class TaskChange(Base):
     before: Mapped[str | None] = mapped_column(Text)
     after: Mapped[str | None] = mapped_column(Text)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+#: Longest display name of an API key.
+API_KEY_DISPLAY_NAME_MAX_LENGTH = 100
+#: Length of the public, non-secret id part of API keys and refresh tokens (hex characters).
+CREDENTIAL_LOOKUP_LENGTH = 16
+#: Length of a stored keyed hash (HMAC-SHA256, hex).
+CREDENTIAL_HASH_LENGTH = 64
+
+
+class ApiKey(Base):
+    """A long-lived credential a service uses to act as its user (`Bearer tsk_...`).
+
+    Only a keyed hash of the secret is stored; `lookup` is the public id part of the key, which
+    finds the row without comparing secrets in the database. Deleted with its user.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        Index("ix_api_keys_user_id_id", "user_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id", ondelete="CASCADE"))
+    display_name: Mapped[str] = mapped_column(String(API_KEY_DISPLAY_NAME_MAX_LENGTH))
+    lookup: Mapped[str] = mapped_column(String(CREDENTIAL_LOOKUP_LENGTH), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(CREDENTIAL_HASH_LENGTH))
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expire_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_use_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RefreshToken(Base):
+    """One refresh token of a family (a login's chain of rotations).
+
+    A token is retired (`use_time`) when it is exchanged for the next one of its family; a family
+    is revoked (`revoke_time` on every row) by Logout or by presenting a retired token again.
+    `token_version` is the user's credential generation at login: a password change,
+    deactivation or demotion bumps it, which ends every family issued before.
+    """
+
+    __tablename__ = "refresh_tokens"
+    __table_args__ = (
+        Index("ix_refresh_tokens_family", "family"),
+        Index("ix_refresh_tokens_user_id", "user_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id", ondelete="CASCADE"))
+    family: Mapped[str] = mapped_column(String(CREDENTIAL_LOOKUP_LENGTH))
+    lookup: Mapped[str] = mapped_column(String(CREDENTIAL_LOOKUP_LENGTH), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(CREDENTIAL_HASH_LENGTH))
+    token_version: Mapped[int] = mapped_column(Integer)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expire_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    use_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoke_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+#: Longest throttle key ("account:" or "address:" and a digest or an address).
+THROTTLE_KEY_MAX_LENGTH = 100
+
+
+class ThrottleCounter(Base):
+    """Attempts counted against one key (an account, a client address) in a fixed window.
+
+    Shared by every replica through the database; updated by one atomic upsert per attempt.
+    """
+
+    __tablename__ = "throttle_counters"
+
+    key: Mapped[str] = mapped_column(String(THROTTLE_KEY_MAX_LENGTH), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+#: Longest audit event name.
+AUDIT_EVENT_MAX_LENGTH = 40
+#: Longest audit outcome.
+AUDIT_OUTCOME_MAX_LENGTH = 20
+
+
+class AuditEvent(Base):
+    """One security-relevant event: who did what to whom, how it ended, and in which request.
+
+    No foreign keys: the trail outlives the users it names. Read newest first by id.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_actor_id_id", "actor_id", "id"),
+        Index("ix_audit_events_target_user_id_id", "target_user_id", "id"),
+        Index("ix_audit_events_event_id", "event", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    event: Mapped[str] = mapped_column(String(AUDIT_EVENT_MAX_LENGTH))
+    actor_id: Mapped[int | None] = mapped_column(BigInteger)
+    target_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    outcome: Mapped[str] = mapped_column(String(AUDIT_OUTCOME_MAX_LENGTH))
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX_LENGTH))
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

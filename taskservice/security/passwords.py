@@ -37,6 +37,8 @@ class PasswordHasher:
 
     def __init__(self, rounds: int, threads: int | None = None) -> None:
         self.rounds = rounds
+        #: bcrypt computations started: what throttling must not spend (observable in tests).
+        self.computations = 0
         self._executor = ThreadPoolExecutor(
             max_workers=threads or os.cpu_count() or 2,
             thread_name_prefix="bcrypt",
@@ -78,6 +80,7 @@ class PasswordHasher:
         return matches and password_hash is not None and not refused
 
     async def _run(self, function: Callable[..., _T], *args: object) -> _T:
+        self.computations += 1
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     def close(self) -> None:

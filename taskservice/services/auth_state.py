@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -55,6 +56,8 @@ class AuthStateStore:
         self._cache: OrderedDict[int, tuple[float, AuthState]] = OrderedDict()
         self._generation = 0
         self._listener: PgListener | None = None
+        # payload prefix -> (on_message, on_reset) of other caches kept by the same channel
+        self._subscribers: dict[str, tuple[Callable[[str], None], Callable[[], None]]] = {}
         if self._notifies:
             self._listener = PgListener(
                 database.engine.url, CHANNEL, self._on_notification, self.forget_all
@@ -101,6 +104,20 @@ class AuthStateStore:
         if self._notifies:
             await session.execute(select(func.pg_notify(CHANNEL, str(user_id))))
 
+    def subscribe(
+        self, prefix: str, on_message: Callable[[str], None], on_reset: Callable[[], None]
+    ) -> None:
+        """Let another cache (API keys) share the channel: payloads `<prefix>:<rest>` go to it.
+
+        `on_reset` runs whenever this store forgets everything (the channel dropped or came back).
+        """
+        self._subscribers[prefix] = (on_message, on_reset)
+
+    async def announce_other(self, session: AsyncSession, prefix: str, rest: str) -> None:
+        """Within a transaction: tell every process's `prefix` subscriber `rest` at commit."""
+        if self._notifies:
+            await session.execute(select(func.pg_notify(CHANNEL, f"{prefix}:{rest}")))
+
     def forget(self, user_id: int) -> None:
         """Drop one entry (call after the changing transaction committed)."""
         self._generation += 1
@@ -110,9 +127,16 @@ class AuthStateStore:
         """Drop every entry, e.g. when notifications may have been missed."""
         self._generation += 1
         self._cache.clear()
+        for _on_message, on_reset in self._subscribers.values():
+            on_reset()
 
     def _on_notification(self, payload: str) -> None:
         if payload.isdigit():
             self.forget(int(payload))
+            return
+        prefix, _, rest = payload.partition(":")
+        subscriber = self._subscribers.get(prefix)
+        if subscriber is not None:
+            subscriber[0](rest)
         else:
             self.forget_all()

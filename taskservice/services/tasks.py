@@ -41,7 +41,8 @@ from taskservice.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from taskservice.services import task_tree
+from taskservice.services import audit, task_tree
+from taskservice.services.audit import AuditTrail
 from taskservice.services.filtering import canonical, parse
 from taskservice.services.labels import label_key, normalize_labels
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
@@ -129,11 +130,20 @@ class TaskService:
         page_tokens: PageTokens,
         trash_retention: timedelta = timedelta(days=30),
         clock: Callable[[], datetime] = utcnow,
+        audit_trail: AuditTrail | None = None,
     ) -> None:
         self._db = database
         self._page_tokens = page_tokens
         self._trash_retention = trash_retention
         self._clock = clock
+        self._audit = audit_trail
+
+    def _audit_admin_action(self, session: AsyncSession, caller: Principal, owner_id: int) -> None:
+        """Record, in the write's transaction, an admin's write to another user's task."""
+        if self._audit is not None and owner_id != caller.user_id:
+            self._audit.record(
+                session, audit.TASK_ADMIN_ACTION, actor_id=caller.user_id, target_user_id=owner_id
+            )
 
     @retries_conflicts
     async def create_task(
@@ -169,7 +179,7 @@ class TaskService:
             "position": task_tree.first_position(self._clock()),
         }
         try:
-            if not request_id and not checked.labels and not values.parent_id:
+            if not (request_id or checked.labels or values.parent_id or owner != caller.user_id):
                 # One INSERT, atomic by itself: no transaction around it (a missing owner fails
                 # the foreign key, handled below like the keyed path's check).
                 async with self._db.statement() as connection:
@@ -186,6 +196,7 @@ class TaskService:
                     await task_tree.check_parent(session, None, owner, parent, "task.parent_id")
                 task = Task(**row)
                 session.add(task)
+                self._audit_admin_action(session, caller, owner)
                 await session.flush()
                 session.add_all(_label_rows(task.id, checked.labels))
                 if request_id:
@@ -256,6 +267,7 @@ class TaskService:
         )
         async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
+            self._audit_admin_action(session, caller, task.owner_id)
             _check_etag(task, expected_etag)
             _check_live(task)
             await self._reparent(session, caller, task, values.parent_id)
@@ -277,6 +289,7 @@ class TaskService:
         )
         async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
+            self._audit_admin_action(session, caller, task.owner_id)
             _check_etag(task, expected_etag)
             _check_live(task)
             if "parent_id" in paths:
@@ -290,6 +303,7 @@ class TaskService:
         require_id("id", task_id)
         async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
+            self._audit_admin_action(session, caller, task.owner_id)
             _check_etag(task, expected_etag)
             _check_live(task)
             now = self._clock()
@@ -314,6 +328,7 @@ class TaskService:
         require_id("id", task_id)
         async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
+            self._audit_admin_action(session, caller, task.owner_id)
             _check_etag(task, expected_etag)
             if task.delete_time is None:
                 raise FailedPrecondition("TASK_NOT_DELETED", "the task is not in the trash")
@@ -360,6 +375,7 @@ class TaskService:
         )
         async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
+            self._audit_admin_action(session, caller, task.owner_id)
             _check_etag(task, expected_etag)
             _check_live(task)
             parent = await _visible(session, caller, parent_id, lock=True) if parent_id else None

@@ -1,5 +1,8 @@
 """The trash sweep: tasks past their purge time are deleted for good, in the background.
 
+Other expired rows go on the same round (`also`): refresh tokens past their expiry and throttle
+counters whose window has ended.
+
 Each server sweeps on its own every few minutes (several replicas sweeping at once only find less
 to delete), so no cron job is needed; `taskservice purge` runs one sweep for operators who want
 to choose the time themselves.
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Awaitable, Callable, Sequence
 
 from taskservice.services.tasks import TaskService
 
@@ -23,9 +27,15 @@ SWEEP_INTERVAL_SECONDS = 300.0
 class TrashSweeper:
     """Runs `TaskService.purge_expired` now and then until stopped."""
 
-    def __init__(self, tasks: TaskService, interval: float = SWEEP_INTERVAL_SECONDS) -> None:
+    def __init__(
+        self,
+        tasks: TaskService,
+        interval: float = SWEEP_INTERVAL_SECONDS,
+        also: Sequence[Callable[[], Awaitable[int]]] = (),
+    ) -> None:
         self._tasks = tasks
         self._interval = interval
+        self._also = tuple(also)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -50,3 +60,8 @@ class TrashSweeper:
                 continue
             if purged:
                 logger.info("trash sweep purged %d tasks", purged)
+            for sweep in self._also:
+                try:
+                    await sweep()
+                except Exception as exc:  # as above: the next round tries again
+                    logger.warning("expired-row sweep failed: %s", type(exc).__name__)

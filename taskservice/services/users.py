@@ -15,6 +15,8 @@ from taskservice.db.records import UserRecord
 from taskservice.db.retry import retries_conflicts
 from taskservice.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
 from taskservice.security.passwords import PasswordHasher
+from taskservice.services import audit
+from taskservice.services.audit import AuditTrail
 from taskservice.services.auth_state import AuthStateStore
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
 from taskservice.services.principal import Principal
@@ -59,10 +61,17 @@ class UserPage:
 class UserService:
     """User administration."""
 
-    def __init__(self, database: Database, page_tokens: PageTokens, states: AuthStateStore) -> None:
+    def __init__(
+        self,
+        database: Database,
+        page_tokens: PageTokens,
+        states: AuthStateStore,
+        audit_trail: AuditTrail,
+    ) -> None:
         self._db = database
         self._page_tokens = page_tokens
         self._states = states
+        self._audit = audit_trail
 
     async def get_me(self, caller: Principal) -> UserRecord:
         """The caller's own user."""
@@ -118,12 +127,21 @@ class UserService:
                         raise email_taken()
                     user.email = email
                 revokes = False
-                if "is_active" in changes.paths:
-                    revokes |= user.is_active and not changes.is_active
+                events = []
+                if "is_active" in changes.paths and user.is_active != changes.is_active:
+                    revokes |= not changes.is_active
+                    events.append(
+                        audit.USER_ACTIVATED if changes.is_active else audit.USER_DEACTIVATED
+                    )
                     user.is_active = changes.is_active
-                if "is_admin" in changes.paths:
-                    revokes |= user.is_admin and not changes.is_admin
+                if "is_admin" in changes.paths and user.is_admin != changes.is_admin:
+                    revokes |= not changes.is_admin
+                    events.append(audit.USER_ROLE_CHANGED)
                     user.is_admin = changes.is_admin
+                for name in events:
+                    self._audit.record(
+                        session, name, actor_id=caller.user_id, target_user_id=user_id
+                    )
                 if revokes:
                     user.token_version += 1
                 if changes.paths & {"is_active", "is_admin"}:
@@ -148,6 +166,9 @@ class UserService:
             if user.is_admin and user.is_active:
                 _ensure_another_admin(admins, user_id)
             await session.execute(delete(User).where(User.id == user_id))
+            self._audit.record(
+                session, audit.USER_DELETED, actor_id=caller.user_id, target_user_id=user_id
+            )
             await self._states.announce(session, user_id)
         self._states.forget(user_id)
 

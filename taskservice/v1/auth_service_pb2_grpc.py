@@ -29,7 +29,18 @@ class AuthServiceStub:
     """Creates accounts and exchanges credentials for access tokens.
 
     Access tokens are JWTs. Send them on every other call as the metadata entry
-    `authorization: Bearer <access_token>`. Register and Login need no token.
+    `authorization: Bearer <access_token>`. Register, Login, RefreshToken and Logout need no token.
+    An API key (see ApiKeyService) is sent the same way, `authorization: Bearer tsk_...`.
+
+    Register and Login also return a refresh token: an opaque string (prefix `tsr_`) that
+    RefreshToken exchanges for a new access token and a new refresh token (rotation; the old one is
+    retired). The tokens one login leads to form a family; presenting a retired refresh token again
+    revokes the whole family (theft detection). Password change, deactivation, demotion and deletion
+    of the user revoke every family; Logout revokes one.
+
+    Failed logins are throttled per account and per client address, and anonymous registrations per
+    client address: past the configured number in a window, calls are RESOURCE_EXHAUSTED with reason
+    LOGIN_THROTTLED or REGISTRATION_THROTTLED and a `google.rpc.RetryInfo` saying how long to wait.
 
     Codes every method may return besides those listed on it: UNAVAILABLE when the database cannot be
     reached (safe to retry), DEADLINE_EXCEEDED when the caller's deadline passes, RESOURCE_EXHAUSTED
@@ -58,13 +69,34 @@ class AuthServiceStub:
                 request_serializer=taskservice_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.SerializeToString,
                 response_deserializer=taskservice_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.FromString,
                 _registered_method=True)
+        self.RefreshToken = channel.unary_unary(
+                '/taskservice.v1.AuthService/RefreshToken',
+                request_serializer=taskservice_dot_v1_dot_auth__service__pb2.RefreshTokenRequest.SerializeToString,
+                response_deserializer=taskservice_dot_v1_dot_auth__service__pb2.RefreshTokenResponse.FromString,
+                _registered_method=True)
+        self.Logout = channel.unary_unary(
+                '/taskservice.v1.AuthService/Logout',
+                request_serializer=taskservice_dot_v1_dot_auth__service__pb2.LogoutRequest.SerializeToString,
+                response_deserializer=taskservice_dot_v1_dot_auth__service__pb2.LogoutResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
     """Creates accounts and exchanges credentials for access tokens.
 
     Access tokens are JWTs. Send them on every other call as the metadata entry
-    `authorization: Bearer <access_token>`. Register and Login need no token.
+    `authorization: Bearer <access_token>`. Register, Login, RefreshToken and Logout need no token.
+    An API key (see ApiKeyService) is sent the same way, `authorization: Bearer tsk_...`.
+
+    Register and Login also return a refresh token: an opaque string (prefix `tsr_`) that
+    RefreshToken exchanges for a new access token and a new refresh token (rotation; the old one is
+    retired). The tokens one login leads to form a family; presenting a retired refresh token again
+    revokes the whole family (theft detection). Password change, deactivation, demotion and deletion
+    of the user revoke every family; Logout revokes one.
+
+    Failed logins are throttled per account and per client address, and anonymous registrations per
+    client address: past the configured number in a window, calls are RESOURCE_EXHAUSTED with reason
+    LOGIN_THROTTLED or REGISTRATION_THROTTLED and a `google.rpc.RetryInfo` saying how long to wait.
 
     Codes every method may return besides those listed on it: UNAVAILABLE when the database cannot be
     reached (safe to retry), DEADLINE_EXCEEDED when the caller's deadline passes, RESOURCE_EXHAUSTED
@@ -84,6 +116,8 @@ class AuthServiceServicer:
         - ALREADY_EXISTS: a user with this email (compared case-insensitively) exists.
         - PERMISSION_DENIED: `is_admin` is true and the caller is not an authenticated admin.
         - UNAUTHENTICATED: an `authorization` header was sent but its token is not valid.
+        - RESOURCE_EXHAUSTED with reason REGISTRATION_THROTTLED and a RetryInfo: too many anonymous
+        registrations came from the caller's address within the window; nothing is created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +130,10 @@ class AuthServiceServicer:
         - INVALID_ARGUMENT: `email` or `password` is empty (nothing else about them is checked here).
         - UNAUTHENTICATED: the email is unknown, the password is wrong, or the user is deactivated. All
         three give the same message in about the same time, so a caller cannot learn which emails exist.
+        - RESOURCE_EXHAUSTED with reason LOGIN_THROTTLED and a RetryInfo: too many failed logins for this
+        email or from the caller's address within the window. The password is not checked at all, and
+        unknown emails are throttled exactly like known ones. A successful login resets the account's
+        count.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +147,38 @@ class AuthServiceServicer:
         - UNAUTHENTICATED: no valid token, or `current_password` is wrong.
         - INVALID_ARGUMENT: `new_password` is shorter than 8 characters, longer than 72 bytes, or
         contains NUL (U+0000).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshToken(self, request, context):
+        """Exchanges a refresh token for a new access token and a new refresh token of the same family;
+        the presented one is retired. Needs no access token.
+
+        Of two calls presenting the same refresh token, exactly one wins: the other presented a retired
+        token, which is reuse, so the family is revoked (the winner's new refresh token too).
+
+        Errors:
+        - INVALID_ARGUMENT: `refresh_token` is empty.
+        - UNAUTHENTICATED with reason REFRESH_TOKEN_REUSED: the token was already exchanged; the whole
+        family is now revoked and the user must log in again.
+        - UNAUTHENTICATED with reason REFRESH_TOKEN_INVALID: the token is malformed, unknown, expired, or
+        its family was revoked (Logout, reuse, or the user's password change, deactivation, demotion or
+        deletion).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logout(self, request, context):
+        """Revokes the family of a refresh token (signs that login out). Needs no access token. Access
+        tokens already issued stay valid until they expire (at most ACCESS_TOKEN_EXPIRE_MINUTES).
+        Succeeds for an unknown, expired or already revoked token too (as RFC 7009 advises): the result
+        is the same, no family that token stands for can be used.
+
+        Errors:
+        - INVALID_ARGUMENT: `refresh_token` is empty or longer than 200 characters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,6 +202,16 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     request_deserializer=taskservice_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.FromString,
                     response_serializer=taskservice_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.SerializeToString,
             ),
+            'RefreshToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshToken,
+                    request_deserializer=taskservice_dot_v1_dot_auth__service__pb2.RefreshTokenRequest.FromString,
+                    response_serializer=taskservice_dot_v1_dot_auth__service__pb2.RefreshTokenResponse.SerializeToString,
+            ),
+            'Logout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Logout,
+                    request_deserializer=taskservice_dot_v1_dot_auth__service__pb2.LogoutRequest.FromString,
+                    response_serializer=taskservice_dot_v1_dot_auth__service__pb2.LogoutResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'taskservice.v1.AuthService', rpc_method_handlers)
@@ -144,7 +224,18 @@ class AuthService:
     """Creates accounts and exchanges credentials for access tokens.
 
     Access tokens are JWTs. Send them on every other call as the metadata entry
-    `authorization: Bearer <access_token>`. Register and Login need no token.
+    `authorization: Bearer <access_token>`. Register, Login, RefreshToken and Logout need no token.
+    An API key (see ApiKeyService) is sent the same way, `authorization: Bearer tsk_...`.
+
+    Register and Login also return a refresh token: an opaque string (prefix `tsr_`) that
+    RefreshToken exchanges for a new access token and a new refresh token (rotation; the old one is
+    retired). The tokens one login leads to form a family; presenting a retired refresh token again
+    revokes the whole family (theft detection). Password change, deactivation, demotion and deletion
+    of the user revoke every family; Logout revokes one.
+
+    Failed logins are throttled per account and per client address, and anonymous registrations per
+    client address: past the configured number in a window, calls are RESOURCE_EXHAUSTED with reason
+    LOGIN_THROTTLED or REGISTRATION_THROTTLED and a `google.rpc.RetryInfo` saying how long to wait.
 
     Codes every method may return besides those listed on it: UNAVAILABLE when the database cannot be
     reached (safe to retry), DEADLINE_EXCEEDED when the caller's deadline passes, RESOURCE_EXHAUSTED
@@ -223,6 +314,60 @@ class AuthService:
             '/taskservice.v1.AuthService/ChangePassword',
             taskservice_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.SerializeToString,
             taskservice_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskservice.v1.AuthService/RefreshToken',
+            taskservice_dot_v1_dot_auth__service__pb2.RefreshTokenRequest.SerializeToString,
+            taskservice_dot_v1_dot_auth__service__pb2.RefreshTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskservice.v1.AuthService/Logout',
+            taskservice_dot_v1_dot_auth__service__pb2.LogoutRequest.SerializeToString,
+            taskservice_dot_v1_dot_auth__service__pb2.LogoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,182 @@
+"""The audit trail: every security-relevant event as a row admins can list and one log line.
+
+A row is written in the same transaction as the change it records (`record`), so the trail never
+shows a change that was rolled back nor misses one that committed; its log line is written once
+that transaction has committed. Events with no transaction of their own use `record_now`. Neither
+ever carries a secret: only event names, user ids, an outcome and the request id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskservice.db.engine import Database
+from taskservice.db.models import AuditEvent
+from taskservice.services.clock import Clock
+from taskservice.services.filtering import Field, Kind, Op, Schema, canonical, parse, to_sql
+from taskservice.services.pagination import PageTokens, page_size, page_size_violation
+from taskservice.services.principal import Principal
+from taskservice.services.validation import Violations
+
+audit_logger = logging.getLogger("taskservice.audit")
+
+LOGIN_SUCCEEDED = "login_succeeded"
+LOGIN_FAILED = "login_failed"
+LOGIN_THROTTLED = "login_throttled"
+REGISTRATION_THROTTLED = "registration_throttled"
+USER_REGISTERED = "user_registered"
+PASSWORD_CHANGED = "password_changed"  # noqa: S105 - event names
+PASSWORD_CHANGE_FAILED = "password_change_failed"  # noqa: S105
+REFRESH_TOKEN_REUSED = "refresh_token_reused"  # noqa: S105
+LOGGED_OUT = "logged_out"
+API_KEY_CREATED = "api_key_created"
+API_KEY_REVOKED = "api_key_revoked"
+USER_ROLE_CHANGED = "user_role_changed"
+USER_DEACTIVATED = "user_deactivated"
+USER_ACTIVATED = "user_activated"
+USER_DELETED = "user_deleted"
+TASK_ADMIN_ACTION = "task_admin_action"
+
+SUCCESS = "success"
+FAILURE = "failure"
+DENIED = "denied"
+
+#: What ListAuditEvents' filter may name.
+AUDIT_FILTER_SCHEMA = Schema(
+    Field("actor_id", Kind.INT, presence=True),
+    Field("target_user_id", Kind.INT, presence=True),
+    Field("event", Kind.STRING, operators=frozenset({Op.EQ, Op.NE, Op.HAS})),
+    Field("create_time", Kind.TIMESTAMP),
+)
+_FILTER_COLUMNS = {
+    "actor_id": AuditEvent.actor_id,
+    "target_user_id": AuditEvent.target_user_id,
+    "event": AuditEvent.event,
+    "create_time": AuditEvent.create_time,
+}
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """One page of events, newest first, and the token for the next (empty on the last)."""
+
+    events: list[AuditEvent]
+    next_page_token: str
+
+
+class AuditTrail:
+    """Writes audit events and lists them for admins."""
+
+    def __init__(
+        self,
+        database: Database,
+        page_tokens: PageTokens,
+        clock: Clock,
+        request_id: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self._db = database
+        self._page_tokens = page_tokens
+        self._clock = clock
+        self._request_id = request_id
+
+    def request_id(self) -> str | None:
+        """The request id of the call in progress, if any."""
+        return self._request_id()
+
+    def record(
+        self,
+        session: AsyncSession,
+        name: str,
+        *,
+        actor_id: int | None,
+        target_user_id: int | None,
+        outcome: str = SUCCESS,
+    ) -> None:
+        """Add an event to `session`'s transaction; its log line follows the commit."""
+        row = AuditEvent(
+            event=name,
+            actor_id=actor_id,
+            target_user_id=target_user_id,
+            outcome=outcome,
+            request_id=self.request_id(),
+            create_time=self._clock(),
+        )
+        session.add(row)
+        event.listen(session.sync_session, "after_commit", lambda _s: _log(row), once=True)
+
+    async def record_now(
+        self,
+        name: str,
+        *,
+        actor_id: int | None,
+        target_user_id: int | None,
+        outcome: str = SUCCESS,
+    ) -> None:
+        """Write an event in a transaction of its own."""
+        async with self._db.write() as session:
+            self.record(
+                session, name, actor_id=actor_id, target_user_id=target_user_id, outcome=outcome
+            )
+
+    async def list_events(
+        self, caller: Principal, filter_text: str, requested_size: int, token: str
+    ) -> AuditPage:
+        """Events newest first (by id), filtered, in keyset pages. Admin only."""
+        caller.require_admin()
+        problems = Violations()
+        problems.add(page_size_violation(requested_size))
+        parsed = problems.check(lambda: parse(filter_text, AUDIT_FILTER_SCHEMA))
+        scope = {"list": "audit_events", "filter": canonical(parsed) if parsed else ""}
+        after = problems.check(lambda: self._page_tokens.open(token, scope))
+        if parsed is None or problems.found:
+            raise problems.error()
+        size = page_size(requested_size)
+        query = (
+            select(AuditEvent)
+            .where(to_sql(parsed, _FILTER_COLUMNS))
+            .order_by(AuditEvent.id.desc())
+            .limit(size + 1)
+        )
+        if after is not None:
+            query = query.where(AuditEvent.id < after)
+        async with self._db.read() as session:
+            rows = list((await session.scalars(query)).all())
+        return AuditPage(*self._page_tokens.page(rows, size, scope, key=lambda row: row.id))
+
+
+def _log(row: AuditEvent) -> None:
+    log_event(
+        row.event,
+        actor_id=row.actor_id,
+        target_user_id=row.target_user_id,
+        outcome=row.outcome,
+        request_id=row.request_id,
+    )
+
+
+def log_event(
+    name: str,
+    *,
+    actor_id: int | None,
+    target_user_id: int | None,
+    outcome: str,
+    request_id: str | None,
+) -> None:
+    """One structured audit log line (also for events that are not stored)."""
+    audit_logger.info(
+        "%s %s",
+        name,
+        outcome,
+        extra={
+            "event": name,
+            "actor_id": actor_id,
+            "target_user_id": target_user_id,
+            "outcome": outcome,
+            "request_id": request_id,
+        },
+    )
