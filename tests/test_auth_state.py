@@ -22,7 +22,7 @@ import pytest
 from taskservice.server import Application, build_server
 from taskservice.v1 import user_service_pb2 as pb
 from tests.conftest import PG_ADMIN_DSN, Stubs, make_settings, stubs_for
-from tests.helpers import make_admin, register
+from tests.helpers import Account, make_admin, register
 
 #: Bound on how long a notification may take to reach another process on this machine.
 PROPAGATION_SECONDS = 5.0
@@ -57,6 +57,16 @@ def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
+async def _deactivate(stubs: Stubs, admin: Account, member: Account) -> None:
+    await stubs.users.UpdateUser(
+        pb.UpdateUserRequest(
+            user={"id": member.user.id, "is_active": False},
+            update_mask={"paths": ["is_active"]},
+        ),
+        metadata=admin.metadata,
+    )
+
+
 async def _refused(stubs: Stubs, metadata: tuple[tuple[str, str]]) -> bool:
     try:
         await stubs.users.GetMe(pb.GetMeRequest(), metadata=metadata)
@@ -75,13 +85,7 @@ async def test_a_deactivation_on_one_replica_reaches_the_others_cache(
         admin = await make_admin(first, via_first)
         member = await register(via_first)
         await via_second.users.GetMe(pb.GetMeRequest(), metadata=member.metadata)  # now cached
-        await via_first.users.UpdateUser(
-            pb.UpdateUserRequest(
-                user={"id": member.user.id, "is_active": False},
-                update_mask={"paths": ["is_active"]},
-            ),
-            metadata=admin.metadata,
-        )
+        await _deactivate(via_first, admin, member)
         await _eventually(lambda: _refused(via_second, member.metadata), PROPAGATION_SECONDS)
 
 
@@ -157,13 +161,7 @@ async def test_the_sole_sqlite_server_caches_and_still_refuses_a_deactivation_at
             admin = await make_admin(application, stubs)
             member = await register(stubs)
             await stubs.users.GetMe(pb.GetMeRequest(), metadata=member.metadata)  # now cached
-            await stubs.users.UpdateUser(
-                pb.UpdateUserRequest(
-                    user={"id": member.user.id, "is_active": False},
-                    update_mask={"paths": ["is_active"]},
-                ),
-                metadata=admin.metadata,
-            )
+            await _deactivate(stubs, admin, member)
             assert await _refused(stubs, member.metadata)  # the very next call
     finally:
         await application.stop(grace=None)
