@@ -4,12 +4,20 @@ Every committed change of a task (API writes, foreign-key cascades from a parent
 user's deletion, the trash sweep, `taskservice purge`) is recorded by AFTER ROW triggers on
 `tasks`, in the changing transaction itself, so nothing that commits can go unrecorded and
 nothing rolled back is recorded. The empty store is at revision 1 (0 means "from now" to
-WatchTasks). Each recorded change takes the next value of the one-row
-`task_revision` counter. On PostgreSQL that UPDATE holds the counter row's lock until commit, so a
-second writer waits for the first to commit before taking its revision: revisions are dense and
-become visible in order (a reader can never see N+1 committed while N is not yet), which is what
-lets the change feed read `revision > last` without skipping a change whose transaction commits
-late. SQLite has one writer at a time anyway.
+WatchTasks).
+
+Revisions are dense and become visible in order, so a reader of `revision > last` never skips a
+change whose transaction commits late. How each database gets there:
+
+- SQLite has one writer at a time: the triggers take the next value of the one-row
+  `task_revision` counter directly.
+- PostgreSQL runs writers side by side, and an id handed out before commit does not follow
+  commit order. Taking the counter in the trigger would hold its row lock until commit and
+  serialise every task write in the store (and, holding other locks meanwhile, starve
+  DeleteUser). So the triggers record changes with `revision` NULL, ordered only by `seq`, and
+  `task_changes_assign()` (called by the change feeds) numbers the committed, unnumbered ones in
+  one transaction that holds the counter row: what one call numbers becomes visible at once,
+  and a change that commits later gets a later revision. Writers never touch the counter.
 
 An UPDATE that changes nothing is not recorded. PostgreSQL also sends `NOTIFY task_changes` once
 per statement, as a wake-up for the change feeds of every server: the changes themselves are
@@ -60,11 +68,8 @@ _POSTGRES_UP = (
     """
     CREATE FUNCTION task_changes_record() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
-      next_revision BIGINT;
       change_type SMALLINT;
     BEGIN
-      UPDATE task_revision SET revision = revision + 1 WHERE id = 1
-        RETURNING revision INTO next_revision;
       IF TG_OP = 'INSERT' THEN
         change_type := 1;
       ELSIF TG_OP = 'DELETE' THEN
@@ -77,16 +82,41 @@ _POSTGRES_UP = (
         change_type := 2;
       END IF;
       IF TG_OP = 'DELETE' THEN
-        INSERT INTO task_changes (revision, task_id, owner_id, type, before, after, create_time)
-        VALUES (next_revision, OLD.id, OLD.owner_id, change_type, to_jsonb(OLD)::text, NULL,
-                now());
+        INSERT INTO task_changes (task_id, owner_id, type, before, after, create_time)
+        VALUES (OLD.id, OLD.owner_id, change_type, to_jsonb(OLD)::text, NULL, now());
         RETURN OLD;
       END IF;
-      INSERT INTO task_changes (revision, task_id, owner_id, type, before, after, create_time)
-      VALUES (next_revision, NEW.id, NEW.owner_id, change_type,
+      INSERT INTO task_changes (task_id, owner_id, type, before, after, create_time)
+      VALUES (NEW.id, NEW.owner_id, change_type,
               CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD)::text END, to_jsonb(NEW)::text,
               now());
       RETURN NEW;
+    END
+    $$
+    """,
+    # Numbers at most `batch` committed, unnumbered changes in `seq` order and returns how many.
+    # The counter row's lock queues concurrent callers (one per server); each statement takes a
+    # fresh snapshot, so a caller that waited sees what the one before it numbered. The NOTIFY
+    # wakes every server's feed to read what was numbered.
+    """
+    CREATE FUNCTION task_changes_assign(batch INTEGER) RETURNS INTEGER LANGUAGE plpgsql AS $$
+    DECLARE
+      base BIGINT;
+      numbered INTEGER;
+    BEGIN
+      SELECT revision INTO base FROM task_revision WHERE id = 1 FOR UPDATE;
+      WITH pending AS (
+        SELECT seq, row_number() OVER (ORDER BY seq) AS n
+        FROM task_changes WHERE revision IS NULL ORDER BY seq LIMIT batch
+      )
+      UPDATE task_changes SET revision = base + pending.n
+      FROM pending WHERE task_changes.seq = pending.seq;
+      GET DIAGNOSTICS numbered = ROW_COUNT;
+      IF numbered > 0 THEN
+        UPDATE task_revision SET revision = base + numbered WHERE id = 1;
+        PERFORM pg_notify('task_changes', '');
+      END IF;
+      RETURN numbered;
     END
     $$
     """,
@@ -122,6 +152,7 @@ _POSTGRES_DOWN = (
     "DROP TRIGGER tasks_record_update ON tasks",
     "DROP TRIGGER tasks_record_insert ON tasks",
     "DROP FUNCTION task_changes_notify()",
+    "DROP FUNCTION task_changes_assign(INTEGER)",
     "DROP FUNCTION task_changes_record()",
 )
 
@@ -186,16 +217,25 @@ def upgrade() -> None:
     op.execute("INSERT INTO task_revision (id, revision, compacted_revision) VALUES (1, 1, 0)")
     op.create_table(
         "task_changes",
-        sa.Column("revision", _ID, autoincrement=False, nullable=False),
+        sa.Column("seq", _ID, autoincrement=True, nullable=False),
+        sa.Column("revision", sa.BigInteger(), nullable=True),
         sa.Column("task_id", _ID, nullable=False),
         sa.Column("owner_id", _ID, nullable=False),
         sa.Column("type", sa.SmallInteger(), nullable=False),
         sa.Column("before", sa.Text(), nullable=True),
         sa.Column("after", sa.Text(), nullable=True),
         sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("revision", name=op.f("pk_task_changes")),
+        sa.PrimaryKeyConstraint("seq", name=op.f("pk_task_changes")),
     )
     op.create_index("ix_task_changes_create_time", "task_changes", ["create_time"], unique=False)
+    op.create_index("ux_task_changes_revision", "task_changes", ["revision"], unique=True)
+    op.create_index(
+        "ix_task_changes_unnumbered",
+        "task_changes",
+        ["seq"],
+        postgresql_where=sa.text("revision IS NULL"),
+        sqlite_where=sa.text("revision IS NULL"),
+    )
     statements = _POSTGRES_UP if op.get_bind().dialect.name == "postgresql" else _SQLITE_UP
     for statement in statements:
         op.execute(statement)
@@ -205,6 +245,8 @@ def downgrade() -> None:
     statements = _POSTGRES_DOWN if op.get_bind().dialect.name == "postgresql" else _SQLITE_DOWN
     for statement in statements:
         op.execute(statement)
+    op.drop_index("ix_task_changes_unnumbered", table_name="task_changes")
+    op.drop_index("ux_task_changes_revision", table_name="task_changes")
     op.drop_index("ix_task_changes_create_time", table_name="task_changes")
     op.drop_table("task_changes")
     op.drop_table("task_revision")

@@ -17,6 +17,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    text,
 )
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -221,8 +222,8 @@ class TaskChangeType(enum.IntEnum):
 class TaskRevision(Base):
     """The store's revision counter: one row, advanced by the `tasks` triggers.
 
-    `revision` counts committed task changes (migration 0009 installs the triggers that bump it
-    in the changing transaction, so revisions are dense and follow commit order);
+    `revision` counts committed task changes, dense and in commit order (migration 0009: on
+    SQLite the triggers bump it, on PostgreSQL `task_changes_assign()` numbers committed changes);
     `compacted_revision` is the newest revision whose history has been deleted: a watch may
     start at it or later.
     """
@@ -240,13 +241,25 @@ class TaskChange(Base):
 
     `before` and `after` are the row as JSON text (NULL for a created task's before and a purged
     one's after): what WatchTasks matches filters against and sends. Rows older than
-    WATCH_RETENTION_HOURS are deleted by the compaction job.
+    WATCH_RETENTION_HOURS are deleted by the compaction job. `seq` only orders the rows as they
+    were written; `revision` is NULL on PostgreSQL until the change feed numbers the committed
+    change, and only numbered changes are ever read.
     """
 
     __tablename__ = "task_changes"
-    __table_args__ = (Index("ix_task_changes_create_time", "create_time"),)
+    __table_args__ = (
+        Index("ix_task_changes_create_time", "create_time"),
+        Index("ux_task_changes_revision", "revision", unique=True),
+        Index(
+            "ix_task_changes_unnumbered",
+            "seq",
+            postgresql_where=text("revision IS NULL"),
+            sqlite_where=text("revision IS NULL"),
+        ),
+    )
 
-    revision: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    revision: Mapped[int | None] = mapped_column(BigInteger)
     task_id: Mapped[int] = mapped_column(BigIntId)
     owner_id: Mapped[int] = mapped_column(BigIntId)
     type: Mapped[int] = mapped_column(SmallInteger)

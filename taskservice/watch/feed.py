@@ -12,8 +12,10 @@ which also keeps watchers moving while the LISTEN connection is down (logged) an
 serves changes made by other processes. A notification carries nothing: the changes are always
 read from the table, so a listener that reconnects simply catches up.
 
-Revisions are dense and committed in order (migration 0009), so reading `revision > last`
-never skips a change that commits late.
+Revisions are dense and become visible in order (migration 0009), so reading `revision > last`
+never skips a change that commits late. On PostgreSQL the feed is also what numbers committed
+changes: every wake-up first calls `task_changes_assign()`, whose NOTIFY then wakes the feeds of
+every server to read them.
 """
 
 from __future__ import annotations
@@ -138,7 +140,8 @@ class ChangeFeed:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._listener: PgListener | None = None
-        if database.engine.dialect.name == "postgresql":
+        self._numbers_changes = database.engine.dialect.name == "postgresql"
+        if self._numbers_changes:
             self._listener = PgListener(
                 database.engine.url, CHANNEL, lambda _payload: self.wake(), self._listener_reset
             )
@@ -217,7 +220,13 @@ class ChangeFeed:
         self._wake.set()
 
     async def catch_up(self) -> int:
-        """Read and offer every change after `self.revision`; return how many were read."""
+        """Read and offer every change after `self.revision`; return how many were read.
+
+        On PostgreSQL, committed changes are numbered first, so what this server's own writers
+        just committed is read now rather than at another server's next wake-up.
+        """
+        if self._numbers_changes:
+            await changes.assign(self.database)
         read = 0
         while True:
             batch = await changes.page(self.database, self.revision)
