@@ -68,10 +68,12 @@ h2load:
 DESCRIPTOR_SET := taskservice/v1/descriptor_set.binpb
 
 .PHONY: proto
-proto: install ## Regenerate taskservice/v1 (code and the reflection descriptor set) from protos/.
-	rm -f taskservice/v1/*_pb2*.py taskservice/v1/*_pb2*.pyi $(DESCRIPTOR_SET)
+proto: install ## Regenerate taskservice/v1 (gRPC and Connect code, the reflection descriptor set) from protos/.
+	rm -f taskservice/v1/*_pb2*.py taskservice/v1/*_pb2*.pyi taskservice/v1/*_connect.py $(DESCRIPTOR_SET)
 	$(UV) run --locked python -m grpc_tools.protoc -I$(PROTO_DIR) \
 		--python_out=. --pyi_out=. --grpc_python_out=. \
+		--plugin=protoc-gen-connectrpc=.venv/bin/protoc-gen-connectrpc \
+		--connectrpc_out=. --connectrpc_opt=protobuf=google \
 		--include_source_info --include_imports --descriptor_set_out=$(DESCRIPTOR_SET) \
 		$(PROTO_FILES)
 

@@ -1,24 +1,20 @@
 """One structured log line and one set of metrics per call, and the request id returned.
 
 Outermost interceptor: it gives each call a request id (the caller's `x-request-id` when sane,
-else a new one), returns it in trailing metadata, and, when the call ends, logs method, status
-code, duration, peer, user id and request id and records the gRPC server metrics. It logs no
-request or response content, so no password, token or hash can reach the log through it.
+else a new one), returns it in trailing metadata, and, when the call ends, has
+`taskservice.calls.observe` log it and record the metrics (protocol `grpc`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 
 import grpc
 
-from taskservice.api.call_context import REQUEST_ID_KEY, begin_call
 from taskservice.api.handlers import HandlerInterceptor, UnaryBehavior, wrap_unary_unary
 from taskservice.api.metrics import ServerMetrics
-
-access_logger = logging.getLogger("taskservice.access")
+from taskservice.calls.context import REQUEST_ID_KEY
+from taskservice.calls.observe import MethodObserver
 
 
 class AccessLogInterceptor(HandlerInterceptor):
@@ -45,17 +41,11 @@ def _caller_request_id(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def _observed(inner: UnaryBehavior, method: str, metrics: ServerMetrics) -> UnaryBehavior:
-    service, _, name = method.rpartition("/")
-    service = service.lstrip("/")
-    labels = ("unary", service, name)
-    started_total = metrics.started.labels(*labels)
-    handling_seconds = metrics.handling_seconds.labels(*labels)
+    observer = MethodObserver(metrics, method, "unary", "grpc")
 
     async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
-        info = begin_call(_caller_request_id(context))
-        started_total.inc()
-        context.set_trailing_metadata(((REQUEST_ID_KEY, info.request_id),))
-        started = time.perf_counter()
+        observation = observer.begin(_caller_request_id(context))
+        context.set_trailing_metadata(((REQUEST_ID_KEY, observation.info.request_id),))
         code = grpc.StatusCode.OK
         try:
             return await inner(request, context)
@@ -68,22 +58,6 @@ def _observed(inner: UnaryBehavior, method: str, metrics: ServerMetrics) -> Unar
             code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
             raise
         finally:
-            seconds = time.perf_counter() - started
-            metrics.handled.labels(*labels, code.name).inc()
-            handling_seconds.observe(seconds)
-            access_logger.info(
-                "%s %s",
-                method,
-                code.name,
-                extra={
-                    "grpc_service": service,
-                    "grpc_method": name,
-                    "grpc_code": code.name,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "peer": context.peer(),
-                    "user_id": info.user_id,
-                    "request_id": info.request_id,
-                },
-            )
+            observer.end(observation, code.name, context.peer())
 
     return behavior

@@ -9,36 +9,27 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
 
-from taskservice.api.call_context import current_call
 from taskservice.api.handlers import (
     HandlerInterceptor,
     UnaryBehavior,
     replace_behavior,
     wrap_unary_unary,
 )
+from taskservice.calls.authentication import (
+    OPTIONAL_AUTH_METHODS,
+    PUBLIC_METHODS,
+    PUBLIC_SERVICE_PREFIXES,
+    authenticate,
+    parse_authorization,
+)
+from taskservice.calls.authentication import current_principal as _principal
 from taskservice.errors import Unauthenticated
 from taskservice.services.auth import AuthService
 from taskservice.services.principal import Principal
-
-#: Methods anyone may call without a token.
-PUBLIC_METHODS = frozenset({"/taskservice.v1.AuthService/Login"})
-#: Services anyone may call: health probes and reflection.
-PUBLIC_SERVICE_PREFIXES = (
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-    "/grpc.reflection.v1.ServerReflection/",
-)
-#: Methods that work anonymously but use a token when one is sent (an admin creating an admin).
-OPTIONAL_AUTH_METHODS = frozenset({"/taskservice.v1.AuthService/Register"})
-#: Longest authorization value accepted; our tokens are a few hundred bytes.
-MAX_AUTHORIZATION_LENGTH = 4096
-
-_principal: ContextVar[Principal | None] = ContextVar("taskservice_principal", default=None)
 
 _S = TypeVar("_S")
 _Req = TypeVar("_Req")
@@ -66,14 +57,7 @@ class AuthInterceptor(HandlerInterceptor):
     def _authenticating(self, inner: UnaryBehavior, optional: bool) -> UnaryBehavior:
         async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
             token = bearer_token(context.invocation_metadata() or ())
-            if token is None and not optional:
-                raise Unauthenticated(
-                    "TOKEN_MISSING",
-                    "missing access token: send the metadata 'authorization: Bearer <token>'",
-                )
-            principal = None if token is None else await self._auth.authenticate(token)
-            if principal is not None and (call := current_call()) is not None:
-                call.user_id = principal.user_id
+            principal = await authenticate(self._auth, token, optional=optional)
             reset = _principal.set(principal)
             try:
                 return await inner(request, context)
@@ -85,22 +69,7 @@ class AuthInterceptor(HandlerInterceptor):
 
 def bearer_token(metadata: Sequence[Any]) -> str | None:
     """The token of the single `authorization: Bearer` entry, None when there is none."""
-    values = [entry.value for entry in metadata if entry.key == "authorization"]
-    if not values:
-        return None
-    if len(values) > 1:
-        raise _malformed("send exactly one authorization entry")
-    value = values[0]
-    if not isinstance(value, str) or len(value) > MAX_AUTHORIZATION_LENGTH:
-        raise _malformed("authorization value is not a bearer token")
-    scheme, _, token = value.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _malformed("authorization must be 'Bearer <token>'")
-    return token.strip()
-
-
-def _malformed(message: str) -> Unauthenticated:
-    return Unauthenticated("TOKEN_MALFORMED", message)
+    return parse_authorization([entry.value for entry in metadata if entry.key == "authorization"])
 
 
 async def _refuse_streaming(_request: object, context: grpc.aio.ServicerContext) -> None:

@@ -1,4 +1,4 @@
-"""What every layer of the gRPC edge may need to know about the call in progress."""
+"""What every layer of either edge may need to know about the call in progress."""
 
 from __future__ import annotations
 
