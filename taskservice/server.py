@@ -30,6 +30,8 @@ from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
 from taskservice.config import ConfigError, Settings
 from taskservice.db.engine import Database, create_engine
+from taskservice.http.edge import build_http_server
+from taskservice.http.server import HttpServer
 from taskservice.security.passwords import PasswordHasher
 from taskservice.security.tokens import TokenCodec
 from taskservice.services.auth import AuthService
@@ -80,6 +82,8 @@ class Application:
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     metrics_port: int | None = None
+    http: HttpServer | None = None
+    http_port: int | None = None
 
     async def start(self) -> None:
         """Start accepting calls, then report readiness as the database allows."""
@@ -89,6 +93,8 @@ class Application:
                 self.settings.metrics_host, self.settings.metrics_port
             )
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
         if self.health_server is not None:
             await self.health_server.start()
         await self.health.start()
@@ -111,7 +117,10 @@ class Application:
             await self.trash.stop()
         if self.health_server is not None:
             await self.health_server.stop(None)
-        await self.server.stop(grace)
+        if self.http is None:
+            await self.server.stop(grace)
+        else:  # both edges drain at once, each within the grace
+            await asyncio.gather(self.server.stop(grace), self.http.stop())
         await self.auth_states.stop()
         self.metrics.close()
         await self.database.engine.dispose()
@@ -213,9 +222,15 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     )
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
 
-    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
-    user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(users), server)
-    task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), server)
+    # One servicer per service, served by both edges.
+    servicers = {
+        "AuthService": AuthServicer(auth),
+        "UserService": UserServicer(users),
+        "TaskService": TaskServicer(tasks),
+    }
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(servicers["AuthService"], server)
+    user_service_pb2_grpc.add_UserServiceServicer_to_server(servicers["UserService"], server)
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(servicers["TaskService"], server)
     enable_reflection(
         server, (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     )
@@ -235,6 +250,22 @@ async def build_server(settings: Settings, *, reuse_port: bool = False) -> Appli
     )
     application.tasks = tasks
     application.trash = TrashSweeper(tasks)
+    if settings.http_port is not None:
+        try:
+            application.http = build_http_server(
+                settings,
+                servicers,
+                auth=auth,
+                health=monitor,
+                metrics=metrics,
+                reuse_port=reuse_port,
+            )
+        except RuntimeError:
+            await server.stop(None)
+            await engine.dispose()
+            hasher.close()
+            raise
+        application.http_port = application.http.port
     if settings.health_port is not None:
         application.health_server, application.health_port = _health_only_server(
             settings, monitor.servicer

@@ -132,6 +132,7 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "grpc_port": 0,
         "jwt_secret_key": TEST_SIGNING_KEY,
         "bcrypt_rounds": 4,  # the minimum: tests check behaviour, not bcrypt's cost
+        "http_port": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

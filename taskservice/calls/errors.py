@@ -146,17 +146,17 @@ def unexpected_status(
         logger.warning("%s: %s (%s)", method, reason, type(exc).__name__)
         return rich_status(code, message, reason)
     if not _database_unavailable(exc):
-        return internal_status(method)
+        return internal_status(method, exc)
     on_database_error()
     logger.warning("%s: database unavailable: %s", method, type(exc).__name__)
     return to_status(database_unavailable())
 
 
-def internal_status(method: str) -> status_pb2.Status:
-    """Log the bug being handled once, with its traceback and an id; tell the caller only the id."""
+def internal_status(method: str, exc: BaseException) -> status_pb2.Status:
+    """Log the bug once, with its traceback and an id; tell the caller only the id."""
     call = current_call()
     request_id = call.request_id if call is not None else uuid.uuid4().hex
-    logger.exception("unhandled error in %s (request id %s)", method, request_id)
+    logger.error("unhandled error in %s (request id %s)", method, request_id, exc_info=exc)
     return rich_status(
         code_pb2.INTERNAL,
         f"internal error (request id {request_id})",
@@ -165,8 +165,8 @@ def internal_status(method: str) -> status_pb2.Status:
     )
 
 
-def malformed_request() -> errors.InvalidArgument:
+def malformed_request(
+    description: str = "not a valid protobuf message (malformed, or a string is not UTF-8)",
+) -> errors.InvalidArgument:
     """The error for a request body that does not decode as the method's message."""
-    return errors.InvalidArgument.field(
-        "request", "not a valid protobuf message (malformed, or a string is not UTF-8)"
-    )
+    return errors.InvalidArgument.field("request", description)
