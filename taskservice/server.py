@@ -120,7 +120,7 @@ class Application:
         if self.http is None:
             await self.server.stop(grace)
         else:  # both edges drain at once, each within the grace
-            await asyncio.gather(self.server.stop(grace), self.http.stop())
+            await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
         await self.auth_states.stop()
         self.metrics.close()
         await self.database.engine.dispose()

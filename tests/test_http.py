@@ -6,9 +6,11 @@ HTTP/2, and checks what a browser or curl would see: codes, error details, reque
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import httpx
@@ -478,3 +480,46 @@ async def test_a_busy_http_port_stops_the_start_with_a_clear_error(database_url:
 
 # WatchTasks over gRPC-Web and Connect server streaming: the test goes here once h-watch (issue 14)
 # is merged, e.g. test_watch_tasks_streams_changes_over_grpc_web, using grpc_web() frames.
+
+
+async def test_stopping_refuses_new_connections_and_lets_calls_in_flight_finish(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = await build_server(make_settings(database_url))
+    await app.start()
+    stopped = False
+    try:
+        base = f"http://127.0.0.1:{app.http_port}"
+        async with httpx.AsyncClient(base_url=base) as http:
+            _, token = await _register_over_http(http)
+            entered, release = asyncio.Event(), asyncio.Event()
+            assert app.tasks is not None
+            real_get_task = app.tasks.get_task
+
+            async def held(*args: Any) -> Any:
+                entered.set()
+                await release.wait()
+                return await real_get_task(*args)
+
+            monkeypatch.setattr(app.tasks, "get_task", held)
+            in_flight = asyncio.ensure_future(
+                connect_json(http, f"{TASKS}/GetTask", {"id": 1}, **auth_headers(token))
+            )
+            await asyncio.wait_for(entered.wait(), 10)
+            stopping = asyncio.ensure_future(app.stop(grace=10))
+            async with asyncio.timeout(10):  # the listener closes at once
+                while True:
+                    try:
+                        async with httpx.AsyncClient(base_url=base) as late:
+                            await late.post(HEALTH, json={})
+                    except httpx.ConnectError:
+                        break
+                    await asyncio.sleep(0.01)
+            release.set()
+            response = await in_flight
+            assert response.status_code == 404  # it ran to the end: no task 1 for this user
+            await asyncio.wait_for(stopping, 10)
+            stopped = True
+    finally:
+        if not stopped:
+            await app.stop(grace=None)

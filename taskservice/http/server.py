@@ -61,8 +61,12 @@ class HttpServer:
     async def _serve(self) -> None:
         await serve(self._app, self._config, shutdown_trigger=self._stop.wait, mode="asgi")  # type: ignore[arg-type]
 
-    async def stop(self) -> None:
-        """Refuse new connections, let requests in flight finish within the grace, then close."""
+    async def stop(self, grace: float | None) -> None:
+        """Refuse new connections, let requests in flight finish within `grace` seconds, close.
+
+        None cancels requests in flight at once, as for the gRPC server.
+        """
+        self._config.graceful_timeout = grace or 0.0
         self._stop.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
