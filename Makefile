@@ -39,7 +39,7 @@ migrate: install ## Apply database migrations.
 	$(UV) run --locked taskservice migrate
 
 .PHONY: test
-test: install ## Run the whole test suite (SQLite and PostgreSQL).
+test: install web ## Run the whole test suite (SQLite and PostgreSQL; the browser test too).
 	$(UV) run --locked pytest $(PYTEST_ARGS)
 
 # A random seed unless FUZZ_SEED is given; the seed is printed so a failing run can be repeated.
@@ -80,6 +80,14 @@ proto: install ## Regenerate taskservice/v1 (gRPC and Connect code, the reflecti
 $(BUF): package.json package-lock.json
 	npm ci --no-fund --no-audit --loglevel=error
 	@touch $(BUF)
+
+# The browser test's page: TypeScript messages from protos/ (protoc-gen-es), bundled with
+# @connectrpc/connect-web by esbuild into web/dist/app.js (neither is committed).
+.PHONY: web
+web: $(BUF) ## Build the browser page (web/) that tests/test_browser.py drives.
+	$(BUF) generate --template web/buf.gen.yaml
+	node_modules/.bin/esbuild web/src/main.ts --bundle --format=iife --target=es2020 \
+		--log-level=warning --outfile=web/dist/app.js
 
 .PHONY: lint
 lint: install $(BUF) ## ruff (lint and format check), buf lint and breaking, and the Kubernetes manifests (offline).

@@ -24,6 +24,9 @@ from taskservice.http.app import ASGIApp
 
 logger = logging.getLogger(__name__)
 
+#: The longest stop(None) waits for connections to close before cancelling them.
+CLOSE_IDLE_SECONDS = 0.2
+
 
 def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     """A listening TCP socket for the HTTP edge; RuntimeError when the port is taken."""
@@ -64,9 +67,11 @@ class HttpServer:
     async def stop(self, grace: float | None) -> None:
         """Refuse new connections, let requests in flight finish within `grace` seconds, close.
 
-        None cancels requests in flight at once, as for the gRPC server.
+        None cancels requests in flight almost at once, as for the gRPC server: idle
+        keep-alive connections still get CLOSE_IDLE_SECONDS to close cleanly (they close on
+        the first loop turns; cancelling them instead makes asyncio log each as an error).
         """
-        self._config.graceful_timeout = grace or 0.0
+        self._config.graceful_timeout = CLOSE_IDLE_SECONDS if grace is None else grace
         self._stop.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
