@@ -81,11 +81,12 @@ $(BUF): package.json package-lock.json
 	npm ci --no-fund --no-audit --loglevel=error
 	@touch $(BUF)
 
-# The browser test's page: TypeScript messages from protos/ (protoc-gen-es), bundled with
-# @connectrpc/connect-web by esbuild into web/dist/app.js (neither is committed).
+# The browser test's page: TypeScript messages from protos/ (protoc-gen-es), type-checked by tsc,
+# bundled with @connectrpc/connect-web by esbuild into web/dist/app.js (neither is committed).
 .PHONY: web
 web: $(BUF) ## Build the browser page (web/) that tests/test_browser.py drives.
 	$(BUF) generate --template web/buf.gen.yaml
+	node_modules/.bin/tsc -p web/tsconfig.json
 	node_modules/.bin/esbuild web/src/main.ts --bundle --format=iife --target=es2020 \
 		--log-level=warning --outfile=web/dist/app.js
 
