@@ -523,3 +523,37 @@ async def test_stopping_refuses_new_connections_and_lets_calls_in_flight_finish(
     finally:
         if not stopped:
             await app.stop(grace=None)
+
+
+async def test_calls_over_max_concurrent_rpcs_are_refused_at_once(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = await build_server(make_settings(database_url, max_concurrent_rpcs=1))
+    await app.start()
+    try:
+        base = f"http://127.0.0.1:{app.http_port}"
+        async with httpx.AsyncClient(base_url=base) as http:
+            _, token = await _register_over_http(http)
+            entered, release = asyncio.Event(), asyncio.Event()
+            assert app.tasks is not None
+            real_get_task = app.tasks.get_task
+
+            async def held(*args: Any) -> Any:
+                entered.set()
+                await release.wait()
+                return await real_get_task(*args)
+
+            monkeypatch.setattr(app.tasks, "get_task", held)
+            headers = auth_headers(token)
+            in_flight = asyncio.ensure_future(
+                connect_json(http, f"{TASKS}/GetTask", {"id": 1}, **headers)
+            )
+            await asyncio.wait_for(entered.wait(), 10)
+            refused = await connect_json(http, f"{USERS}/GetMe", {}, **headers)
+            assert refused.status_code == 429
+            assert connect_failure(refused).reason == "TOO_MANY_CALLS"
+            release.set()
+            assert (await in_flight).status_code == 404
+            assert (await connect_json(http, f"{USERS}/GetMe", {}, **headers)).status_code == 200
+    finally:
+        await app.stop(grace=None)

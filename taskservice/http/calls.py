@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from connectrpc.errors import ConnectError
 from connectrpc.method import StreamType
 from connectrpc.request import RequestContext
+from google.rpc import code_pb2
 
 from taskservice import errors
 from taskservice.calls.authentication import (
@@ -26,7 +27,12 @@ from taskservice.calls.authentication import (
     parse_authorization,
 )
 from taskservice.calls.context import REQUEST_ID_KEY
-from taskservice.calls.errors import database_unavailable, to_status, unexpected_status
+from taskservice.calls.errors import (
+    database_unavailable,
+    rich_status,
+    to_status,
+    unexpected_status,
+)
 from taskservice.calls.observe import CallMetrics, MethodObserver, Observation
 from taskservice.http.errors import code_name, connect_error
 from taskservice.services.auth import AuthService
@@ -113,6 +119,34 @@ class ObserveAndMapErrors:
             observer = MethodObserver(self._metrics, method, call_type, key[2])
             self._observers[key] = observer
         return observer
+
+
+class ConcurrencyLimit:
+    """At most MAX_CONCURRENT_RPCS calls in progress on the HTTP edge, as on the gRPC server.
+
+    A call over the limit is refused at once with RESOURCE_EXHAUSTED (reason TOO_MANY_CALLS),
+    before its body is read, instead of queueing behind the others.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._in_progress = 0
+
+    async def on_start(self, ctx: RequestContext) -> None:
+        """Count the call in, or refuse it."""
+        if self._in_progress >= self._limit:
+            raise connect_error(
+                rich_status(
+                    code_pb2.RESOURCE_EXHAUSTED,
+                    "too many calls in progress; retry with backoff",
+                    "TOO_MANY_CALLS",
+                )
+            )
+        self._in_progress += 1
+
+    async def on_end(self, token: None, ctx: RequestContext, error: Exception | None) -> None:
+        """Count the call out."""
+        self._in_progress -= 1
 
 
 class GateAndAuthenticate:

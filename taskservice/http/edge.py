@@ -20,7 +20,7 @@ from taskservice.http.app import (
     connect_options,
     with_cors,
 )
-from taskservice.http.calls import GateAndAuthenticate, ObserveAndMapErrors
+from taskservice.http.calls import ConcurrencyLimit, GateAndAuthenticate, ObserveAndMapErrors
 from taskservice.http.health import HealthASGIApplication, HealthCheck
 from taskservice.http.server import HttpServer, bind_socket
 from taskservice.services.auth import AuthService
@@ -61,6 +61,7 @@ def build_http_app(
     """The ASGI application serving every service's servicer over Connect and gRPC-Web."""
     interceptors = (
         ObserveAndMapErrors(metrics, on_database_error=health.suspect),
+        ConcurrencyLimit(settings.max_concurrent_rpcs),
         GateAndAuthenticate(auth, is_ready=lambda: health.ready),
     )
     options = connect_options(interceptors, settings.max_message_bytes)
