@@ -557,3 +557,18 @@ async def test_calls_over_max_concurrent_rpcs_are_refused_at_once(
             assert (await connect_json(http, f"{USERS}/GetMe", {}, **headers)).status_code == 200
     finally:
         await app.stop(grace=None)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/grpc", "application/grpc+proto", "application/grpc-web-text"]
+)
+async def test_native_grpc_and_grpc_web_text_are_refused_with_where_to_go(
+    http: httpx.AsyncClient, content_type: str
+) -> None:
+    response = await http.post(
+        f"{USERS}/GetMe", content=b"\x00\x00\x00\x00\x00", headers={"content-type": content_type}
+    )
+    assert response.status_code == 415
+    assert "GRPC_PORT" in response.text
+    assert "ASGI" not in response.text
+    assert "grpc-message" not in response.headers

@@ -89,7 +89,10 @@ class Router:
         path: str = scope.get("path", "")
         app = self._apps.get(path[: path.rfind("/") + 1])
         if app is None or scope["type"] != "http":
-            await _not_found(send)
+            await _plain(send, 404, b"not found\n")
+            return
+        if _refused_content_type(scope):
+            await _plain(send, 415, UNSERVED_CONTENT_TYPE_TEXT)
             return
         await app(scope, receive, send)
 
@@ -104,15 +107,37 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-async def _not_found(send: Send) -> None:
+#: What a refused content type is told: where native gRPC is served, and which gRPC-Web form.
+UNSERVED_CONTENT_TYPE_TEXT = (
+    b"native gRPC is served on GRPC_PORT, and gRPC-Web here only in binary form "
+    b"(application/grpc-web+proto); use Connect (application/json, application/proto) or those\n"
+)
+
+
+def _refused_content_type(scope: Scope) -> bool:
+    """Native gRPC and gRPC-Web text, which this edge does not serve.
+
+    connectrpc would take native gRPC (and, mistaking it for that, gRPC-Web text) and, over
+    HTTP/1.1, fail with an error whose text names its internals; both are refused up front.
+    """
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media.startswith(b"application/grpc") and not (
+                media == b"application/grpc-web" or media.startswith(b"application/grpc-web+")
+            )
+    return False
+
+
+async def _plain(send: Send, status: int, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 404,
+            "status": status,
             "headers": [(b"content-type", b"text/plain; charset=utf-8")],
         }
     )
-    await send({"type": "http.response.body", "body": b"not found\n"})
+    await send({"type": "http.response.body", "body": body})
 
 
 def with_cors(app: ASGIApp, origins: Iterable[str]) -> ASGIApp:
