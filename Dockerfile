@@ -28,7 +28,7 @@ ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1
 # root filesystem (as in deploy/kubernetes) costs nothing at start.
 WORKDIR /data
 USER 10001
-EXPOSE 50051
+EXPOSE 50051 8080
 # Migrations are idempotent; with several replicas, run `taskservice migrate` as a separate job
 # instead and start the containers with `taskservice serve`.
 CMD ["sh", "-c", "taskservice migrate && exec taskservice serve"]

@@ -39,7 +39,7 @@ migrate: install ## Apply database migrations.
 	$(UV) run --locked taskservice migrate
 
 .PHONY: test
-test: install ## Run the whole test suite (SQLite and PostgreSQL).
+test: install web ## Run the whole test suite (SQLite and PostgreSQL; the browser test too).
 	$(UV) run --locked pytest $(PYTEST_ARGS)
 
 # A random seed unless FUZZ_SEED is given; the seed is printed so a failing run can be repeated.
@@ -72,16 +72,27 @@ h2load:
 DESCRIPTOR_SET := taskservice/v1/descriptor_set.binpb
 
 .PHONY: proto
-proto: install ## Regenerate taskservice/v1 (code and the reflection descriptor set) from protos/.
-	rm -f taskservice/v1/*_pb2*.py taskservice/v1/*_pb2*.pyi $(DESCRIPTOR_SET)
+proto: install ## Regenerate taskservice/v1 (gRPC and Connect code, the reflection descriptor set) from protos/.
+	rm -f taskservice/v1/*_pb2*.py taskservice/v1/*_pb2*.pyi taskservice/v1/*_connect.py $(DESCRIPTOR_SET)
 	$(UV) run --locked python -m grpc_tools.protoc -I$(PROTO_DIR) \
 		--python_out=. --pyi_out=. --grpc_python_out=. \
+		--plugin=protoc-gen-connectrpc=.venv/bin/protoc-gen-connectrpc \
+		--connectrpc_out=. --connectrpc_opt=protobuf=google \
 		--include_source_info --include_imports --descriptor_set_out=$(DESCRIPTOR_SET) \
 		$(PROTO_FILES)
 
 $(BUF): package.json package-lock.json
 	npm ci --no-fund --no-audit --loglevel=error
 	@touch $(BUF)
+
+# The browser test's page: TypeScript messages from protos/ (protoc-gen-es), type-checked by tsc,
+# bundled with @connectrpc/connect-web by esbuild into web/dist/app.js (neither is committed).
+.PHONY: web
+web: $(BUF) ## Build the browser page (web/) that tests/test_browser.py drives.
+	$(BUF) generate --template web/buf.gen.yaml
+	node_modules/.bin/tsc -p web/tsconfig.json
+	node_modules/.bin/esbuild web/src/main.ts --bundle --format=iife --target=es2020 \
+		--log-level=warning --outfile=web/dist/app.js
 
 .PHONY: lint
 lint: install $(BUF) ## ruff (lint and format check), buf lint and breaking, and the Kubernetes manifests (offline).

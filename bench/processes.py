@@ -37,6 +37,7 @@ class TaskService:
 
     def __init__(self, environment: dict[str, str], workers: int, log: Path) -> None:
         self.port = free_port()
+        self.http_port = free_port()
         self.workers = workers
         base = free_port()  # worker `slot` serves metrics on METRICS_PORT + slot
         self._metrics_ports = [base + slot for slot in range(workers)]
@@ -44,6 +45,8 @@ class TaskService:
             **environment,
             "GRPC_HOST": "127.0.0.1",
             "GRPC_PORT": str(self.port),
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_PORT": str(self.http_port),
             "METRICS_HOST": "127.0.0.1",
             "METRICS_PORT": str(self._metrics_ports[0]),
             "WORKERS": str(workers),
@@ -56,6 +59,8 @@ class TaskService:
             stderr=subprocess.STDOUT,
         )
         self.target = f"127.0.0.1:{self.port}"
+        #: The HTTP edge (Connect, gRPC-Web), for the Connect scenarios.
+        self.http_target = f"127.0.0.1:{self.http_port}"
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until readiness reports SERVING (the database is reachable)."""

@@ -152,9 +152,10 @@ class Bench:
             if served != sent:
                 raise RunFailed(f"echo server answered {served} calls of {sent}")
             return _measure(scenario.name, concurrency, results, sequential, self._rss(self.echo))
-        self._run(warm_up, self.service.target, sequential)
+        target = self.service.http_target if scenario.http else self.service.target
+        self._run(warm_up, target, sequential)
         before = self.service.handled()
-        results = self._run(loads, self.service.target, sequential)
+        results = self._run(loads, target, sequential)
         expected: Counter[str] = Counter()
         for load in loads:
             expected[_method(load)] += load.calls
@@ -353,6 +354,24 @@ def _targets(measurements: list[Measurement], concurrency: int) -> list[dict[str
             2.0,
         ),
         ("max worker RSS after the run, MiB", lambda: max(served), "<=", 150.0),
+        (
+            "Connect JSON GetTask (HTTP/1.1) / gRPC GetTask, calls/s",
+            lambda: (
+                at["Connect JSON GetTask (HTTP/1.1)"].calls_per_second
+                / at["GetTask"].calls_per_second
+            ),
+            ">=",
+            0.70,
+        ),
+        (
+            "Connect JSON CreateTask (HTTP/1.1) / gRPC CreateTask, calls/s",
+            lambda: (
+                at["Connect JSON CreateTask (HTTP/1.1)"].calls_per_second
+                / at["CreateTask"].calls_per_second
+            ),
+            ">=",
+            0.70,
+        ),
     ]
     targets: list[dict[str, object]] = []
     for name, measure, op, bound in checks:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from google.protobuf import json_format
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
 
 from bench.echo_server import ECHO_PATH
 from bench.h2load import Load, frame
@@ -65,6 +67,8 @@ class Scenario:
     #: Calls at concurrency 1 and 32 are scaled by this (bcrypt-bound Login is far slower).
     calls_factor: float = 1.0
     baseline: bool = False
+    #: Sent to the HTTP edge (Connect JSON over HTTP/1.1) instead of the gRPC port.
+    http: bool = False
 
 
 def _single(path: str, message: object, token: str | None = None) -> Callable[..., list[Load]]:
@@ -145,6 +149,26 @@ def _mixed(fixture: Fixture, concurrency: int, calls: int) -> list[Load]:
 
 def _create(fixture: Fixture, concurrency: int, calls: int) -> list[Load]:
     return [Load(f"{TASKS}CreateTask", _create_body(), concurrency, calls, fixture.user_token)]
+
+
+def connect_json(message: Message) -> bytes:
+    """The Connect JSON body of a request, as curl or a browser would send it."""
+    return json_format.MessageToJson(message, indent=None).encode()
+
+
+def _connect_get_task(fixture: Fixture, concurrency: int, calls: int) -> list[Load]:
+    body = connect_json(task_service_pb2.GetTaskRequest(id=fixture.task_id))
+    return [Load(f"{TASKS}GetTask", body, concurrency, calls, fixture.user_token, "connect")]
+
+
+def _connect_create(fixture: Fixture, concurrency: int, calls: int) -> list[Load]:
+    task = task_pb2.Task(
+        title="Prepare the quarterly review",
+        description="Collect the figures, draft the summary and book a room for Thursday.",
+        status=task_pb2.TASK_STATUS_TODO,
+    )
+    body = connect_json(task_service_pb2.CreateTaskRequest(task=task))
+    return [Load(f"{TASKS}CreateTask", body, concurrency, calls, fixture.user_token, "connect")]
 
 
 ECHO = Scenario(
@@ -229,6 +253,8 @@ SCENARIOS = [
         calls_factor=0.01,
     ),
     Scenario("mixed read/write", _mixed),
+    Scenario("Connect JSON GetTask (HTTP/1.1)", _connect_get_task, http=True),
+    Scenario("Connect JSON CreateTask (HTTP/1.1)", _connect_create, http=True),
 ]
 
 

@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import tempfile
 from pathlib import Path
@@ -41,6 +42,16 @@ _DRIVER_ALIASES = {
     "postgresql": "postgresql+asyncpg",
     "sqlite": "sqlite+aiosqlite",
 }
+
+
+#: One allowed origin: exactly what a browser sends in `Origin`, never a wildcard.
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
+
+
+def _split_origins(value: str) -> tuple[str, ...]:
+    return tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
 
 
 class ConfigError(Exception):
@@ -79,6 +90,11 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     health_port: int | None = Field(default=None, ge=0, le=65535)
+    # The HTTP edge (Connect, gRPC-Web; HTTP/1.1 and h2c): HTTP_PORT=off turns it off.
+    http_host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - a server binds all
+    http_port: int | None = Field(default=8080, ge=0, le=65535)
+    # Origins (scheme://host[:port], comma-separated) browsers may call from; empty: none.
+    cors_allowed_origins: str = Field(default="", max_length=10_000)
     metrics_host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - scraped remotely
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
@@ -155,6 +171,30 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """Treat `VAR=` like an unset variable, as shells and `.env` files commonly produce it."""
         return None if value == "" else value
+
+    @field_validator("http_port", mode="before")
+    @classmethod
+    def _http_port_off(cls, value: object) -> object:
+        """`HTTP_PORT=off` (or empty) turns the HTTP edge off."""
+        if isinstance(value, str) and value.strip().lower() in {"", "off"}:
+            return None
+        return value
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _origins_are_exact(cls, value: str) -> str:
+        for origin in _split_origins(value):
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: list scheme://host[:port] values, no '*', "
+                    "no path, separated by commas"
+                )
+        return value
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """The origins allowed to call the HTTP edge from a browser."""
+        return _split_origins(self.cors_allowed_origins)
 
     @field_validator("database_url")
     @classmethod

@@ -1,8 +1,9 @@
 """Domain errors: what went wrong, in the service's own terms, with no gRPC in sight.
 
-Services raise these; `taskservice.api.errors` is the one place that turns each kind into a gRPC
-status code with rich details. Each error carries a stable UPPER_SNAKE `reason` that clients may
-switch on (AIP-193's ErrorInfo.reason) and a message safe to show to the caller.
+Services raise these; `taskservice.calls.errors` is the one place that turns each kind into a
+status code with rich details, which each edge (gRPC, HTTP) sends its own way. Each error carries
+a stable UPPER_SNAKE `reason` that clients may switch on (AIP-193's ErrorInfo.reason) and a
+message safe to show to the caller.
 """
 
 from __future__ import annotations

@@ -24,15 +24,17 @@ from taskservice.api.audit_servicer import AuditServicer
 from taskservice.api.auth_servicer import AuthServicer
 from taskservice.api.authentication import AuthInterceptor
 from taskservice.api.availability import AvailabilityInterceptor
-from taskservice.api.call_context import current_call
 from taskservice.api.errors import ErrorInterceptor
 from taskservice.api.health import LIVENESS, READINESS, HealthMonitor, HealthServicer
 from taskservice.api.metrics import ServerMetrics
 from taskservice.api.reflection import enable_reflection
 from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
+from taskservice.calls.context import current_call
 from taskservice.config import ConfigError, Settings
 from taskservice.db.engine import Database, create_engine
+from taskservice.http.edge import build_http_server
+from taskservice.http.server import HttpServer
 from taskservice.security.credentials import CredentialHasher
 from taskservice.security.passwords import PasswordHasher
 from taskservice.security.tokens import TokenCodec
@@ -100,6 +102,8 @@ class Application:
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     metrics_port: int | None = None
+    http: HttpServer | None = None
+    http_port: int | None = None
 
     async def start(self) -> None:
         """Start accepting calls, then report readiness as the database allows."""
@@ -111,6 +115,8 @@ class Application:
                 self.settings.metrics_host, self.settings.metrics_port
             )
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
         if self.health_server is not None:
             await self.health_server.start()
         await self.health.start()
@@ -137,7 +143,10 @@ class Application:
             await self.trash.stop()
         if self.health_server is not None:
             await self.health_server.stop(None)
-        await self.server.stop(grace)
+        if self.http is None:
+            await self.server.stop(grace)
+        else:  # both edges drain at once, each within the grace
+            await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
         if self.feed is not None:
             await self.feed.stop()
         await self.auth_states.stop()
@@ -280,14 +289,20 @@ async def build_server(
     )
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
 
-    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(auth, settings.trusted_proxy_networks), server
-    )
-    api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(api_keys), server)
-    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
-    user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(users), server)
+    # One servicer per service, served by both edges.
     watches = Watches(feed, settings.watch_bookmark_seconds)
-    task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks, watches), server)
+    servicers = {
+        "AuthService": AuthServicer(auth, settings.trusted_proxy_networks),
+        "ApiKeyService": ApiKeyServicer(api_keys),
+        "AuditService": AuditServicer(audit),
+        "UserService": UserServicer(users),
+        "TaskService": TaskServicer(tasks, watches),
+    }
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(servicers["AuthService"], server)
+    api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(servicers["ApiKeyService"], server)
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(servicers["AuditService"], server)
+    user_service_pb2_grpc.add_UserServiceServicer_to_server(servicers["UserService"], server)
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(servicers["TaskService"], server)
     enable_reflection(
         server, (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     )
@@ -311,6 +326,22 @@ async def build_server(
     application.api_keys = api_keys
     application.audit = audit
     application.feed = feed
+    if settings.http_port is not None:
+        try:
+            application.http = build_http_server(
+                settings,
+                servicers,
+                auth=auth,
+                health=monitor,
+                metrics=metrics,
+                reuse_port=reuse_port,
+            )
+        except RuntimeError:
+            await server.stop(None)
+            await engine.dispose()
+            hasher.close()
+            raise
+        application.http_port = application.http.port
     if settings.health_port is not None:
         application.health_server, application.health_port = _health_only_server(
             settings, monitor.servicer
@@ -319,7 +350,7 @@ async def build_server(
 
 
 def _request_id() -> str | None:
-    """The request id of the gRPC call in progress, for audit rows."""
+    """The request id of the call in progress (on either edge), for audit rows."""
     call = current_call()
     return None if call is None else call.request_id
 

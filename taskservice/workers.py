@@ -76,8 +76,16 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until SIGTERM/SIGINT; return the exit status."""
-        with reserve_port(self._settings.grpc_host, self._settings.grpc_port) as port:
+        with contextlib.ExitStack() as ports:
+            port = ports.enter_context(
+                reserve_port(self._settings.grpc_host, self._settings.grpc_port)
+            )
             self._settings = self._settings.model_copy(update={"grpc_port": port})
+            if self._settings.http_port is not None:  # the HTTP edge's port, shared alike
+                http_port = ports.enter_context(
+                    reserve_port(self._settings.http_host, self._settings.http_port)
+                )
+                self._settings = self._settings.model_copy(update={"http_port": http_port})
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._on_signal)
             logger.info(

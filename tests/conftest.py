@@ -143,6 +143,7 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "register_max_per_address": 1_000_000,
         "login_max_failures_per_address": 1_000_000,
         "login_max_failures_per_account": 1_000_000,
+        "http_port": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

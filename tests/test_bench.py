@@ -70,6 +70,23 @@ def test_calls_failing_with_a_grpc_status_fail_the_run(harness: tuple[Bench, Fix
         bench.measure(by_name("GetTask"), forged, concurrency=4, calls=40)
 
 
+def test_connect_scenarios_reach_the_http_edge_and_count_every_call(
+    harness: tuple[Bench, Fixture],
+) -> None:
+    bench, fixture = harness
+    for name in ("Connect JSON GetTask (HTTP/1.1)", "Connect JSON CreateTask (HTTP/1.1)"):
+        measured = bench.measure(by_name(name), fixture, concurrency=4, calls=40)
+        assert measured.calls == 40
+
+
+def test_connect_calls_that_fail_fail_the_run(harness: tuple[Bench, Fixture]) -> None:
+    """HTTP 401 for every call: the server's counts show UNAUTHENTICATED and fail the run."""
+    bench, fixture = harness
+    forged = dataclasses.replace(fixture, user_token="not-a-token")
+    with pytest.raises(RunFailed, match="UNAUTHENTICATED"):
+        bench.measure(by_name("Connect JSON GetTask (HTTP/1.1)"), forged, concurrency=4, calls=40)
+
+
 def test_make_bench_runs_end_to_end(tmp_path: Path) -> None:
     """`python -m bench` (what `make bench` runs), tiny: every scenario, a table and a JSON."""
     output = tmp_path / "results"

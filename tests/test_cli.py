@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from alembic.script import ScriptDirectory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,12 +30,14 @@ from tests.proxy import TcpProxy
 from tests.test_config import ENV_NAMES
 
 SERVING_LINE = re.compile(rb"serving gRPC on [^:]+:(\d+)")
+HTTP_SERVING_LINE = re.compile(rb"serving HTTP \(Connect, gRPC-Web\) on port (\d+)")
 #: Generous bound for a process to start or stop on a loaded 2-core CI machine.
 PROCESS_TIMEOUT = 30.0
 
 
 def _environment(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    env["HTTP_PORT"] = "0"  # the HTTP edge on an ephemeral port, never a fixed one
     env.update(values)
     return env
 
@@ -135,6 +138,41 @@ async def test_a_second_server_on_a_busy_port_fails_fast(tmp_path: Path) -> None
             assert f"cannot listen on 127.0.0.1:{port}" in output
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT) == 0
+
+
+async def test_workers_share_the_http_port_and_each_answers_on_it(tmp_path: Path) -> None:
+    assert (await _run(tmp_path, "migrate"))[0] == 0
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "taskservice",
+        "serve",
+        cwd=tmp_path,
+        env=_environment(GRPC_HOST="127.0.0.1", GRPC_PORT="0", HTTP_HOST="127.0.0.1", WORKERS="2"),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    try:
+        ports: list[int] = []
+        async with asyncio.timeout(PROCESS_TIMEOUT):
+            while len(ports) < 2:  # one line per worker, each bound to the same port
+                line = await process.stderr.readline()
+                if not line:
+                    pytest.fail("server exited before serving")
+                if match := HTTP_SERVING_LINE.search(line):
+                    ports.append(int(match.group(1)))
+        assert ports[0] == ports[1]
+        url = f"http://127.0.0.1:{ports[0]}/grpc.health.v1.Health/Check"
+        for _ in range(4):  # fresh connections, spread over the workers by the kernel
+            async with httpx.AsyncClient() as http:
+                response = await http.post(url, json={"service": "liveness"}, timeout=10)
+            assert response.json() == {"status": "SERVING"}
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def test_create_admin_creates_then_promotes_and_the_admin_can_log_in(

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2
 from sqlalchemy.engine import make_url
@@ -23,6 +24,7 @@ from taskservice.server import Application, build_server
 from taskservice.v1 import auth_service_pb2, task_pb2, task_service_pb2, user_service_pb2
 from tests.conftest import PG_ADMIN_DSN, Stubs, make_settings, stubs_for
 from tests.helpers import PASSWORD, Account, fails, register
+from tests.http_client import auth_headers, connect_failure, connect_json, get_url
 from tests.proxy import TcpProxy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -42,6 +44,20 @@ async def proxied(pg_database_url: str) -> AsyncIterator[tuple[Application, TcpP
     yield application, proxy
     await application.stop(grace=None)
     await proxy.close()
+
+
+async def _http_sees_the_outage(application: Application, token: str) -> None:
+    """The HTTP edge refuses calls the same way, and its health probe turns 503."""
+    base = f"http://127.0.0.1:{application.http_port}"
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        refused = await connect_json(
+            http, "/taskservice.v1.UserService/GetMe", {}, **auth_headers(token)
+        )
+        assert refused.status_code == 503
+        assert connect_failure(refused).reason == "DATABASE_UNAVAILABLE"
+        health = "/grpc.health.v1.Health/Check"
+        assert (await http.get(get_url(health, {"service": "readiness"}))).status_code == 503
+        assert (await http.get(get_url(health, {"service": "liveness"}))).status_code == 200
 
 
 async def _status(stubs: Stubs, service: str) -> int:
@@ -80,6 +96,7 @@ async def test_health_flips_both_ways_and_calls_fail_fast_during_the_outage(
             grpc.StatusCode.UNAVAILABLE,
         )
         assert time.perf_counter() - started < 0.5
+        await _http_sees_the_outage(application, account.token)
 
         await proxy.restore()
         assert await _read_within(watch, FLIP_SECONDS) == SERVING

@@ -38,7 +38,10 @@ async def test_metrics_count_calls_by_method_and_code(metered_app: Application) 
         with pytest.raises(grpc.aio.AioRpcError):
             await stubs.users.GetMe(user_service_pb2.GetMeRequest())
     text = await asyncio.to_thread(_scrape, metered_app.metrics_port)
-    labels = 'grpc_method="GetMe",grpc_service="taskservice.v1.UserService",grpc_type="unary"'
+    labels = (
+        'grpc_method="GetMe",grpc_service="taskservice.v1.UserService",'
+        'grpc_type="unary",protocol="grpc"'
+    )
     assert f"grpc_server_started_total{{{labels}}} 4.0" in text
     assert f'grpc_server_handled_total{{grpc_code="OK",{labels}}} 3.0' in text
     assert f'grpc_server_handled_total{{grpc_code="UNAUTHENTICATED",{labels}}} 1.0' in text

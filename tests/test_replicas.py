@@ -113,6 +113,7 @@ async def _start_replica(cwd: Path, database_url: str, name: str) -> Replica:
         JWT_SECRET_KEY=TEST_SIGNING_KEY,
         GRPC_HOST="127.0.0.1",
         GRPC_PORT="0",
+        HTTP_PORT="0",
         BCRYPT_ROUNDS="4",
         DB_POOL_SIZE="4",
         DB_MAX_OVERFLOW="4",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -206,3 +208,42 @@ async def test_a_plaintext_health_port_serves_probes_and_nothing_else(
             assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await application.stop(grace=None)
+
+
+def _https(
+    app: Application, pki: Pki, client: Credential | None, tmp_path: Path
+) -> httpx.AsyncClient:
+    context = ssl.create_default_context(cadata=pki.ca.cert.decode())
+    if client is not None:
+        (tmp_path / "client.pem").write_bytes(client.cert + client.key)
+        context.load_cert_chain(tmp_path / "client.pem")
+    return httpx.AsyncClient(
+        base_url=f"https://localhost:{app.http_port}", verify=context, http2=True
+    )
+
+
+_HEALTH = "/grpc.health.v1.Health/Check"
+
+
+async def test_the_http_edge_serves_tls_too_with_http2_by_alpn(
+    tls_app: Application, pki: Pki, tmp_path: Path
+) -> None:
+    async with _https(tls_app, pki, None, tmp_path) as http:
+        response = await http.post(_HEALTH, json={"service": "liveness"})
+    assert response.json() == {"status": "SERVING"}
+    assert response.http_version == "HTTP/2"
+    async with httpx.AsyncClient() as plain:
+        with pytest.raises(httpx.HTTPError):
+            await plain.post(f"http://127.0.0.1:{tls_app.http_port}{_HEALTH}", json={})
+
+
+async def test_the_http_edge_needs_a_client_certificate_under_mutual_tls(
+    mtls_app: Application, pki: Pki, tmp_path: Path
+) -> None:
+    async with _https(mtls_app, pki, pki.client, tmp_path) as http:
+        response = await http.post(_HEALTH, json={"service": "liveness"})
+    assert response.json() == {"status": "SERVING"}
+    for stranger in (None, pki.stranger):
+        async with _https(mtls_app, pki, stranger, tmp_path) as http:
+            with pytest.raises(httpx.HTTPError):
+                await http.post(_HEALTH, json={"service": "liveness"})

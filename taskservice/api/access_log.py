@@ -1,21 +1,18 @@
 """One structured log line and one set of metrics per call, and the request id returned.
 
 Outermost interceptor: it gives each call a request id (the caller's `x-request-id` when sane,
-else a new one), returns it in trailing metadata, and, when the call ends, logs method, status
-code, duration, peer, user id and request id and records the gRPC server metrics. It logs no
-request or response content, so no password, token or hash can reach the log through it.
+else a new one), returns it in trailing metadata, and, when the call ends, has
+`taskservice.calls.observe` log it and record the metrics (protocol `grpc`). Server streams are
+observed too: one line when the stream ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import AsyncIterator
 
 import grpc
 
-from taskservice.api.call_context import REQUEST_ID_KEY, begin_call
 from taskservice.api.handlers import (
     HandlerInterceptor,
     StreamBehavior,
@@ -24,8 +21,8 @@ from taskservice.api.handlers import (
     wrap_unary_unary,
 )
 from taskservice.api.metrics import ServerMetrics
-
-access_logger = logging.getLogger("taskservice.access")
+from taskservice.calls.context import REQUEST_ID_KEY
+from taskservice.calls.observe import MethodObserver, Observation
 
 
 class AccessLogInterceptor(HandlerInterceptor):
@@ -58,31 +55,18 @@ def _caller_request_id(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-class _Method:
-    """What the access log needs of one method, resolved once (label lookups cost per call)."""
+class _Call:
+    """One gRPC call being observed: its observation, peer and, once known, its status code."""
 
-    def __init__(self, method: str, kind: str, metrics: ServerMetrics) -> None:
-        service, _, name = method.rpartition("/")
-        self.method, self.service, self.name = method, service.lstrip("/"), name
-        self.labels = (kind, self.service, name)
-        self.handled = metrics.handled
-        self.started_total = metrics.started.labels(*self.labels)
-        self.handling_seconds = metrics.handling_seconds.labels(*self.labels)
+    __slots__ = ("code", "context", "observation", "peer")
 
-
-class _Observation:
-    """One call being observed: its request id, metrics and, at the end, its log line."""
-
-    def __init__(self, method: _Method, context: grpc.aio.ServicerContext) -> None:
-        self.m = method
+    def __init__(self, observer: MethodObserver, context: grpc.aio.ServicerContext) -> None:
         self.context = context
         # Read now: a stream abandoned by gRPC (cancelled while it was sending) is finalized
         # later, when its call is gone and asking the context would crash in gRPC's core.
         self.peer = context.peer()
-        self.info = begin_call(_caller_request_id(context))
-        method.started_total.inc()
-        context.set_trailing_metadata(((REQUEST_ID_KEY, self.info.request_id),))
-        self.started = time.perf_counter()
+        self.observation: Observation = observer.begin(_caller_request_id(context))
+        context.set_trailing_metadata(((REQUEST_ID_KEY, self.observation.info.request_id),))
         self.code = grpc.StatusCode.OK
 
     def failed(self, error: BaseException) -> None:
@@ -96,48 +80,28 @@ class _Observation:
         else:
             self.code = self.context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
 
-    def finish(self) -> None:
-        """Count the call and write its one log line."""
-        seconds = time.perf_counter() - self.started
-        self.m.handled.labels(*self.m.labels, self.code.name).inc()
-        self.m.handling_seconds.observe(seconds)
-        access_logger.info(
-            "%s %s",
-            self.m.method,
-            self.code.name,
-            extra={
-                "grpc_service": self.m.service,
-                "grpc_method": self.m.name,
-                "grpc_code": self.code.name,
-                "duration_ms": round(seconds * 1000, 3),
-                "peer": self.peer,
-                "user_id": self.info.user_id,
-                "request_id": self.info.request_id,
-            },
-        )
-
 
 def _observed(inner: UnaryBehavior, method: str, metrics: ServerMetrics) -> UnaryBehavior:
-    resolved = _Method(method, "unary", metrics)
+    observer = MethodObserver(metrics, method, "unary", "grpc")
 
     async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
-        call = _Observation(resolved, context)
+        call = _Call(observer, context)
         try:
             return await inner(request, context)
         except BaseException as error:
             call.failed(error)
             raise
         finally:
-            call.finish()
+            observer.end(call.observation, call.code.name, call.peer)
 
     return behavior
 
 
 def _observed_stream(inner: StreamBehavior, method: str, metrics: ServerMetrics) -> StreamBehavior:
-    resolved = _Method(method, "server_stream", metrics)
+    observer = MethodObserver(metrics, method, "server_stream", "grpc")
 
     async def behavior(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
-        call = _Observation(resolved, context)
+        call = _Call(observer, context)
         try:
             async for response in inner(request, context):
                 yield response
@@ -145,6 +109,6 @@ def _observed_stream(inner: StreamBehavior, method: str, metrics: ServerMetrics)
             call.failed(error)
             raise
         finally:
-            call.finish()
+            observer.end(call.observation, call.code.name, call.peer)
 
     return behavior

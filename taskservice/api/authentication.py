@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
 
-from taskservice.api.call_context import current_call
 from taskservice.api.handlers import (
     HandlerInterceptor,
     StreamBehavior,
@@ -26,34 +24,18 @@ from taskservice.api.handlers import (
     wrap_unary_stream,
     wrap_unary_unary,
 )
+from taskservice.calls.authentication import (
+    OPTIONAL_AUTH_METHODS,
+    authenticate,
+    authenticate_stream,
+    is_public,
+    parse_authorization,
+)
+from taskservice.calls.authentication import current_principal as _principal
+from taskservice.calls.authentication import recheck as recheck
 from taskservice.errors import Unauthenticated
 from taskservice.services.auth import AuthService
 from taskservice.services.principal import Principal
-
-#: Methods anyone may call without a token (a refresh token is a credential of its own).
-PUBLIC_METHODS = frozenset(
-    {
-        "/taskservice.v1.AuthService/Login",
-        "/taskservice.v1.AuthService/RefreshToken",
-        "/taskservice.v1.AuthService/Logout",
-    }
-)
-#: Services anyone may call: health probes and reflection.
-PUBLIC_SERVICE_PREFIXES = (
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-    "/grpc.reflection.v1.ServerReflection/",
-)
-#: Methods that work anonymously but use a token when one is sent (an admin creating an admin).
-OPTIONAL_AUTH_METHODS = frozenset({"/taskservice.v1.AuthService/Register"})
-#: Longest authorization value accepted; our tokens are a few hundred bytes.
-MAX_AUTHORIZATION_LENGTH = 4096
-
-_principal: ContextVar[Principal | None] = ContextVar("taskservice_principal", default=None)
-#: For a stream: checks the call's token again (expired? revoked?) and returns the caller now.
-_recheck: ContextVar[Callable[[], Awaitable[Principal]] | None] = ContextVar(
-    "taskservice_recheck", default=None
-)
 
 _S = TypeVar("_S")
 _Req = TypeVar("_Req")
@@ -71,7 +53,7 @@ class AuthInterceptor(HandlerInterceptor):
         self, handler: grpc.RpcMethodHandler, method: str
     ) -> grpc.RpcMethodHandler:
         """Let public methods through; make every other one authenticate first."""
-        if method in PUBLIC_METHODS or method.startswith(PUBLIC_SERVICE_PREFIXES):
+        if is_public(method):
             return handler
         if handler.unary_stream is not None:
             return wrap_unary_stream(handler, self._authenticating_stream)
@@ -81,28 +63,13 @@ class AuthInterceptor(HandlerInterceptor):
         return wrap_unary_unary(handler, lambda inner: self._authenticating(inner, optional))
 
     def _authenticating_stream(self, inner: StreamBehavior) -> StreamBehavior:
-        """Authenticate a server stream when it starts, and let it re-check its token later.
-
-        A stream outlives the checks made when it began: `recheck()` gives the handler the
-        means to ask again (token expiry, revocation) as often as it must.
-        """
+        """Authenticate a server stream when it starts; `recheck()` lets it ask again later."""
 
         async def behavior(
             request: object, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[object]:
             token = bearer_token(context.invocation_metadata() or ())
-            if token is None:
-                raise Unauthenticated(
-                    "TOKEN_MISSING",
-                    "missing access token: send the metadata 'authorization: Bearer <token>'",
-                )
-            principal = await self._auth.authenticate(token)
-            if (call := current_call()) is not None:
-                call.user_id = principal.user_id
-            # Not reset afterwards: each call runs in a task (and context) of its own, and a
-            # stream gRPC abandons is finalized in another context, where a reset would fail.
-            _principal.set(principal)
-            _recheck.set(lambda: self._auth.authenticate(token))
+            await authenticate_stream(self._auth, token)
             async for response in inner(request, context):
                 yield response
 
@@ -111,14 +78,7 @@ class AuthInterceptor(HandlerInterceptor):
     def _authenticating(self, inner: UnaryBehavior, optional: bool) -> UnaryBehavior:
         async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
             token = bearer_token(context.invocation_metadata() or ())
-            if token is None and not optional:
-                raise Unauthenticated(
-                    "TOKEN_MISSING",
-                    "missing access token: send the metadata 'authorization: Bearer <token>'",
-                )
-            principal = None if token is None else await self._auth.authenticate(token)
-            if principal is not None and (call := current_call()) is not None:
-                call.user_id = principal.user_id
+            principal = await authenticate(self._auth, token, optional=optional)
             reset = _principal.set(principal)
             try:
                 return await inner(request, context)
@@ -130,44 +90,13 @@ class AuthInterceptor(HandlerInterceptor):
 
 def bearer_token(metadata: Sequence[Any]) -> str | None:
     """The token of the single `authorization: Bearer` entry, None when there is none."""
-    values = [entry.value for entry in metadata if entry.key == "authorization"]
-    if not values:
-        return None
-    if len(values) > 1:
-        raise _malformed("send exactly one authorization entry")
-    value = values[0]
-    if not isinstance(value, str) or len(value) > MAX_AUTHORIZATION_LENGTH:
-        raise _malformed("authorization value is not a bearer token")
-    scheme, _, token = value.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _malformed("authorization must be 'Bearer <token>'")
-    return token.strip()
-
-
-def _malformed(message: str) -> Unauthenticated:
-    return Unauthenticated("TOKEN_MALFORMED", message)
+    return parse_authorization([entry.value for entry in metadata if entry.key == "authorization"])
 
 
 async def _refuse_streaming(_request: object, context: grpc.aio.ServicerContext) -> None:
     await context.abort(
         grpc.StatusCode.UNAUTHENTICATED, "client-streaming calls cannot authenticate"
     )
-
-
-def recheck() -> Callable[[], Awaitable[Principal]]:
-    """For a server stream: a function that authenticates its token again.
-
-    It raises Unauthenticated once the token has expired or been revoked. Outside an
-    authenticated stream it always refuses (fail closed).
-    """
-    check = _recheck.get()
-    if check is None:
-        return _never_authenticated
-    return check
-
-
-async def _never_authenticated() -> Principal:
-    raise Unauthenticated("TOKEN_MISSING", "this stream has no access token to check")
 
 
 def authenticated(

@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from taskservice.api.authentication import PUBLIC_SERVICE_PREFIXES
-from taskservice.api.errors import database_unavailable
 from taskservice.api.handlers import (
     HandlerInterceptor,
     StreamBehavior,
@@ -20,6 +18,8 @@ from taskservice.api.handlers import (
     wrap_unary_unary,
 )
 from taskservice.api.health import HealthMonitor
+from taskservice.calls.authentication import PUBLIC_SERVICE_PREFIXES
+from taskservice.calls.errors import database_unavailable
 
 
 class AvailabilityInterceptor(HandlerInterceptor):

@@ -57,11 +57,15 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         self._closed = True
         self._notify()
 
+    def status_of(self, name: str) -> int | None:
+        """The status of one name, None for a name not answered; the HTTP edge asks this too."""
+        return self._statuses.get(name)
+
     async def Check(  # noqa: N802 - the RPC's name
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         """The status of one name; an unknown name is NOT_FOUND, as the protocol says."""
-        status = self._statuses.get(request.service)
+        status = self.status_of(request.service)
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)

@@ -2,7 +2,8 @@
 
 Names follow go-grpc-prometheus / grpc-ecosystem, which dashboards and alerts already expect:
 `grpc_server_started_total`, `grpc_server_handled_total` (by code) and the
-`grpc_server_handling_seconds` histogram, labelled by type, service and method. Pool gauges are
+`grpc_server_handling_seconds` histogram, labelled by type, service and method, and by
+`protocol` (`grpc`, `connect`, `grpc-web`): the HTTP edge serves the same methods. Pool gauges are
 read from the engine at scrape time, so they cost nothing per call. Each server has a registry
 of its own (tests run many in one process); `METRICS_PORT` serves it over HTTP at `/metrics`.
 """
@@ -26,7 +27,7 @@ class ServerMetrics:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.registry = CollectorRegistry()
-        labels = ("grpc_type", "grpc_service", "grpc_method")
+        labels = ("grpc_type", "grpc_service", "grpc_method", "protocol")
         self.started = Counter(
             "grpc_server_started_total",
             "RPCs started on the server.",

@@ -1,6 +1,7 @@
-"""The calling client's address on the gRPC edge, for per-address throttling.
+"""The calling client's address, for per-address throttling, on either edge.
 
-gRPC names the peer as `ipv4:1.2.3.4:5678` or `ipv6:[::1]:5678`; behind TRUSTED_PROXIES the
+gRPC names the peer as `ipv4:1.2.3.4:5678` or `ipv6:[::1]:5678`; the HTTP edge calls servicers
+without a gRPC context and notes the peer's IP on the call instead. Behind TRUSTED_PROXIES the
 client is read from `x-forwarded-for` by the transport-neutral rule in
 `taskservice.services.client_address`.
 """
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from taskservice.calls.context import current_call
 from taskservice.config import IPNetwork
 from taskservice.services.client_address import client_address
 
@@ -29,8 +31,15 @@ def peer_ip(peer: str | None) -> str | None:
     return None
 
 
-def caller_address(context: grpc.aio.ServicerContext, trusted: Sequence[IPNetwork]) -> str | None:
+def caller_address(
+    context: grpc.aio.ServicerContext | None, trusted: Sequence[IPNetwork]
+) -> str | None:
     """The client's address: the peer's, or from a trusted proxy's `x-forwarded-for`."""
+    if context is None:  # the HTTP edge: what it noted on the call
+        call = current_call()
+        if call is None:
+            return None
+        return client_address(call.peer_ip, call.forwarded_for, trusted)
     forwarded = [
         entry.value
         for entry in context.invocation_metadata() or ()

@@ -1,4 +1,7 @@
-"""TaskService over gRPC: owner-scoped task CRUD and lists."""
+"""TaskService: owner-scoped task CRUD, lists and the change stream, for both edges.
+
+The HTTP edge calls these same methods with no gRPC context (None), so they never touch it.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from taskservice.watch.streams import Bookmark, Watches
 class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     """Adapts TaskService requests to the task service."""
 
-    def __init__(self, tasks: TaskService, watches: Watches | None = None) -> None:
+    def __init__(self, tasks: TaskService, watches: Watches) -> None:
         self._tasks = tasks
         self._watches = watches
 
@@ -133,9 +136,6 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.WatchTasksRequest, context: grpc.aio.ServicerContext, principal: Principal
     ) -> AsyncIterator[pb.WatchTasksResponse]:
         """The changes of the tasks the caller may see, from `start_revision` on."""
-        if self._watches is None:  # a server built without a change feed
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchTasks is not served here")
-            return
         stream = self._watches.watch(
             principal,
             request.start_revision,

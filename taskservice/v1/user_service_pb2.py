@@ -26,13 +26,19 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from taskservice.v1 import user_pb2 as taskservice_dot_v1_dot_user__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!taskservice/v1/user_service.proto\x12\x0etaskservice.v1\x1a google/protobuf/field_mask.proto\x1a\x19taskservice/v1/user.proto\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.taskservice.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x0e\n\x0cGetMeRequest\"3\n\rGetMeResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\"\x1c\n\x0eGetUserRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"5\n\x0fGetUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\"h\n\x11UpdateUserRequest\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"8\n\x12UpdateUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\"\x1f\n\x11\x44\x65leteUserRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"\x14\n\x12\x44\x65leteUserResponse2\x9b\x03\n\x0bUserService\x12P\n\tListUsers\x12 .taskservice.v1.ListUsersRequest\x1a!.taskservice.v1.ListUsersResponse\x12\x44\n\x05GetMe\x12\x1c.taskservice.v1.GetMeRequest\x1a\x1d.taskservice.v1.GetMeResponse\x12J\n\x07GetUser\x12\x1e.taskservice.v1.GetUserRequest\x1a\x1f.taskservice.v1.GetUserResponse\x12S\n\nUpdateUser\x12!.taskservice.v1.UpdateUserRequest\x1a\".taskservice.v1.UpdateUserResponse\x12S\n\nDeleteUser\x12!.taskservice.v1.DeleteUserRequest\x1a\".taskservice.v1.DeleteUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!taskservice/v1/user_service.proto\x12\x0etaskservice.v1\x1a google/protobuf/field_mask.proto\x1a\x19taskservice/v1/user.proto\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.taskservice.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x0e\n\x0cGetMeRequest\"3\n\rGetMeResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\"\x1c\n\x0eGetUserRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"5\n\x0fGetUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\"h\n\x11UpdateUserRequest\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"8\n\x12UpdateUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\"\x1f\n\x11\x44\x65leteUserRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"\x14\n\x12\x44\x65leteUserResponse2\xaa\x03\n\x0bUserService\x12U\n\tListUsers\x12 .taskservice.v1.ListUsersRequest\x1a!.taskservice.v1.ListUsersResponse\"\x03\x90\x02\x01\x12I\n\x05GetMe\x12\x1c.taskservice.v1.GetMeRequest\x1a\x1d.taskservice.v1.GetMeResponse\"\x03\x90\x02\x01\x12O\n\x07GetUser\x12\x1e.taskservice.v1.GetUserRequest\x1a\x1f.taskservice.v1.GetUserResponse\"\x03\x90\x02\x01\x12S\n\nUpdateUser\x12!.taskservice.v1.UpdateUserRequest\x1a\".taskservice.v1.UpdateUserResponse\x12S\n\nDeleteUser\x12!.taskservice.v1.DeleteUserRequest\x1a\".taskservice.v1.DeleteUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taskservice.v1.user_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['ListUsers']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['ListUsers']._serialized_options = b'\220\002\001'
+  _globals['_USERSERVICE'].methods_by_name['GetMe']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['GetMe']._serialized_options = b'\220\002\001'
+  _globals['_USERSERVICE'].methods_by_name['GetUser']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['GetUser']._serialized_options = b'\220\002\001'
   _globals['_LISTUSERSREQUEST']._serialized_start=114
   _globals['_LISTUSERSREQUEST']._serialized_end=171
   _globals['_LISTUSERSRESPONSE']._serialized_start=173
@@ -54,5 +60,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEUSERRESPONSE']._serialized_start=607
   _globals['_DELETEUSERRESPONSE']._serialized_end=627
   _globals['_USERSERVICE']._serialized_start=630
-  _globals['_USERSERVICE']._serialized_end=1041
+  _globals['_USERSERVICE']._serialized_end=1056
 # @@protoc_insertion_point(module_scope)

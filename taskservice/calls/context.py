@@ -1,4 +1,4 @@
-"""What every layer of the gRPC edge may need to know about the call in progress."""
+"""What every layer of either edge may need to know about the call in progress."""
 
 from __future__ import annotations
 
@@ -15,10 +15,16 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 @dataclass
 class CallInfo:
-    """The call's request id, and its user once authenticated (for the access log)."""
+    """The call's request id, and its user once authenticated (for the access log).
+
+    An edge whose servicers get no transport context of their own (the HTTP edge) also notes the
+    peer's IP and the `x-forwarded-for` values here, for per-address throttling.
+    """
 
     request_id: str
     user_id: int | None = None
+    peer_ip: str | None = None
+    forwarded_for: tuple[str, ...] = ()
 
 
 #: Generated request ids: a random per-process prefix and a counter, unique without a syscall.

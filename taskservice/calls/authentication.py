@@ -1,0 +1,124 @@
+"""Who is calling: the bearer token of a call resolved to a Principal, the same on every edge.
+
+Each edge reads the `authorization` values of its call (gRPC metadata, HTTP headers) and hands
+them here; the Principal found is put in `current_principal` for the handler, which receives it
+through `taskservice.api.authentication.authenticated`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+
+from taskservice.calls.context import current_call
+from taskservice.errors import Unauthenticated
+from taskservice.services.auth import AuthService
+from taskservice.services.principal import Principal
+
+#: Methods anyone may call without a token (a refresh token is a credential of its own).
+PUBLIC_METHODS = frozenset(
+    {
+        "/taskservice.v1.AuthService/Login",
+        "/taskservice.v1.AuthService/RefreshToken",
+        "/taskservice.v1.AuthService/Logout",
+    }
+)
+#: Services anyone may call: health probes and reflection.
+PUBLIC_SERVICE_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+#: Methods that work anonymously but use a token when one is sent (an admin creating an admin).
+OPTIONAL_AUTH_METHODS = frozenset({"/taskservice.v1.AuthService/Register"})
+#: Longest authorization value accepted; our tokens are a few hundred bytes.
+MAX_AUTHORIZATION_LENGTH = 4096
+
+#: The authenticated caller of the call in progress (None: anonymous or not yet known).
+current_principal: ContextVar[Principal | None] = ContextVar("taskservice_principal", default=None)
+#: For a stream: checks the call's token again (expired? revoked?) and returns the caller now.
+current_recheck: ContextVar[Callable[[], Awaitable[Principal]] | None] = ContextVar(
+    "taskservice_recheck", default=None
+)
+
+
+def is_public(method: str) -> bool:
+    """Whether `method` (`/package.Service/Method`) needs no token at all."""
+    return method in PUBLIC_METHODS or method.startswith(PUBLIC_SERVICE_PREFIXES)
+
+
+def parse_authorization(values: Sequence[object]) -> str | None:
+    """The token of the single `Bearer` authorization value, None when there is none."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _malformed("send exactly one authorization entry")
+    value = values[0]
+    if not isinstance(value, str) or len(value) > MAX_AUTHORIZATION_LENGTH:
+        raise _malformed("authorization value is not a bearer token")
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _malformed("authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+async def authenticate(auth: AuthService, token: str | None, *, optional: bool) -> Principal | None:
+    """The caller for `token`; raise Unauthenticated when a needed token is missing or bad.
+
+    The user found is noted on the call for the access log.
+    """
+    if token is None:
+        if optional:
+            return None
+        raise missing_token()
+    return await _resolve(auth, token)
+
+
+async def _resolve(auth: AuthService, token: str) -> Principal:
+    principal = await auth.authenticate(token)
+    if (call := current_call()) is not None:
+        call.user_id = principal.user_id
+    return principal
+
+
+def missing_token() -> Unauthenticated:
+    """The error for a call that needs a token and sent none."""
+    return Unauthenticated(
+        "TOKEN_MISSING", "missing access token: send the metadata 'authorization: Bearer <token>'"
+    )
+
+
+async def authenticate_stream(auth: AuthService, token: str | None) -> Principal:
+    """Authenticate a server stream as it starts, and let it re-check its token later.
+
+    A stream outlives the checks made when it began: the handler gets, through `recheck()`, the
+    means to ask again (token expiry, revocation) as often as it must. The context variables are
+    not reset: each stream runs in a task (and context) of its own, and a stream abandoned by
+    its transport may be finalized in another context, where a reset would fail.
+    """
+    if token is None:
+        raise missing_token()
+    principal = await _resolve(auth, token)
+    current_principal.set(principal)
+    current_recheck.set(lambda: auth.authenticate(token))
+    return principal
+
+
+def recheck() -> Callable[[], Awaitable[Principal]]:
+    """For a server stream: a function that authenticates its token again.
+
+    It raises Unauthenticated once the token has expired or been revoked. Outside an
+    authenticated stream it always refuses (fail closed).
+    """
+    check = current_recheck.get()
+    if check is None:
+        return _never_authenticated
+    return check
+
+
+async def _never_authenticated() -> Principal:
+    raise Unauthenticated("TOKEN_MISSING", "this stream has no access token to check")
+
+
+def _malformed(message: str) -> Unauthenticated:
+    return Unauthenticated("TOKEN_MALFORMED", message)
