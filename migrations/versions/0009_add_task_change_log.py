@@ -15,9 +15,11 @@ change whose transaction commits late. How each database gets there:
   commit order. Taking the counter in the trigger would hold its row lock until commit and
   serialise every task write in the store (and, holding other locks meanwhile, starve
   DeleteUser). So the triggers record changes with `revision` NULL, ordered only by `seq`, and
-  `task_changes_assign()` (called by the change feeds) numbers the committed, unnumbered ones in
-  one transaction that holds the counter row: what one call numbers becomes visible at once,
-  and a change that commits later gets a later revision. Writers never touch the counter.
+  `task_changes_assign()` numbers the committed, unnumbered ones in one short transaction of
+  its own, one caller at a time: what one call numbers becomes visible at once, and a change
+  that commits later gets a later revision. Task writers call it right after their commit (so
+  their next read includes their change's revision) and the change feeds on every wake-up
+  (for cascades and for writers that never got to call it); no writer holds the counter.
 
 An UPDATE that changes nothing is not recorded. PostgreSQL also sends `NOTIFY task_changes` once
 per statement, as a wake-up for the change feeds of every server: the changes themselves are
@@ -95,16 +97,21 @@ _POSTGRES_UP = (
     $$
     """,
     # Numbers at most `batch` committed, unnumbered changes in `seq` order and returns how many.
-    # The counter row's lock queues concurrent callers (one per server); each statement takes a
-    # fresh snapshot, so a caller that waited sees what the one before it numbered. The NOTIFY
-    # wakes every server's feed to read what was numbered.
+    # Callers queue on an advisory lock (a transaction lock: released at commit, after which the
+    # numbers are visible), and each statement takes a fresh snapshot, so a caller that waited
+    # sees what the one before it numbered. Nothing pending: no lock, no write. The NOTIFY wakes
+    # every server's feed to read what was numbered.
     """
     CREATE FUNCTION task_changes_assign(batch INTEGER) RETURNS INTEGER LANGUAGE plpgsql AS $$
     DECLARE
       base BIGINT;
       numbered INTEGER;
     BEGIN
-      SELECT revision INTO base FROM task_revision WHERE id = 1 FOR UPDATE;
+      IF NOT EXISTS (SELECT 1 FROM task_changes WHERE revision IS NULL) THEN
+        RETURN 0;
+      END IF;
+      PERFORM pg_advisory_xact_lock(7243591);
+      SELECT revision INTO base FROM task_revision WHERE id = 1;
       WITH pending AS (
         SELECT seq, row_number() OVER (ORDER BY seq) AS n
         FROM task_changes WHERE revision IS NULL ORDER BY seq LIMIT batch

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Row, bindparam, delete, func, select, text, update
+from sqlalchemy import Row, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskservice.db.engine import Database
@@ -141,27 +141,6 @@ async def read_revisions(connection: AsyncConnection) -> Revisions:
     """The current and compacted revisions, read on `connection`."""
     current, compacted = (await connection.execute(_REVISIONS)).one()
     return Revisions(current, compacted)
-
-
-#: Numbers committed, unnumbered changes (PostgreSQL only; migration 0009).
-_ASSIGN = text("SELECT task_changes_assign(:batch)")
-
-
-async def assign(database: Database, batch: int = PAGE_SIZE) -> int:
-    """Give revisions to the changes committed since the last call; return how many got one.
-
-    Only PostgreSQL records changes unnumbered (SQLite's single writer numbers them in its
-    triggers). Each call is one short transaction of its own (the connection is in autocommit),
-    so the numbers it hands out become visible together; servers calling it at once queue on
-    the counter row. Repeats while whole batches are numbered.
-    """
-    numbered = 0
-    while True:
-        async with database.rows() as connection:
-            count = int((await connection.execute(_ASSIGN, {"batch": batch})).scalar_one())
-        numbered += count
-        if count < batch:
-            return numbered
 
 
 async def page(

@@ -13,9 +13,9 @@ serves changes made by other processes. A notification carries nothing: the chan
 read from the table, so a listener that reconnects simply catches up.
 
 Revisions are dense and become visible in order (migration 0009), so reading `revision > last`
-never skips a change that commits late. On PostgreSQL the feed is also what numbers committed
-changes: every wake-up first calls `task_changes_assign()`, whose NOTIFY then wakes the feeds of
-every server to read them.
+never skips a change that commits late. On PostgreSQL every wake-up first numbers committed
+changes that have no revision yet (`Database.number_changes`); numbering sends a NOTIFY that
+wakes the feeds of every server to read them.
 """
 
 from __future__ import annotations
@@ -140,8 +140,7 @@ class ChangeFeed:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._listener: PgListener | None = None
-        self._numbers_changes = database.engine.dialect.name == "postgresql"
-        if self._numbers_changes:
+        if database.engine.dialect.name == "postgresql":
             self._listener = PgListener(
                 database.engine.url, CHANNEL, lambda _payload: self.wake(), self._listener_reset
             )
@@ -222,11 +221,11 @@ class ChangeFeed:
     async def catch_up(self) -> int:
         """Read and offer every change after `self.revision`; return how many were read.
 
-        On PostgreSQL, committed changes are numbered first, so what this server's own writers
-        just committed is read now rather than at another server's next wake-up.
+        On PostgreSQL, committed changes are numbered first: task writes number their own
+        changes as they commit, but cascades (a user's deletion) and writers that were cancelled
+        or crashed after committing leave theirs to the feeds.
         """
-        if self._numbers_changes:
-            await changes.assign(self.database)
+        await self.database.number_changes()
         read = 0
         while True:
             batch = await changes.page(self.database, self.revision)
