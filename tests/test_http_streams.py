@@ -1,11 +1,11 @@
 """Server streams on the HTTP edge, through the same calls layer as every unary call.
 
-WatchTasks (issue 14) is the API's server stream; until it is merged, a stand-in stream method
-served exactly as the generated applications serve theirs (ServicerMethods over a servicer whose
-method is an async generator, behind the edge's interceptors) shows that the caller is
-authenticated before the first message, messages arrive as they are yielded, a domain error
-mid-stream ends it with the same status and details, and the call is logged once with its type.
-The WatchTasks-over-gRPC-Web test belongs in tests/test_http.py once h-watch is merged.
+A stand-in stream method, served exactly as the generated applications serve theirs
+(ServicerMethods over a servicer whose method is an async generator, behind the edge's
+interceptors), shows what WatchTasks cannot on demand: the caller is authenticated before the
+first message, messages arrive as they are yielded, a domain error mid-stream ends it with the
+same status and details, and the call is logged once with its type. WatchTasks itself over
+gRPC-Web is tested in tests/test_http.py.
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from taskservice.calls.authentication import current_principal
 from taskservice.http.app import Router, ServicerMethods, connect_options, with_cors
 from taskservice.http.calls import GateAndAuthenticate, ObserveAndMapErrors
 from taskservice.http.server import HttpServer, bind_socket
-from taskservice.security.tokens import TokenCodec
 from taskservice.server import Application
-from taskservice.services.auth import AuthService
 from taskservice.v1 import user_pb2, user_service_pb2
 from tests.conftest import Stubs
 from tests.helpers import register
@@ -82,9 +80,8 @@ def _endpoints(service: Any) -> Mapping[str, Endpoint[Any, Any]]:
 
 @pytest.fixture
 async def stream_edge(app: Application) -> AsyncIterator[httpx.AsyncClient]:
-    auth = AuthService(
-        app.database, app.hasher, TokenCodec.from_settings(app.settings), app.auth_states
-    )
+    auth = app.auth
+    assert auth is not None
     interceptors: Iterable[Interceptor] = (
         ObserveAndMapErrors(app.metrics, on_database_error=app.health.suspect),
         GateAndAuthenticate(auth, is_ready=lambda: app.health.ready),
