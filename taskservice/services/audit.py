@@ -32,6 +32,7 @@ REGISTRATION_THROTTLED = "registration_throttled"
 USER_REGISTERED = "user_registered"
 PASSWORD_CHANGED = "password_changed"  # noqa: S105 - event names
 PASSWORD_CHANGE_FAILED = "password_change_failed"  # noqa: S105
+PASSWORD_CHANGE_THROTTLED = "password_change_throttled"  # noqa: S105
 REFRESH_TOKEN_REUSED = "refresh_token_reused"  # noqa: S105
 LOGGED_OUT = "logged_out"
 API_KEY_CREATED = "api_key_created"
