@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     throttle_window_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     # Peers (addresses or CIDR networks, comma-separated) whose `x-forwarded-for` is believed.
     trusted_proxies: str = ""
+    # Days security events stay in `audit_events` (ListAuditEvents) before the sweep deletes them;
+    # fractions allowed. The structured log lines are the log pipeline's to keep.
+    audit_retention_days: float = Field(default=365.0, gt=0, le=36500)
     # How long a deleted task stays in the trash before it is purged; fractions allowed.
     trash_retention_days: float = Field(default=30.0, gt=0, le=3650)
     # WatchTasks: seconds between bookmarks on a stream; hours of change history kept (fractions

@@ -234,7 +234,13 @@ async def build_server(
     auth_states = AuthStateStore(database, sole_owner=settings.is_sqlite and settings.workers == 1)
     page_tokens = PageTokens(tokens.derive_key(b"page-tokens"))
     metrics = ServerMetrics(engine)
-    audit = AuditTrail(database, page_tokens, clock, _request_id)
+    audit = AuditTrail(
+        database,
+        page_tokens,
+        clock,
+        _request_id,
+        timedelta(days=settings.audit_retention_days),
+    )
     credential_hasher = CredentialHasher(
         settings.credential_hash_key.get_secret_value().encode()
         if settings.credential_hash_key is not None
@@ -321,7 +327,7 @@ async def build_server(
         settings, server, database, auth_states, monitor, hasher, metrics, port
     )
     application.tasks = tasks
-    application.trash = TrashSweeper(tasks, also=(auth.purge_expired,))
+    application.trash = TrashSweeper(tasks, also=(auth.purge_expired, audit.purge_expired))
     application.auth = auth
     application.api_keys = api_keys
     application.audit = audit

@@ -256,3 +256,19 @@ async def test_page_tokens_are_bound_to_their_filter(stubs: Stubs, admin: Accoun
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert set(failure.fields) == {"page_size"}
+
+
+async def test_events_older_than_the_retention_are_swept(
+    app: Application, stubs: Stubs, admin: Account, clock: ManualClock
+) -> None:
+    """AUDIT_RETENTION_DAYS (365 by default) bounds the table; the sweep keeps newer events."""
+    old = await register(stubs)
+    clock.advance(days=300)
+    recent = await register(stubs)
+    assert app.audit is not None
+    assert await app.audit.purge_expired() == 0
+    clock.advance(days=100)  # `old`'s events are 400 days old now, `recent`'s 100
+    assert await app.audit.purge_expired() >= 1
+    targets = {e.target_user_id for e in await _events(stubs, admin)}
+    assert recent.user.id in targets
+    assert old.user.id not in targets

@@ -118,6 +118,34 @@ async def test_failed_logins_are_throttled_per_account_before_any_bcrypt(
     await _login(stubs, account.user.email)
 
 
+async def test_wrong_current_passwords_share_the_accounts_limit_with_failed_logins(
+    servers: tuple[Application, Application], stubs: Stubs, clock: ManualClock
+) -> None:
+    """ChangePassword checks a password too: a token holder gets no extra guesses through it."""
+    account = await register(stubs)
+
+    def change(current: str) -> Awaitable[Any]:
+        request = pb.ChangePasswordRequest(current_password=current, new_password="a new one!")
+        return stubs.auth.ChangePassword(request, metadata=account.metadata)
+
+    await fails(_login(stubs, account.user.email, "wrong"), grpc.StatusCode.UNAUTHENTICATED)
+    for _ in range(2):
+        failure = await fails(change("wrong"), grpc.StatusCode.UNAUTHENTICATED)
+        assert failure.reason == "PASSWORD_INCORRECT"
+    hashed = servers[0].hasher.computations
+    # Three failures in all: the right password is refused unchecked, on either path.
+    await _retry_delay(change(PASSWORD), "PASSWORD_CHANGE_THROTTLED")
+    await _retry_delay(_login(stubs, account.user.email))
+    assert servers[0].hasher.computations == hashed
+    clock.advance(seconds=WINDOW_SECONDS)
+    for _ in range(2):
+        await fails(change("wrong"), grpc.StatusCode.UNAUTHENTICATED)
+    await change(PASSWORD)  # a success clears the count: three more failures would be allowed
+    for _ in range(2):
+        await fails(_login(stubs, account.user.email, "wrong"), grpc.StatusCode.UNAUTHENTICATED)
+    await _login(stubs, account.user.email, "a new one!")
+
+
 async def test_unknown_accounts_are_throttled_exactly_like_known_ones(stubs: Stubs) -> None:
     known = await register(stubs)
     answers = []

@@ -99,6 +99,8 @@ _AUDIT_INDEXES = {
     "ix_audit_events_actor_id_id": ["actor_id", "id"],
     "ix_audit_events_target_user_id_id": ["target_user_id", "id"],
     "ix_audit_events_event_id": ["event", "id"],
+    # The retention sweep deletes by age (AUDIT_RETENTION_DAYS).
+    "ix_audit_events_create_time": ["create_time"],
 }
 
 

@@ -361,6 +361,7 @@ class AuditEvent(Base):
         Index("ix_audit_events_actor_id_id", "actor_id", "id"),
         Index("ix_audit_events_target_user_id_id", "target_user_id", "id"),
         Index("ix_audit_events_event_id", "event", "id"),
+        Index("ix_audit_events_create_time", "create_time"),
         {"sqlite_autoincrement": True},
     )
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import event, select
+from sqlalchemy import delete, event, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskservice.db.engine import Database
@@ -32,6 +33,7 @@ REGISTRATION_THROTTLED = "registration_throttled"
 USER_REGISTERED = "user_registered"
 PASSWORD_CHANGED = "password_changed"  # noqa: S105 - event names
 PASSWORD_CHANGE_FAILED = "password_change_failed"  # noqa: S105
+PASSWORD_CHANGE_THROTTLED = "password_change_throttled"  # noqa: S105
 REFRESH_TOKEN_REUSED = "refresh_token_reused"  # noqa: S105
 LOGGED_OUT = "logged_out"
 API_KEY_CREATED = "api_key_created"
@@ -78,11 +80,27 @@ class AuditTrail:
         page_tokens: PageTokens,
         clock: Clock,
         request_id: Callable[[], str | None] = lambda: None,
+        retention: timedelta = timedelta(days=365),
     ) -> None:
         self._db = database
         self._page_tokens = page_tokens
         self._clock = clock
         self._request_id = request_id
+        self._retention = retention
+
+    async def purge_expired(self) -> int:
+        """Delete the events older than the retention (AUDIT_RETENTION_DAYS); returns how many.
+
+        Run by every server's sweep, so the table stays bounded without a cron job.
+        """
+        cutoff = self._clock() - self._retention
+        async with self._db.write() as session:
+            result = await session.execute(
+                delete(AuditEvent)
+                .where(AuditEvent.create_time < cutoff)
+                .execution_options(synchronize_session=False)
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def request_id(self) -> str | None:
         """The request id of the call in progress, if any."""

@@ -312,19 +312,40 @@ class AuthService:
     async def change_password(
         self, caller: Principal, current_password: str, new_password: str
     ) -> IssuedToken:
-        """Set a new password and revoke every token and refresh family issued before it."""
+        """Set a new password and revoke every token and refresh family issued before it.
+
+        Checking `current_password` is a password oracle for whoever holds an access token or
+        API key, so failures count against the account's failed-login limit (the same counter
+        Login uses: the two together give no more guesses than Login alone), and past it the
+        attempt is refused before bcrypt runs. A success clears the count, as a login does.
+        """
         raise_if(new_password_violation("new_password", new_password))
         async with self._db.read() as session:
-            stored = await session.scalar(
-                select(User.password_hash).where(User.id == caller.user_id)
-            )
+            row = (
+                await session.execute(
+                    select(User.password_hash, User.email).where(User.id == caller.user_id)
+                )
+            ).first()
+        stored, email = (None, None) if row is None else row
+        account = account_key(email or f"user:{caller.user_id}")
+        await self._throttled(
+            self._throttle.check(
+                [Limit(account, self._policy.max_failures_per_account)],
+                reason="PASSWORD_CHANGE_THROTTLED",
+                message="too many failed password checks; retry after the delay given",
+            ),
+            audit.PASSWORD_CHANGE_THROTTLED,
+        )
         if not await self._hasher.verify(current_password, stored):
-            await self._audit.record_now(
-                audit.PASSWORD_CHANGE_FAILED,
-                actor_id=caller.user_id,
-                target_user_id=caller.user_id,
-                outcome=audit.FAILURE,
-            )
+            async with self._db.write() as session:
+                await self._throttle.count(session, [account])
+                self._audit.record(
+                    session,
+                    audit.PASSWORD_CHANGE_FAILED,
+                    actor_id=caller.user_id,
+                    target_user_id=caller.user_id,
+                    outcome=audit.FAILURE,
+                )
             raise Unauthenticated("PASSWORD_INCORRECT", "current_password is incorrect")
         password_hash = await self._hasher.hash(new_password)
         async with self._db.write() as session:
@@ -334,6 +355,7 @@ class AuthService:
             if user.password_hash != stored:  # changed since it was checked: check again
                 raise Unauthenticated("PASSWORD_INCORRECT", "current_password is incorrect")
             user.password_hash = password_hash
+            await self._throttle.reset(session, account)
             # Ends every access token and every refresh family issued at the older version.
             user.token_version += 1
             version = user.token_version

@@ -1,7 +1,7 @@
 """The trash sweep: tasks past their purge time are deleted for good, in the background.
 
-Other expired rows go on the same round (`also`): refresh tokens past their expiry and throttle
-counters whose window has ended.
+Other expired rows go on the same round (`also`): refresh tokens past their expiry, throttle
+counters whose window has ended, and audit events older than AUDIT_RETENTION_DAYS.
 
 Each server sweeps on its own every few minutes (several replicas sweeping at once only find less
 to delete), so no cron job is needed; `taskservice purge` runs one sweep for operators who want

@@ -40,7 +40,8 @@ class AuditServiceStub:
     - `api_key_created`, `api_key_revoked`.
     - `user_role_changed`, `user_deactivated`, `user_activated`, `user_deleted`.
     - `task_admin_action` (an admin changed or deleted another user's task; target: the owner).
-    Throttled logins and registrations are logged (`login_throttled`, `registration_throttled`) and
+    Throttled logins, password changes and registrations are logged (`login_throttled`,
+    `password_change_throttled`, `registration_throttled`) and
     counted in the metric `taskservice_auth_throttled_total`, but not stored as records: a client being
     throttled must not be able to grow the table.
 
@@ -78,7 +79,8 @@ class AuditServiceServicer:
     - `api_key_created`, `api_key_revoked`.
     - `user_role_changed`, `user_deactivated`, `user_activated`, `user_deleted`.
     - `task_admin_action` (an admin changed or deleted another user's task; target: the owner).
-    Throttled logins and registrations are logged (`login_throttled`, `registration_throttled`) and
+    Throttled logins, password changes and registrations are logged (`login_throttled`,
+    `password_change_throttled`, `registration_throttled`) and
     counted in the metric `taskservice_auth_throttled_total`, but not stored as records: a client being
     throttled must not be able to grow the table.
 
@@ -132,7 +134,8 @@ class AuditService:
     - `api_key_created`, `api_key_revoked`.
     - `user_role_changed`, `user_deactivated`, `user_activated`, `user_deleted`.
     - `task_admin_action` (an admin changed or deleted another user's task; target: the owner).
-    Throttled logins and registrations are logged (`login_throttled`, `registration_throttled`) and
+    Throttled logins, password changes and registrations are logged (`login_throttled`,
+    `password_change_throttled`, `registration_throttled`) and
     counted in the metric `taskservice_auth_throttled_total`, but not stored as records: a client being
     throttled must not be able to grow the table.
 

@@ -102,6 +102,9 @@ class AuthService(Protocol):
         - UNAUTHENTICATED: no valid token, or `current_password` is wrong.
         - INVALID_ARGUMENT: `new_password` is shorter than 8 characters, longer than 72 bytes, or
           contains NUL (U+0000).
+        - RESOURCE_EXHAUSTED (reason `PASSWORD_CHANGE_THROTTLED`, with a `google.rpc.RetryInfo`): the
+          account reached its limit of failed password checks (wrong `current_password` here and
+          failed logins count together); the password is not checked. A success clears the count.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -346,6 +349,9 @@ class AuthServiceClient(ConnectClient):
         - UNAUTHENTICATED: no valid token, or `current_password` is wrong.
         - INVALID_ARGUMENT: `new_password` is shorter than 8 characters, longer than 72 bytes, or
           contains NUL (U+0000).
+        - RESOURCE_EXHAUSTED (reason `PASSWORD_CHANGE_THROTTLED`, with a `google.rpc.RetryInfo`): the
+          account reached its limit of failed password checks (wrong `current_password` here and
+          failed logins count together); the password is not checked. A success clears the count.
         """
         return await self.execute_unary(
             request=request,
@@ -490,6 +496,9 @@ class AuthServiceSync(Protocol):
         - UNAUTHENTICATED: no valid token, or `current_password` is wrong.
         - INVALID_ARGUMENT: `new_password` is shorter than 8 characters, longer than 72 bytes, or
           contains NUL (U+0000).
+        - RESOURCE_EXHAUSTED (reason `PASSWORD_CHANGE_THROTTLED`, with a `google.rpc.RetryInfo`): the
+          account reached its limit of failed password checks (wrong `current_password` here and
+          failed logins count together); the password is not checked. A success clears the count.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -732,6 +741,9 @@ class AuthServiceClientSync(ConnectClientSync):
         - UNAUTHENTICATED: no valid token, or `current_password` is wrong.
         - INVALID_ARGUMENT: `new_password` is shorter than 8 characters, longer than 72 bytes, or
           contains NUL (U+0000).
+        - RESOURCE_EXHAUSTED (reason `PASSWORD_CHANGE_THROTTLED`, with a `google.rpc.RetryInfo`): the
+          account reached its limit of failed password checks (wrong `current_password` here and
+          failed logins count together); the password is not checked. A success clears the count.
         """
         return self.execute_unary(
             request=request,

@@ -147,6 +147,9 @@ class AuthServiceServicer:
         - UNAUTHENTICATED: no valid token, or `current_password` is wrong.
         - INVALID_ARGUMENT: `new_password` is shorter than 8 characters, longer than 72 bytes, or
         contains NUL (U+0000).
+        - RESOURCE_EXHAUSTED (reason `PASSWORD_CHANGE_THROTTLED`, with a `google.rpc.RetryInfo`): the
+        account reached its limit of failed password checks (wrong `current_password` here and
+        failed logins count together); the password is not checked. A success clears the count.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
