@@ -288,9 +288,12 @@ class TaskServiceServicer:
         Every committed change of a task (create, update, patch, move, trash, undelete, purge, and
         the purges of subtasks and of a deleted user's tasks) advances the store-wide revision by
         one. Revisions start at 1 (an empty store), so a revision a client was given is never 0.
+        Revisions follow commit order: a transaction that commits later has the later revision,
+        whichever began first.
         A stream first replays the history after `start_revision`, then sends a bookmark (so even a
-        stream with nothing to replay learns its revision at once), then changes as they commit. A response carries either a change (at its revision) or, with no `change`, a bookmark:
-        the revision up to which the stream has sent every change it was going to send. Bookmarks
+        stream with nothing to replay learns its revision at once), then changes as they commit. A
+        response carries either a change (at its revision) or, with no `change`, a bookmark: the
+        revision up to which the stream has sent every change it was going to send. Bookmarks
         come every 15 seconds by default (the server's WATCH_BOOKMARK_SECONDS) whether or not
         anything matched, which also keeps idle streams alive through proxies.
 
