@@ -30,7 +30,14 @@ from sqlalchemy.engine import URL
 
 from bench import h2load
 from bench.h2load import Load, Result
-from bench.processes import EchoServer, Handled, TaskService, cpu_count, rss_mib
+from bench.processes import (
+    EchoServer,
+    Handled,
+    TaskService,
+    cpu_count,
+    cpu_seconds,
+    rss_mib,
+)
 from bench.scenarios import (
     ECHO,
     LIST_VIEWS,
@@ -71,6 +78,9 @@ class Measurement:
     p50_ms: float
     p99_ms: float
     max_worker_rss_mib: float
+    #: The server's CPU time (every worker, user and system) per 1,000 calls measured: what a
+    #: call costs, whatever the cores left free by h2load and the database.
+    server_cpu_seconds_per_1000: float | None = None
     ratio_to_baseline: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -136,6 +146,18 @@ class Bench:
     def _rss(self, server: TaskService | EchoServer) -> float:
         return max(rss_mib(pid) for pid in server.worker_pids())
 
+    def _cpu(self, server: TaskService | EchoServer) -> float:
+        return sum(cpu_seconds(pid) for pid in server.worker_pids())
+
+    def _timed_run(
+        self, server: TaskService | EchoServer, loads: list[Load], target: str, sequential: bool
+    ) -> tuple[list[Result], float]:
+        """The run's results and the server's CPU seconds per 1,000 of its calls."""
+        cpu = self._cpu(server)
+        results = self._run(loads, target, sequential)
+        calls = sum(load.calls for load in loads)
+        return results, (self._cpu(server) - cpu) * 1000 / calls
+
     def measure(
         self, scenario: Scenario, fixture: Fixture, concurrency: int, calls: int
     ) -> Measurement:
@@ -146,21 +168,29 @@ class Bench:
         if scenario.baseline:
             self._run(warm_up, self.echo.target, sequential)
             before = self.echo.calls()
-            results = self._run(loads, self.echo.target, sequential)
+            results, cpu = self._timed_run(self.echo, loads, self.echo.target, sequential)
             served = self.echo.calls() - before
             sent = sum(load.calls for load in loads)
             if served != sent:
                 raise RunFailed(f"echo server answered {served} calls of {sent}")
-            return _measure(scenario.name, concurrency, results, sequential, self._rss(self.echo))
+            measured = _measure(
+                scenario.name, concurrency, results, sequential, self._rss(self.echo)
+            )
+            measured.server_cpu_seconds_per_1000 = cpu
+            return measured
         target = self.service.http_target if scenario.http else self.service.target
         self._run(warm_up, target, sequential)
         before = self.service.handled()
-        results = self._run(loads, target, sequential)
+        results, cpu = self._timed_run(self.service, loads, target, sequential)
         expected: Counter[str] = Counter()
         for load in loads:
             expected[_method(load)] += load.calls
         self._check(before, expected, scenario.name)
-        return _measure(scenario.name, concurrency, results, sequential, self._rss(self.service))
+        measured = _measure(
+            scenario.name, concurrency, results, sequential, self._rss(self.service)
+        )
+        measured.server_cpu_seconds_per_1000 = cpu
+        return measured
 
     def measure_storm(self, fixture: Fixture, concurrency: int, calls: int) -> Measurement:
         """GetTask while STORM_CONCURRENCY Logins run all the time."""
@@ -315,14 +345,17 @@ def _machine(database: str) -> dict[str, object]:
 def _table(measurements: list[Measurement]) -> str:
     header = (
         f"{'scenario':<30} {'conc':>4} {'calls':>6} {'calls/s':>9} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'ratio':>6} {'RSS MiB':>8}"
+        f"{'p50 ms':>8} {'p99 ms':>8} {'ratio':>6} {'RSS MiB':>8} {'CPU s/1k':>8}"
     )
     lines = [header, "-" * len(header)]
     for m in measurements:
         ratio = f"{m.ratio_to_baseline:.3f}" if m.ratio_to_baseline is not None else ""
+        cpu = m.server_cpu_seconds_per_1000
+        cpu_text = f"{cpu:.3f}" if cpu is not None else ""
         lines.append(
             f"{m.scenario:<30} {m.concurrency:>4} {m.calls:>6} {m.calls_per_second:>9.0f} "
-            f"{m.p50_ms:>8.2f} {m.p99_ms:>8.2f} {ratio:>6} {m.max_worker_rss_mib:>8.1f}"
+            f"{m.p50_ms:>8.2f} {m.p99_ms:>8.2f} {ratio:>6} {m.max_worker_rss_mib:>8.1f} "
+            f"{cpu_text:>8}"
         )
     return "\n".join(lines)
 
