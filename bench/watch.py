@@ -47,8 +47,11 @@ def _rss_kib(pid: int) -> int:
 
 
 async def _run(target: str, pid: int, watchers: int, writes: int, rate: float) -> dict[str, float]:
+    # A local subchannel pool each: channels to one target otherwise share one connection, and
+    # its MAX_CONCURRENT_STREAMS would hold every stream past the first hundred or so.
     channels = [
-        grpc.aio.insecure_channel(target) for _ in range(-(-watchers // STREAMS_PER_CHANNEL))
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(-(-watchers // STREAMS_PER_CHANNEL))
     ]
     try:
         auth = auth_service_pb2_grpc.AuthServiceStub(channels[0])
