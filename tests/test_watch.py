@@ -66,8 +66,14 @@ async def patch(stubs: Stubs, account: Account, task_id: int, **fields: object) 
     return (await stubs.tasks.PatchTask(request, metadata=account.metadata)).task
 
 
-async def current_revision(stubs: Stubs, account: Account) -> int:
-    """The store's revision now, as a client learns it."""
+async def current_revision(app: Application, stubs: Stubs, account: Account) -> int:
+    """The store's revision once every committed change has one, as a client learns it.
+
+    Revisions are given just after commit, off the writer's path (by the change feed): a read
+    right after a write may carry the revision before it. Tests number first, to know exactly
+    which revision their writes reached.
+    """
+    await app.database.number_changes()
     response = await stubs.tasks.BatchGetTasks(pb.BatchGetTasksRequest(), metadata=account.metadata)
     return response.revision
 
@@ -99,7 +105,7 @@ async def test_every_kind_of_change_arrives_in_revision_order_with_the_task_afte
     ).task
     await stubs.tasks.DeleteTask(pb.DeleteTaskRequest(id=parent.id), metadata=alice.metadata)
     assert await app.tasks.purge_expired(datetime(9999, 1, 1, tzinfo=UTC)) >= 1
-    final = await current_revision(stubs, alice)
+    final = await current_revision(app, stubs, alice)
 
     seen = changes(await read_until(stream, reached(final)))
     assert [r.revision for r in seen] == list(range(start + 1, final + 1)), "dense, in order"
@@ -119,8 +125,10 @@ async def test_every_kind_of_change_arrives_in_revision_order_with_the_task_afte
     stream.cancel()
 
 
-async def test_reads_carry_the_revision_they_were_read_at(stubs: Stubs, alice: Account) -> None:
-    before = await current_revision(stubs, alice)
+async def test_reads_carry_the_revision_they_were_read_at(
+    app: Application, stubs: Stubs, alice: Account
+) -> None:
+    before = await current_revision(app, stubs, alice)
     task = await create(stubs, alice)
     got = await stubs.tasks.GetTask(pb.GetTaskRequest(id=task.id), metadata=alice.metadata)
     listed = await stubs.tasks.ListTasks(pb.ListTasksRequest(), metadata=alice.metadata)
@@ -175,9 +183,9 @@ async def test_list_then_watch_with_concurrent_writers_loses_nothing(
 
 
 async def test_resuming_from_the_last_revision_seen_delivers_every_change_exactly_once(
-    stubs: Stubs, alice: Account
+    app: Application, stubs: Stubs, alice: Account
 ) -> None:
-    start = await current_revision(stubs, alice)
+    start = await current_revision(app, stubs, alice)
     first = watch(stubs, alice, start)
     for n in range(6):
         await create(stubs, alice, f"before {n}")
@@ -185,7 +193,7 @@ async def test_resuming_from_the_last_revision_seen_delivers_every_change_exactl
     first.cancel()  # the stream drops mid-way
     for n in range(4):
         await create(stubs, alice, f"after {n}")
-    final = await current_revision(stubs, alice)
+    final = await current_revision(app, stubs, alice)
     second = watch(stubs, alice, seen[-1].revision)
     seen += changes(await read_until(second, reached(final)))
     assert [r.revision for r in seen] == list(range(start + 1, final + 1))
@@ -216,7 +224,7 @@ async def test_two_interleaved_transactions_are_both_delivered_in_commit_order(
     way both arrive, densely numbered, each once.
     """
     existing = await create(stubs, alice, "existing")
-    start = await current_revision(stubs, alice)
+    start = await current_revision(app, stubs, alice)
     stream = watch(stubs, alice, start)
     await read_until(stream, lambda r: len(r) == 1)  # the opening bookmark
     engine = create_async_engine(database_url, poolclass=NullPool)
@@ -279,7 +287,7 @@ async def test_a_start_revision_before_the_kept_history_is_revision_compacted(
 ) -> None:
     for n in range(3):
         await create(stubs, alice, f"old {n}")
-    current = await current_revision(stubs, alice)
+    current = await current_revision(app, stubs, alice)
     assert app.feed is not None
     assert await app.feed.compact(datetime.now(UTC) + timedelta(days=2)) == current
     failure = await fails(watch(stubs, alice, 1).read(), grpc.StatusCode.FAILED_PRECONDITION)
@@ -295,7 +303,7 @@ async def test_a_start_revision_before_the_kept_history_is_revision_compacted(
 async def test_recent_history_survives_compaction(
     app: Application, stubs: Stubs, alice: Account
 ) -> None:
-    start = await current_revision(stubs, alice)
+    start = await current_revision(app, stubs, alice)
     await create(stubs, alice)
     assert app.feed is not None
     assert await app.feed.compact() == 0  # the default 24 hours have not passed
@@ -304,8 +312,10 @@ async def test_recent_history_survives_compaction(
     stream.cancel()
 
 
-async def test_bad_start_revisions_and_filters_are_refused(stubs: Stubs, alice: Account) -> None:
-    current = await current_revision(stubs, alice)
+async def test_bad_start_revisions_and_filters_are_refused(
+    app: Application, stubs: Stubs, alice: Account
+) -> None:
+    current = await current_revision(app, stubs, alice)
     failure = await fails(watch(stubs, alice, current + 1).read(), grpc.StatusCode.OUT_OF_RANGE)
     assert failure.reason == "REVISION_NOT_YET"
     assert failure.error_metadata == {"current_revision": str(current)}
@@ -317,8 +327,10 @@ async def test_bad_start_revisions_and_filters_are_refused(stubs: Stubs, alice: 
     assert "filter" in failure.fields
 
 
-async def test_bookmarks_arrive_on_an_idle_stream(stubs: Stubs, alice: Account) -> None:
-    current = await current_revision(stubs, alice)
+async def test_bookmarks_arrive_on_an_idle_stream(
+    app: Application, stubs: Stubs, alice: Account
+) -> None:
+    current = await current_revision(app, stubs, alice)
     stream = watch(stubs, alice)
     responses = await read_until(stream, lambda r: len(r) >= 3)
     assert [r.revision for r in responses] == [current] * 3
@@ -327,12 +339,12 @@ async def test_bookmarks_arrive_on_an_idle_stream(stubs: Stubs, alice: Account) 
 
 
 async def test_a_bookmark_reaches_past_changes_the_filter_hides(
-    stubs: Stubs, alice: Account
+    app: Application, stubs: Stubs, alice: Account
 ) -> None:
     stream = watch(stubs, alice, filter='title = "wanted"')
     await read_until(stream, lambda r: len(r) == 1)
     await create(stubs, alice, "unwanted")
-    current = await current_revision(stubs, alice)
+    current = await current_revision(app, stubs, alice)
     responses = await read_until(stream, reached(current))
     assert not changes(responses), "the hidden change is not sent, but the bookmark moves on"
     stream.cancel()
@@ -350,7 +362,7 @@ async def test_each_user_sees_only_their_own_tasks_and_admins_choose(
         await read_until(stream, lambda r: len(r) == 1)
     bobs = await create(stubs, bob, "bob's")
     alices_task = await create(stubs, alice, "alice's")
-    final = await current_revision(stubs, alice)
+    final = await current_revision(app, stubs, alice)
 
     def ids(stream: object) -> object:
         async def read() -> list[int]:
@@ -372,10 +384,10 @@ async def test_history_replayed_to_a_user_holds_only_their_tasks(
 ) -> None:
     bob = await register(stubs)
     admin = await make_admin(app, stubs)
-    start = await current_revision(stubs, alice)
+    start = await current_revision(app, stubs, alice)
     bobs = await create(stubs, bob, "bob's")
     alices = await create(stubs, alice, "alice's")
-    final = await current_revision(stubs, alice)
+    final = await current_revision(app, stubs, alice)
     cases = [
         (alice, {}, [alices.id]),
         (admin, {}, [bobs.id, alices.id]),
@@ -389,13 +401,15 @@ async def test_history_replayed_to_a_user_holds_only_their_tasks(
         stream.cancel()
 
 
-async def test_a_task_leaving_the_filter_is_seen_leaving_it(stubs: Stubs, alice: Account) -> None:
+async def test_a_task_leaving_the_filter_is_seen_leaving_it(
+    app: Application, stubs: Stubs, alice: Account
+) -> None:
     stream = watch(stubs, alice, filter="status = TASK_STATUS_TODO")
     await read_until(stream, lambda r: len(r) == 1)
     task = await create(stubs, alice)
     done = await patch(stubs, alice, task.id, status=task_pb2.TASK_STATUS_DONE)
     await patch(stubs, alice, task.id, title="still done")  # outside the view before and after
-    final = await current_revision(stubs, alice)
+    final = await current_revision(app, stubs, alice)
     seen = changes(await read_until(stream, reached(final)))
     assert [(r.change.type, r.change.task) for r in seen] == [(CREATED, task), (UPDATED, done)]
     stream.cancel()
@@ -491,7 +505,7 @@ async def test_a_slow_reader_is_cut_off_and_its_buffer_dropped(small_app: Applic
     assert feed is not None
     async with stubs_for(small_app) as stubs:
         alice = await register(stubs)
-        start = await current_revision(stubs, alice)
+        start = await current_revision(small_app, stubs, alice)
         stream = watch(stubs, alice, start)
         await read_until(stream, lambda r: len(r) == 1)
         big = "x" * 10_000  # fills the transport's flow-control window in a few messages

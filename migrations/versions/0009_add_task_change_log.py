@@ -21,9 +21,11 @@ change whose transaction commits late. How each database gets there:
   their next read includes their change's revision) and the change feeds on every wake-up
   (for cascades and for writers that never got to call it); no writer holds the counter.
 
-An UPDATE that changes nothing is not recorded. PostgreSQL also sends `NOTIFY task_changes` once
-per statement, as a wake-up for the change feeds of every server: the changes themselves are
-read from the table.
+An UPDATE that changes nothing is not recorded. On PostgreSQL, `task_changes_assign()` sends
+`NOTIFY task_changes` when it has numbered something, as a wake-up for the change feeds of every
+server (the changes themselves are read from the table). The writers' triggers do not notify:
+PostgreSQL serialises the commits of notifying transactions, which would serialise every task
+write; a change nobody numbers at once is numbered by the next feed poll.
 
 The SQLite triggers list the task columns: a migration that adds a column to `tasks` must
 recreate them (as must one that rebuilds `tasks` with `batch_alter_table`, which drops them).
@@ -128,14 +130,6 @@ _POSTGRES_UP = (
     $$
     """,
     """
-    CREATE FUNCTION task_changes_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-      PERFORM pg_notify('task_changes', '');
-      RETURN NULL;
-    END
-    $$
-    """,
-    """
     CREATE TRIGGER tasks_record_insert AFTER INSERT ON tasks
     FOR EACH ROW EXECUTE FUNCTION task_changes_record()
     """,
@@ -147,18 +141,12 @@ _POSTGRES_UP = (
     CREATE TRIGGER tasks_record_delete AFTER DELETE ON tasks
     FOR EACH ROW EXECUTE FUNCTION task_changes_record()
     """,
-    """
-    CREATE TRIGGER tasks_wake_watchers AFTER INSERT OR UPDATE OR DELETE ON tasks
-    FOR EACH STATEMENT EXECUTE FUNCTION task_changes_notify()
-    """,
 )
 
 _POSTGRES_DOWN = (
-    "DROP TRIGGER tasks_wake_watchers ON tasks",
     "DROP TRIGGER tasks_record_delete ON tasks",
     "DROP TRIGGER tasks_record_update ON tasks",
     "DROP TRIGGER tasks_record_insert ON tasks",
-    "DROP FUNCTION task_changes_notify()",
     "DROP FUNCTION task_changes_assign(INTEGER)",
     "DROP FUNCTION task_changes_record()",
 )

@@ -5,6 +5,7 @@ The HTTP edge calls these same methods with no gRPC context (None), so they neve
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 import grpc
@@ -26,6 +27,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     def __init__(self, tasks: TaskService, watches: Watches) -> None:
         self._tasks = tasks
         self._watches = watches
+        self._responses = _WatchResponses()
 
     @authenticated
     async def ListTasks(
@@ -144,7 +146,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             recheck(),
         )
         async for item in stream:
-            yield _watch_response(item)
+            yield self._responses.get(item)
 
 
 _CHANGE_TYPES = {
@@ -156,9 +158,33 @@ _CHANGE_TYPES = {
 }
 
 
-def _watch_response(item: Change | Bookmark) -> pb.WatchTasksResponse:
-    if isinstance(item, Bookmark):
-        return pb.WatchTasksResponse(revision=item.revision)
+class _WatchResponses:
+    """Each change's response, built once and shared by every stream that sends it.
+
+    A change reaches every stream watching its owner at about the same moment: with a thousand
+    watchers, converting the task to protobuf per stream cost more than everything else the
+    fan-out does. The newest `size` responses are kept (by revision; the same revision is always
+    the same change), and nobody mutates them: gRPC only serializes what it is given.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._by_revision: OrderedDict[int, pb.WatchTasksResponse] = OrderedDict()
+
+    def get(self, item: Change | Bookmark) -> pb.WatchTasksResponse:
+        """The response for a change (shared) or a bookmark (new, it is cheap)."""
+        if isinstance(item, Bookmark):
+            return pb.WatchTasksResponse(revision=item.revision)
+        response = self._by_revision.get(item.revision)
+        if response is None:
+            response = _change_response(item)
+            self._by_revision[item.revision] = response
+            if len(self._by_revision) > self._size:
+                self._by_revision.popitem(last=False)
+        return response
+
+
+def _change_response(item: Change) -> pb.WatchTasksResponse:
     task = task_to_proto(item.after) if item.after is not None else task_pb2.Task(id=item.task_id)
     return pb.WatchTasksResponse(
         revision=item.revision,

@@ -145,7 +145,7 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
-#: Task changes numbered per statement by `Database.number_changes` (and the change feed).
+#: Task changes numbered per statement by `Database.number_changes`.
 NUMBER_BATCH = 500
 _NUMBER_CHANGES = text(f"SELECT task_changes_assign({NUMBER_BATCH})")
 
@@ -205,12 +205,11 @@ class Database:
             yield connection
 
     @asynccontextmanager
-    async def statement(self, *, changes_tasks: bool = False) -> AsyncIterator[AsyncConnection]:
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
         """A connection for statements each atomic by itself (one INSERT ... RETURNING, say).
 
         On PostgreSQL it runs in autocommit: no BEGIN and COMMIT round trips around a lone
         statement. On SQLite it is one write transaction, committed when the block ends.
-        `changes_tasks`: as for `write()`.
         """
         if self._autocommit:
             async with self._row_engine.connect() as connection:
@@ -218,32 +217,23 @@ class Database:
         else:
             async with self._write_engine.begin() as connection:
                 yield connection
-        if changes_tasks:
-            await self.number_changes()
         self._committed()
 
     @asynccontextmanager
-    async def write(self, *, changes_tasks: bool = False) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction committed when the block ends, rolled back if it raises.
-
-        With `changes_tasks`, the task changes it recorded have their revisions once the block
-        has ended (see `number_changes`), so the caller's next read sees its own writes at a
-        revision that includes them.
-        """
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction committed when the block ends, rolled back if it raises."""
         async with self._writers.begin() as session:
             yield session
-        if changes_tasks:
-            await self.number_changes()
         self._committed()
 
     async def number_changes(self) -> None:
         """On PostgreSQL, give revisions to every committed task change that has none yet.
 
         The triggers of migration 0009 record changes unnumbered; `task_changes_assign()`
-        numbers them in commit order. Called after a commit, it returns once that commit's
-        changes are numbered, by this call or by a concurrent one it waited for. When nothing
-        is pending (another caller got there first) it costs one round trip and no write.
-        SQLite's triggers number changes themselves.
+        numbers them in commit order, in a short transaction of its own, off the writers' path:
+        the change feed calls it when a commit wakes it. When nothing is pending (another
+        server got there first) it costs one round trip and no write. SQLite's triggers number
+        changes themselves.
         """
         if not self._autocommit:
             return

@@ -182,9 +182,9 @@ class TaskService:
             if not (request_id or checked.labels or values.parent_id or owner != caller.user_id):
                 # One INSERT, atomic by itself: no transaction around it (a missing owner fails
                 # the foreign key, handled below like the keyed path's check).
-                async with self._db.statement(changes_tasks=True) as connection:
+                async with self._db.statement() as connection:
                     return (await connection.execute(_INSERT_TASK, row)).one()
-            async with self._db.write(changes_tasks=True) as session:
+            async with self._db.write() as session:
                 if request_id and (earlier := await _by_request(session, caller, request_id)):
                     return earlier
                 if owner != caller.user_id and not await _lock_caller_and_owner(
@@ -265,7 +265,7 @@ class TaskService:
         checked = _check_values(
             values, set(WRITABLE_TASK_FIELDS), also=[id_violation("task.id", task_id)]
         )
-        async with self._db.write(changes_tasks=True) as session:
+        async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
             self._audit_admin_action(session, caller, task.owner_id)
             _check_etag(task, expected_etag)
@@ -287,7 +287,7 @@ class TaskService:
         checked = _check_values(
             values, set(paths), mask=paths, also=[id_violation("task.id", task_id)]
         )
-        async with self._db.write(changes_tasks=True) as session:
+        async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
             self._audit_admin_action(session, caller, task.owner_id)
             _check_etag(task, expected_etag)
@@ -301,7 +301,7 @@ class TaskService:
     async def delete_task(self, caller: Principal, task_id: int, expected_etag: str) -> Task:
         """Move a task the caller may see to the trash, until its purge time."""
         require_id("id", task_id)
-        async with self._db.write(changes_tasks=True) as session:
+        async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
             self._audit_admin_action(session, caller, task.owner_id)
             _check_etag(task, expected_etag)
@@ -326,7 +326,7 @@ class TaskService:
     async def undelete_task(self, caller: Principal, task_id: int, expected_etag: str) -> Task:
         """Bring a task back from the trash, with what its DeleteTask trashed with it."""
         require_id("id", task_id)
-        async with self._db.write(changes_tasks=True) as session:
+        async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
             self._audit_admin_action(session, caller, task.owner_id)
             _check_etag(task, expected_etag)
@@ -373,7 +373,7 @@ class TaskService:
             if previous_id < 0
             else None,
         )
-        async with self._db.write(changes_tasks=True) as session:
+        async with self._db.write() as session:
             task = await _visible(session, caller, task_id, lock=True)
             self._audit_admin_action(session, caller, task.owner_id)
             _check_etag(task, expected_etag)
@@ -592,7 +592,7 @@ async def purge_expired_tasks(database: Database, now: datetime) -> int:
     Their idempotency keys go with them (the foreign key cascades), so a request_id that created
     a purged task may create a new one.
     """
-    async with database.write(changes_tasks=True) as session:
+    async with database.write() as session:
         result = await session.execute(
             delete(Task).where(Task.purge_time <= now),
             execution_options={"synchronize_session": False},

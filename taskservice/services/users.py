@@ -158,7 +158,7 @@ class UserService:
         require_id("id", user_id)
         if user_id == caller.user_id:
             raise FailedPrecondition("SELF_LOCKOUT", "administrators cannot delete themselves")
-        async with self._db.write(changes_tasks=True) as session:
+        async with self._db.write() as session:
             admins = await _lock_active_admins(session)
             user = await session.get(User, user_id, with_for_update=True)
             if user is None:

@@ -6,16 +6,19 @@ admins' streams watching every owner. Each stream has a bounded buffer; a stream
 overflows is ended with RESOURCE_EXHAUSTED (WATCHER_TOO_SLOW) and its buffer dropped, so a slow
 reader costs the server at most WATCH_BUFFER_EVENTS changes.
 
-Wake-ups: on PostgreSQL, `NOTIFY task_changes` sent by the triggers (from every server) through a
-dedicated LISTEN connection; in-process, after every local commit; and a poll every second,
-which also keeps watchers moving while the LISTEN connection is down (logged) and on SQLite
-serves changes made by other processes. A notification carries nothing: the changes are always
+Wake-ups: on PostgreSQL, `NOTIFY task_changes`, sent (by any server) whenever committed changes
+are numbered, through a dedicated LISTEN connection; in-process, after every local commit; and a
+poll every second, which keeps watchers moving while the LISTEN connection is down (logged) and
+on SQLite serves changes made by other processes. With no stream open, only the poll reads
+changes (wake-ups still number them). A notification carries nothing: the changes are always
 read from the table, so a listener that reconnects simply catches up.
 
 Revisions are dense and become visible in order (migration 0009), so reading `revision > last`
-never skips a change that commits late. On PostgreSQL every wake-up first numbers committed
-changes that have no revision yet (`Database.number_changes`); numbering sends a NOTIFY that
-wakes the feeds of every server to read them.
+never skips a change that commits late. On PostgreSQL the feed is also what numbers committed
+changes: each wake-up (a local commit, a NOTIFY, the poll) first calls
+`Database.number_changes`, which NOTIFYs the feeds of every server when it numbered something.
+Numbering is off the writers' path and batched under load; a read's revision may therefore
+trail a write committed a moment before it, whose change a watch from that revision delivers.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -38,7 +42,7 @@ from taskservice.watch.changes import Change
 
 logger = logging.getLogger(__name__)
 
-#: NOTIFY channel the triggers wake every feed through.
+#: NOTIFY channel that `task_changes_assign()` wakes every feed through.
 CHANNEL = "task_changes"
 #: Seconds between polls when nothing woke the feed.
 POLL_INTERVAL_SECONDS = 1.0
@@ -137,6 +141,7 @@ class ChangeFeed:
         self._every_owner: set[Subscription] = set()
         self._count = 0
         self._wake = asyncio.Event()
+        self._reading = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._listener: PgListener | None = None
@@ -183,6 +188,15 @@ class ChangeFeed:
         if self._listener is not None:
             await self._listener.stop()
 
+    async def current(self) -> None:
+        """Bring an idle feed's revision up to date before a stream subscribes.
+
+        With no stream open, the feed reads only when it polls; a stream subscribing then
+        would otherwise find up to a poll's worth of older changes in its live buffer.
+        """
+        if not self._count:
+            await self.catch_up()
+
     def subscribe(self, owner_id: int | None, accepts: Callable[[Change], bool]) -> Subscription:
         """Register a stream: changes after `self.revision` of `owner_id` (None: all) it accepts.
 
@@ -200,6 +214,7 @@ class ChangeFeed:
         else:
             self._by_owner.setdefault(owner_id, set()).add(subscription)
         self._count += 1
+        self.wake()  # a wake-up ignored while the feed was idle may have been for this stream
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -221,27 +236,26 @@ class ChangeFeed:
     async def catch_up(self) -> int:
         """Read and offer every change after `self.revision`; return how many were read.
 
-        On PostgreSQL, committed changes are numbered first: task writes number their own
-        changes as they commit, but cascades (a user's deletion) and writers that were cancelled
-        or crashed after committing leave theirs to the feeds.
+        One reader at a time (the feed's loop, or a stream about to subscribe to an idle feed),
+        so no change is offered twice and the revision only moves forward.
         """
-        await self.database.number_changes()
-        read = 0
-        while True:
-            batch = await changes.page(self.database, self.revision)
-            for item in batch:
-                if item.revision != self.revision + 1:
-                    logger.error(
-                        "change feed: expected revision %d, read %d (history compacted while "
-                        "the feed lagged?)",
-                        self.revision + 1,
-                        item.revision,
-                    )
-                self._offer(item)
-                self.revision = item.revision
-            read += len(batch)
-            if len(batch) < changes.PAGE_SIZE:
-                return read
+        async with self._reading:
+            read = 0
+            while True:
+                batch = await changes.page(self.database, self.revision)
+                for item in batch:
+                    if item.revision != self.revision + 1:
+                        logger.error(
+                            "change feed: expected revision %d, read %d (history compacted "
+                            "while the feed lagged?)",
+                            self.revision + 1,
+                            item.revision,
+                        )
+                    self._offer(item)
+                    self.revision = item.revision
+                read += len(batch)
+                if len(batch) < changes.PAGE_SIZE:
+                    return read
 
     def _offer(self, item: Change) -> None:
         for subscription in self._every_owner:
@@ -251,13 +265,20 @@ class ChangeFeed:
 
     async def _run(self) -> None:
         failing = False
+        next_poll = time.monotonic() + self._poll_interval
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval):
+                async with asyncio.timeout(max(0.0, next_poll - time.monotonic())):
                     await self._wake.wait()
             self._wake.clear()
+            polling = time.monotonic() >= next_poll
+            if polling:
+                next_poll = time.monotonic() + self._poll_interval
             try:
-                await self.catch_up()
+                # Every server's feeds read them after the NOTIFY this sends.
+                await self.database.number_changes()
+                if polling or self._count:  # idle, the next poll keeps the revision current
+                    await self.catch_up()
             except Exception as exc:  # the database may be away: the next round tries again
                 if not failing:
                     logger.warning("change feed: cannot read changes (%s)", type(exc).__name__)

@@ -106,6 +106,7 @@ class Watches:
             problems.append(error)
         if problems:
             raise InvalidArgument([v for problem in problems for v in problem.violations])
+        await self._feed.current()
         subscription = self._feed.subscribe(owner_id, _accepts(owner_id, parsed))
         try:
             async for item in self._stream(subscription, start_revision, recheck):
