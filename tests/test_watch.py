@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 from sqlalchemy import NullPool, text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -639,3 +639,26 @@ async def test_watchers_progress_while_the_listen_connection_is_down(
     finally:
         await watching.stop(grace=None)
         await writing.stop(grace=None)
+
+
+@pytest.mark.parametrize(
+    "due",
+    [
+        timestamp_pb2.Timestamp(seconds=-62135596800),
+        timestamp_pb2.Timestamp(seconds=253402300799, nanos=999999000),
+    ],
+)
+async def test_a_due_time_at_either_end_of_the_range_is_watched_as_it_is_read(
+    app: Application, stubs: Stubs, alice: Account, due: timestamp_pb2.Timestamp
+) -> None:
+    """Range ends: asyncpg stores them as -infinity and infinity; the log reads them back."""
+    start = await current_revision(app, stubs, alice)
+    created = await stubs.tasks.CreateTask(
+        pb.CreateTaskRequest(task=task_pb2.Task(title="at the edge", due_time=due)),
+        metadata=alice.metadata,
+    )
+    stream = watch(stubs, alice, start)
+    seen = changes(await read_until(stream, lambda r: len(changes(r)) == 1))
+    got = await stubs.tasks.GetTask(pb.GetTaskRequest(id=created.task.id), metadata=alice.metadata)
+    assert seen[0].change.task == got.task == created.task
+    stream.cancel()

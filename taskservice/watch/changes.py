@@ -63,9 +63,20 @@ class Revisions:
     compacted: int
 
 
+#: What PostgreSQL's JSON holds for the ends of the timestamp range: asyncpg writes the
+#: smallest and largest datetimes (the API's 0001-01-01 and 9999-12-31) as these, and reads
+#: them back as the datetimes again; a change must decode to the same task a read returns.
+_INFINITIES = {
+    "-infinity": datetime.min.replace(tzinfo=UTC),
+    "infinity": datetime.max.replace(tzinfo=UTC),
+}
+
+
 def _time(value: str | None) -> datetime | None:
     if value is None:
         return None
+    if value in _INFINITIES:
+        return _INFINITIES[value]
     parsed = datetime.fromisoformat(value)
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
