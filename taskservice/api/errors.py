@@ -14,7 +14,6 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
-from taskservice import errors
 from taskservice.api.handlers import (
     HandlerInterceptor,
     StreamBehavior,
@@ -26,8 +25,7 @@ from taskservice.calls.context import REQUEST_ID_KEY, current_call
 from taskservice.calls.errors import (
     database_unavailable,
     malformed_request,
-    to_status,
-    unexpected_status,
+    status_of,
 )
 
 __all__ = ["ErrorInterceptor", "abort_with_status", "database_unavailable"]
@@ -88,12 +86,10 @@ class ErrorInterceptor(HandlerInterceptor):
             try:
                 request = _decode(raw, deserialize)
                 return await inner(request, context)
-            except errors.DomainError as error:
-                await abort_with_status(context, to_status(error))
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await self._unexpected(context, method, exc)
+                await self._abort(context, method, exc)
             return None  # not reached: abort raises
 
         return behavior
@@ -115,20 +111,16 @@ class ErrorInterceptor(HandlerInterceptor):
                 request = _decode(raw, deserialize)
                 async for response in inner(request, context):
                     yield response
-            except errors.DomainError as error:
-                await abort_with_status(context, to_status(error))
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await self._unexpected(context, method, exc)
+                await self._abort(context, method, exc)
 
         return behavior
 
-    async def _unexpected(
-        self, context: grpc.aio.ServicerContext, method: str, exc: Exception
-    ) -> None:
-        """Send the status `taskservice.calls.errors` gives an exception no layer expected."""
-        await abort_with_status(context, unexpected_status(exc, method, self._on_database_error))
+    async def _abort(self, context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+        """End the call with the status `taskservice.calls.errors` gives the exception."""
+        await abort_with_status(context, status_of(exc, method, self._on_database_error))
 
 
 def _decode(raw: object, deserialize: Callable[[bytes], object] | None) -> object:

@@ -139,10 +139,22 @@ def database_unavailable() -> errors.Unavailable:
     )
 
 
+def status_of(
+    exc: Exception, method: str, on_database_error: Callable[[], None]
+) -> status_pb2.Status:
+    """The status any exception escaping a handler maps to, on every edge.
+
+    A domain error's own status; anything else as `unexpected_status` says.
+    """
+    if isinstance(exc, errors.DomainError):
+        return to_status(exc)
+    return unexpected_status(exc, method, on_database_error)
+
+
 def unexpected_status(
     exc: Exception, method: str, on_database_error: Callable[[], None]
 ) -> status_pb2.Status:
-    """The status for an exception no layer expected; call it from the `except` block.
+    """The status for an exception no layer expected (its traceback is logged with a bug).
 
     UNAVAILABLE when the database could not be reached (and `on_database_error` is told, so
     health can re-probe at once); DEADLINE_EXCEEDED or ABORTED for a statement PostgreSQL timed

@@ -17,7 +17,6 @@ from connectrpc.method import StreamType
 from connectrpc.request import RequestContext
 from google.rpc import code_pb2
 
-from taskservice import errors
 from taskservice.api.peer import FORWARDED_FOR_KEY
 from taskservice.calls.authentication import (
     OPTIONAL_AUTH_METHODS,
@@ -32,8 +31,7 @@ from taskservice.calls.context import REQUEST_ID_KEY
 from taskservice.calls.errors import (
     database_unavailable,
     rich_status,
-    to_status,
-    unexpected_status,
+    status_of,
 )
 from taskservice.calls.observe import CallMetrics, MethodObserver, Observation
 from taskservice.http.errors import code_name, connect_error
@@ -104,12 +102,7 @@ class ObserveAndMapErrors:
     def _mapped(self, error: Exception, method: str) -> Exception:
         if isinstance(error, ConnectError):
             return error
-        if isinstance(error, errors.DomainError):
-            return connect_error(to_status(error))
-        try:
-            raise error
-        except Exception as exc:  # inside an except block, so the log keeps the traceback
-            return connect_error(unexpected_status(exc, method, self._on_database_error))
+        return connect_error(status_of(error, method, self._on_database_error))
 
     def _observer(self, ctx: RequestContext) -> MethodObserver:
         method = method_path(ctx)

@@ -214,7 +214,7 @@ class ChangeFeed:
         else:
             self._by_owner.setdefault(owner_id, set()).add(subscription)
         self._count += 1
-        self.wake()  # a wake-up ignored while the feed was idle may have been for this stream
+        self.wake()  # an idle feed skipped reading on its last wake-ups: read for this stream
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
