@@ -379,6 +379,7 @@ class Harness:
     async def call(self, call: Call) -> None:
         """Make one call and hold its answer against the model."""
         if call.rpc.method.server_streaming:  # WatchTasks' oracle needs the store's revision
+            await self.app.database.number_changes()  # every earlier write numbered
             async with self.app.database.rows() as connection:
                 self.model.current_revision = await connection.scalar(
                     text("SELECT revision FROM task_revision")
