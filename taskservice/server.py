@@ -32,7 +32,7 @@ from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
 from taskservice.calls.context import current_call
 from taskservice.config import ConfigError, Settings
-from taskservice.db.engine import Database, create_engine
+from taskservice.db.engine import Database, create_engine, open_read_pool
 from taskservice.http.edge import build_http_server
 from taskservice.http.server import HttpServer
 from taskservice.security.credentials import CredentialHasher
@@ -151,7 +151,7 @@ class Application:
             await self.feed.stop()
         await self.auth_states.stop()
         self.metrics.close()
-        await self.database.engine.dispose()
+        await self.database.close()
         self.hasher.close()
 
 
@@ -229,7 +229,7 @@ async def build_server(
     tokens = TokenCodec.from_settings(settings)
     credentials = server_credentials(settings)  # before anything that would need closing
     engine = create_engine(settings)
-    database = Database(engine)
+    database = Database(engine, await open_read_pool(settings))
     hasher = PasswordHasher(settings.bcrypt_rounds)
     auth_states = AuthStateStore(database, sole_owner=settings.is_sqlite and settings.workers == 1)
     page_tokens = PageTokens(tokens.derive_key(b"page-tokens"))
@@ -320,7 +320,7 @@ async def build_server(
         else:
             port = server.add_secure_port(address, credentials)
     except RuntimeError:
-        await engine.dispose()
+        await database.close()
         hasher.close()
         raise RuntimeError(f"cannot listen on {address}: is the port already in use?") from None
     application = Application(
@@ -344,7 +344,7 @@ async def build_server(
             )
         except RuntimeError:
             await server.stop(None)
-            await engine.dispose()
+            await database.close()
             hasher.close()
             raise
         application.http_port = application.http.port

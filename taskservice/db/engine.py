@@ -19,6 +19,12 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from taskservice.config import Settings
+from taskservice.db.reads import (
+    AsyncpgReader,
+    RowReader,
+    SqlAlchemyReader,
+    create_read_pool,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,21 +60,41 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # connection is replaced. The UNAVAILABLE answers once blamed on cancelled connections
         # were gRPC refusing streams (see tests/test_failures.py).
         pool_recycle=1800,
-        connect_args={
-            "timeout": settings.db_connect_timeout_seconds,
-            "server_settings": {
-                "application_name": "taskservice",
-                # A call cancelled mid-statement (deadline passed, client gone) drops its
-                # connection; without this the backend would keep waiting on locks or
-                # running until it next writes to the socket. PostgreSQL 14+.
-                "client_connection_check_interval": str(CLIENT_CHECK_INTERVAL_MS),
-                # Backstop for work no deadline bounds.
-                "statement_timeout": str(int(settings.db_statement_timeout_seconds * 1000)),
-            },
-        },
+        connect_args=_postgres_connect_args(settings),
     )
     event.listen(engine.sync_engine, "do_connect", _connect_whole)
     return engine
+
+
+def _postgres_connect_args(settings: Settings) -> dict[str, Any]:
+    """The asyncpg connection arguments, the same for SQLAlchemy's pool and the fast reads'."""
+    return {
+        "timeout": settings.db_connect_timeout_seconds,
+        "server_settings": {
+            "application_name": "taskservice",
+            # A call cancelled mid-statement (deadline passed, client gone) drops its
+            # connection; without this the backend would keep waiting on locks or
+            # running until it next writes to the socket. PostgreSQL 14+.
+            "client_connection_check_interval": str(CLIENT_CHECK_INTERVAL_MS),
+            # Backstop for work no deadline bounds.
+            "statement_timeout": str(int(settings.db_statement_timeout_seconds * 1000)),
+        },
+    }
+
+
+async def open_read_pool(settings: Settings) -> asyncpg.Pool | None:
+    """The fast reads' own asyncpg pool on PostgreSQL (see `taskservice.db.reads`); None on SQLite.
+
+    It holds up to DB_POOL_SIZE connections beside SQLAlchemy's, made when first needed and
+    closed after five idle minutes.
+    """
+    url = settings.sqlalchemy_url
+    if url.get_backend_name() == "sqlite":
+        return None
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return await create_read_pool(
+        dsn, settings.db_pool_size, connect_uncancellable, _postgres_connect_args(settings)
+    )
 
 
 def _connect_whole(
@@ -157,8 +183,9 @@ class Database:
     return them to servicers after the transaction has ended.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, read_pool: asyncpg.Pool | None = None) -> None:
         self.engine = engine
+        self._read_pool = read_pool
         readers = engine
         self._autocommit = engine.dialect.name == "postgresql"
         self._write_engine = engine.execution_options(**{_WRITES: True})
@@ -193,6 +220,33 @@ class Database:
         """
         async with self._readers() as session:
             yield session
+
+    async def close(self) -> None:
+        """Close both pools; connections still busy after CLOSE_TIMEOUT_SECONDS are dropped."""
+        if self._read_pool is not None:
+            try:
+                await asyncio.wait_for(self._read_pool.close(), CLOSE_TIMEOUT_SECONDS)
+            except TimeoutError:
+                self._read_pool.terminate()
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def reads(self) -> AsyncIterator[RowReader]:
+        """A connection for the hot reads' `PreparedRead`s, on the fast path where there is one.
+
+        On PostgreSQL an asyncpg connection of the read pool (see `taskservice.db.reads`),
+        in autocommit like `rows()`; elsewhere (SQLite, the CLI) a SQLAlchemy connection.
+        """
+        pool = self._read_pool
+        if pool is None:
+            async with self._row_engine.connect() as connection:
+                yield SqlAlchemyReader(connection)
+            return
+        connection = await pool.acquire()
+        try:
+            yield AsyncpgReader(connection, self.engine.dialect, pool)
+        finally:
+            await pool.release(connection)
 
     @asynccontextmanager
     async def rows(self) -> AsyncIterator[AsyncConnection]:

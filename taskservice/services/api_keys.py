@@ -23,10 +23,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 
 from taskservice.db.engine import Database
 from taskservice.db.models import API_KEY_DISPLAY_NAME_MAX_LENGTH, ApiKey, User
+from taskservice.db.reads import PreparedRead
 from taskservice.errors import (
     FieldViolation,
     NotFound,
@@ -48,6 +49,12 @@ MAX_KEYS_PER_USER = 100
 LAST_USE_RESOLUTION = timedelta(minutes=1)
 #: Payload prefix of key revocations on the auth-state channel.
 NOTIFY_PREFIX = "api_key"
+#: What authenticating a key needs of its row, found by the key's non-secret lookup id.
+_KEY_BY_LOOKUP = PreparedRead(
+    select(
+        ApiKey.id, ApiKey.user_id, ApiKey.secret_hash, ApiKey.expire_time, ApiKey.last_use_time
+    ).where(ApiKey.lookup == bindparam("lookup"))
+)
 
 
 @dataclass(frozen=True)
@@ -230,11 +237,8 @@ class ApiKeyService:
                 self._cache.move_to_end(lookup)
                 return cached[1]
         generation = self._generation
-        query = select(
-            ApiKey.id, ApiKey.user_id, ApiKey.secret_hash, ApiKey.expire_time, ApiKey.last_use_time
-        ).where(ApiKey.lookup == lookup)
-        async with self._db.rows() as connection:
-            row = (await connection.execute(query)).one_or_none()
+        async with self._db.reads() as reader:
+            row = await reader.first(_KEY_BY_LOOKUP, {"lookup": lookup})
         entry = None if row is None else _Entry(*row)
         if entry is not None and caching and generation == self._generation:
             self._cache[lookup] = (time.monotonic() + CACHE_TTL_SECONDS, entry)

@@ -22,12 +22,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskservice.db.engine import Database
 from taskservice.db.models import User
 from taskservice.db.notifications import PgListener
+from taskservice.db.reads import PreparedRead
 
 #: NOTIFY channel carrying the ids of users whose authorisation state changed.
 CHANNEL = "auth_state_changed"
@@ -35,6 +36,10 @@ CHANNEL = "auth_state_changed"
 CACHE_SIZE = 10_000
 #: Seconds an entry is trusted even without a notification: a bound on any missed hint.
 CACHE_TTL_SECONDS = 60.0
+#: A user's authorisation state, as one plain row.
+_STATE = PreparedRead(
+    select(User.is_active, User.is_admin, User.token_version).where(User.id == bindparam("user_id"))
+)
 
 
 @dataclass(frozen=True)
@@ -89,9 +94,8 @@ class AuthStateStore:
                 self._cache.move_to_end(user_id)
                 return entry[1]
         generation = self._generation
-        query = select(User.is_active, User.is_admin, User.token_version).where(User.id == user_id)
-        async with self._database.read() as session:
-            row = (await session.execute(query)).one_or_none()
+        async with self._database.reads() as reader:
+            row = await reader.first(_STATE, {"user_id": user_id})
         state = None if row is None else AuthState(*row)
         if state is not None and caching and generation == self._generation:
             self._cache[user_id] = (time.monotonic() + CACHE_TTL_SECONDS, state)

@@ -29,6 +29,7 @@ from taskservice.db.models import (
     TaskStatus,
     User,
 )
+from taskservice.db.reads import PreparedRead
 from taskservice.db.records import TaskRecord
 from taskservice.db.retry import retries_conflicts
 from taskservice.db.types import utcnow
@@ -220,10 +221,8 @@ class TaskService:
     async def get_task(self, caller: Principal, task_id: int) -> tuple[TaskRecord, int]:
         """One task the caller may see, and the revision it was read at (same statement)."""
         require_id("id", task_id)
-        query = _GET[caller.is_admin]
-        async with self._db.rows() as connection:
-            result = await connection.execute(query, _visible_parameters(caller, task_id))
-            task = result.first()
+        async with self._db.reads() as reader:
+            task = await reader.first(_GET[caller.is_admin], _visible_parameters(caller, task_id))
         if task is None:
             raise _task_not_found()
         return task, task.revision
@@ -469,9 +468,9 @@ class TaskService:
             problems.raise_if_any()
             query = _LISTS[owner_id is not None, status is not None, after is not None]
             parameters = {"owner_id": owner_id, "status": status, "after": after, "limit": size + 1}
-            async with self._db.rows() as connection:
-                revision = await connection.scalar(_REVISION)
-                tasks: list[TaskRecord] = list((await connection.execute(query, parameters)).all())
+            async with self._db.reads() as reader:
+                revision = await reader.scalar(_REVISION)
+                tasks: list[TaskRecord] = await reader.all(query, parameters)
             return TaskPage(
                 *self._page_tokens.page(
                     tasks, size, scope, key=lambda task: task.id, weight=_weight
@@ -494,7 +493,7 @@ class TaskService:
             raise problems.error()
         tasks = []
         async with self._db.rows() as connection:
-            revision = await connection.scalar(_REVISION)
+            revision = await connection.scalar(_REVISION.statement)
             for statement in statements:
                 tasks.extend((await connection.execute(statement)).all())
                 if len(tasks) > size:
@@ -635,12 +634,14 @@ BATCH_GET_MAX_IDS = 100
 
 #: GetTask's two query shapes, each reading the store's revision in the same statement.
 _GET = {
-    any_owner: _visible_query(any_owner=any_owner, lock=False).add_columns(CURRENT_REVISION)
+    any_owner: PreparedRead(
+        _visible_query(any_owner=any_owner, lock=False).add_columns(CURRENT_REVISION)
+    )
     for any_owner in (False, True)
 }
 #: The store's revision alone. ListTasks reads it before its page (the page may take two
 #: statements, or find no row to carry it), so changes after it may already show in the page.
-_REVISION = select(TaskRevision.revision).where(TaskRevision.id == 1)
+_REVISION = PreparedRead(select(TaskRevision.revision).where(TaskRevision.id == 1))
 
 
 def _batch_visible_query(*, any_owner: bool) -> Select[tuple[Task]]:
@@ -695,7 +696,9 @@ def _list_query(*, by_owner: bool, by_status: bool, after: bool) -> Select[tuple
 
 #: ListTasks' eight query shapes (owner filter, status filter, page token), built once.
 _LISTS = {
-    (by_owner, by_status, after): _list_query(by_owner=by_owner, by_status=by_status, after=after)
+    (by_owner, by_status, after): PreparedRead(
+        _list_query(by_owner=by_owner, by_status=by_status, after=after)
+    )
     for by_owner in (False, True)
     for by_status in (False, True)
     for after in (False, True)

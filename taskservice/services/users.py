@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskservice.db.engine import Database
 from taskservice.db.models import User
+from taskservice.db.reads import PreparedRead
 from taskservice.db.records import UserRecord
 from taskservice.db.retry import retries_conflicts
 from taskservice.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
@@ -35,9 +36,11 @@ UPDATABLE_USER_FIELDS = frozenset({"email", "is_active", "is_admin"})
 #: Fields that exist on a User but are never written by clients.
 READ_ONLY_USER_FIELDS = frozenset({"id", "create_time", "update_time"})
 #: One user's public columns (never the password hash), as a plain row.
-_USER_BY_ID = select(
-    User.id, User.email, User.is_active, User.is_admin, User.create_time, User.update_time
-).where(User.id == bindparam("user_id"))
+_USER_BY_ID = PreparedRead(
+    select(
+        User.id, User.email, User.is_active, User.is_admin, User.create_time, User.update_time
+    ).where(User.id == bindparam("user_id"))
+)
 
 
 @dataclass(frozen=True)
@@ -173,9 +176,8 @@ class UserService:
         self._states.forget(user_id)
 
     async def _get(self, user_id: int) -> UserRecord:
-        async with self._db.rows() as connection:
-            result = await connection.execute(_USER_BY_ID, {"user_id": user_id})
-            user = result.first()
+        async with self._db.reads() as reader:
+            user = await reader.first(_USER_BY_ID, {"user_id": user_id})
         if user is None:
             raise _user_not_found()
         return user

@@ -1,0 +1,199 @@
+"""The hot reads' fast path: prebuilt SELECTs run straight on asyncpg on PostgreSQL.
+
+By profile, a GetTask spent more CPU in SQLAlchemy's connection checkout, execute and result
+machinery (about 240 us a call) than in everything asyncpg and PostgreSQL do for it (about 80 us
+with a pool of its own). The statements stay SQLAlchemy Core, built from the typed models and
+compiled once by SQLAlchemy's own asyncpg dialect; only their execution skips it. The rows come
+back with the attributes and Python types SQLAlchemy's rows have (each column's result processor
+is applied), so the services and servicers reading them cannot tell the two paths apart, and on
+SQLite the same `PreparedRead`s run through SQLAlchemy.
+
+Connections are treated as SQLAlchemy treats its own: one whose statement was interrupted
+(cancelled: the call's deadline passed or its client left) is closed at once, never pooled again,
+and PostgreSQL stops the statement when it notices (`client_connection_check_interval`); after a
+lost connection every older pooled connection is replaced, so an outage fails each call once at
+most rather than once per stale connection.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from sqlalchemy import Select
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+#: Errors after which a connection is not trusted again, nor any older one in the pool.
+DISCONNECTS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A statement as asyncpg runs it: SQL text, how to bind, how to read its rows."""
+
+    sql: str
+    #: For each positional parameter: its name and the value when the caller gives none.
+    parameters: tuple[tuple[str, Any], ...]
+    bind_processors: tuple[tuple[int, Callable[[Any], Any]], ...]
+    result_processors: tuple[tuple[int, Callable[[Any], Any]], ...]
+    row: Callable[[Sequence[Any]], Any]
+
+    def arguments(self, values: Mapping[str, Any]) -> list[Any]:
+        """The positional arguments for `values` (names the statement lacks are ignored)."""
+        arguments = [values.get(name, default) for name, default in self.parameters]
+        for index, process in self.bind_processors:
+            arguments[index] = process(arguments[index])
+        return arguments
+
+    def rows(self, records: list[asyncpg.Record]) -> list[Any]:
+        """The asyncpg records as rows with SQLAlchemy's attribute names and Python types."""
+        if not self.result_processors:
+            return [self.row(record) for record in records]
+        rows = []
+        for record in records:
+            values = list(record)
+            for index, process in self.result_processors:
+                values[index] = process(values[index])
+            rows.append(self.row(values))
+        return rows
+
+
+class PreparedRead:
+    """A SELECT built once, at import, and run by the fastest path the database allows.
+
+    Only statements whose shape never changes belong here (no expanding IN lists): each is
+    compiled once per dialect and then only bound and run.
+    """
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+        self._compiled: _Compiled | None = None
+
+    def compiled(self, dialect: Dialect) -> _Compiled:
+        """The statement compiled for asyncpg (once)."""
+        if self._compiled is None:
+            self._compiled = _compile(self.statement, dialect)
+        return self._compiled
+
+
+def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled:
+    compiled = statement.compile(dialect=dialect)
+    names = tuple(compiled.positiontup or ())
+    defaults = compiled.params
+    binds = []
+    for index, name in enumerate(names):
+        bind = compiled.binds[name]
+        if bind.expanding:
+            raise ValueError(f"{name}: an expanding parameter changes the statement's shape")
+        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None:
+            binds.append((index, process))
+    columns = list(statement.selected_columns)
+    results = []
+    for index, column in enumerate(columns):
+        process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+        if process is not None:
+            results.append((index, process))
+    row = namedtuple("Row", list(statement.selected_columns.keys()))  # type: ignore[misc]
+    return _Compiled(
+        sql=str(compiled),
+        parameters=tuple((name, defaults.get(name)) for name in names),
+        bind_processors=tuple(binds),
+        result_processors=tuple(results),
+        row=row._make,
+    )
+
+
+class RowReader:
+    """Runs `PreparedRead`s on one checked-out connection (see `Database.reads`)."""
+
+    async def all(self, read: PreparedRead, values: Mapping[str, Any] | None = None) -> list[Any]:
+        """Every row."""
+        raise NotImplementedError
+
+    async def first(self, read: PreparedRead, values: Mapping[str, Any] | None = None) -> Any:
+        """The first row, or None."""
+        rows = await self.all(read, values)
+        return rows[0] if rows else None
+
+    async def scalar(self, read: PreparedRead, values: Mapping[str, Any] | None = None) -> Any:
+        """The first column of the first row, or None."""
+        row = await self.first(read, values)
+        return None if row is None else row[0]
+
+
+class AsyncpgReader(RowReader):
+    """A pooled asyncpg connection: asyncpg caches each statement's server-side preparation."""
+
+    def __init__(
+        self, connection: asyncpg.Connection, dialect: Dialect, pool: asyncpg.Pool
+    ) -> None:
+        self._connection = connection
+        self._dialect = dialect
+        self._pool = pool
+
+    async def all(self, read: PreparedRead, values: Mapping[str, Any] | None = None) -> list[Any]:
+        """Every row."""
+        compiled = read.compiled(self._dialect)
+        arguments = compiled.arguments(values or {})
+        try:
+            records = await self._connection.fetch(compiled.sql, *arguments)
+        except BaseException as error:
+            await self._discard_if_broken(error)
+            raise
+        return compiled.rows(records)
+
+    async def _discard_if_broken(self, error: BaseException) -> None:
+        """Close the connection unless PostgreSQL answered `error` on it in good order.
+
+        An interrupted statement (cancellation) leaves the protocol mid-exchange, and a lost
+        connection is lost: either is closed now, as SQLAlchemy invalidates its own. After a
+        lost one no older pooled connection is trusted either.
+        """
+        if isinstance(error, asyncpg.PostgresError) and not self._connection.is_closed():
+            return
+        self._connection.terminate()
+        if isinstance(error, DISCONNECTS):
+            await self._pool.expire_connections()
+
+
+class SqlAlchemyReader(RowReader):
+    """A SQLAlchemy connection (SQLite): the same reads through SQLAlchemy's execution."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def all(self, read: PreparedRead, values: Mapping[str, Any] | None = None) -> list[Any]:
+        """Every row."""
+        return list((await self._connection.execute(read.statement, dict(values or {}))).all())
+
+
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    """What a connection needs before it goes back to the pool: nothing, normally.
+
+    asyncpg's default reset is a round trip on every release (unlisten, unlock, RESET ALL), for
+    state these reads never create. A transaction left open would be a bug; it is rolled back.
+    """
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
+async def create_read_pool(
+    dsn: str,
+    size: int,
+    connect: Callable[..., Any],
+    connect_kwargs: Mapping[str, Any],
+) -> asyncpg.Pool:
+    """The asyncpg pool of the fast reads: up to `size` connections, made when first needed."""
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=size,
+        connect=connect,
+        reset=_no_reset,
+        **connect_kwargs,
+    )

@@ -1,0 +1,210 @@
+"""The hot reads' fast path (`taskservice.db.reads`): the same rows as SQLAlchemy, and safe.
+
+On PostgreSQL the prebuilt reads run straight on asyncpg; these tests hold them to what
+SQLAlchemy returns for the same statements (attribute names, values and Python types), and to
+SQLAlchemy's handling of connections whose statement was cut short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.engine import make_url
+
+from taskservice.db.reads import PreparedRead
+from taskservice.server import Application, build_server
+from taskservice.services import api_keys, auth_state, tasks, users
+from taskservice.v1 import api_key_service_pb2, task_pb2, task_service_pb2
+from taskservice.v1 import user_service_pb2 as users_pb
+from tests.conftest import Stubs, make_settings, stubs_for
+from tests.helpers import Account, fails, make_admin, register
+
+
+async def _rich_tasks(stubs: Stubs, account: Account) -> list[task_pb2.Task]:
+    """Tasks that fill every column: labels, due and complete times, a parent, trash."""
+    due = Timestamp()
+    due.FromDatetime(datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC))
+    parent = (
+        await stubs.tasks.CreateTask(
+            task_service_pb2.CreateTaskRequest(
+                task=task_pb2.Task(
+                    title="parent ✓",
+                    description="with\nlines",
+                    labels=["Home", "ärger"],
+                    due_time=due,
+                    priority=task_pb2.TASK_PRIORITY_HIGH,
+                )
+            ),
+            metadata=account.metadata,
+        )
+    ).task
+    child = (
+        await stubs.tasks.CreateTask(
+            task_service_pb2.CreateTaskRequest(
+                task=task_pb2.Task(title="child", parent_id=parent.id)
+            ),
+            metadata=account.metadata,
+        )
+    ).task
+    done = await stubs.tasks.PatchTask(
+        task_service_pb2.PatchTaskRequest(
+            task=task_pb2.Task(id=child.id, status=task_pb2.TASK_STATUS_DONE),
+            update_mask=field_mask_pb2.FieldMask(paths=["status"]),
+        ),
+        metadata=account.metadata,
+    )
+    trashed = (
+        await stubs.tasks.CreateTask(
+            task_service_pb2.CreateTaskRequest(task=task_pb2.Task(title="trashed")),
+            metadata=account.metadata,
+        )
+    ).task
+    await stubs.tasks.DeleteTask(
+        task_service_pb2.DeleteTaskRequest(id=trashed.id), metadata=account.metadata
+    )
+    return [parent, done.task, trashed]
+
+
+def _shape(rows: list[Any]) -> list[tuple[tuple[str, ...], tuple[Any, ...], tuple[type, ...]]]:
+    return [(tuple(row._fields), tuple(row), tuple(type(value) for value in row)) for row in rows]
+
+
+async def test_the_fast_reads_return_exactly_what_sqlalchemy_returns(
+    app: Application, stubs: Stubs
+) -> None:
+    account = await register(stubs)
+    found = await _rich_tasks(stubs, account)
+    key = await stubs.api_keys.CreateApiKey(
+        api_key_service_pb2.CreateApiKeyRequest(display_name="reads"), metadata=account.metadata
+    )
+    lookup = key.secret.split("_")[1]
+    owner = account.user.id
+    reads: list[tuple[PreparedRead, dict[str, object]]] = [
+        (tasks._GET[False], {"task_id": found[0].id, "owner_id": owner}),
+        (tasks._GET[True], {"task_id": found[1].id, "owner_id": 0}),
+        (tasks._GET[False], {"task_id": found[0].id, "owner_id": owner + 1}),  # none
+        (tasks._REVISION, {}),
+        (users._USER_BY_ID, {"user_id": owner}),
+        (auth_state._STATE, {"user_id": owner}),
+        (api_keys._KEY_BY_LOOKUP, {"lookup": lookup}),
+    ]
+    for (by_owner, by_status, after), read in tasks._LISTS.items():
+        values = {
+            "owner_id": owner if by_owner else None,
+            "status": tasks.TaskStatus.DONE if by_status else None,
+            "after": found[-1].id + 1 if after else None,
+            "limit": 10,
+        }
+        reads.append((read, values))
+    async with app.database.reads() as reader, app.database.rows() as connection:
+        for read, values in reads:
+            fast = await reader.all(read, values)
+            slow = list((await connection.execute(read.statement, values)).all())
+            assert _shape(fast) == _shape(slow), read.statement
+    # Every kind of read found something, and the rows hold what the API showed.
+    async with app.database.reads() as reader:
+        task = await reader.first(tasks._GET[False], {"task_id": found[0].id, "owner_id": owner})
+        assert (task.title, task.labels, task.status) == ("parent ✓", ["Home", "ärger"], "todo")
+        assert task.due_time == datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+        foreign = {"task_id": found[0].id, "owner_id": 0}
+        assert await reader.first(tasks._GET[False], foreign) is None
+        assert (await reader.first(api_keys._KEY_BY_LOOKUP, {"lookup": lookup})).user_id == owner
+
+
+async def test_reads_cut_short_close_their_connections_and_the_pool_recovers(
+    pg_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GetTask calls blocked in PostgreSQL time out or are cancelled; nothing is left behind.
+
+    A lock on the whole table blocks every read of it. The statements of the calls that gave
+    up stop in PostgreSQL (nothing waits on the lock any more), their connections are closed
+    rather than pooled, and the pool then serves reads again with no error logged.
+    """
+    caplog.set_level(logging.ERROR)
+    application = await build_server(make_settings(pg_database_url))
+    await application.start()
+    database = make_url(pg_database_url).database
+    dsn = make_url(pg_database_url).set(drivername="postgresql").render_as_string(False)
+    try:
+        async with stubs_for(application) as stubs:
+            account = await register(stubs)
+            task = (
+                await stubs.tasks.CreateTask(
+                    task_service_pb2.CreateTaskRequest(task=task_pb2.Task(title="locked")),
+                    metadata=account.metadata,
+                )
+            ).task
+            get = task_service_pb2.GetTaskRequest(id=task.id)
+            await stubs.tasks.GetTask(get, metadata=account.metadata)  # the user is cached
+            locker = await asyncpg.connect(dsn)
+            try:
+                transaction = locker.transaction()
+                await transaction.start()
+                await locker.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+                timed_out = await asyncio.gather(
+                    *(
+                        stubs.tasks.GetTask(get, metadata=account.metadata, timeout=0.3)
+                        for _ in range(40)
+                    ),
+                    return_exceptions=True,
+                )
+                codes = {r.code() if isinstance(r, grpc.aio.AioRpcError) else r for r in timed_out}
+                assert codes == {grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+                calls = [stubs.tasks.GetTask(get, metadata=account.metadata) for _ in range(20)]
+
+                async def some_wait() -> bool:
+                    return await _waiting_on_locks(locker, database) > 0
+
+                await _eventually(some_wait)
+                for call in calls:
+                    call.cancel()
+                cancelled = await asyncio.gather(*calls, return_exceptions=True)
+                assert all(isinstance(r, asyncio.CancelledError) for r in cancelled)
+
+                async def nothing_waits() -> bool:
+                    return await _waiting_on_locks(locker, database) == 0
+
+                await _eventually(nothing_waits)
+            finally:
+                await locker.close()
+            for _ in range(30):  # the pool still serves, on good connections
+                got = await stubs.tasks.GetTask(get, metadata=account.metadata, timeout=5)
+                assert got.task == task
+            admin = await make_admin(application, stubs)
+            listed = await stubs.users.GetUser(
+                users_pb.GetUserRequest(id=account.user.id), metadata=admin.metadata
+            )
+            assert listed.user.id == account.user.id
+            await fails(
+                stubs.tasks.GetTask(
+                    task_service_pb2.GetTaskRequest(id=task.id + 1000), metadata=account.metadata
+                ),
+                grpc.StatusCode.NOT_FOUND,
+            )
+    finally:
+        await application.stop(grace=None)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+async def _waiting_on_locks(connection: asyncpg.Connection, database: str | None) -> int:
+    return await connection.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        database,
+    )
+
+
+async def _eventually(check: Any, seconds: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"condition not met within {seconds}s")
+        await asyncio.sleep(0.05)
