@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from taskservice.log import configure_logging
+from taskservice.log import JsonFormatter, configure_logging, info_fields
 from taskservice.v1 import auth_service_pb2, user_service_pb2
 from tests.conftest import Stubs
 from tests.helpers import PASSWORD, fails, register
@@ -98,3 +98,43 @@ async def test_unusable_request_ids_are_replaced(stubs: Stubs) -> None:
     second = stubs.users.GetMe(user_service_pb2.GetMeRequest(), metadata=account.metadata)
     await second
     assert dict(await second.trailing_metadata())["x-request-id"] != request_id
+
+
+def test_the_direct_access_line_is_the_line_logging_writes(
+    log_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`info_fields` writes straight to the JSON handler when nothing else listens.
+
+    The line must be the one logging would have written (time aside); with any other handler
+    on the root logger (here pytest's, which captures records), records go through logging.
+    """
+    root = logging.getLogger()
+    (json_handler,) = [h for h in root.handlers if isinstance(h.formatter, JsonFormatter)]
+    logger = logging.getLogger("taskservice.access")
+    fields = {"grpc_code": "OK", "peer": 'ipv4:"quoted"\n', "user_id": None, "duration_ms": 1.5}
+    others = [h for h in root.handlers if h is not json_handler]
+    for handler in others:
+        root.removeHandler(handler)
+    made = []
+    make_record = logging.Logger.makeRecord
+    monkeypatch.setattr(
+        logging.Logger, "makeRecord", lambda *a, **k: made.append(1) or make_record(*a, **k)
+    )
+    try:
+        info_fields(logger, "/taskservice.v1.X/Y OK", fields)  # the direct path
+        assert not made, "no LogRecord on the direct path"
+    finally:
+        for handler in others:
+            root.addHandler(handler)
+    logger.info("%s", "/taskservice.v1.X/Y OK", extra=fields)  # through logging
+    if not others:  # no capture handler here: force the logging path by adding one
+        root.addHandler(logging.NullHandler())
+    try:
+        info_fields(logger, "/taskservice.v1.X/Y OK", fields)  # falls back to logging
+    finally:
+        root.handlers[:] = [h for h in root.handlers if not isinstance(h, logging.NullHandler)]
+    direct, logged, fallback = (json.loads(line) for line in log_lines.getvalue().splitlines())
+    for entry in (direct, logged, fallback):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", str(entry.pop("time")))
+    assert direct == logged == fallback
+    assert list(direct) == ["level", "logger", "message", *fields]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from taskservice.calls.context import CallInfo, begin_call
+from taskservice.log import info_fields
 
 access_logger = logging.getLogger("taskservice.access")
 
@@ -61,11 +62,10 @@ class MethodObserver:
         seconds = time.perf_counter() - observation.started
         self._handled.labels(*self._labels, code).inc()
         self._handling_seconds.observe(seconds)
-        access_logger.info(
-            "%s %s",
-            self._method,
-            code,
-            extra={
+        info_fields(
+            access_logger,
+            f"{self._method} {code}",
+            {
                 "protocol": self._protocol,
                 "grpc_service": self._service,
                 "grpc_method": self._name,
