@@ -383,6 +383,17 @@ async def test_a_statement_timeout_is_deadline_exceeded_and_changes_nothing(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                     )
                     assert failure.reason == "DATABASE_TIMEOUT"
+                async with locker.transaction():  # a read on the fast path (asyncpg directly)
+                    await locker.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+                    failure = await fails(
+                        stubs.tasks.GetTask(
+                            task_service_pb2.GetTaskRequest(id=task.id),
+                            metadata=account.metadata,
+                            timeout=10,
+                        ),
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    )
+                    assert failure.reason == "DATABASE_TIMEOUT"
             finally:
                 await locker.close()
             got = await stubs.tasks.GetTask(

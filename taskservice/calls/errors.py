@@ -119,6 +119,8 @@ _POSTGRES_STATES: dict[str, tuple[int, str, str]] = {
 def _postgres_state(exc: BaseException) -> tuple[int, str, str] | None:
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
         return _POSTGRES_STATES.get(getattr(exc.orig, "sqlstate", None) or "")
+    if isinstance(exc, asyncpg.PostgresError):  # the fast reads run on asyncpg directly
+        return _POSTGRES_STATES.get(exc.sqlstate or "")
     return None
 
 
