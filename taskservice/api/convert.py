@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -113,26 +115,47 @@ def task_values(task: task_pb2.Task, fields: frozenset[str] | None = None) -> Ta
 
 def task_to_proto(task: TaskRecord) -> task_pb2.Task:
     """A task as clients see it, with its etag."""
-    message = task_pb2.Task(
-        id=task.id,
-        title=task.title,
-        description=task.description,
-        status=_STATUS_TO_PROTO[task.status],
-        owner_id=task.owner_id,
-        create_time=timestamp(task.create_time),
-        update_time=timestamp(task.update_time),
-        etag=etag(task),
-        priority=task.priority,  # type: ignore[arg-type]
-        labels=task.labels,
-        parent_id=task.parent_id or 0,
-        position=encode_position(task.position),
-    )
+    return task_pb2.Task(**task_fields(task))
+
+
+def add_tasks(field: Any, tasks: Iterable[TaskRecord]) -> None:
+    """Append tasks to a repeated Task field, each built in place.
+
+    `Response(tasks=[task_to_proto(...)])` builds every message and then copies it into the
+    response; a 50-task page spent a third of its conversion on that (by profile).
+    """
+    add = field.add
+    for task in tasks:
+        add(**task_fields(task))
+
+
+def task_fields(task: TaskRecord) -> dict[str, Any]:
+    """A task's message fields, times as Timestamp field dicts (no Timestamp built and copied)."""
+    fields: dict[str, Any] = {
+        "id": task.id,
+        "title": task.title,
+        "description": task.description,
+        "status": _STATUS_TO_PROTO[task.status],
+        "owner_id": task.owner_id,
+        "create_time": _time_fields(task.create_time),
+        "update_time": _time_fields(task.update_time),
+        "etag": etag(task),
+        "priority": task.priority,
+        "labels": task.labels,
+        "parent_id": task.parent_id or 0,
+        "position": encode_position(task.position),
+    }
     if task.due_time is not None:
-        message.due_time.CopyFrom(timestamp(task.due_time))
+        fields["due_time"] = _time_fields(task.due_time)
     if task.complete_time is not None:
-        message.complete_time.CopyFrom(timestamp(task.complete_time))
+        fields["complete_time"] = _time_fields(task.complete_time)
     if task.delete_time is not None:
-        message.delete_time.CopyFrom(timestamp(task.delete_time))
+        fields["delete_time"] = _time_fields(task.delete_time)
     if task.purge_time is not None:
-        message.purge_time.CopyFrom(timestamp(task.purge_time))
-    return message
+        fields["purge_time"] = _time_fields(task.purge_time)
+    return fields
+
+
+def _time_fields(value: datetime) -> dict[str, int]:
+    delta = value - _EPOCH
+    return {"seconds": delta.days * 86_400 + delta.seconds, "nanos": delta.microseconds * 1_000}

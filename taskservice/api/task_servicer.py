@@ -11,7 +11,13 @@ from collections.abc import AsyncIterator
 import grpc
 
 from taskservice.api.authentication import authenticated, authenticated_stream, recheck
-from taskservice.api.convert import status_from_proto, task_to_proto, task_values
+from taskservice.api.convert import (
+    add_tasks,
+    status_from_proto,
+    task_fields,
+    task_to_proto,
+    task_values,
+)
 from taskservice.db.models import TaskChangeType
 from taskservice.services.principal import Principal
 from taskservice.services.tasks import TaskService
@@ -46,11 +52,11 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             request.show_deleted,
             [bad_status] if bad_status else [],
         )
-        return pb.ListTasksResponse(
-            tasks=[task_to_proto(task) for task in page.tasks],
-            next_page_token=page.next_page_token,
-            revision=page.revision,
+        response = pb.ListTasksResponse(
+            next_page_token=page.next_page_token, revision=page.revision
         )
+        add_tasks(response.tasks, page.tasks)
+        return response
 
     @authenticated
     async def CreateTask(
@@ -60,7 +66,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         task = await self._tasks.create_task(
             principal, task_values(request.task), request.task.owner_id, request.request_id
         )
-        return pb.CreateTaskResponse(task=task_to_proto(task))
+        return pb.CreateTaskResponse(task=task_fields(task))
 
     @authenticated
     async def GetTask(
@@ -68,7 +74,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     ) -> pb.GetTaskResponse:
         """One task."""
         task, revision = await self._tasks.get_task(principal, request.id)
-        return pb.GetTaskResponse(task=task_to_proto(task), revision=revision)
+        return pb.GetTaskResponse(task=task_fields(task), revision=revision)
 
     @authenticated
     async def BatchGetTasks(
@@ -80,7 +86,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         """Several tasks, in the order asked."""
         tasks, revision = await self._tasks.batch_get_tasks(principal, list(request.ids))
         return pb.BatchGetTasksResponse(
-            tasks=[task_to_proto(task) for task in tasks], revision=revision
+            tasks=[task_fields(task) for task in tasks], revision=revision
         )
 
     @authenticated
@@ -91,7 +97,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         task = await self._tasks.update_task(
             principal, request.task.id, task_values(request.task), request.task.etag
         )
-        return pb.UpdateTaskResponse(task=task_to_proto(task))
+        return pb.UpdateTaskResponse(task=task_fields(task))
 
     @authenticated
     async def PatchTask(
@@ -102,7 +108,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         task = await self._tasks.patch_task(
             principal, request.task.id, paths, task_values(request.task, paths), request.task.etag
         )
-        return pb.PatchTaskResponse(task=task_to_proto(task))
+        return pb.PatchTaskResponse(task=task_fields(task))
 
     @authenticated
     async def DeleteTask(
@@ -110,7 +116,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     ) -> pb.DeleteTaskResponse:
         """Move a task to the trash."""
         task = await self._tasks.delete_task(principal, request.id, request.etag)
-        return pb.DeleteTaskResponse(task=task_to_proto(task))
+        return pb.DeleteTaskResponse(task=task_fields(task))
 
     @authenticated
     async def MoveTask(
@@ -120,7 +126,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         task = await self._tasks.move_task(
             principal, request.id, request.parent_id, request.previous_id, request.etag
         )
-        return pb.MoveTaskResponse(task=task_to_proto(task))
+        return pb.MoveTaskResponse(task=task_fields(task))
 
     @authenticated
     async def UndeleteTask(
@@ -131,7 +137,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     ) -> pb.UndeleteTaskResponse:
         """Bring a task back from the trash."""
         task = await self._tasks.undelete_task(principal, request.id, request.etag)
-        return pb.UndeleteTaskResponse(task=task_to_proto(task))
+        return pb.UndeleteTaskResponse(task=task_fields(task))
 
     @authenticated_stream
     async def WatchTasks(

@@ -33,8 +33,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         """Read naive values (SQLite) as the UTC they were written in."""
-        if value is None:
-            return None
+        if value is None or value.tzinfo is UTC:  # asyncpg returns UTC already: nothing to do
+            return value
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
