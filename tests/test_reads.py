@@ -18,8 +18,9 @@ import pytest
 from google.protobuf import field_mask_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
-from taskservice.db.reads import PreparedRead
+from taskservice.db.reads import Prepared
 from taskservice.server import Application, build_server
 from taskservice.services import api_keys, auth_state, tasks, users
 from taskservice.v1 import api_key_service_pb2, task_pb2, task_service_pb2
@@ -87,7 +88,7 @@ async def test_the_fast_reads_return_exactly_what_sqlalchemy_returns(
     )
     lookup = key.secret.split("_")[1]
     owner = account.user.id
-    reads: list[tuple[PreparedRead, dict[str, object]]] = [
+    reads: list[tuple[Prepared, dict[str, object]]] = [
         (tasks._GET[False], {"task_id": found[0].id, "owner_id": owner}),
         (tasks._GET[True], {"task_id": found[1].id, "owner_id": 0}),
         (tasks._GET[False], {"task_id": found[0].id, "owner_id": owner + 1}),  # none
@@ -208,3 +209,29 @@ async def _eventually(check: Any, seconds: float = 5.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"condition not met within {seconds}s")
         await asyncio.sleep(0.05)
+
+
+async def test_a_prepared_insert_breaking_a_constraint_raises_integrity_error(
+    app: Application,
+) -> None:
+    """Services catch SQLAlchemy's IntegrityError, whichever path ran the INSERT."""
+    now = datetime.now(UTC)
+    row = {
+        "owner_id": 987_654_321,  # no such user: the foreign key refuses the row
+        "title": "orphan",
+        "description": "",
+        "status": tasks.TaskStatus.TODO,
+        "due_time": None,
+        "priority": 0,
+        "labels": [],
+        "complete_time": None,
+        "parent_id": None,
+        "position": 0,
+        "version": 1,
+        "create_time": now,
+        "update_time": now,
+    }
+    with pytest.raises(IntegrityError):
+        await app.database.insert_returning(tasks._INSERT_TASK, row)
+    async with app.database.reads() as reader:  # the connection still serves
+        assert await reader.scalar(tasks._REVISION) is not None

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
 from taskservice.config import Settings
 from taskservice.db.reads import (
     AsyncpgReader,
+    Prepared,
     RowReader,
     SqlAlchemyReader,
     create_read_pool,
@@ -232,7 +233,7 @@ class Database:
 
     @asynccontextmanager
     async def reads(self) -> AsyncIterator[RowReader]:
-        """A connection for the hot reads' `PreparedRead`s, on the fast path where there is one.
+        """A connection for the hot reads' `Prepared`s, on the fast path where there is one.
 
         On PostgreSQL an asyncpg connection of the read pool (see `taskservice.db.reads`),
         in autocommit like `rows()`; elsewhere (SQLite, the CLI) a SQLAlchemy connection.
@@ -247,6 +248,21 @@ class Database:
             yield AsyncpgReader(connection, self.engine.dialect, pool)
         finally:
             await pool.release(connection)
+
+    async def insert_returning(self, insert: Prepared, values: dict[str, Any]) -> Any:
+        """Run a prepared INSERT ... RETURNING, atomic by itself; return the row it returns.
+
+        On PostgreSQL it runs in autocommit on the fast path's pool (no BEGIN and COMMIT round
+        trips, no SQLAlchemy in the way); on SQLite as `statement()` runs it. Either way the
+        change feed hears of the commit.
+        """
+        if self._read_pool is None:
+            async with self.statement() as connection:
+                return (await connection.execute(insert.statement, values)).one()
+        async with self.reads() as writer:
+            row = await writer.first(insert, values)
+        self._committed()
+        return row
 
     @asynccontextmanager
     async def rows(self) -> AsyncIterator[AsyncConnection]:

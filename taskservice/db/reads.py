@@ -6,7 +6,7 @@ with a pool of its own). The statements stay SQLAlchemy Core, built from the typ
 compiled once by SQLAlchemy's own asyncpg dialect; only their execution skips it. The rows come
 back with the attributes and Python types SQLAlchemy's rows have (each column's result processor
 is applied), so the services and servicers reading them cannot tell the two paths apart, and on
-SQLite the same `PreparedRead`s run through SQLAlchemy.
+SQLite the same `Prepared`s run through SQLAlchemy.
 
 Connections are treated as SQLAlchemy treats its own: one whose statement was interrupted
 (cancelled: the call's deadline passed or its client left) is closed at once, never pooled again,
@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from sqlalchemy import Insert as ReturningInsert
 from sqlalchemy import Select
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 #: Errors after which a connection is not trusted again, nor any older one in the pool.
@@ -62,14 +64,16 @@ class _Compiled:
         return rows
 
 
-class PreparedRead:
-    """A SELECT built once, at import, and run by the fastest path the database allows.
+class Prepared:
+    """A statement that returns rows, built once at import and run by the fastest path there is.
 
-    Only statements whose shape never changes belong here (no expanding IN lists): each is
-    compiled once per dialect and then only bound and run.
+    A SELECT, or an INSERT ... RETURNING whose every value is a bound parameter (no column
+    default is computed at execution: the caller passes every value). Only statements whose
+    shape never changes belong here (no expanding IN lists): each is compiled once per dialect
+    and then only bound and run.
     """
 
-    def __init__(self, statement: Select[Any]) -> None:
+    def __init__(self, statement: Select[Any] | ReturningInsert[Any]) -> None:
         self.statement = statement
         self._compiled: _Compiled | None = None
 
@@ -80,7 +84,7 @@ class PreparedRead:
         return self._compiled
 
 
-def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled:
+def _compile(statement: Select[Any] | ReturningInsert[Any], dialect: Dialect) -> _Compiled:
     compiled = statement.compile(dialect=dialect)
     names = tuple(compiled.positiontup or ())
     defaults = compiled.params
@@ -92,13 +96,13 @@ def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled:
         process = bind.type.dialect_impl(dialect).bind_processor(dialect)
         if process is not None:
             binds.append((index, process))
-    columns = list(statement.selected_columns)
+    columns = list(statement.exported_columns)
     results = []
     for index, column in enumerate(columns):
         process = column.type.dialect_impl(dialect).result_processor(dialect, None)
         if process is not None:
             results.append((index, process))
-    row = namedtuple("Row", list(statement.selected_columns.keys()))  # type: ignore[misc]
+    row = namedtuple("Row", list(statement.exported_columns.keys()))  # type: ignore[misc]
     return _Compiled(
         sql=str(compiled),
         parameters=tuple((name, defaults.get(name)) for name in names),
@@ -109,18 +113,18 @@ def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled:
 
 
 class RowReader:
-    """Runs `PreparedRead`s on one checked-out connection (see `Database.reads`)."""
+    """Runs `Prepared`s on one checked-out connection (see `Database.reads`)."""
 
-    async def all(self, read: PreparedRead, values: Mapping[str, Any] | None = None) -> list[Any]:
+    async def all(self, read: Prepared, values: Mapping[str, Any] | None = None) -> list[Any]:
         """Every row."""
         raise NotImplementedError
 
-    async def first(self, read: PreparedRead, values: Mapping[str, Any] | None = None) -> Any:
+    async def first(self, read: Prepared, values: Mapping[str, Any] | None = None) -> Any:
         """The first row, or None."""
         rows = await self.all(read, values)
         return rows[0] if rows else None
 
-    async def scalar(self, read: PreparedRead, values: Mapping[str, Any] | None = None) -> Any:
+    async def scalar(self, read: Prepared, values: Mapping[str, Any] | None = None) -> Any:
         """The first column of the first row, or None."""
         row = await self.first(read, values)
         return None if row is None else row[0]
@@ -136,12 +140,15 @@ class AsyncpgReader(RowReader):
         self._dialect = dialect
         self._pool = pool
 
-    async def all(self, read: PreparedRead, values: Mapping[str, Any] | None = None) -> list[Any]:
+    async def all(self, read: Prepared, values: Mapping[str, Any] | None = None) -> list[Any]:
         """Every row."""
         compiled = read.compiled(self._dialect)
         arguments = compiled.arguments(values or {})
         try:
             records = await self._connection.fetch(compiled.sql, *arguments)
+        except asyncpg.IntegrityConstraintViolationError as error:
+            # What services catch, whichever path ran the statement.
+            raise IntegrityError(compiled.sql, arguments, error) from error
         except BaseException as error:
             await self._discard_if_broken(error)
             raise
@@ -167,7 +174,7 @@ class SqlAlchemyReader(RowReader):
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
 
-    async def all(self, read: PreparedRead, values: Mapping[str, Any] | None = None) -> list[Any]:
+    async def all(self, read: Prepared, values: Mapping[str, Any] | None = None) -> list[Any]:
         """Every row."""
         return list((await self._connection.execute(read.statement, dict(values or {}))).all())
 

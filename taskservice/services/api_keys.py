@@ -27,7 +27,7 @@ from sqlalchemy import bindparam, delete, func, or_, select, update
 
 from taskservice.db.engine import Database
 from taskservice.db.models import API_KEY_DISPLAY_NAME_MAX_LENGTH, ApiKey, User
-from taskservice.db.reads import PreparedRead
+from taskservice.db.reads import Prepared
 from taskservice.errors import (
     FieldViolation,
     NotFound,
@@ -50,7 +50,7 @@ LAST_USE_RESOLUTION = timedelta(minutes=1)
 #: Payload prefix of key revocations on the auth-state channel.
 NOTIFY_PREFIX = "api_key"
 #: What authenticating a key needs of its row, found by the key's non-secret lookup id.
-_KEY_BY_LOOKUP = PreparedRead(
+_KEY_BY_LOOKUP = Prepared(
     select(
         ApiKey.id, ApiKey.user_id, ApiKey.secret_hash, ApiKey.expire_time, ApiKey.last_use_time
     ).where(ApiKey.lookup == bindparam("lookup"))

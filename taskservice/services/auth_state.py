@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskservice.db.engine import Database
 from taskservice.db.models import User
 from taskservice.db.notifications import PgListener
-from taskservice.db.reads import PreparedRead
+from taskservice.db.reads import Prepared
 
 #: NOTIFY channel carrying the ids of users whose authorisation state changed.
 CHANNEL = "auth_state_changed"
@@ -37,7 +37,7 @@ CACHE_SIZE = 10_000
 #: Seconds an entry is trusted even without a notification: a bound on any missed hint.
 CACHE_TTL_SECONDS = 60.0
 #: A user's authorisation state, as one plain row.
-_STATE = PreparedRead(
+_STATE = Prepared(
     select(User.is_active, User.is_admin, User.token_version).where(User.id == bindparam("user_id"))
 )
 

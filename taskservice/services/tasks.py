@@ -29,7 +29,7 @@ from taskservice.db.models import (
     TaskStatus,
     User,
 )
-from taskservice.db.reads import PreparedRead
+from taskservice.db.reads import Prepared
 from taskservice.db.records import TaskRecord
 from taskservice.db.retry import retries_conflicts
 from taskservice.db.types import utcnow
@@ -183,8 +183,10 @@ class TaskService:
             if not (request_id or checked.labels or values.parent_id or owner != caller.user_id):
                 # One INSERT, atomic by itself: no transaction around it (a missing owner fails
                 # the foreign key, handled below like the keyed path's check).
-                async with self._db.statement() as connection:
-                    return (await connection.execute(_INSERT_TASK, row)).one()
+                now = utcnow()
+                return await self._db.insert_returning(
+                    _INSERT_TASK, {**row, "version": 1, "create_time": now, "update_time": now}
+                )
             async with self._db.write() as session:
                 if request_id and (earlier := await _by_request(session, caller, request_id)):
                     return earlier
@@ -634,14 +636,14 @@ BATCH_GET_MAX_IDS = 100
 
 #: GetTask's two query shapes, each reading the store's revision in the same statement.
 _GET = {
-    any_owner: PreparedRead(
+    any_owner: Prepared(
         _visible_query(any_owner=any_owner, lock=False).add_columns(CURRENT_REVISION)
     )
     for any_owner in (False, True)
 }
 #: The store's revision alone. ListTasks reads it before its page (the page may take two
 #: statements, or find no row to carry it), so changes after it may already show in the page.
-_REVISION = PreparedRead(select(TaskRevision.revision).where(TaskRevision.id == 1))
+_REVISION = Prepared(select(TaskRevision.revision).where(TaskRevision.id == 1))
 
 
 def _batch_visible_query(*, any_owner: bool) -> Select[tuple[Task]]:
@@ -662,7 +664,17 @@ _BATCH_VISIBLE = {
 
 
 #: CreateTask without an idempotency key: insert and return the row in one statement.
-_INSERT_TASK = insert(Task).returning(*Task.__table__.columns)
+_INSERT_TASK = Prepared(
+    insert(Task)
+    .values(
+        {
+            column: bindparam(column.key, type_=column.type)
+            for column in Task.__table__.columns
+            if column.key not in ("id", "delete_time", "purge_time", "trash_root_id")
+        }
+    )
+    .returning(*Task.__table__.columns)
+)
 
 
 #: Bytes a task takes in a response beyond its title and description (ids, times, etag, tags).
@@ -696,7 +708,7 @@ def _list_query(*, by_owner: bool, by_status: bool, after: bool) -> Select[tuple
 
 #: ListTasks' eight query shapes (owner filter, status filter, page token), built once.
 _LISTS = {
-    (by_owner, by_status, after): PreparedRead(
+    (by_owner, by_status, after): Prepared(
         _list_query(by_owner=by_owner, by_status=by_status, after=after)
     )
     for by_owner in (False, True)

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskservice.db.engine import Database
 from taskservice.db.models import User
-from taskservice.db.reads import PreparedRead
+from taskservice.db.reads import Prepared
 from taskservice.db.records import UserRecord
 from taskservice.db.retry import retries_conflicts
 from taskservice.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
@@ -36,7 +36,7 @@ UPDATABLE_USER_FIELDS = frozenset({"email", "is_active", "is_admin"})
 #: Fields that exist on a User but are never written by clients.
 READ_ONLY_USER_FIELDS = frozenset({"id", "create_time", "update_time"})
 #: One user's public columns (never the password hash), as a plain row.
-_USER_BY_ID = PreparedRead(
+_USER_BY_ID = Prepared(
     select(
         User.id, User.email, User.is_active, User.is_admin, User.create_time, User.update_time
     ).where(User.id == bindparam("user_id"))
