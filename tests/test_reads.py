@@ -235,3 +235,35 @@ async def test_a_prepared_insert_breaking_a_constraint_raises_integrity_error(
         await app.database.insert_returning(tasks._INSERT_TASK, row)
     async with app.database.reads() as reader:  # the connection still serves
         assert await reader.scalar(tasks._REVISION) is not None
+
+
+async def test_the_read_pool_takes_the_database_urls_asyncpg_options(pg_database_url: str) -> None:
+    """The README's PgBouncer URL (both statement caches off) serves reads on the fast path.
+
+    SQLAlchemy's own options in the URL are not sent to PostgreSQL as settings (PostgreSQL would
+    refuse the connection: the LISTEN connections never came up with that URL), and asyncpg's
+    `statement_cache_size=0` reaches the read pool's connections (SQLAlchemy's pool passed it
+    on as text, which asyncpg refused).
+    """
+    url = f"{pg_database_url}?prepared_statement_cache_size=0&statement_cache_size=0"
+    application = await build_server(make_settings(url))
+    await application.start()
+    try:
+        async with stubs_for(application) as stubs:
+            account = await register(stubs)
+            task = (
+                await stubs.tasks.CreateTask(
+                    task_service_pb2.CreateTaskRequest(task=task_pb2.Task(title="via pgbouncer")),
+                    metadata=account.metadata,
+                )
+            ).task
+            for _ in range(3):
+                got = await stubs.tasks.GetTask(
+                    task_service_pb2.GetTaskRequest(id=task.id), metadata=account.metadata
+                )
+                assert got.task == task
+        async with application.database.reads() as reader:
+            assert reader._connection._stmt_cache.get_max_size() == 0  # type: ignore[attr-defined]
+        assert application.auth_states.caching, "the LISTEN connection came up with that URL"
+    finally:
+        await application.stop(grace=None)

@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Connection, event, text
+from sqlalchemy import URL, Connection, event, text
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -92,17 +93,43 @@ async def open_read_pool(settings: Settings) -> asyncpg.Pool | None:
     url = settings.sqlalchemy_url
     if url.get_backend_name() == "sqlite":
         return None
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
     return await create_read_pool(
-        dsn, settings.db_pool_size, connect_uncancellable, _postgres_connect_args(settings)
+        settings.db_pool_size,
+        connect_uncancellable,
+        {**asyncpg_arguments(url), **_postgres_connect_args(settings)},
     )
+
+
+def asyncpg_arguments(url: URL) -> dict[str, Any]:
+    """`asyncpg.connect`'s arguments for a PostgreSQL URL, read as SQLAlchemy reads it.
+
+    Host, port, user, password, database, ssl and asyncpg's own options (`statement_cache_size`
+    for PgBouncer), without SQLAlchemy's options: asyncpg would send any query option it does
+    not know to PostgreSQL as a setting, which PostgreSQL refuses.
+    """
+    _, arguments = postgresql_asyncpg.dialect().create_connect_args(url)
+    arguments.pop("prepared_statement_cache_size", None)
+    arguments.pop("prepared_statement_name_func", None)
+    _integer_options(arguments)
+    return arguments
 
 
 def _connect_whole(
     _dialect: object, _record: object, _cargs: object, cparams: dict[str, Any]
 ) -> None:
-    """Make new PostgreSQL connections through `connect_uncancellable` (a `do_connect` hook)."""
+    """Make new PostgreSQL connections through `connect_uncancellable` (a `do_connect` hook).
+
+    It also reads asyncpg's `statement_cache_size` from the URL as the number asyncpg needs
+    (SQLAlchemy passes URL options on as text), so the README's PgBouncer URL works.
+    """
     cparams["async_creator_fn"] = connect_uncancellable
+    _integer_options(cparams)
+
+
+def _integer_options(arguments: dict[str, Any]) -> None:
+    """The asyncpg options given in the URL (as text) that asyncpg needs as integers."""
+    if "statement_cache_size" in arguments:
+        arguments["statement_cache_size"] = int(arguments["statement_cache_size"])
 
 
 async def connect_uncancellable(*args: Any, **kwargs: Any) -> asyncpg.Connection:

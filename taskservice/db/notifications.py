@@ -16,6 +16,8 @@ from collections.abc import Callable
 import asyncpg
 from sqlalchemy.engine import URL
 
+from taskservice.db.engine import asyncpg_arguments
+
 logger = logging.getLogger(__name__)
 
 #: Seconds between liveness checks of the listening connection.
@@ -34,7 +36,7 @@ class PgListener:
         on_message: Callable[[str], None],
         on_reset: Callable[[], None],
     ) -> None:
-        self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._arguments = asyncpg_arguments(url)
         self._channel = channel
         self._on_message = on_message
         self._on_reset = on_reset
@@ -61,7 +63,7 @@ class PgListener:
         while True:
             connection = None
             try:
-                connection = await asyncpg.connect(self._dsn, timeout=5)
+                connection = await asyncpg.connect(**self._arguments, timeout=5)
                 lost = asyncio.Event()
                 connection.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await connection.add_listener(self._channel, self._deliver)

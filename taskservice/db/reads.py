@@ -190,14 +190,12 @@ async def _no_reset(connection: asyncpg.Connection) -> None:
 
 
 async def create_read_pool(
-    dsn: str,
     size: int,
     connect: Callable[..., Any],
     connect_kwargs: Mapping[str, Any],
 ) -> asyncpg.Pool:
     """The asyncpg pool of the fast reads: up to `size` connections, made when first needed."""
     return await asyncpg.create_pool(
-        dsn,
         min_size=0,
         max_size=size,
         connect=connect,
