@@ -62,16 +62,16 @@ async def _rich_tasks(stubs: Stubs, account: Account) -> list[task_pb2.Task]:
         ),
         metadata=account.metadata,
     )
-    trashed = (
-        await stubs.tasks.CreateTask(
-            task_service_pb2.CreateTaskRequest(task=task_pb2.Task(title="trashed")),
-            metadata=account.metadata,
-        )
-    ).task
+    trashed = await _create(stubs, account, "trashed")
     await stubs.tasks.DeleteTask(
         task_service_pb2.DeleteTaskRequest(id=trashed.id), metadata=account.metadata
     )
     return [parent, done.task, trashed]
+
+
+async def _create(stubs: Stubs, account: Account, title: str) -> task_pb2.Task:
+    request = task_service_pb2.CreateTaskRequest(task=task_pb2.Task(title=title))
+    return (await stubs.tasks.CreateTask(request, metadata=account.metadata)).task
 
 
 def _shape(rows: list[Any]) -> list[tuple[tuple[str, ...], tuple[Any, ...], tuple[type, ...]]]:
@@ -137,12 +137,7 @@ async def test_reads_cut_short_close_their_connections_and_the_pool_recovers(
     try:
         async with stubs_for(application) as stubs:
             account = await register(stubs)
-            task = (
-                await stubs.tasks.CreateTask(
-                    task_service_pb2.CreateTaskRequest(task=task_pb2.Task(title="locked")),
-                    metadata=account.metadata,
-                )
-            ).task
+            task = await _create(stubs, account, "locked")
             get = task_service_pb2.GetTaskRequest(id=task.id)
             await stubs.tasks.GetTask(get, metadata=account.metadata)  # the user is cached
             locker = await asyncpg.connect(dsn)
@@ -251,12 +246,7 @@ async def test_the_read_pool_takes_the_database_urls_asyncpg_options(pg_database
     try:
         async with stubs_for(application) as stubs:
             account = await register(stubs)
-            task = (
-                await stubs.tasks.CreateTask(
-                    task_service_pb2.CreateTaskRequest(task=task_pb2.Task(title="via pgbouncer")),
-                    metadata=account.metadata,
-                )
-            ).task
+            task = await _create(stubs, account, "via pgbouncer")
             for _ in range(3):
                 got = await stubs.tasks.GetTask(
                     task_service_pb2.GetTaskRequest(id=task.id), metadata=account.metadata
