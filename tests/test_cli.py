@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -150,6 +151,7 @@ async def test_workers_share_the_http_port_and_each_answers_on_it(tmp_path: Path
         cwd=tmp_path,
         env=_environment(GRPC_HOST="127.0.0.1", GRPC_PORT="0", HTTP_HOST="127.0.0.1", WORKERS="2"),
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its workers join its process group: see _kill_group
     )
     assert process.stderr is not None
     try:
@@ -171,8 +173,7 @@ async def test_workers_share_the_http_port_and_each_answers_on_it(tmp_path: Path
         assert await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT) == 0
     finally:
         if process.returncode is None:
-            process.kill()
-            await process.wait()
+            await _kill_group(process)
 
 
 async def test_create_admin_creates_then_promotes_and_the_admin_can_log_in(
@@ -234,13 +235,30 @@ async def test_sigterm_under_load_finishes_calls_in_flight_and_exits_0(tmp_path:
 
 
 async def _read_until(stream: asyncio.StreamReader, pattern: re.Pattern[bytes]) -> re.Match[bytes]:
-    async with asyncio.timeout(PROCESS_TIMEOUT):
-        while True:
-            line = await stream.readline()
-            if not line:
-                pytest.fail(f"stream ended before {pattern.pattern!r}")
-            if match := pattern.search(line):
-                return match
+    seen: list[bytes] = []
+    try:
+        async with asyncio.timeout(PROCESS_TIMEOUT):
+            while True:
+                line = await stream.readline()
+                if not line:
+                    pytest.fail(f"stream ended before {pattern.pattern!r}; last lines: {seen[-8:]}")
+                seen.append(line)
+                if match := pattern.search(line):
+                    return match
+    except TimeoutError:
+        pytest.fail(f"no {pattern.pattern!r} within {PROCESS_TIMEOUT} s; last lines: {seen[-8:]}")
+
+
+async def _kill_group(process: asyncio.subprocess.Process) -> None:
+    """Kill a supervisor started in a session of its own, with every worker it started.
+
+    Killing the supervisor alone would leave its workers running with its stderr open, and
+    asyncio's `Process.wait()` (Python 3.11) waits for every pipe to close: the test would hang
+    instead of failing.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT)
 
 
 async def _health(port: int) -> int:
@@ -263,6 +281,7 @@ async def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path: Pa
         cwd=tmp_path,
         env=_environment(GRPC_HOST="127.0.0.1", GRPC_PORT="0", BCRYPT_ROUNDS="4"),
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its workers join its process group: see _kill_group
     )
     assert process.stderr is not None
     worker_started = re.compile(rb"worker started \(pid (\d+)\)")
@@ -289,8 +308,7 @@ async def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path: Pa
                 os.kill(pid, 0)
     finally:
         if process.returncode is None:
-            process.kill()
-            await process.wait()
+            await _kill_group(process)
 
 
 def test_workers_reserve_the_port_given_in_grpcs_bracketed_ipv6_form() -> None:
