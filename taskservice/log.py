@@ -43,12 +43,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Render the record as one line of JSON."""
-        entry: dict[str, object] = {
-            "time": self._time(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        entry = self._head(record.created, record.levelname, record.name, record.getMessage())
         entry.update(
             (key, value) for key, value in vars(record).items() if key not in _STANDARD_ATTRIBUTES
         )
@@ -58,14 +53,13 @@ class JsonFormatter(logging.Formatter):
 
     def line(self, created: float, logger: str, message: str, fields: Mapping[str, object]) -> str:
         """The line `format` renders for an INFO record with these `extra` fields."""
-        entry: dict[str, object] = {
-            "time": self._time(created),
-            "level": "INFO",
-            "logger": logger,
-            "message": message,
-        }
+        entry = self._head(created, "INFO", logger, message)
         entry.update(fields)
         return _encode(entry)
+
+    def _head(self, created: float, level: str, logger: str, message: str) -> dict[str, object]:
+        """The fields every line starts with, in their order."""
+        return {"time": self._time(created), "level": level, "logger": logger, "message": message}
 
 
 #: The JSON handler `configure_logging` installed, while it is the root logger's only one.

@@ -27,6 +27,7 @@ from taskservice.v1 import api_key_service_pb2, task_pb2, task_service_pb2
 from taskservice.v1 import user_service_pb2 as users_pb
 from tests.conftest import Stubs, make_settings, stubs_for
 from tests.helpers import Account, fails, make_admin, register
+from tests.test_failures import _asyncpg_dsn, _eventually, _waiting_on_locks
 
 
 async def _rich_tasks(stubs: Stubs, account: Account) -> list[task_pb2.Task]:
@@ -133,14 +134,14 @@ async def test_reads_cut_short_close_their_connections_and_the_pool_recovers(
     application = await build_server(make_settings(pg_database_url))
     await application.start()
     database = make_url(pg_database_url).database
-    dsn = make_url(pg_database_url).set(drivername="postgresql").render_as_string(False)
+    assert database is not None
     try:
         async with stubs_for(application) as stubs:
             account = await register(stubs)
             task = await _create(stubs, account, "locked")
             get = task_service_pb2.GetTaskRequest(id=task.id)
             await stubs.tasks.GetTask(get, metadata=account.metadata)  # the user is cached
-            locker = await asyncpg.connect(dsn)
+            locker = await asyncpg.connect(_asyncpg_dsn(pg_database_url))
             try:
                 transaction = locker.transaction()
                 await transaction.start()
@@ -157,18 +158,18 @@ async def test_reads_cut_short_close_their_connections_and_the_pool_recovers(
                 calls = [stubs.tasks.GetTask(get, metadata=account.metadata) for _ in range(20)]
 
                 async def some_wait() -> bool:
-                    return await _waiting_on_locks(locker, database) > 0
+                    return await _waiting_on_locks(database) > 0
 
-                await _eventually(some_wait)
+                await _eventually(some_wait, 5.0)
                 for call in calls:
                     call.cancel()
                 cancelled = await asyncio.gather(*calls, return_exceptions=True)
                 assert all(isinstance(r, asyncio.CancelledError) for r in cancelled)
 
                 async def nothing_waits() -> bool:
-                    return await _waiting_on_locks(locker, database) == 0
+                    return await _waiting_on_locks(database) == 0
 
-                await _eventually(nothing_waits)
+                await _eventually(nothing_waits, 5.0)
             finally:
                 await locker.close()
             for _ in range(30):  # the pool still serves, on good connections
@@ -189,21 +190,6 @@ async def test_reads_cut_short_close_their_connections_and_the_pool_recovers(
         await application.stop(grace=None)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
-
-
-async def _waiting_on_locks(connection: asyncpg.Connection, database: str | None) -> int:
-    return await connection.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
-        database,
-    )
-
-
-async def _eventually(check: Any, seconds: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"condition not met within {seconds}s")
-        await asyncio.sleep(0.05)
 
 
 async def test_a_prepared_insert_breaking_a_constraint_raises_integrity_error(

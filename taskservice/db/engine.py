@@ -267,7 +267,7 @@ class Database:
         """
         pool = self._read_pool
         if pool is None:
-            async with self._row_engine.connect() as connection:
+            async with self.rows() as connection:
                 yield SqlAlchemyReader(connection)
             return
         connection = await pool.acquire()
@@ -295,8 +295,9 @@ class Database:
     async def rows(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads that want plain rows rather than ORM objects.
 
-        The cheapest way to read: no session, identity map or instances. Like `read()`, never
-        committed, and in autocommit on PostgreSQL.
+        No session, identity map or instances: for reads built per call (a filtered list);
+        prebuilt ones go through `reads()`. Like `read()`, never committed, and in autocommit on
+        PostgreSQL.
         """
         async with self._row_engine.connect() as connection:
             yield connection

@@ -1,8 +1,9 @@
 """What reads return: the columns of a row, whether an ORM object or a plain Core row.
 
-Hot reads (GetTask, ListTasks, GetMe) fetch Core rows, which skip the ORM's session, identity map
-and instance construction (a third of a ListTasks call's CPU, by profile); writes load ORM
-objects. Both have the same column attributes, so servicers convert either through these types.
+Hot reads (GetTask, ListTasks, GetMe) fetch plain rows, which skip the ORM's session, identity map
+and instance construction (a third of a ListTasks call's CPU, by profile): Core rows, or on
+PostgreSQL the fast path's rows with the same attributes (`taskservice.db.reads`); writes load
+ORM objects. All have the same column attributes, so servicers convert any through these types.
 """
 
 from __future__ import annotations
