@@ -143,15 +143,8 @@ async def test_a_second_server_on_a_busy_port_fails_fast(tmp_path: Path) -> None
 
 async def test_workers_share_the_http_port_and_each_answers_on_it(tmp_path: Path) -> None:
     assert (await _run(tmp_path, "migrate"))[0] == 0
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskservice",
-        "serve",
-        cwd=tmp_path,
-        env=_environment(GRPC_HOST="127.0.0.1", GRPC_PORT="0", HTTP_HOST="127.0.0.1", WORKERS="2"),
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # its workers join its process group: see _kill_group
+    process = await _start_supervisor(
+        tmp_path, GRPC_HOST="127.0.0.1", GRPC_PORT="0", HTTP_HOST="127.0.0.1", WORKERS="2"
     )
     assert process.stderr is not None
     try:
@@ -249,6 +242,24 @@ async def _read_until(stream: asyncio.StreamReader, pattern: re.Pattern[bytes]) 
         pytest.fail(f"no {pattern.pattern!r} within {PROCESS_TIMEOUT} s; last lines: {seen[-8:]}")
 
 
+async def _start_supervisor(cwd: Path, *args: str, **env: str) -> asyncio.subprocess.Process:
+    """`taskservice serve` with workers, its stderr piped, in a session of its own.
+
+    Its workers join its process group, so `_kill_group` can end them all.
+    """
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "taskservice",
+        "serve",
+        *args,
+        cwd=cwd,
+        env=_environment(**env),
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
 async def _kill_group(process: asyncio.subprocess.Process) -> None:
     """Kill a supervisor started in a session of its own, with every worker it started.
 
@@ -271,17 +282,8 @@ async def _health(port: int) -> int:
 
 async def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path: Path) -> None:
     assert (await _run(tmp_path, "migrate"))[0] == 0
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskservice",
-        "serve",
-        "--workers",
-        "2",
-        cwd=tmp_path,
-        env=_environment(GRPC_HOST="127.0.0.1", GRPC_PORT="0", BCRYPT_ROUNDS="4"),
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # its workers join its process group: see _kill_group
+    process = await _start_supervisor(
+        tmp_path, "--workers", "2", GRPC_HOST="127.0.0.1", GRPC_PORT="0", BCRYPT_ROUNDS="4"
     )
     assert process.stderr is not None
     worker_started = re.compile(rb"worker started \(pid (\d+)\)")

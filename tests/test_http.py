@@ -524,6 +524,23 @@ async def test_watch_tasks_streams_changes_over_grpc_web_until_the_token_is_revo
     assert (failure.code, failure.reason) == ("UNAUTHENTICATED", "TOKEN_REVOKED")
 
 
+def _hold_get_task(
+    app: Application, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make GetTask wait inside the service: (set once a call is held, set to let it go on)."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    assert app.tasks is not None
+    real_get_task = app.tasks.get_task
+
+    async def held(*args: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await real_get_task(*args)
+
+    monkeypatch.setattr(app.tasks, "get_task", held)
+    return entered, release
+
+
 async def test_stopping_refuses_new_connections_and_lets_calls_in_flight_finish(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -534,16 +551,7 @@ async def test_stopping_refuses_new_connections_and_lets_calls_in_flight_finish(
         base = f"http://127.0.0.1:{app.http_port}"
         async with httpx.AsyncClient(base_url=base) as http:
             _, token = await _register_over_http(http)
-            entered, release = asyncio.Event(), asyncio.Event()
-            assert app.tasks is not None
-            real_get_task = app.tasks.get_task
-
-            async def held(*args: Any) -> Any:
-                entered.set()
-                await release.wait()
-                return await real_get_task(*args)
-
-            monkeypatch.setattr(app.tasks, "get_task", held)
+            entered, release = _hold_get_task(app, monkeypatch)
             in_flight = asyncio.ensure_future(
                 connect_json(http, f"{TASKS}/GetTask", {"id": 1}, **auth_headers(token))
             )
@@ -576,16 +584,7 @@ async def test_calls_over_max_concurrent_rpcs_are_refused_at_once(
         base = f"http://127.0.0.1:{app.http_port}"
         async with httpx.AsyncClient(base_url=base) as http:
             _, token = await _register_over_http(http)
-            entered, release = asyncio.Event(), asyncio.Event()
-            assert app.tasks is not None
-            real_get_task = app.tasks.get_task
-
-            async def held(*args: Any) -> Any:
-                entered.set()
-                await release.wait()
-                return await real_get_task(*args)
-
-            monkeypatch.setattr(app.tasks, "get_task", held)
+            entered, release = _hold_get_task(app, monkeypatch)
             headers = auth_headers(token)
             in_flight = asyncio.ensure_future(
                 connect_json(http, f"{TASKS}/GetTask", {"id": 1}, **headers)
