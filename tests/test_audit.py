@@ -217,6 +217,29 @@ async def test_the_trail_filters_by_actor_target_event_and_time(
     )
 
 
+async def test_each_admin_write_to_another_users_task_is_recorded_once(
+    stubs: Stubs, admin: Account
+) -> None:
+    member = await register(stubs)
+    task = (
+        await stubs.tasks.CreateTask(
+            tasks_pb.CreateTaskRequest(task=task_pb2.Task(title="theirs")),
+            metadata=member.metadata,
+        )
+    ).task
+    for account, title in ((member, "by the owner"), (admin, "by an admin")):
+        await stubs.tasks.PatchTask(
+            tasks_pb.PatchTaskRequest(
+                task=task_pb2.Task(id=task.id, title=title), update_mask={"paths": ["title"]}
+            ),
+            metadata=account.metadata,
+        )
+    events = await _events(
+        stubs, admin, f'event = "task_admin_action" AND target_user_id = {member.user.id}'
+    )
+    assert [(e.actor_id, e.target_user_id) for e in events] == [(admin.user.id, member.user.id)]
+
+
 @pytest.mark.parametrize(
     "bad_filter", ["password = 1", "actor_id = ", 'event < "a"', 'actor_id = "x"']
 )

@@ -213,7 +213,7 @@ async def test_a_prepared_insert_breaking_a_constraint_raises_integrity_error(
         "update_time": now,
     }
     with pytest.raises(IntegrityError):
-        await app.database.insert_returning(tasks._INSERT_TASK, row)
+        await app.database.returning(tasks._INSERT_TASK, row)
     async with app.database.reads() as reader:  # the connection still serves
         assert await reader.scalar(tasks._REVISION) is not None
 

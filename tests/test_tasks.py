@@ -363,6 +363,41 @@ async def test_a_stale_etag_aborts_and_changes_nothing(stubs: Stubs, alice: Acco
     )
 
 
+async def test_an_etag_matches_only_as_the_server_spelled_it(stubs: Stubs, alice: Account) -> None:
+    """PatchTask's one-statement path reads the version out of the etag; it must not be laxer."""
+    task = await create(stubs, alice)
+    other = await create(stubs, alice)
+    version = task.etag.removeprefix(f'W/"{task.id}-').removesuffix('"')
+    respelled = [
+        f'W/"{task.id}-0{version}"',
+        f'W/"{task.id}-{version}"x',
+        f'"{task.id}-{version}"',
+        f'W/"{task.id}-{version} "',
+        other.etag,
+        "garbage",
+    ]
+    for etag in respelled:
+        call = stubs.tasks.PatchTask(
+            pb.PatchTaskRequest(
+                task=task_pb2.Task(id=task.id, title="never", etag=etag),
+                update_mask={"paths": ["title"]},
+            ),
+            metadata=alice.metadata,
+        )
+        assert (await fails(call, ABORTED)).reason == "ETAG_MISMATCH", etag
+    assert await get(stubs, alice, task.id) == task
+    patched = await stubs.tasks.PatchTask(
+        pb.PatchTaskRequest(
+            task=task_pb2.Task(id=task.id, title="renamed", etag=task.etag),
+            update_mask={"paths": ["title"]},
+        ),
+        metadata=alice.metadata,
+    )
+    assert patched.task.title == "renamed"
+    assert patched.task.etag != task.etag
+    assert patched.task.update_time.ToDatetime() >= task.update_time.ToDatetime()
+
+
 async def test_concurrent_patches_of_different_fields_keep_both(
     stubs: Stubs, alice: Account
 ) -> None:

@@ -276,19 +276,21 @@ class Database:
         finally:
             await pool.release(connection)
 
-    async def insert_returning(self, insert: Prepared, values: dict[str, Any]) -> Any:
-        """Run a prepared INSERT ... RETURNING, atomic by itself; return the row it returns.
+    async def returning(self, statement: Prepared, values: dict[str, Any]) -> Any:
+        """Run a prepared INSERT or UPDATE ... RETURNING, atomic by itself; its row, or None.
 
         On PostgreSQL it runs in autocommit on the fast path's pool (no BEGIN and COMMIT round
         trips, no SQLAlchemy in the way); on SQLite as `statement()` runs it. Either way the
-        change feed hears of the commit.
+        change feed hears of the commit. `values` must name exactly the statement's parameters:
+        SQLAlchemy reads a column's name among an UPDATE's values as one more column to set.
         """
         if self._read_pool is None:
             async with self.statement() as connection:
-                return (await connection.execute(insert.statement, values)).one()
+                return (await connection.execute(statement.statement, values)).first()
         async with self.reads() as writer:
-            row = await writer.first(insert, values)
-        self._committed()
+            row = await writer.first(statement, values)
+        if row is not None:
+            self._committed()
         return row
 
     @asynccontextmanager

@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Insert as ReturningInsert
-from sqlalchemy import Select
+from sqlalchemy import Insert, Select, Update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+#: What a `Prepared` may hold: a statement that returns rows.
+Statement = Select[Any] | Insert | Update
 
 #: Errors after which a connection is not trusted again, nor any older one in the pool.
 DISCONNECTS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
@@ -67,13 +69,14 @@ class _Compiled:
 class Prepared:
     """A statement that returns rows, built once at import and run by the fastest path there is.
 
-    A SELECT, or an INSERT ... RETURNING whose every value is a bound parameter (no column
-    default is computed at execution: the caller passes every value). Only statements whose
+    A SELECT, or an INSERT or UPDATE ... RETURNING whose every value is a bound parameter or
+    an expression of the row's columns (no Python-side default or onupdate is computed at
+    execution: the caller passes every value). Only statements whose
     shape never changes belong here (no expanding IN lists): each is compiled once per dialect
     and then only bound and run.
     """
 
-    def __init__(self, statement: Select[Any] | ReturningInsert[Any]) -> None:
+    def __init__(self, statement: Statement) -> None:
         self.statement = statement
         self._compiled: _Compiled | None = None
 
@@ -84,7 +87,7 @@ class Prepared:
         return self._compiled
 
 
-def _compile(statement: Select[Any] | ReturningInsert[Any], dialect: Dialect) -> _Compiled:
+def _compile(statement: Statement, dialect: Dialect) -> _Compiled:
     compiled = statement.compile(dialect=dialect)
     names = tuple(compiled.positiontup or ())
     defaults = compiled.params
