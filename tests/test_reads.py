@@ -20,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from taskservice.db.reads import Prepared
+from taskservice.db.reads import Prepared, PreparedCache
 from taskservice.server import Application, build_server
 from taskservice.services import api_keys, auth_state, tasks, users
 from taskservice.v1 import api_key_service_pb2, task_pb2, task_service_pb2
@@ -243,3 +243,17 @@ async def test_the_read_pool_takes_the_database_urls_asyncpg_options(pg_database
         assert application.auth_states.caching, "the LISTEN connection came up with that URL"
     finally:
         await application.stop(grace=None)
+
+
+def test_the_statement_cache_keeps_the_most_recently_used_shapes() -> None:
+    cache = PreparedCache(2)
+    built: list[str] = []
+
+    def build(name: str) -> list[Prepared]:
+        built.append(name)
+        return [tasks._REVISION]
+
+    for name in ["a", "b", "a", "c", "a", "b"]:
+        assert cache.get(name, lambda name=name: build(name)) == (tasks._REVISION,)
+    # "b" was the least recently used when "c" came, and was built again when asked for.
+    assert built == ["a", "b", "c", "b"]

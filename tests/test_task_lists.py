@@ -196,6 +196,20 @@ async def test_owner_id_filter_never_widens_a_users_list(
     ]
 
 
+@pytest.mark.usefixtures("catalogue")
+async def test_a_view_built_for_one_user_serves_another_only_their_tasks(
+    stubs: Stubs, alice: Account, bob: Account
+) -> None:
+    """The same filter and order (one statement, built once and kept) binds each caller's id."""
+    for order_by in ("", "due_time", "title desc"):
+        for page_size in (1, 50):
+            request = {"filter": 'labels:"home"', "order_by": order_by, "page_size": page_size}
+            mine = await list_all(stubs, alice, **request)
+            theirs = await list_all(stubs, bob, **request)
+            assert [(t.title, t.owner_id) for t in mine] == [(ALPHA, alice.user.id)]
+            assert [(t.title, t.owner_id) for t in theirs] == [(ALPHA, bob.user.id)]
+
+
 async def test_filter_errors_name_the_field_and_the_position(stubs: Stubs, alice: Account) -> None:
     await create(stubs, alice, "kept")
     cases = {
@@ -303,6 +317,7 @@ async def test_sealed_tokens_of_the_wrong_shape_are_invalid_not_internal(
         ("title", [0, 5, 1]),
         ("priority", [0, "high", 1]),
         ("create_time", [1, None, 1]),
+        ("title", [1, None, 1]),
     ]
     for order_by, after in cases:
         token = seal({**scope, "order_by": order_by} if order_by else scope, after)

@@ -17,8 +17,8 @@ most rather than once per stale connection.
 
 from __future__ import annotations
 
-from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict, namedtuple
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +113,31 @@ def _compile(statement: Statement, dialect: Dialect) -> _Compiled:
         result_processors=tuple(results),
         row=row._make,
     )
+
+
+class PreparedCache:
+    """`Prepared`s built per call shape (a list's filter and order), the most recently used kept.
+
+    Building a statement and compiling it costs far more than running it; a client paging
+    through one view asks for the same shapes again and again. At most `size` shapes are kept,
+    so a client inventing a new filter per call costs its builds, never memory.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[Hashable, tuple[Prepared, ...]] = OrderedDict()
+
+    def get(self, key: Hashable, build: Callable[[], Sequence[Prepared]]) -> tuple[Prepared, ...]:
+        """The statements for `key`, built by `build()` when not kept."""
+        entries = self._entries
+        found = entries.get(key)
+        if found is not None:
+            entries.move_to_end(key)
+            return found
+        found = entries[key] = tuple(build())
+        if len(entries) > self._size:
+            entries.popitem(last=False)
+        return found
 
 
 class RowReader:

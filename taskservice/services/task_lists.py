@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, or_, select
+from sqlalchemy import Select, and_, bindparam, exists, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from taskservice.db.models import Task, TaskLabel, TaskPriority, TaskStatus
@@ -231,54 +231,65 @@ class Ordering:
             return [1, None, task.id]
         return [0, self.key.to_token(task), task.id]
 
-    def statements(
-        self, base: Select[tuple[Task]], after: Sequence[int | str | None] | None, limit: int
-    ) -> list[Select[tuple[Task]]]:
-        """The queries that read one page past `after`, to run in order until `limit` rows.
+    def seek(self, after: Sequence[int | str | None] | None) -> Seek:
+        """Where the page past `after` (a token's key, None for the first page) starts.
 
         Raises InvalidArgument on `page_token` when `after` has not this ordering's shape.
         """
         try:
-            return self._statements(base, after, limit)
+            return self._seek(after)
         except (TypeError, ValueError, OverflowError):
             raise InvalidArgument.field(
                 "page_token", "not a page token this server issued for this request"
             ) from None
 
-    def _statements(
-        self, base: Select[tuple[Task]], after: Sequence[int | str | None] | None, limit: int
+    def _seek(self, after: Sequence[int | str | None] | None) -> Seek:
+        key = self.key
+        if after is None:
+            return Seek(found=False, in_missing=False, value=None, task_id=None)
+        if key is None:
+            if len(after) != 1:
+                raise ValueError("wrong length")
+            return Seek(found=True, in_missing=False, value=None, task_id=_integer(after[0]))
+        if len(after) != 3 or after[0] not in (0, 1):
+            raise ValueError("wrong shape")
+        if after[0] == 1:
+            if key.missing is None:
+                raise ValueError("this ordering has no missing segment")
+            return Seek(found=True, in_missing=True, value=None, task_id=_integer(after[2]))
+        value = key.from_token(after[1])
+        return Seek(found=True, in_missing=False, value=value, task_id=_integer(after[2]))
+
+    def statements(
+        self, base: Select[tuple[Task]], found: bool, in_missing: bool
     ) -> list[Select[tuple[Task]]]:
+        """The queries that read one page from a `Seek` of this shape, to run in order.
+
+        The seek's values and the page's size are bound parameters (`after_value`, `after_id`,
+        `limit`), so the statements depend on the shape alone and can be built once and reused.
+        """
         key = self.key
         if key is None:
-            if after is not None and len(after) != 1:
-                raise ValueError("wrong length")
-            return [self._by_id(base, _integer(after[0]) if after else None, limit)]
-        if after is not None and (len(after) != 3 or after[0] not in (0, 1)):
-            raise ValueError("wrong shape")
-        in_missing = after is not None and after[0] == 1
+            return [self._by_id(base, seek=found)]
         statements = []
         if not in_missing:
             present = base if key.missing is None else base.where(~key.missing)
-            seek = None
-            if after is not None:
-                seek = (key.from_token(after[1]), _integer(after[2]))
-            statements.append(self._by_key(present, key.column, seek, limit))
+            statements.append(self._by_key(present, key.column, seek=found))
         if key.missing is not None:
-            seek_id = _integer(after[2]) if after is not None and in_missing else None
-            statements.append(self._by_id(base.where(key.missing), seek_id, limit))
+            statements.append(self._by_id(base.where(key.missing), seek=in_missing))
         return statements
 
-    def _by_id(self, query: Select[tuple[Task]], after: int | None, limit: int) -> Select[Any]:
-        if after is not None:
+    def _by_id(self, query: Select[tuple[Task]], *, seek: bool) -> Select[Any]:
+        if seek:
+            after = bindparam("after_id", type_=Task.id.type)
             query = query.where(Task.id < after if self.descending else Task.id > after)
         order = Task.id.desc() if self.descending else Task.id.asc()
-        return query.order_by(order).limit(limit)
+        return query.order_by(order).limit(bindparam("limit"))
 
-    def _by_key(
-        self, query: Select[tuple[Task]], column: Any, seek: tuple[object, int] | None, limit: int
-    ) -> Select[Any]:
-        if seek is not None:
-            value, task_id = seek
+    def _by_key(self, query: Select[tuple[Task]], column: Any, *, seek: bool) -> Select[Any]:
+        if seek:
+            value = bindparam("after_value", type_=column.type)
+            task_id = bindparam("after_id", type_=Task.id.type)
             if self.descending:
                 bound = column <= value
                 past = or_(column < value, and_(column == value, Task.id < task_id))
@@ -287,9 +298,28 @@ class Ordering:
                 past = or_(column > value, and_(column == value, Task.id > task_id))
             # The bound repeats what `past` implies, as a range the index can seek to.
             query = query.where(bound, past)
+        limit = bindparam("limit")
         if self.descending:
             return query.order_by(column.desc(), Task.id.desc()).limit(limit)
         return query.order_by(column.asc(), Task.id.asc()).limit(limit)
+
+
+@dataclass(frozen=True)
+class Seek:
+    """Where a page starts, from its token's key.
+
+    Past (value, task_id) in the present segment, or past task_id in the missing one
+    (`in_missing`); `found` is False on a first page.
+    """
+
+    found: bool
+    in_missing: bool
+    value: object
+    task_id: int | None
+
+    def parameters(self) -> dict[str, object]:
+        """The statements' seek parameters."""
+        return {"after_value": self.value, "after_id": self.task_id}
 
 
 def parse_order_by(text: str) -> Ordering:

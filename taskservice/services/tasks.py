@@ -31,7 +31,7 @@ from taskservice.db.models import (
     TaskStatus,
     User,
 )
-from taskservice.db.reads import Prepared
+from taskservice.db.reads import Prepared, PreparedCache
 from taskservice.db.records import TaskRecord
 from taskservice.db.retry import retries_conflicts
 from taskservice.db.types import utcnow
@@ -46,7 +46,7 @@ from taskservice.errors import (
 )
 from taskservice.services import audit, task_tree
 from taskservice.services.audit import AuditTrail
-from taskservice.services.filtering import canonical, parse
+from taskservice.services.filtering import Filter, canonical, parse
 from taskservice.services.labels import label_key, normalize_labels
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
 from taskservice.services.principal import Principal
@@ -533,25 +533,36 @@ class TaskService:
                 ),
                 revision=revision or 0,
             )
-        base = select(Task)
-        if not show_deleted:
-            base = base.where(Task.delete_time.is_(None))
-        if owner_id is not None:
-            base = base.where(Task.owner_id == owner_id)
-        if status is not None:
-            base = base.where(Task.status == status)
-        if parsed.expression is not None:
-            base = base.where(filter_clause(parsed))
-        statements = problems.check(
-            lambda: ordering.statements(base, self._page_tokens.open_key(token, scope), size + 1)
-        )
-        if statements is None or problems.found:
+        seek = problems.check(lambda: ordering.seek(self._page_tokens.open_key(token, scope)))
+        if seek is None or problems.found:
             raise problems.error()
+        shape = (
+            scope.get("filter"),
+            ordering.name,
+            owner_id is not None,
+            status is not None,
+            show_deleted,
+            seek.found,
+            seek.in_missing,
+        )
+        statements = _VIEWS.get(
+            shape,
+            lambda: [
+                Prepared(statement)
+                for statement in ordering.statements(
+                    _view_base(parsed, owner_id is not None, status is not None, show_deleted),
+                    seek.found,
+                    seek.in_missing,
+                )
+            ],
+        )
+        parameters = {"owner_id": owner_id, "status": status, "limit": size + 1}
+        parameters.update(seek.parameters())
         tasks = []
-        async with self._db.rows() as connection:
-            revision = await connection.scalar(_REVISION.statement)
+        async with self._db.reads() as reader:
+            revision = await reader.scalar(_REVISION)
             for statement in statements:
-                tasks.extend((await connection.execute(statement)).all())
+                tasks.extend(await reader.all(statement, parameters))
                 if len(tasks) > size:
                     break
         return TaskPage(
@@ -822,6 +833,26 @@ _LISTS = {
     for by_status in (False, True)
     for after in (False, True)
 }
+
+
+#: The filtered and ordered lists' statements, by shape (see `list_tasks`).
+_VIEWS = PreparedCache(256)
+
+
+def _view_base(
+    parsed: Filter, by_owner: bool, by_status: bool, show_deleted: bool
+) -> Select[tuple[Task]]:
+    """The tasks a filtered list reads from; owner and status are bound parameters."""
+    base = select(Task)
+    if not show_deleted:
+        base = base.where(Task.delete_time.is_(None))
+    if by_owner:
+        base = base.where(Task.owner_id == bindparam("owner_id"))
+    if by_status:
+        base = base.where(Task.status == bindparam("status", type_=Task.status.type))
+    if parsed.expression is not None:
+        base = base.where(filter_clause(parsed))
+    return base
 
 
 async def _visible(session: AsyncSession, caller: Principal, task_id: int, *, lock: bool) -> Task:
