@@ -32,7 +32,7 @@ from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
 from taskservice.calls.context import current_call
 from taskservice.config import ConfigError, Settings
-from taskservice.db.engine import Database, create_engine, open_read_pool
+from taskservice.db.engine import Database, create_engine, open_fast_reads
 from taskservice.http.edge import build_http_server
 from taskservice.http.server import HttpServer
 from taskservice.security.credentials import CredentialHasher
@@ -229,7 +229,7 @@ async def build_server(
     tokens = TokenCodec.from_settings(settings)
     credentials = server_credentials(settings)  # before anything that would need closing
     engine = create_engine(settings)
-    database = Database(engine, await open_read_pool(settings))
+    database = Database(engine, await open_fast_reads(settings, engine))
     hasher = PasswordHasher(settings.bcrypt_rounds)
     auth_states = AuthStateStore(database, sole_owner=settings.is_sqlite and settings.workers == 1)
     page_tokens = PageTokens(tokens.derive_key(b"page-tokens"))

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
 import pytest
+import sqlalchemy
 from google.protobuf import field_mask_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.dialects.sqlite import aiosqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from taskservice.db.reads import Prepared, PreparedCache
+from taskservice.db.sqlite_reads import SqliteReads
 from taskservice.server import Application, build_server
-from taskservice.services import api_keys, auth_state, tasks, users
+from taskservice.services import api_keys, auth_state, task_lists, tasks, users
+from taskservice.services.filtering import parse
 from taskservice.v1 import api_key_service_pb2, task_pb2, task_service_pb2
 from taskservice.v1 import user_service_pb2 as users_pb
 from tests.conftest import Stubs, make_settings, stubs_for
@@ -106,6 +112,16 @@ async def test_the_fast_reads_return_exactly_what_sqlalchemy_returns(
             "limit": 10,
         }
         reads.append((read, values))
+    due_soon = parse('labels:"home" OR due_time:*', tasks.TASK_FILTER_SCHEMA, "filter")
+    view = task_lists.parse_order_by("due_time desc").statements(
+        tasks._view_base(due_soon, by_owner=True, by_status=False, show_deleted=True),
+        found=True,
+        in_missing=False,
+    )
+    seek = {"after_value": datetime(2040, 1, 1, tzinfo=UTC), "after_id": 1}
+    reads.extend(
+        (Prepared(statement), {"owner_id": owner, "limit": 10, **seek}) for statement in view
+    )
     async with app.database.reads() as reader, app.database.rows() as connection:
         for read, values in reads:
             fast = await reader.all(read, values)
@@ -257,3 +273,39 @@ def test_the_statement_cache_keeps_the_most_recently_used_shapes() -> None:
         assert cache.get(name, lambda name=name: build(name)) == (tasks._REVISION,)
     # "b" was the least recently used when "c" came, and was built again when asked for.
     assert built == ["a", "b", "c", "b"]
+
+
+async def test_the_sqlite_read_thread_reports_errors_survives_cancellation_and_drains(
+    tmp_path: Path,
+) -> None:
+    url = make_url(f"sqlite+aiosqlite:///{tmp_path / 'reads.db'}")
+    with sqlite3.connect(url.database) as connection:
+        connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
+        connection.execute("INSERT INTO t VALUES (1, 'one'), (2, 'two')")
+    assert not SqliteReads.serves(make_url("sqlite+aiosqlite:///:memory:"))
+    assert SqliteReads.serves(url)
+    table = sqlalchemy.table("t", sqlalchemy.column("id"), sqlalchemy.column("name"))
+    by_id = Prepared(
+        sqlalchemy.select(table.c.name).where(table.c.id == sqlalchemy.bindparam("id"))
+    )
+    missing = Prepared(sqlalchemy.select(sqlalchemy.table("nowhere", sqlalchemy.column("x"))))
+    writes = Prepared(sqlalchemy.insert(table).values(id=3, name="three").returning(table.c.id))
+    reads = SqliteReads(url, sqlite_dialect.dialect(), busy_timeout_ms=100)
+    await reads.start()
+    try:
+        reader = reads.reader()
+        with pytest.raises(OperationalError):
+            await reader.all(missing)
+        with pytest.raises(OperationalError, match="readonly"):
+            await reader.all(writes)  # the connection is query_only
+        cancelled = asyncio.ensure_future(reader.first(by_id, {"id": 1}))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        queued = [reader.scalar(by_id, {"id": n}) for n in (1, 2, 3)]
+        assert await asyncio.gather(*queued) == ["one", "two", None]
+    finally:
+        pending = asyncio.ensure_future(reads.reader().scalar(by_id, {"id": 2}))
+        await asyncio.sleep(0)  # one turn of the loop: the read is queued
+        await reads.close()
+    # A read queued before close is answered, not left hanging.
+    assert await asyncio.wait_for(pending, 5) == "two"

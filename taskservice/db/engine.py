@@ -27,8 +27,12 @@ from taskservice.db.reads import (
     SqlAlchemyReader,
     create_read_pool,
 )
+from taskservice.db.sqlite_reads import SqliteReads
 
 logger = logging.getLogger(__name__)
+
+#: What runs the hot reads besides SQLAlchemy (see `open_fast_reads`).
+FastReads = asyncpg.Pool | SqliteReads | None
 
 #: How long SQLite waits for another writer's lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 5_000
@@ -84,15 +88,20 @@ def _postgres_connect_args(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def open_read_pool(settings: Settings) -> asyncpg.Pool | None:
-    """The fast reads' own asyncpg pool on PostgreSQL (see `taskservice.db.reads`); None on SQLite.
+async def open_fast_reads(settings: Settings, engine: AsyncEngine) -> FastReads:
+    """What runs the hot reads: an asyncpg pool on PostgreSQL, a reading thread on SQLite.
 
-    It holds up to DB_POOL_SIZE connections beside SQLAlchemy's, made when first needed and
-    closed after five idle minutes.
+    The pool (see `taskservice.db.reads`) holds up to DB_POOL_SIZE connections beside
+    SQLAlchemy's, made when first needed. The thread (`taskservice.db.sqlite_reads`) holds one
+    connection to the file; an in-memory database has none to spare, and gets None.
     """
     url = settings.sqlalchemy_url
     if url.get_backend_name() == "sqlite":
-        return None
+        if not SqliteReads.serves(url):
+            return None
+        reads = SqliteReads(url, engine.dialect, SQLITE_BUSY_TIMEOUT_MS)
+        await reads.start()
+        return reads
     return await create_read_pool(
         settings.db_pool_size,
         connect_uncancellable,
@@ -211,9 +220,10 @@ class Database:
     return them to servicers after the transaction has ended.
     """
 
-    def __init__(self, engine: AsyncEngine, read_pool: asyncpg.Pool | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, fast_reads: FastReads = None) -> None:
         self.engine = engine
-        self._read_pool = read_pool
+        self._read_pool = fast_reads if isinstance(fast_reads, asyncpg.Pool) else None
+        self._sqlite_reads = fast_reads if isinstance(fast_reads, SqliteReads) else None
         readers = engine
         self._autocommit = engine.dialect.name == "postgresql"
         self._write_engine = engine.execution_options(**{_WRITES: True})
@@ -251,6 +261,8 @@ class Database:
 
     async def close(self) -> None:
         """Close both pools; connections still busy after CLOSE_TIMEOUT_SECONDS are dropped."""
+        if self._sqlite_reads is not None:
+            await self._sqlite_reads.close()
         if self._read_pool is not None:
             try:
                 await asyncio.wait_for(self._read_pool.close(), CLOSE_TIMEOUT_SECONDS)
@@ -263,8 +275,12 @@ class Database:
         """A connection for the hot reads' `Prepared`s, on the fast path where there is one.
 
         On PostgreSQL an asyncpg connection of the read pool (see `taskservice.db.reads`),
-        in autocommit like `rows()`; elsewhere (SQLite, the CLI) a SQLAlchemy connection.
+        in autocommit like `rows()`; on SQLite its reading thread; elsewhere (an in-memory
+        database, the CLI) a SQLAlchemy connection.
         """
+        if self._sqlite_reads is not None:
+            yield self._sqlite_reads.reader()
+            return
         pool = self._read_pool
         if pool is None:
             async with self.rows() as connection:

@@ -36,8 +36,8 @@ DISCONNECTS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True)
-class _Compiled:
-    """A statement as asyncpg runs it: SQL text, how to bind, how to read its rows."""
+class Compiled:
+    """A statement as a driver runs it: SQL text, how to bind, how to read its rows."""
 
     sql: str
     #: For each positional parameter: its name and the value when the caller gives none.
@@ -78,16 +78,17 @@ class Prepared:
 
     def __init__(self, statement: Statement) -> None:
         self.statement = statement
-        self._compiled: _Compiled | None = None
+        self._compiled: dict[str, Compiled] = {}
 
-    def compiled(self, dialect: Dialect) -> _Compiled:
-        """The statement compiled for asyncpg (once)."""
-        if self._compiled is None:
-            self._compiled = _compile(self.statement, dialect)
-        return self._compiled
+    def compiled(self, dialect: Dialect) -> Compiled:
+        """The statement compiled for `dialect`'s driver (once per dialect)."""
+        compiled = self._compiled.get(dialect.name)
+        if compiled is None:
+            compiled = self._compiled[dialect.name] = _compile(self.statement, dialect)
+        return compiled
 
 
-def _compile(statement: Statement, dialect: Dialect) -> _Compiled:
+def _compile(statement: Statement, dialect: Dialect) -> Compiled:
     compiled = statement.compile(dialect=dialect)
     names = tuple(compiled.positiontup or ())
     defaults = compiled.params
@@ -106,7 +107,7 @@ def _compile(statement: Statement, dialect: Dialect) -> _Compiled:
         if process is not None:
             results.append((index, process))
     row = namedtuple("Row", list(statement.exported_columns.keys()))  # type: ignore[misc]
-    return _Compiled(
+    return Compiled(
         sql=str(compiled),
         parameters=tuple((name, defaults.get(name)) for name in names),
         bind_processors=tuple(binds),
