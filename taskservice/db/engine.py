@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from sqlalchemy import URL, Connection, event, text
+from sqlalchemy import URL, Connection, Integer, event, func, select
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -210,7 +210,7 @@ def _sqlite_begin(connection: Connection) -> None:
 
 #: Task changes numbered per statement by `Database.number_changes`.
 NUMBER_BATCH = 500
-_NUMBER_CHANGES = text(f"SELECT task_changes_assign({NUMBER_BATCH})")
+_NUMBER_CHANGES = Prepared(select(func.task_changes_assign(NUMBER_BATCH, type_=Integer)))
 
 
 class Database:
@@ -353,6 +353,6 @@ class Database:
         """
         if not self._autocommit:
             return
-        async with self._row_engine.connect() as connection:
-            while (await connection.execute(_NUMBER_CHANGES)).scalar_one() == NUMBER_BATCH:
+        async with self.reads() as reader:
+            while await reader.scalar(_NUMBER_CHANGES) == NUMBER_BATCH:
                 pass
