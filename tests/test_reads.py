@@ -31,6 +31,7 @@ from taskservice.services import api_keys, auth_state, task_lists, tasks, users
 from taskservice.services.filtering import parse
 from taskservice.v1 import api_key_service_pb2, task_pb2, task_service_pb2
 from taskservice.v1 import user_service_pb2 as users_pb
+from taskservice.watch import changes
 from tests.conftest import Stubs, make_settings, stubs_for
 from tests.helpers import Account, fails, make_admin, register
 from tests.test_failures import _asyncpg_dsn, _eventually, _waiting_on_locks
@@ -103,6 +104,7 @@ async def test_the_fast_reads_return_exactly_what_sqlalchemy_returns(
         (users._USER_BY_ID, {"user_id": owner}),
         (auth_state._STATE, {"user_id": owner}),
         (api_keys._KEY_BY_LOOKUP, {"lookup": lookup}),
+        (changes._PAGE, {"after": 0, "until": 2**63 - 1, "limit": 10}),
     ]
     for (by_owner, by_status, after), read in tasks._LISTS.items():
         values = {

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskservice.db.engine import Database
 from taskservice.db.models import TaskChange, TaskChangeType, TaskRevision, TaskStatus
+from taskservice.db.reads import Prepared
 
 #: Changes read per query, by the feed and by a stream replaying history.
 PAGE_SIZE = 500
@@ -123,8 +124,8 @@ _REVISIONS = select(TaskRevision.revision, TaskRevision.compacted_revision).wher
 CURRENT_REVISION = (
     select(TaskRevision.revision).where(TaskRevision.id == 1).scalar_subquery().label("revision")
 )
-#: Changes after `after` up to `until`, oldest first.
-_PAGE = (
+#: Changes after `after` up to `until`, oldest first: what the feed reads on every wake-up.
+_PAGE = Prepared(
     select(
         TaskChange.revision,
         TaskChange.task_id,
@@ -159,8 +160,8 @@ async def page(
 ) -> list[Change]:
     """At most `limit` changes with `after < revision <= until`, in revision order."""
     parameters = {"after": after, "until": until, "limit": limit}
-    async with database.rows() as connection:
-        rows = (await connection.execute(_PAGE, parameters)).all()
+    async with database.reads() as reader:
+        rows = await reader.all(_PAGE, parameters)
     return [change(row) for row in rows]
 
 
