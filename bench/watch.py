@@ -35,6 +35,9 @@ from taskservice.v1 import (
     task_service_pb2_grpc,
 )
 
+#: Issue 14's targets, for 1,000 watchers and 50 writes a second: figure -> most allowed.
+TARGETS = {"rss_kib_per_idle_watcher": 20.0, "latency_ms_p99": 50.0}
+
 #: Streams opened per channel (each channel is one HTTP/2 connection).
 STREAMS_PER_CHANNEL = 90
 
@@ -152,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"database: {url.get_backend_name()}")
     for name, value in figures.items():
         print(f"  {name}: {value}")
+    print(
+        f"targets (issue 14: 1,000 watchers, 50 writes/s; "
+        f"this run: {args.watchers}, {args.rate:g}/s):"
+    )
+    for name, bound in TARGETS.items():
+        mark = "met   " if figures[name] <= bound else "MISSED"
+        print(f"  {mark} {name}: {figures[name]} (target <= {bound:g})")
     return 1 if figures["events_missing"] else 0
 
 
