@@ -26,6 +26,8 @@ READINESS = "readiness"
 PROBE_INTERVAL_SECONDS = 2.0
 #: Longest a probe may take before the database counts as down.
 PROBE_TIMEOUT_SECONDS = 1.5
+#: Probes still running after their timeout and cancellation, at most, before no more start.
+MAX_STUCK_PROBES = 3
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -115,6 +117,7 @@ class HealthMonitor:
         self._names = (READINESS, *readiness_names)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stuck: set[asyncio.Future[object]] = set()
         self.ready = False
 
     async def not_serving_yet(self) -> None:
@@ -139,6 +142,8 @@ class HealthMonitor:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for probe in self._stuck:
+            probe.cancel()
         await self.servicer.enter_graceful_shutdown()
 
     async def _watch(self) -> None:
@@ -149,10 +154,29 @@ class HealthMonitor:
             await self._update(await self._database_answers())
 
     async def _database_answers(self) -> bool:
-        try:
-            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
-                await self._probe()
-        except Exception as exc:  # any failure to answer means "not ready"
+        """Whether a probe answered within PROBE_TIMEOUT_SECONDS.
+
+        Each probe runs as a task of its own that this never waits for past the timeout, even
+        when cancelling it takes longer or is lost on the way (a driver may swallow a
+        cancellation while it connects, and a silent network never ends a wait by itself):
+        readiness must turn off during a partition whatever the driver does. Probes that outlive
+        their cancellation are kept, at most MAX_STUCK_PROBES of them (each may hold a pooled
+        connection); while that many are stuck the database is simply not answering.
+        """
+        self._stuck = {probe for probe in self._stuck if not probe.done()}
+        if len(self._stuck) >= MAX_STUCK_PROBES:
+            return False
+        probing = asyncio.ensure_future(self._probe())
+        done, _ = await asyncio.wait({probing}, timeout=PROBE_TIMEOUT_SECONDS)
+        if not done:
+            probing.cancel()
+            probing.add_done_callback(_retrieve)
+            self._stuck.add(probing)
+            logger.debug("database probe: no answer within %.1f s", PROBE_TIMEOUT_SECONDS)
+            return False
+        if probing.cancelled():
+            return False
+        if (exc := probing.exception()) is not None:  # any failure to answer means "not ready"
             logger.debug("database probe failed: %r", exc)
             return False
         return True
@@ -169,3 +193,9 @@ class HealthMonitor:
         self.ready = ready
         for name in self._names:
             await self.servicer.set(name, _SERVING if ready else _NOT_SERVING)
+
+
+def _retrieve(probe: asyncio.Future[object]) -> None:
+    """Consume an abandoned probe's outcome, so asyncio does not report it as never retrieved."""
+    if not probe.cancelled():
+        probe.exception()
