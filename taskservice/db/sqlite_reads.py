@@ -21,7 +21,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import URL
@@ -71,10 +71,11 @@ class SqliteReads:
         """A `RowReader` over this thread."""
         return SqliteReader(self)
 
-    async def fetch(self, compiled: Compiled, arguments: Sequence[Any]) -> list[Any]:
+    async def fetch(self, read: Prepared, values: Mapping[str, Any]) -> list[Any]:
         """The statement's rows, read in the thread."""
+        compiled = read.compiled(self._dialect)
         future: asyncio.Future[list[Any]] = self._loop.create_future()
-        self._jobs.put((future, compiled, arguments))
+        self._jobs.put((future, compiled, compiled.arguments(values)))
         return await future
 
     def _run(self) -> None:
@@ -132,10 +133,9 @@ class SqliteReader(RowReader):
     def __init__(self, reads: SqliteReads) -> None:
         self._reads = reads
 
-    async def all(self, read: Prepared, values: dict[str, Any] | None = None) -> list[Any]:
+    async def all(self, read: Prepared, values: Mapping[str, Any] | None = None) -> list[Any]:
         """Every row."""
-        compiled = read.compiled(self._reads._dialect)
-        return await self._reads.fetch(compiled, compiled.arguments(values or {}))
+        return await self._reads.fetch(read, values or {})
 
 
 def _as_sqlalchemy(compiled: Compiled, arguments: Sequence[Any], error: sqlite3.Error) -> Any:
