@@ -133,12 +133,9 @@ async def test_calls_past_their_deadline_stop_their_queries_and_give_connections
     here. Nothing may be logged at ERROR: asyncio's "Future exception was never retrieved" from
     a connection attempt or cancel request abandoned half-way was once.
     """
-    caplog.set_level(logging.ERROR)
-    application = await build_server(make_settings(pg_database_url))
-    await application.start()
     database = make_url(pg_database_url).database
     assert database is not None
-    try:
+    async with serving_without_errors(pg_database_url, caplog) as application:
         async with stubs_for(application) as stubs:
             account = await register(stubs)
             task, patch = await _task_and_rename(stubs, account, "contended", "never")
@@ -147,13 +144,12 @@ async def test_calls_past_their_deadline_stop_their_queries_and_give_connections
             transaction = locker.transaction()
             await transaction.start()
             await locker.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", task.id)
-            pool = application.database.engine.pool
 
             async def nothing_waits() -> bool:
                 return await _waiting_on_locks(database) == 0
 
-            async def pool_whole() -> bool:
-                return pool.checkedout() == 0  # type: ignore[attr-defined]
+            async def pool_whole() -> bool:  # both pools: PatchTask runs on the fast path
+                return application.database.connections_in_use() == 0
 
             for _ in range(3):  # 300 calls, 100 at a time: pool (20) and lock waits both
                 async with _own_connection(application) as stubs:
@@ -203,6 +199,22 @@ async def test_calls_past_their_deadline_stop_their_queries_and_give_connections
         assert patched.task.title == "never"
         # The change feed reads the patch's change just after it commits, on a pooled connection.
         await _eventually(pool_whole, 5.0)
+
+
+@asynccontextmanager
+async def serving_without_errors(
+    pg_database_url: str, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Application]:
+    """A started server on `pg_database_url`, stopped at the end, that must log nothing at ERROR.
+
+    For the tests that cut calls short: asyncio's "Future exception was never retrieved", from a
+    connection attempt or cancel request abandoned half-way, was once logged there.
+    """
+    caplog.set_level(logging.ERROR)
+    application = await build_server(make_settings(pg_database_url))
+    await application.start()
+    try:
+        yield application
     finally:
         await application.stop(grace=None)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]

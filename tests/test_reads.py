@@ -8,7 +8,6 @@ SQLAlchemy's handling of connections whose statement was cut short.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +33,12 @@ from taskservice.v1 import user_service_pb2 as users_pb
 from taskservice.watch import changes
 from tests.conftest import Stubs, make_settings, stubs_for
 from tests.helpers import Account, fails, make_admin, register
-from tests.test_failures import _asyncpg_dsn, _eventually, _waiting_on_locks
+from tests.test_failures import (
+    _asyncpg_dsn,
+    _eventually,
+    _waiting_on_locks,
+    serving_without_errors,
+)
 
 
 async def _rich_tasks(stubs: Stubs, account: Account) -> list[task_pb2.Task]:
@@ -148,66 +152,61 @@ async def test_reads_cut_short_close_their_connections_and_the_pool_recovers(
     up stop in PostgreSQL (nothing waits on the lock any more), their connections are closed
     rather than pooled, and the pool then serves reads again with no error logged.
     """
-    caplog.set_level(logging.ERROR)
-    application = await build_server(make_settings(pg_database_url))
-    await application.start()
     database = make_url(pg_database_url).database
     assert database is not None
-    try:
-        async with stubs_for(application) as stubs:
-            account = await register(stubs)
-            task = await _create(stubs, account, "locked")
-            get = task_service_pb2.GetTaskRequest(id=task.id)
-            await stubs.tasks.GetTask(get, metadata=account.metadata)  # the user is cached
-            locker = await asyncpg.connect(_asyncpg_dsn(pg_database_url))
-            try:
-                transaction = locker.transaction()
-                await transaction.start()
-                await locker.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
-                timed_out = await asyncio.gather(
-                    *(
-                        stubs.tasks.GetTask(get, metadata=account.metadata, timeout=0.3)
-                        for _ in range(40)
-                    ),
-                    return_exceptions=True,
-                )
-                codes = {r.code() if isinstance(r, grpc.aio.AioRpcError) else r for r in timed_out}
-                assert codes == {grpc.StatusCode.DEADLINE_EXCEEDED}, codes
-                calls = [stubs.tasks.GetTask(get, metadata=account.metadata) for _ in range(20)]
-
-                async def some_wait() -> bool:
-                    return await _waiting_on_locks(database) > 0
-
-                await _eventually(some_wait, 5.0)
-                for call in calls:
-                    call.cancel()
-                cancelled = await asyncio.gather(*calls, return_exceptions=True)
-                assert all(isinstance(r, asyncio.CancelledError) for r in cancelled)
-
-                async def nothing_waits() -> bool:
-                    return await _waiting_on_locks(database) == 0
-
-                await _eventually(nothing_waits, 5.0)
-            finally:
-                await locker.close()
-            for _ in range(30):  # the pool still serves, on good connections
-                got = await stubs.tasks.GetTask(get, metadata=account.metadata, timeout=5)
-                assert got.task == task
-            admin = await make_admin(application, stubs)
-            listed = await stubs.users.GetUser(
-                users_pb.GetUserRequest(id=account.user.id), metadata=admin.metadata
-            )
-            assert listed.user.id == account.user.id
-            await fails(
-                stubs.tasks.GetTask(
-                    task_service_pb2.GetTaskRequest(id=task.id + 1000), metadata=account.metadata
+    async with (
+        serving_without_errors(pg_database_url, caplog) as application,
+        stubs_for(application) as stubs,
+    ):
+        account = await register(stubs)
+        task = await _create(stubs, account, "locked")
+        get = task_service_pb2.GetTaskRequest(id=task.id)
+        await stubs.tasks.GetTask(get, metadata=account.metadata)  # the user is cached
+        locker = await asyncpg.connect(_asyncpg_dsn(pg_database_url))
+        try:
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            timed_out = await asyncio.gather(
+                *(
+                    stubs.tasks.GetTask(get, metadata=account.metadata, timeout=0.3)
+                    for _ in range(40)
                 ),
-                grpc.StatusCode.NOT_FOUND,
+                return_exceptions=True,
             )
-    finally:
-        await application.stop(grace=None)
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert not errors, [r.getMessage() for r in errors]
+            codes = {r.code() if isinstance(r, grpc.aio.AioRpcError) else r for r in timed_out}
+            assert codes == {grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+            calls = [stubs.tasks.GetTask(get, metadata=account.metadata) for _ in range(20)]
+
+            async def some_wait() -> bool:
+                return await _waiting_on_locks(database) > 0
+
+            await _eventually(some_wait, 5.0)
+            for call in calls:
+                call.cancel()
+            cancelled = await asyncio.gather(*calls, return_exceptions=True)
+            assert all(isinstance(r, asyncio.CancelledError) for r in cancelled)
+
+            async def nothing_waits() -> bool:
+                return await _waiting_on_locks(database) == 0
+
+            await _eventually(nothing_waits, 5.0)
+        finally:
+            await locker.close()
+        for _ in range(30):  # the pool still serves, on good connections
+            got = await stubs.tasks.GetTask(get, metadata=account.metadata, timeout=5)
+            assert got.task == task
+        admin = await make_admin(application, stubs)
+        listed = await stubs.users.GetUser(
+            users_pb.GetUserRequest(id=account.user.id), metadata=admin.metadata
+        )
+        assert listed.user.id == account.user.id
+        await fails(
+            stubs.tasks.GetTask(
+                task_service_pb2.GetTaskRequest(id=task.id + 1000), metadata=account.metadata
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        )
 
 
 async def test_a_prepared_insert_breaking_a_constraint_raises_integrity_error(
