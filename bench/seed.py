@@ -90,7 +90,7 @@ async def _insert_tasks(connection: AsyncConnection, rows: list[dict[str, object
         )
     ).scalars()
     labels = [
-        {"task_id": task_id, "key": label_key(label)}
+        {"task_id": task_id, "key": label_key(label), "owner_id": row["owner_id"]}
         for task_id, row in zip(ids, rows, strict=True)
         for label in row["labels"]  # type: ignore[attr-defined]
     ]

@@ -459,12 +459,19 @@ class Harness:
         query = select(Task) if task_ids is None else select(Task).where(Task.id.in_(task_ids))
         async with self.app.database.read() as session:
             rows = list((await session.scalars(query)).all())
-            label_rows = (await session.execute(select(TaskLabel.task_id, TaskLabel.key))).all()
-        keys: dict[int, set[str]] = {}
-        for task_id, key in label_rows:
-            keys.setdefault(task_id, set()).add(key)
+            label_rows = (
+                await session.execute(select(TaskLabel.task_id, TaskLabel.owner_id, TaskLabel.key))
+            ).all()
+        # Keyed by task and owner: a label row naming another owner leaves its task short a key.
+        keys: dict[tuple[int, int], set[str]] = {}
+        for task_id, owner_id, key in label_rows:
+            keys.setdefault((task_id, owner_id), set()).add(key)
         return {
-            row.id: (wire_task(task_to_proto(row)), row.trash_root_id, keys.get(row.id, set()))
+            row.id: (
+                wire_task(task_to_proto(row)),
+                row.trash_root_id,
+                keys.get((row.id, row.owner_id), set()),
+            )
             for row in rows
         }
 

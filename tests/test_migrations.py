@@ -57,51 +57,80 @@ def test_emails_differing_only_in_case_cannot_both_be_stored(database_url: str) 
     asyncio.run(insert_twice())
 
 
-def test_tasks_from_before_priorities_and_labels_survive_the_upgrade(database_url: str) -> None:
-    """Revision 0005 on a database with data: nothing lost, done tasks get a completion time."""
-    downgrade(database_url, "0004")
+def _execute(database_url: str, sql: str, rows: list[dict[str, object]]) -> None:
+    """Run one statement for each row, in one transaction: seeding a database mid-migration."""
 
-    async def seed() -> None:
+    async def run() -> None:
         engine = create_async_engine(database_url)
         try:
             async with engine.begin() as connection:
-                await connection.execute(
-                    text(
-                        "INSERT INTO users (id, email, password_hash, is_active, is_admin, "
-                        "token_version, create_time, update_time) VALUES (1, 'a@example.com', "
-                        "'x', true, false, 0, '2026-01-01 00:00:00+00', '2026-01-01 00:00:00+00')"
-                    )
-                )
-                for task_id, status in ((1, "todo"), (2, "done")):
-                    await connection.execute(
-                        text(
-                            "INSERT INTO tasks (id, owner_id, title, description, status, "
-                            "version, create_time, update_time) VALUES (:id, 1, 'kept', '', "
-                            ":status, 3, '2026-01-02 00:00:00+00', '2026-01-03 00:00:00+00')"
-                        ),
-                        {"id": task_id, "status": status},
-                    )
+                for row in rows:
+                    await connection.execute(text(sql), row)
         finally:
             await engine.dispose()
 
-    async def read() -> list[tuple[object, ...]]:
+    asyncio.run(run())
+
+
+def _fetch(database_url: str, sql: str) -> list[tuple[object, ...]]:
+    async def run() -> list[tuple[object, ...]]:
         engine = create_async_engine(database_url)
         try:
             async with engine.connect() as connection:
-                rows = await connection.execute(
-                    text(
-                        "SELECT id, title, status, version, priority, labels, complete_time "
-                        "FROM tasks ORDER BY id"
-                    )
-                )
-                return [tuple(row) for row in rows]
+                return [tuple(row) for row in await connection.execute(text(sql))]
         finally:
             await engine.dispose()
 
-    asyncio.run(seed())
+    return asyncio.run(run())
+
+
+_USER = (
+    "INSERT INTO users (id, email, password_hash, is_active, is_admin, token_version, "
+    "create_time, update_time) VALUES (:id, :email, 'x', true, false, 0, "
+    "'2026-01-01 00:00:00+00', '2026-01-01 00:00:00+00')"
+)
+
+
+def test_tasks_from_before_priorities_and_labels_survive_the_upgrade(database_url: str) -> None:
+    """Revision 0005 on a database with data: nothing lost, done tasks get a completion time."""
+    downgrade(database_url, "0004")
+    _execute(database_url, _USER, [{"id": 1, "email": "a@example.com"}])
+    _execute(
+        database_url,
+        "INSERT INTO tasks (id, owner_id, title, description, status, version, create_time, "
+        "update_time) VALUES (:id, 1, 'kept', '', :status, 3, '2026-01-02 00:00:00+00', "
+        "'2026-01-03 00:00:00+00')",
+        [{"id": 1, "status": "todo"}, {"id": 2, "status": "done"}],
+    )
     upgrade(database_url)
-    (todo, done) = asyncio.run(read())
+    (todo, done) = _fetch(
+        database_url,
+        "SELECT id, title, status, version, priority, labels, complete_time FROM tasks ORDER BY id",
+    )
     assert todo[:6] == (1, "kept", "todo", 3, 0, "[]")
     assert todo[6] is None
     assert done[:6] == (2, "kept", "done", 3, 0, "[]")
     assert str(done[6]).startswith("2026-01-03 00:00:00")
+
+
+def test_labels_from_before_their_owner_id_get_their_tasks_owner(database_url: str) -> None:
+    """Revision 0011 on a database with labels: each key row gets the owner of its task."""
+    downgrade(database_url, "0010")
+    _execute(database_url, _USER, [{"id": n, "email": f"u{n}@example.com"} for n in (1, 2)])
+    tasks = [{"id": 10, "owner": 1}, {"id": 11, "owner": 2}, {"id": 12, "owner": 2}]
+    _execute(
+        database_url,
+        "INSERT INTO tasks (id, owner_id, title, description, status, version, priority, labels, "
+        "create_time, update_time) VALUES (:id, :owner, 'kept', '', 'todo', 1, 0, '[\"home\"]', "
+        "'2026-01-02 00:00:00+00', '2026-01-03 00:00:00+00')",
+        tasks,
+    )
+    _execute(database_url, "INSERT INTO task_labels (task_id, key) VALUES (:id, 'home')", tasks)
+    upgrade(database_url)
+    assert _fetch(
+        database_url, "SELECT task_id, key, owner_id FROM task_labels ORDER BY task_id"
+    ) == [
+        (10, "home", 1),
+        (11, "home", 2),
+        (12, "home", 2),
+    ]

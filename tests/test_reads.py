@@ -118,16 +118,24 @@ async def test_the_fast_reads_return_exactly_what_sqlalchemy_returns(
             "limit": 10,
         }
         reads.append((read, values))
-    due_soon = parse('labels:"home" OR due_time:*', tasks.TASK_FILTER_SCHEMA, "filter")
-    view = task_lists.parse_order_by("due_time desc").statements(
-        tasks._view_base(due_soon, by_owner=True, by_status=False, show_deleted=True),
-        found=True,
-        in_missing=False,
-    )
-    seek = {"after_value": datetime(2040, 1, 1, tzinfo=UTC), "after_id": 1}
-    reads.extend(
-        (Prepared(statement), {"owner_id": owner, "limit": 10, **seek}) for statement in view
-    )
+    # A view testing a label, and one reading the owner's keys of it (task_lists.with_owner_label).
+    views = [
+        ('labels:"home" OR due_time:*', "due_time desc", datetime(2040, 1, 1, tzinfo=UTC), 1),
+        ('due_time:* AND labels:"home"', "", None, found[-1].id + 1),
+    ]
+    for filter_text, order_by, after_value, after_id in views:
+        parsed = parse(filter_text, tasks.TASK_FILTER_SCHEMA, "filter")
+        seek = task_lists.Seek(found=True, in_missing=False, value=after_value, task_id=after_id)
+        view = tasks._view_statements(
+            parsed,
+            task_lists.parse_order_by(order_by),
+            seek,
+            by_owner=True,
+            by_status=False,
+            show_deleted=True,
+        )
+        values = {"owner_id": owner, "limit": 10, **seek.parameters()}
+        reads.extend((statement, values) for statement in view)
     async with app.database.reads() as reader, app.database.rows() as connection:
         for read, values in reads:
             fast = await reader.all(read, values)

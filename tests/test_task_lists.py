@@ -210,6 +210,45 @@ async def test_a_view_built_for_one_user_serves_another_only_their_tasks(
             assert [(t.title, t.owner_id) for t in theirs] == [(ALPHA, bob.user.id)]
 
 
+async def test_a_label_view_pages_the_owners_labelled_tasks_in_id_order(
+    stubs: Stubs, alice: Account, bob: Account
+) -> None:
+    """A user's list needing a label reads that user's keys of it (task_lists.with_owner_label).
+
+    Relabelled and trashed tasks leave it, another owner's tasks never join it, and every id
+    ordering pages through it exactly, alone or with more of the filter beside the label.
+    """
+    label_sets = [["Home"], ["work", "HOME"], [], ["home"], ["x"], ["Home", "y"]]
+    mine = [
+        await create(stubs, alice, f"t{n}", labels=labels)
+        for n, labels in enumerate(label_sets * 2)
+    ]
+    for _ in range(3):
+        await create(stubs, bob, "theirs", labels=["home"])
+    relabelled, trashed = mine[0], mine[3]
+    await stubs.tasks.PatchTask(
+        pb.PatchTaskRequest(
+            task=task_pb2.Task(id=relabelled.id, labels=["work"]), update_mask={"paths": ["labels"]}
+        ),
+        metadata=alice.metadata,
+    )
+    await stubs.tasks.DeleteTask(pb.DeleteTaskRequest(id=trashed.id), metadata=alice.metadata)
+    home = [t.id for t in mine if "home" in {label.casefold() for label in t.labels}]
+    live = [task_id for task_id in home if task_id not in (relabelled.id, trashed.id)]
+    for order_by, descending in (("", True), ("create_time", False), ("create_time desc", True)):
+        for page_size in (1, 4, 50):
+            request = {"order_by": order_by, "page_size": page_size}
+            listed = await list_all(stubs, alice, filter='labels:"home"', **request)
+            assert [t.id for t in listed] == sorted(live, reverse=descending), request
+            everything = await list_all(
+                stubs, alice, filter='labels:"home"', show_deleted=True, **request
+            )
+            with_trash = [task_id for task_id in home if task_id != relabelled.id]
+            assert [t.id for t in everything] == sorted(with_trash, reverse=descending), request
+            titled = await list_all(stubs, alice, filter='title:t1 AND labels:"home"', **request)
+            assert [t.title for t in titled] == ["t11", "t1"][:: 1 if descending else -1]
+
+
 async def test_filter_errors_name_the_field_and_the_position(stubs: Stubs, alice: Account) -> None:
     await create(stubs, alice, "kept")
     cases = {

@@ -176,15 +176,23 @@ class Task(Base):
 
 
 class TaskLabel(Base):
-    """One label of a task, by its case-folded key: what `labels:"home"` filters seek on."""
+    """One label of a task, by its case-folded key: what `labels:"home"` filters seek on.
+
+    `owner_id` copies the task's (a task never changes owner), so a user's label filter seeks in
+    that user's own keys, in id order, instead of in every user's.
+    """
 
     __tablename__ = "task_labels"
-    __table_args__ = (Index("ix_task_labels_key_task_id", "key", "task_id"),)
+    __table_args__ = (
+        Index("ix_task_labels_key_task_id", "key", "task_id"),
+        Index("ix_task_labels_owner_id_key_task_id", "owner_id", "key", "task_id"),
+    )
 
     task_id: Mapped[int] = mapped_column(
         BigIntId, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
     )
     key: Mapped[str] = mapped_column(String(LABEL_KEY_MAX_LENGTH), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(BigIntId)
 
 
 #: Longest idempotency key accepted on CreateTask.

@@ -39,7 +39,9 @@ from taskservice.db.records import TaskRecord
 from taskservice.errors import InvalidArgument
 from taskservice.services.filtering import (
     ANY,
+    And,
     ColumnTarget,
+    Comparison,
     EnumValue,
     Field,
     Filter,
@@ -132,6 +134,45 @@ _COLUMNS: Mapping[str, ColumnTarget] = {
 def filter_clause(parsed: Filter) -> ColumnElement[bool]:
     """The WHERE clause of a parsed task filter."""
     return to_sql(parsed, _COLUMNS)
+
+
+def split_required_label(parsed: Filter) -> tuple[str | None, Filter]:
+    """A label key the whole filter requires (`labels:"x"` ANDed at its top), and the rest of it.
+
+    A user's list needing a label reads it from `with_owner_label`: the page then seeks in the
+    owner's keys of that label instead of testing each of the owner's tasks for it.
+    """
+    expression = parsed.expression
+    if expression is None:
+        return None, parsed
+    operands = expression.operands if isinstance(expression, And) else (expression,)
+    for index, operand in enumerate(operands):
+        if (
+            isinstance(operand, Comparison)
+            and operand.field == "labels"
+            and isinstance(operand.value, str)
+        ):
+            rest = operands[:index] + operands[index + 1 :]
+            if not rest:
+                return operand.value, Filter(None)
+            return operand.value, Filter(rest[0] if len(rest) == 1 else And(rest))
+    return None, parsed
+
+
+def with_owner_label(base: Select[tuple[Task]], key: str) -> Select[tuple[Task]]:
+    """`base` joined to the `owner_id` parameter's rows of label `key`, one per task at most.
+
+    Order and seek such a list on `TaskLabel.task_id` (equal to the task's id): the index on
+    (owner_id, key, task_id) then serves the page from its position, reading only its tasks.
+    """
+    return base.join(
+        TaskLabel,
+        and_(
+            TaskLabel.task_id == Task.id,
+            TaskLabel.owner_id == bindparam("owner_id"),
+            TaskLabel.key == key,
+        ),
+    )
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -261,16 +302,22 @@ class Ordering:
         return Seek(found=True, in_missing=False, value=value, task_id=_integer(after[2]))
 
     def statements(
-        self, base: Select[tuple[Task]], found: bool, in_missing: bool
+        self,
+        base: Select[tuple[Task]],
+        found: bool,
+        in_missing: bool,
+        id_column: Any = Task.id,
     ) -> list[Select[tuple[Task]]]:
         """The queries that read one page from a `Seek` of this shape, to run in order.
 
         The seek's values and the page's size are bound parameters (`after_value`, `after_id`,
         `limit`), so the statements depend on the shape alone and can be built once and reused.
+        `id_column` is what an id ordering seeks and sorts on: the task's id, or a column equal
+        to it whose index serves the page better (see `with_owner_label`).
         """
         key = self.key
         if key is None:
-            return [self._by_id(base, seek=found)]
+            return [self._by_id(base, seek=found, id_column=id_column)]
         statements = []
         if not in_missing:
             present = base if key.missing is None else base.where(~key.missing)
@@ -279,11 +326,13 @@ class Ordering:
             statements.append(self._by_id(base.where(key.missing), seek=in_missing))
         return statements
 
-    def _by_id(self, query: Select[tuple[Task]], *, seek: bool) -> Select[Any]:
+    def _by_id(
+        self, query: Select[tuple[Task]], *, seek: bool, id_column: Any = Task.id
+    ) -> Select[Any]:
         if seek:
             after = bindparam("after_id", type_=Task.id.type)
-            query = query.where(Task.id < after if self.descending else Task.id > after)
-        order = Task.id.desc() if self.descending else Task.id.asc()
+            query = query.where(id_column < after if self.descending else id_column > after)
+        order = id_column.desc() if self.descending else id_column.asc()
         return query.order_by(order).limit(bindparam("limit"))
 
     def _by_key(self, query: Select[tuple[Task]], column: Any, *, seek: bool) -> Select[Any]:

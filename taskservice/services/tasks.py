@@ -50,7 +50,15 @@ from taskservice.services.filtering import Filter, canonical, parse
 from taskservice.services.labels import label_key, normalize_labels
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
 from taskservice.services.principal import Principal
-from taskservice.services.task_lists import TASK_FILTER_SCHEMA, filter_clause, parse_order_by
+from taskservice.services.task_lists import (
+    TASK_FILTER_SCHEMA,
+    Ordering,
+    Seek,
+    filter_clause,
+    parse_order_by,
+    split_required_label,
+    with_owner_label,
+)
 from taskservice.services.validation import (
     Violations,
     id_violation,
@@ -203,7 +211,7 @@ class TaskService:
                 session.add(task)
                 self._audit_admin_action(session, caller, owner)
                 await session.flush()
-                session.add_all(_label_rows(task.id, checked.labels))
+                session.add_all(_label_rows(task, checked.labels))
                 if request_id:
                     session.add(
                         TaskCreateRequest(
@@ -547,14 +555,9 @@ class TaskService:
         )
         statements = _VIEWS.get(
             shape,
-            lambda: [
-                Prepared(statement)
-                for statement in ordering.statements(
-                    _view_base(parsed, owner_id is not None, status is not None, show_deleted),
-                    seek.found,
-                    seek.in_missing,
-                )
-            ],
+            lambda: _view_statements(
+                parsed, ordering, seek, owner_id is not None, status is not None, show_deleted
+            ),
         )
         parameters = {"owner_id": owner_id, "status": status, "limit": size + 1}
         parameters.update(seek.parameters())
@@ -598,13 +601,15 @@ async def _apply(
         task.priority = values.priority
     if "labels" in fields and checked.labels != task.labels:
         await session.execute(delete(TaskLabel).where(TaskLabel.task_id == task.id))
-        session.add_all(_label_rows(task.id, checked.labels))
+        session.add_all(_label_rows(task, checked.labels))
         task.labels = checked.labels
     task.version += 1
 
 
-def _label_rows(task_id: int, labels: list[str]) -> list[TaskLabel]:
-    return [TaskLabel(task_id=task_id, key=label_key(label)) for label in labels]
+def _label_rows(task: Task, labels: list[str]) -> list[TaskLabel]:
+    return [
+        TaskLabel(task_id=task.id, key=label_key(label), owner_id=task.owner_id) for label in labels
+    ]
 
 
 def _check_values(
@@ -839,20 +844,37 @@ _LISTS = {
 _VIEWS = PreparedCache(256)
 
 
-def _view_base(
-    parsed: Filter, by_owner: bool, by_status: bool, show_deleted: bool
-) -> Select[tuple[Task]]:
-    """The tasks a filtered list reads from; owner and status are bound parameters."""
+def _view_statements(
+    parsed: Filter,
+    ordering: Ordering,
+    seek: Seek,
+    by_owner: bool,
+    by_status: bool,
+    show_deleted: bool,
+) -> list[Prepared]:
+    """A filtered list's statements; owner, status, seek and limit are bound parameters.
+
+    A user's list that needs a label reads that user's keys of it, in id order (see
+    `with_owner_label`); across owners there is no such index, and the label stays a test.
+    """
     base = select(Task)
+    label, rest = split_required_label(parsed) if by_owner else (None, parsed)
+    id_column: Any = Task.id
+    if label is not None:
+        base = with_owner_label(base, label)
+        id_column = TaskLabel.task_id
     if not show_deleted:
         base = base.where(Task.delete_time.is_(None))
     if by_owner:
         base = base.where(Task.owner_id == bindparam("owner_id"))
     if by_status:
         base = base.where(Task.status == bindparam("status", type_=Task.status.type))
-    if parsed.expression is not None:
-        base = base.where(filter_clause(parsed))
-    return base
+    if rest.expression is not None:
+        base = base.where(filter_clause(rest))
+    return [
+        Prepared(statement)
+        for statement in ordering.statements(base, seek.found, seek.in_missing, id_column)
+    ]
 
 
 async def _visible(session: AsyncSession, caller: Principal, task_id: int, *, lock: bool) -> Task:
