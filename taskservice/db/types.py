@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Dialect, Integer, Text
 from sqlalchemy.types import TypeDecorator
@@ -31,6 +32,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        """None on asyncpg, which returns every timestamptz as an aware UTC datetime already.
+
+        A list page reads six times per task; skipping a call that changes nothing saves
+        300 Python calls on a 50-task page.
+        """
+        if dialect.driver == "asyncpg":
+            return None
+        return super().result_processor(dialect, coltype)
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         """Read naive values (SQLite) as the UTC they were written in."""
         if value is None or value.tzinfo is UTC:  # asyncpg returns UTC already: nothing to do
@@ -41,6 +52,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 def utcnow() -> datetime:
     """The current time as an aware UTC datetime."""
     return datetime.now(UTC)
+
+
+_scan_json = json.JSONDecoder().scan_once
 
 
 class LabelList(TypeDecorator[list[str]]):
@@ -54,5 +68,16 @@ class LabelList(TypeDecorator[list[str]]):
         return json.dumps(value or [], ensure_ascii=False, separators=(",", ":"))
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> list[str]:
-        """Read the JSON array back; a NULL is no labels."""
-        return json.loads(value) if value else []
+        """Read the JSON array back; a NULL is no labels.
+
+        Called for every task read, so without `json.loads`' layers of Python: an empty list
+        is answered at once, and the rest goes straight to the C scanner (which `json.loads`
+        ends in), checked to have read the whole text.
+        """
+        if not value or value == "[]":
+            return []
+        try:
+            labels, end = _scan_json(value, 0)
+        except StopIteration:  # not a JSON value at its first character: let json.loads say why
+            end = -1
+        return labels if end == len(value) else json.loads(value)
