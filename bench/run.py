@@ -14,7 +14,6 @@ import math
 import os
 import platform
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -203,7 +202,9 @@ class Bench:
             results = self._run(loads, self.service.target, sequential=False)
             during = self.service.handled()
         finally:
-            process.send_signal(signal.SIGINT)
+            # SIGTERM, not SIGINT: a shell starting the bench in the background makes its
+            # children ignore SIGINT, and the storm's h2load then ran until killed by hand.
+            process.terminate()
             process.communicate()
         logins = during[("Login", "OK")] - before[("Login", "OK")]
         failed = {
