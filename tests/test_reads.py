@@ -146,8 +146,9 @@ async def test_the_fast_reads_return_exactly_what_sqlalchemy_returns(
         task = await reader.first(tasks._GET[False], {"task_id": found[0].id, "owner_id": owner})
         assert (task.title, task.labels, task.status) == ("parent ✓", ["Home", "ärger"], "todo")
         assert task.due_time == datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
-        # In UTC itself, whatever the driver: on asyncpg no result processor makes it so.
-        assert task.due_time.tzinfo is UTC and task.create_time.tzinfo is UTC
+        # In UTC itself, whatever the driver returned.
+        assert task.due_time.tzinfo is UTC
+        assert task.create_time.tzinfo is UTC
         foreign = {"task_id": found[0].id, "owner_id": 0}
         assert await reader.first(tasks._GET[False], foreign) is None
         assert (await reader.first(api_keys._KEY_BY_LOOKUP, {"lookup": lookup})).user_id == owner

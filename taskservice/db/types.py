@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Dialect, Integer, Text
 from sqlalchemy.types import TypeDecorator
@@ -32,19 +31,14 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
-        """None on asyncpg, which returns every timestamptz as an aware UTC datetime already.
-
-        A list page reads six times per task; skipping a call that changes nothing saves
-        300 Python calls on a 50-task page.
-        """
-        if dialect.driver == "asyncpg":
-            return None
-        return super().result_processor(dialect, coltype)
-
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        """Read naive values (SQLite) as the UTC they were written in."""
-        if value is None or value.tzinfo is UTC:  # asyncpg returns UTC already: nothing to do
+        """Read naive values as the UTC they were written in.
+
+        SQLite returns every value naive; asyncpg returns UTC, except the two ends of the range,
+        which it writes as PostgreSQL's -infinity and infinity and reads back as naive
+        `datetime.min` and `datetime.max`. So this is no identity on asyncpg either.
+        """
+        if value is None or value.tzinfo is UTC:
             return value
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
