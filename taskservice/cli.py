@@ -36,9 +36,10 @@ def _serve(args: argparse.Namespace) -> int:
             from taskservice.workers import Supervisor  # never imports gRPC in this process
 
             return Supervisor(settings, settings.workers).run()
+        from taskservice import loop
         from taskservice.server import run
 
-        asyncio.run(run(settings))
+        loop.run(run(settings))
     except RuntimeError as exc:
         print(f"taskservice: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -55,13 +55,12 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
 
 def _worker(settings: Settings) -> None:
     """A worker's entry point, in a fresh interpreter: serve with SO_REUSEPORT on."""
-    import asyncio
-
+    from taskservice import loop
     from taskservice.log import configure_logging
     from taskservice.server import run
 
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(run(settings, reuse_port=True))
+    loop.run(run(settings, reuse_port=True))
 
 
 class Supervisor:

@@ -7,6 +7,9 @@ so tests never see each other's rows and cost little to set up.
 
 PostgreSQL is found through TEST_POSTGRES_DSN (default: postgres@127.0.0.1:5432). When it cannot be
 reached, its runs are skipped locally and fail under CI=true: CI never skips it silently.
+
+Async tests run on the event loop the server runs on (`taskservice.loop`: uvloop where it is
+installed), so what the suite shows is what `taskservice serve` does.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +31,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from taskservice.config import Settings
 from taskservice.db.migrations import upgrade
+from taskservice.loop import loop_factory
 from taskservice.server import Application, build_server
 from taskservice.v1 import (
     api_key_service_pb2_grpc,
@@ -41,6 +45,13 @@ PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_SIGNING_KEY = "test-signing-key-" + "k" * 48
 BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The server's own event loop for every async test (pytest-asyncio's hook)."""
+    return {"server_loop": loop_factory()}
 
 
 def _pg_url(database: str) -> str:

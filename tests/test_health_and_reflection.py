@@ -6,6 +6,7 @@ comments, which is how grpcurl and `buf curl` users read the API documentation.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from taskservice.api.reflection import ReflectionServicer, contract_files
+from taskservice.loop import loop_factory
 from taskservice.server import ALL_HEALTH_NAMES, SERVICE_NAMES
 from taskservice.v1 import task_service_pb2
 from tests.conftest import Stubs
@@ -265,3 +267,12 @@ def test_a_stale_descriptor_set_stops_the_start() -> None:
         RuntimeError, match=re.escape("no descriptor for service taskservice.v1.NoSuch")
     ):
         ReflectionServicer(["taskservice.v1.NoSuchService"], contract_files())
+
+
+async def test_the_suite_runs_on_the_loop_the_server_runs_on() -> None:
+    """tests/conftest.py hands pytest-asyncio `taskservice.loop`'s factory, as `serve` uses it."""
+    made = loop_factory()()
+    try:
+        assert type(asyncio.get_running_loop()) is type(made)
+    finally:
+        made.close()
