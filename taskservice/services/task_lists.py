@@ -49,6 +49,7 @@ from taskservice.services.filtering import (
     Op,
     Schema,
     Value,
+    conjunction,
     to_sql,
 )
 
@@ -152,10 +153,8 @@ def split_required_label(parsed: Filter) -> tuple[str | None, Filter]:
             and operand.field == "labels"
             and isinstance(operand.value, str)
         ):
-            rest = operands[:index] + operands[index + 1 :]
-            if not rest:
-                return operand.value, Filter(None)
-            return operand.value, Filter(rest[0] if len(rest) == 1 else And(rest))
+            rest = [*operands[:index], *operands[index + 1 :]]
+            return operand.value, Filter(conjunction(rest) if rest else None)
     return None, parsed
 
 

@@ -497,9 +497,9 @@ class TaskService:
         """Tasks filtered and ordered as asked, by keyset: deep pages cost the same.
 
         The default list (no `filter`, newest first) runs prebuilt statements that seek on the
-        id; any other builds its statements per call (see `task_lists`). `violations` are what
-        the edge found wrong converting the request (an unknown status), reported together with
-        every other bad field.
+        id; any other runs statements built once per shape and kept (`_VIEWS`, see `task_lists`).
+        `violations` are what the edge found wrong converting the request (an unknown status),
+        reported together with every other bad field.
         """
         if owner_id is not None and owner_id != caller.user_id and not caller.is_admin:
             raise PermissionDenied("OWNER_NOT_ALLOWED", "you may only list your own tasks")

@@ -22,6 +22,7 @@ from taskservice.services.filtering.nodes import (
     Value,
     Wildcard,
     canonical,
+    conjunction,
 )
 from taskservice.services.filtering.parser import (
     MAX_COMPARISONS,
@@ -55,6 +56,7 @@ __all__ = [
     "Value",
     "Wildcard",
     "canonical",
+    "conjunction",
     "like_pattern",
     "matches",
     "parse",
