@@ -215,6 +215,21 @@ async def test_a_resume_from_a_bookmark_skips_nothing(stubs: Stubs, alice: Accou
     resumed.cancel()
 
 
+async def test_a_stream_opened_on_an_idle_feed_is_live_from_the_stores_revision(
+    app: Application, stubs: Stubs, alice: Account
+) -> None:
+    for n in range(3):
+        await create(stubs, alice, f"unwatched {n}")
+    revision = await current_revision(app, stubs, alice)  # numbered while no stream is open
+    stream = watch(stubs, alice)
+    first = (await read_until(stream, lambda r: len(r) == 1))[0]
+    assert (first.revision, changes([first])) == (revision, [])
+    task = await create(stubs, alice, "watched")
+    seen = changes(await read_until(stream, lambda r: len(changes(r)) == 1))
+    assert [(r.change.task.id, r.revision) for r in seen] == [(task.id, revision + 1)]
+    stream.cancel()
+
+
 async def test_two_interleaved_transactions_are_both_delivered_in_commit_order(
     app: Application, stubs: Stubs, alice: Account, database_url: str
 ) -> None:

@@ -353,17 +353,19 @@ class Database:
             yield session
         self._committed()
 
-    async def number_changes(self) -> None:
+    async def number_changes(self) -> int:
         """On PostgreSQL, give revisions to every committed task change that has none yet.
 
         The triggers of migration 0009 record changes unnumbered; `task_changes_assign()`
         numbers them in commit order, in a short transaction of its own, off the writers' path:
         the change feed calls it when a commit wakes it. When nothing is pending (another
         server got there first) it costs one round trip and no write. SQLite's triggers number
-        changes themselves.
+        changes themselves. Returns how many it numbered.
         """
         if not self._autocommit:
-            return
+            return 0
+        numbered = 0
         async with self.reads() as reader:
-            while await reader.scalar(_NUMBER_CHANGES) == NUMBER_BATCH:
-                pass
+            while (batch := await reader.scalar(_NUMBER_CHANGES)) == NUMBER_BATCH:
+                numbered += batch
+        return numbered + batch

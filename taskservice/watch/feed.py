@@ -9,16 +9,19 @@ reader costs the server at most WATCH_BUFFER_EVENTS changes.
 Wake-ups: on PostgreSQL, `NOTIFY task_changes`, sent (by any server) whenever committed changes
 are numbered, through a dedicated LISTEN connection; in-process, after every local commit; and a
 poll every second, which keeps watchers moving while the LISTEN connection is down (logged) and
-on SQLite serves changes made by other processes. With no stream open, only the poll reads
-changes (wake-ups still number them). A notification carries nothing: the changes are always
-read from the table, so a listener that reconnects simply catches up.
+on SQLite serves changes made by other processes. With no stream open, only the poll moves the
+feed's revision, without reading the changes (wake-ups still number them). A notification
+carries nothing: the changes are always read from the table, so a listener that reconnects
+simply catches up.
 
 Revisions are dense and become visible in order (migration 0009), so reading `revision > last`
 never skips a change that commits late. On PostgreSQL the feed is also what numbers committed
 changes: each wake-up (a local commit, a NOTIFY, the poll) first calls
 `Database.number_changes`, which NOTIFYs the feeds of every server when it numbered something.
-Numbering is off the writers' path and batched under load; a read's revision may therefore
-trail a write committed a moment before it, whose change a watch from that revision delivers.
+Numbering is off the writers' path and batched under load (a round that numbered something is
+followed by a pause of NUMBERING_GAP_SECONDS, so the commits of that moment share the next
+round); a read's revision may therefore trail a write committed a moment before it, whose change
+a watch from that revision delivers.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ logger = logging.getLogger(__name__)
 CHANNEL = "task_changes"
 #: Seconds between polls when nothing woke the feed.
 POLL_INTERVAL_SECONDS = 1.0
+#: Least pause after a round that numbered changes, in seconds: under a stream of writes, the
+#: commits of this moment share the next numbering round (one short transaction and one NOTIFY
+#: for them all, rather than one each), for at most this much more delay to watchers.
+NUMBERING_GAP_SECONDS = 0.005
 #: Pause between compactions, in seconds: a quarter of the retention, within these bounds.
 MIN_COMPACTION_INTERVAL_SECONDS = 1.0
 MAX_COMPACTION_INTERVAL_SECONDS = 300.0
@@ -125,6 +132,7 @@ class ChangeFeed:
         max_streams: int,
         retention: timedelta,
         poll_interval: float = POLL_INTERVAL_SECONDS,
+        numbering_gap: float = NUMBERING_GAP_SECONDS,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.database = database
@@ -132,6 +140,7 @@ class ChangeFeed:
         self._max_streams = max_streams
         self._retention = retention
         self._poll_interval = poll_interval
+        self._numbering_gap = numbering_gap
         self._clock = clock
         #: The newest revision read and offered to every subscription.
         self.revision = 0
@@ -191,8 +200,8 @@ class ChangeFeed:
     async def current(self) -> None:
         """Bring an idle feed's revision up to date before a stream subscribes.
 
-        With no stream open, the feed reads only when it polls; a stream subscribing then
-        would otherwise find up to a poll's worth of older changes in its live buffer.
+        With no stream open, the feed's revision moves only when it polls; a stream subscribing
+        then would otherwise find up to a poll's worth of older changes in its live buffer.
         """
         if not self._count:
             await self.catch_up()
@@ -236,10 +245,19 @@ class ChangeFeed:
     async def catch_up(self) -> int:
         """Read and offer every change after `self.revision`; return how many were read.
 
+        With no stream open there is nobody to offer them to: only the revision moves.
+
         One reader at a time (the feed's loop, or a stream about to subscribe to an idle feed),
         so no change is offered twice and the revision only moves forward.
         """
         async with self._reading:
+            if not self._count:
+                # No stream to offer them to: skip reading (and decoding) the changes, and
+                # only move the revision to the store's. A stream subscribing later is live
+                # from there, as if each change had been read and offered to nobody.
+                current = (await changes.revisions(self.database)).current
+                self.revision = max(self.revision, current)
+                return 0
             read = 0
             while True:
                 batch = await changes.page(self.database, self.revision)
@@ -276,9 +294,11 @@ class ChangeFeed:
                 next_poll = time.monotonic() + self._poll_interval
             try:
                 # Every server's feeds read them after the NOTIFY this sends.
-                await self.database.number_changes()
+                numbered = await self.database.number_changes()
                 if polling or self._count:  # idle, the next poll keeps the revision current
                     await self.catch_up()
+                if numbered:
+                    await asyncio.sleep(self._numbering_gap)
             except Exception as exc:  # the database may be away: the next round tries again
                 if not failing:
                     logger.warning("change feed: cannot read changes (%s)", type(exc).__name__)
