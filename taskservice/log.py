@@ -6,6 +6,7 @@ code, duration, peer, user id and request id) without parsing text; `LOG_FORMAT=
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -62,8 +63,66 @@ class JsonFormatter(logging.Formatter):
         return {"time": self._time(created), "level": level, "logger": logger, "message": message}
 
 
+#: Longest an access line made on an event loop waits to be written, in seconds.
+ACCESS_LINES_DELAY_SECONDS = 0.05
+#: Pending access lines that are written at once, however recent the first of them.
+ACCESS_LINES_BATCH = 256
+
+
+class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The JSON handler: writes records as any StreamHandler does, and access lines in batches.
+
+    An access line made on an event loop is written with the others made within
+    ACCESS_LINES_DELAY_SECONDS of it (or once ACCESS_LINES_BATCH are pending), in one write: by
+    profile, a write and flush per call cost 7% of the loop under GetTask, and a write per loop
+    iteration saved nothing (about one call ends per iteration). A line made off a loop is
+    written at once, with any batch pending. Anything else written (a record, a flush, the shutdown's flush) writes the
+    pending lines first, so the stream keeps the order the lines were made in.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def add_line(self, line: str) -> None:
+        """Write `line` (with the terminator) within ACCESS_LINES_DELAY_SECONDS, or now."""
+        with self.lock:  # type: ignore[union-attr]
+            pending = self._pending
+            pending.append(line + self.terminator)
+            if 1 < len(pending) < ACCESS_LINES_BATCH:
+                return  # a write is already scheduled
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_later(ACCESS_LINES_DELAY_SECONDS, self.flush)
+                return
+            except RuntimeError:  # no loop in this thread: write now
+                pass
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the pending lines, then flush the stream."""
+        with self.lock:  # type: ignore[union-attr]
+            if self._pending:
+                text = "".join(self._pending)
+                self._pending.clear()
+                try:
+                    self.stream.write(text)
+                except Exception:  # as logging does: a broken log stream must not fail calls
+                    if logging.raiseExceptions:
+                        logging.lastResort.handle(
+                            logging.makeLogRecord({"msg": "access log write failed"})
+                        )
+            super().flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the pending lines, then the record, as StreamHandler does."""
+        if self._pending:
+            self.flush()
+        super().emit(record)
+
+
 #: The JSON handler `configure_logging` installed, while it is the root logger's only one.
-_json_handler: logging.StreamHandler | None = None  # type: ignore[type-arg]
+_json_handler: JsonLinesHandler | None = None
 
 
 def info_fields(logger: logging.Logger, message: str, fields: Mapping[str, object]) -> None:
@@ -71,10 +130,10 @@ def info_fields(logger: logging.Logger, message: str, fields: Mapping[str, objec
 
     When all logging would do with the record is hand it to the JSON handler that
     `configure_logging` installed (nothing else listens: no other handler, no filter), the line
-    is written straight to that handler's stream, exactly as the handler would have written it:
-    by profile, building and dispatching the LogRecord cost more CPU than a GetTask's database
-    read. Otherwise (text format, tests capturing records, other handlers) the record goes
-    through logging as usual.
+    goes straight to that handler, exactly as it would have formatted it, and is written with
+    the other lines of the loop iteration: by profile, building and dispatching the LogRecord
+    cost more CPU than a GetTask's database read. Otherwise (text format, tests capturing
+    records, other handlers) the record goes through logging as usual.
     """
     handler = _json_handler
     if (
@@ -88,14 +147,8 @@ def info_fields(logger: logging.Logger, message: str, fields: Mapping[str, objec
     ):
         logger.info("%s", message, extra=fields)
         return
-    line = handler.formatter.line(time.time(), logger.name, message, fields)  # type: ignore[union-attr]
-    with handler.lock:  # type: ignore[union-attr]
-        try:
-            handler.stream.write(line + handler.terminator)
-            handler.flush()
-        except Exception:  # as logging does: a broken log stream must not fail the call
-            if logging.raiseExceptions:
-                logging.lastResort.handle(logging.makeLogRecord({"msg": "access log write failed"}))
+    formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]
+    handler.add_line(formatter.line(time.time(), logger.name, message, fields))
 
 
 #: Libraries that log statement parameters or result rows (password hashes among them) at
@@ -111,13 +164,13 @@ def configure_logging(level: str, log_format: str = "json", stream: TextIO | Non
     only with DEBUG=true (the engine's echo), parameters hidden.
     """
     global _json_handler
-    handler = logging.StreamHandler(stream)
+    handler = JsonLinesHandler(stream) if log_format == "json" else logging.StreamHandler(stream)
     handler.setFormatter(
         JsonFormatter()
         if log_format == "json"
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
-    _json_handler = handler if log_format == "json" else None
+    _json_handler = handler if isinstance(handler, JsonLinesHandler) else None
     # Record fields no line of ours shows, each a system call or a stack walk per record (the
     # logging HOWTO's "Optimization" section); the access log writes a record per call.
     logging.logProcesses = False

@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
 
-from taskservice.log import JsonFormatter, configure_logging, info_fields
+from taskservice.log import (
+    ACCESS_LINES_BATCH,
+    ACCESS_LINES_DELAY_SECONDS,
+    JsonFormatter,
+    configure_logging,
+    info_fields,
+)
 from taskservice.v1 import auth_service_pb2, user_service_pb2
 from tests.conftest import Stubs
 from tests.helpers import PASSWORD, fails, register
+
+
+class _FlushedFirst(io.StringIO):
+    """A log stream whose value includes the lines the handlers still hold for this iteration."""
+
+    def getvalue(self) -> str:
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        return super().getvalue()
 
 
 @pytest.fixture
@@ -24,7 +41,7 @@ def log_lines() -> Iterator[io.StringIO]:
     saved_handlers, saved_level = list(root.handlers), root.level
     names = ("sqlalchemy.engine", "sqlalchemy.pool", "sqlalchemy.orm", "aiosqlite")
     saved_levels = {name: logging.getLogger(name).level for name in names}
-    stream = io.StringIO()
+    stream = _FlushedFirst()
     configure_logging("DEBUG", "json", stream)
     yield stream
     root.handlers[:] = saved_handlers
@@ -138,3 +155,48 @@ def test_the_direct_access_line_is_the_line_logging_writes(
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", str(entry.pop("time")))
     assert direct == logged == fallback
     assert list(direct) == ["level", "logger", "message", *fields]
+
+
+async def test_access_lines_are_written_in_batches_in_order() -> None:
+    """Lines made on a loop wait a moment and are written together, in the order made.
+
+    A record logged meanwhile (a warning, say) comes after the lines made before it; a full
+    batch is written at once, and so is a line made off a loop.
+    """
+    written = asyncio.Event()
+
+    class Signalling(io.StringIO):
+        def write(self, text: str) -> int:
+            written.set()
+            return super().write(text)
+
+    stream = Signalling()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    configure_logging("INFO", "json", stream)
+    logger = logging.getLogger("taskservice.access")
+
+    def messages() -> list[str]:
+        return [json.loads(line)["message"] for line in stream.getvalue().splitlines()]
+
+    try:
+        info_fields(logger, "first", {})
+        info_fields(logger, "second", {})
+        assert stream.getvalue() == "", "held for the batch, not written per line"
+        logger.warning("a record between")
+        info_fields(logger, "third", {})
+        assert messages() == ["first", "second", "a record between"]
+        written.clear()
+        started = time.monotonic()
+        async with asyncio.timeout(5):
+            await written.wait()  # the batch's delay passes: the pending line is written
+        assert time.monotonic() - started >= ACCESS_LINES_DELAY_SECONDS * 0.9
+        assert messages()[3:] == ["third"]
+        for n in range(ACCESS_LINES_BATCH):
+            info_fields(logger, f"batch {n}", {})
+        assert messages()[-1] == f"batch {ACCESS_LINES_BATCH - 1}", "a full batch at once"
+        await asyncio.to_thread(info_fields, logger, "off the loop", {})
+        assert messages()[-1] == "off the loop"
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
