@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import aiosqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from taskservice.db.reads import Prepared, PreparedCache
+from taskservice.db.reads import Prepared, PreparedCache, create_read_pool
 from taskservice.db.sqlite_reads import SqliteReads
 from taskservice.server import Application, build_server
 from taskservice.services import api_keys, auth_state, task_lists, tasks, users
@@ -218,6 +218,37 @@ async def test_reads_cut_short_close_their_connections_and_the_pool_recovers(
             ),
             grpc.StatusCode.NOT_FOUND,
         )
+
+
+async def test_a_connection_given_back_goes_to_a_caller_waiting_for_one(
+    pg_database_url: str,
+) -> None:
+    """The read pool keeps connections at hand between calls, but never from a waiting caller.
+
+    With every connection busy a caller waits in asyncpg's queue; a connection released then
+    must go to it (kept at hand, it would serve only later callers while this one waited until
+    its deadline). Once nobody waits, a released connection is kept at hand and reused.
+    """
+    pool = await create_read_pool(1, asyncpg.connect, {"dsn": _asyncpg_dsn(pg_database_url)})
+    try:
+        first, generation = await pool.acquire()
+        backend = first.get_server_pid()
+        waiting = asyncio.ensure_future(pool.acquire())
+        await asyncio.sleep(0)  # the waiter is queued in asyncpg's pool
+        assert not waiting.done()
+        await pool.release(first, generation)
+        async with asyncio.timeout(5):
+            second, generation = await waiting
+        assert second.get_server_pid() == backend
+        await pool.release(second, generation)
+        assert pool.in_use() == 0
+        again, generation = await pool.acquire()  # from hand, no wait
+        assert again is second
+        await pool.release(again, generation)
+        async with asyncio.timeout(5):
+            await pool.close()  # the connection at hand goes back first, or this would wait
+    finally:
+        pool.terminate()
 
 
 async def test_a_prepared_insert_breaking_a_constraint_raises_integrity_error(

@@ -23,6 +23,7 @@ from taskservice.config import Settings
 from taskservice.db.reads import (
     AsyncpgReader,
     Prepared,
+    ReadPool,
     RowReader,
     SqlAlchemyReader,
     create_read_pool,
@@ -32,7 +33,7 @@ from taskservice.db.sqlite_reads import SqliteReads
 logger = logging.getLogger(__name__)
 
 #: What runs the hot reads besides SQLAlchemy (see `open_fast_reads`).
-FastReads = asyncpg.Pool | SqliteReads | None
+FastReads = ReadPool | SqliteReads | None
 
 #: How long SQLite waits for another writer's lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 5_000
@@ -222,7 +223,7 @@ class Database:
 
     def __init__(self, engine: AsyncEngine, fast_reads: FastReads = None) -> None:
         self.engine = engine
-        self._read_pool = fast_reads if isinstance(fast_reads, asyncpg.Pool) else None
+        self._read_pool = fast_reads if isinstance(fast_reads, ReadPool) else None
         self._sqlite_reads = fast_reads if isinstance(fast_reads, SqliteReads) else None
         readers = engine
         self._autocommit = engine.dialect.name == "postgresql"
@@ -278,7 +279,7 @@ class Database:
         """
         in_use = self.engine.pool.checkedout()  # type: ignore[attr-defined]
         if self._read_pool is not None:
-            in_use += self._read_pool.get_size() - self._read_pool.get_idle_size()
+            in_use += self._read_pool.in_use()
         return int(in_use)
 
     @asynccontextmanager
@@ -297,11 +298,11 @@ class Database:
             async with self.rows() as connection:
                 yield SqlAlchemyReader(connection)
             return
-        connection = await pool.acquire()
+        connection, generation = await pool.acquire()
         try:
             yield AsyncpgReader(connection, self.engine.dialect, pool)
         finally:
-            await pool.release(connection)
+            await pool.release(connection, generation)
 
     async def returning(self, statement: Prepared, values: dict[str, Any]) -> Any:
         """Run a prepared INSERT or UPDATE ... RETURNING, atomic by itself; its row, or None.
