@@ -76,8 +76,9 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
     ACCESS_LINES_DELAY_SECONDS of it (or once ACCESS_LINES_BATCH are pending), in one write: by
     profile, a write and flush per call cost 7% of the loop under GetTask, and a write per loop
     iteration saved nothing (about one call ends per iteration). A line made off a loop is
-    written at once, with any batch pending. Anything else written (a record, a flush, the
-    shutdown's flush) writes the pending lines first, so the stream keeps their order.
+    written at once, unless a batch is pending, which it joins. Anything else written (a
+    record, a flush, the shutdown's flush) writes the pending lines first, so the stream keeps
+    their order.
     """
 
     def __init__(self, stream: TextIO | None = None) -> None:

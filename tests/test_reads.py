@@ -34,6 +34,7 @@ from taskservice.watch import changes
 from tests.conftest import Stubs, make_settings, stubs_for
 from tests.helpers import Account, fails, make_admin, register
 from tests.test_failures import (
+    PG_ADMIN_DSN,
     _asyncpg_dsn,
     _eventually,
     _waiting_on_locks,
@@ -247,6 +248,101 @@ async def test_a_connection_given_back_goes_to_a_caller_waiting_for_one(
         await pool.release(again, generation)
         async with asyncio.timeout(5):
             await pool.close()  # the connection at hand goes back first, or this would wait
+    finally:
+        pool.terminate()
+
+
+async def _sleeping_backends(database: str) -> int:
+    """Backends of `database` inside pg_sleep now."""
+    connection = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        return await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'PgSleep'",
+            database,
+        )
+    finally:
+        await connection.close()
+
+
+async def test_a_read_cancelled_mid_statement_ends_cancelled_and_holds_nothing(
+    pg_database_url: str,
+) -> None:
+    """Cancelled while PostgreSQL runs its statement, a read ends with the cancellation itself.
+
+    Its connection is closed mid-exchange, and asyncpg takes it back at once; giving it back
+    afterwards must not fail (an error there would replace the cancellation, and the change
+    feed, which stops by cancellation, would never stop). PostgreSQL stops the statement.
+    """
+    database = make_url(pg_database_url).database
+    assert database is not None
+    application = await build_server(make_settings(pg_database_url))
+    await application.start()
+    try:
+        sleep = Prepared(sqlalchemy.select(sqlalchemy.func.pg_sleep(60)))
+
+        async def read() -> None:
+            async with application.database.reads() as reader:
+                await reader.all(sleep)
+
+        reading = asyncio.ensure_future(read())
+
+        async def sleeping() -> bool:
+            return await _sleeping_backends(database) == 1
+
+        await _eventually(sleeping, 5.0)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+
+        async def given_back() -> bool:
+            return application.database.connections_in_use() == 0
+
+        await _eventually(given_back, 5.0)
+
+        async def stopped() -> bool:
+            return await _sleeping_backends(database) == 0
+
+        await _eventually(stopped, 5.0)
+        async with application.database.reads() as reader:  # the pool still serves
+            assert await reader.scalar(tasks._REVISION) is not None
+    finally:
+        await application.stop(grace=None)
+
+
+async def test_a_connection_the_server_drops_while_at_hand_is_skipped(
+    pg_database_url: str,
+) -> None:
+    """A connection kept at hand that PostgreSQL ends (a restart, an idle timeout) is not used.
+
+    asyncpg takes it back when it sees it close; the next call gets a working connection, not
+    an error, and nothing counts as in use.
+    """
+    dsn = _asyncpg_dsn(pg_database_url)
+    pool = await create_read_pool(2, asyncpg.connect, {"dsn": dsn})
+    try:
+        kept, generation = await pool.acquire()
+        backend = kept.get_server_pid()
+        await pool.release(kept, generation)  # at hand now
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", backend)
+        finally:
+            await admin.close()
+
+        async def taken_back() -> bool:
+            try:
+                kept.is_closed()
+            except asyncpg.InterfaceError:  # released back to asyncpg's pool
+                return True
+            return False
+
+        await _eventually(taken_back, 5.0)
+        assert pool.in_use() == 0
+        fresh, generation = await pool.acquire()
+        assert fresh.get_server_pid() != backend
+        assert await fresh.fetchval("SELECT 1") == 1
+        await pool.release(fresh, generation)
+        assert pool.in_use() == 0
     finally:
         pool.terminate()
 

@@ -17,6 +17,7 @@ most rather than once per stale connection.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -160,9 +161,31 @@ class RowReader:
         return None if row is None else row[0]
 
 
-#: Seconds a connection may stay at hand unused before it goes back to asyncpg's pool, which
-#: closes the connections left idle past its own inactivity lifetime.
+#: Seconds a connection may stay at hand unused (while others are used) before it goes back to
+#: asyncpg's pool, which closes the connections left idle past its own inactivity lifetime.
 AT_HAND_SECONDS = 60.0
+
+
+def _attached(connection: asyncpg.Connection) -> bool:
+    """Whether the pooled connection is still ours to use or give back.
+
+    A pooled connection that closes (terminated after an interrupted statement, or dropped by
+    the server) is taken back by asyncpg's pool at once; its proxy then raises InterfaceError
+    on every call, and giving it back is a no-op.
+    """
+    try:
+        connection.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+    return True
+
+
+def _ready(connection: asyncpg.Connection) -> bool:
+    """Whether the connection can serve the next call as it is: ours, open, in no transaction."""
+    try:
+        return not connection.is_closed() and not connection.is_in_transaction()
+    except asyncpg.InterfaceError:
+        return False
 
 
 class ReadPool:
@@ -174,9 +197,11 @@ class ReadPool:
     use, so its size bounds them all. While a caller waits in asyncpg's queue (every connection
     is busy), released connections go back to asyncpg's pool, which hands them to the waiters in
     order; kept at hand they would pass the waiters by for ever. Anything else goes back to
-    asyncpg's pool too, which cleans up as it always did: a closed connection, one left in a
-    transaction (rolled back there), one taken before `expire_connections`, and one unused at
-    hand for AT_HAND_SECONDS.
+    asyncpg's pool too, which cleans up as it always did: a connection that closed (asyncpg
+    already has it), one left in a transaction (rolled back there), one taken before
+    `expire_connections`, one unused at hand for AT_HAND_SECONDS while others are used, and
+    every connection once the pool is closing. Like SQLAlchemy's pool, an idle server keeps its
+    connections at hand open; one the server dropped meanwhile is skipped when next taken.
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -186,28 +211,31 @@ class ReadPool:
         self._generation = 0
         #: Callers in asyncpg's `acquire` now: released connections go to them first.
         self._waiting = 0
+        self._closing = False
 
     async def acquire(self) -> tuple[asyncpg.Connection, int]:
         """A connection, and the generation `release` wants back with it."""
         at_hand = self._at_hand
         while at_hand:
             connection, _ = at_hand.pop()
-            if not connection.is_closed():
+            if _ready(connection):
                 return connection, self._generation
-            await self._pool.release(connection)  # closed while at hand: the pool forgets it
+            await self._pool.release(connection)  # closed while at hand
+        generation = self._generation  # as it was before waiting: an expiry meanwhile counts
         self._waiting += 1
         try:
-            return await self._pool.acquire(), self._generation
+            connection = await self._pool.acquire()
         finally:
             self._waiting -= 1
+        return connection, generation
 
     async def release(self, connection: asyncpg.Connection, generation: int) -> None:
         """Keep `connection` at hand if it is as a call needs it, else give it back."""
         if (
             self._waiting  # someone waits in asyncpg's queue: this is theirs
+            or self._closing
             or generation != self._generation
-            or connection.is_closed()
-            or connection.is_in_transaction()
+            or not _ready(connection)
         ):
             await self._pool.release(connection)
             return
@@ -220,29 +248,36 @@ class ReadPool:
             await self._pool.release(oldest)
 
     async def expire_connections(self) -> None:
-        """Replace every connection: those idle now, the rest when they are released."""
+        """Replace every connection: those at hand now, the rest when they are released.
+
+        Those at hand are closed at once, without a round trip: after a lost connection the
+        others are suspect, and waiting on them would hold up the call that lost its own.
+        """
         self._generation += 1
+        at_hand, self._at_hand = self._at_hand, []
+        for connection, _ in at_hand:
+            if _attached(connection):
+                connection.terminate()
         await self._pool.expire_connections()
-        await self._give_back()
 
     def in_use(self) -> int:
         """Connections a call holds now."""
-        return self._pool.get_size() - self._pool.get_idle_size() - len(self._at_hand)
+        kept = sum(1 for connection, _ in self._at_hand if _attached(connection))
+        return self._pool.get_size() - self._pool.get_idle_size() - kept
 
     async def close(self) -> None:
         """Close every connection, waiting for those in use to be released."""
-        await self._give_back()
+        self._closing = True
+        at_hand, self._at_hand = self._at_hand, []
+        # Each release is shielded: all of them complete even if this wait is cancelled.
+        await asyncio.gather(*(self._pool.release(connection) for connection, _ in at_hand))
         await self._pool.close()
 
     def terminate(self) -> None:
         """Close every connection now."""
+        self._closing = True
         self._at_hand = []
         self._pool.terminate()
-
-    async def _give_back(self) -> None:
-        at_hand, self._at_hand = self._at_hand, []
-        for connection, _ in at_hand:
-            await self._pool.release(connection)
 
 
 class AsyncpgReader(RowReader):
@@ -274,9 +309,12 @@ class AsyncpgReader(RowReader):
         connection is lost: either is closed now, as SQLAlchemy invalidates its own. After a
         lost one no older pooled connection is trusted either.
         """
-        if isinstance(error, asyncpg.PostgresError) and not self._connection.is_closed():
+        connection = self._connection
+        attached = _attached(connection)  # if not, asyncpg saw it close and has it back already
+        if attached and isinstance(error, asyncpg.PostgresError) and not connection.is_closed():
             return
-        self._connection.terminate()
+        if attached:
+            connection.terminate()
         if isinstance(error, DISCONNECTS):
             await self._pool.expire_connections()
 
