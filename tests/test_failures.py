@@ -110,15 +110,22 @@ async def _read_within(watch: grpc.aio.UnaryStreamCall, seconds: float) -> int:
     return response.status
 
 
-async def _waiting_on_locks(database: str) -> int:
+async def _backends_waiting(database: str, column: str, value: str) -> int:
+    """Backends of `database` whose pg_stat_activity `column` (a wait_event*) is `value` now."""
+    assert column in ("wait_event_type", "wait_event")
     connection = await asyncpg.connect(PG_ADMIN_DSN)
     try:
         return await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+            f"SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND {column} = $2",  # noqa: S608
             database,
+            value,
         )
     finally:
         await connection.close()
+
+
+async def _waiting_on_locks(database: str) -> int:
+    return await _backends_waiting(database, "wait_event_type", "Lock")
 
 
 async def test_calls_past_their_deadline_stop_their_queries_and_give_connections_back(

@@ -36,6 +36,7 @@ from tests.helpers import Account, fails, make_admin, register
 from tests.test_failures import (
     PG_ADMIN_DSN,
     _asyncpg_dsn,
+    _backends_waiting,
     _eventually,
     _waiting_on_locks,
     serving_without_errors,
@@ -254,14 +255,7 @@ async def test_a_connection_given_back_goes_to_a_caller_waiting_for_one(
 
 async def _sleeping_backends(database: str) -> int:
     """Backends of `database` inside pg_sleep now."""
-    connection = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        return await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'PgSleep'",
-            database,
-        )
-    finally:
-        await connection.close()
+    return await _backends_waiting(database, "wait_event", "PgSleep")
 
 
 async def test_a_read_cancelled_mid_statement_ends_cancelled_and_holds_nothing(
