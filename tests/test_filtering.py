@@ -30,6 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from taskservice.db.types import UTCDateTime
 from taskservice.errors import InvalidArgument
+from taskservice.services import tasks
 from taskservice.services.filtering import (
     ANY,
     MAX_COMPARISONS,
@@ -816,3 +817,14 @@ def test_sql_and_memory_select_the_same_records(
         return
     _both(engine, text, records)
     _both(engine, canonical(parsed), records)
+
+
+def test_the_task_service_remembers_parsed_filters_but_not_mistakes() -> None:
+    """Parsed task filters are shared between calls; a text that fails is refused every time."""
+    text = 'status = TASK_STATUS_DONE AND labels:"home"'
+    first = tasks._parse_filter(text)
+    assert tasks._parse_filter(text) is first
+    assert first == parse(text, tasks.TASK_FILTER_SCHEMA, "filter")
+    for _ in range(2):
+        with pytest.raises(InvalidArgument, match="position"):
+            tasks._parse_filter("status = ")

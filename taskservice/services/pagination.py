@@ -87,23 +87,22 @@ class PageTokens:
     def _open(self, token: str, scope: Mapping[str, object]) -> object:
         if not token:
             return None
-        invalid = _invalid_token()
         if len(token) > MAX_PAGE_TOKEN_LENGTH or token.count(".") != 1:
-            raise invalid
+            raise _invalid_token()
         body_text, mac_text = token.split(".")
         try:
             body, mac = _unb64(body_text), _unb64(mac_text)
         except ValueError:
-            raise invalid from None
+            raise _invalid_token() from None
         if not hmac.compare_digest(mac, self._mac(body)):
-            raise invalid
+            raise _invalid_token()
         payload = json.loads(body)
         if "d" in payload:
             bound = payload["d"] == _scope_digest(scope)
         else:  # sealed before scopes were digested: the scope itself is in the token
             bound = payload.get("s") == json.loads(json.dumps(scope))
         if not bound or payload.get("a") is None:
-            raise invalid
+            raise _invalid_token()
         return payload["a"]
 
     def page(
@@ -133,7 +132,8 @@ class PageTokens:
         return rows, self.seal(scope, key(rows[-1]))
 
     def _mac(self, body: bytes) -> bytes:
-        return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_BYTES]
+        # hmac.digest: the same HMAC-SHA256 as hmac.new(...).digest(), in one C call.
+        return hmac.digest(self._key, body, "sha256")[:_MAC_BYTES]
 
 
 def _scope_digest(scope: Mapping[str, object]) -> str:

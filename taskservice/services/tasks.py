@@ -127,6 +127,21 @@ class TaskPage:
     revision: int = 0
 
 
+#: Filters remembered parsed: most calls page through lists whose filters were seen before.
+FILTER_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=FILTER_CACHE_SIZE)
+def _parse_filter(text: str) -> Filter:
+    """`parse` against the task schema, remembered for the FILTER_CACHE_SIZE latest texts.
+
+    Parsing was 4% of the event loop under a filtered deep page (by profile). A parsed filter
+    is immutable (frozen dataclasses of immutable values) and depends on nothing but its text,
+    so calls may share it. A text that does not parse raises each time; nothing is remembered.
+    """
+    return parse(text, TASK_FILTER_SCHEMA, "filter")
+
+
 def etag(task: TaskRecord) -> str:
     """The task's current etag: opaque to clients, new after every successful write."""
     return f'W/"{task.id}-{task.version}"'
@@ -507,7 +522,7 @@ class TaskService:
             owner_id = caller.user_id
         problems = Violations()
         problems.add(*violations, page_size_violation(requested_size))
-        parsed = problems.check(lambda: parse(filter_text, TASK_FILTER_SCHEMA, "filter"))
+        parsed = problems.check(lambda: _parse_filter(filter_text))
         ordering = problems.check(lambda: parse_order_by(order_by))
         if parsed is None or ordering is None:
             # Which list the token was issued for is unknown while these are wrong.
