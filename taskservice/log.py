@@ -88,16 +88,16 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def add_line(self, line: str) -> None:
         """Write `line` (with the terminator) within ACCESS_LINES_DELAY_SECONDS, or now."""
         with self.lock:  # type: ignore[union-attr]
-            pending = self._pending
-            pending.append(line + self.terminator)
-            if 1 < len(pending) < ACCESS_LINES_BATCH:
-                return  # a write is already scheduled
-        if len(pending) == 1:
+            self._pending.append(line + self.terminator)
+            pending = len(self._pending)
+        if pending == 1:
             try:
                 asyncio.get_running_loop().call_later(ACCESS_LINES_DELAY_SECONDS, self.flush)
                 return
             except RuntimeError:  # no loop in this thread: write now
                 pass
+        elif pending < ACCESS_LINES_BATCH:
+            return  # a write is already scheduled
         self.flush()
 
     def flush(self) -> None:
@@ -131,9 +131,9 @@ def info_fields(logger: logging.Logger, message: str, fields: Mapping[str, objec
 
     When all logging would do with the record is hand it to the JSON handler that
     `configure_logging` installed (nothing else listens: no other handler, no filter), the line
-    goes straight to that handler, exactly as it would have formatted it, and is written with
-    the other lines of the loop iteration: by profile, building and dispatching the LogRecord
-    cost more CPU than a GetTask's database read. Otherwise (text format, tests capturing
+    goes straight to that handler, exactly as it would have formatted it, and is written in
+    its next batch: by profile, building and dispatching the LogRecord cost more CPU than a
+    GetTask's database read. Otherwise (text format, tests capturing
     records, other handlers) the record goes through logging as usual.
     """
     handler = _json_handler
@@ -165,13 +165,13 @@ def configure_logging(level: str, log_format: str = "json", stream: TextIO | Non
     only with DEBUG=true (the engine's echo), parameters hidden.
     """
     global _json_handler
-    handler = JsonLinesHandler(stream) if log_format == "json" else logging.StreamHandler(stream)
-    handler.setFormatter(
-        JsonFormatter()
-        if log_format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    _json_handler = handler if isinstance(handler, JsonLinesHandler) else None
+    handler: logging.StreamHandler  # type: ignore[type-arg]
+    if log_format == "json":
+        handler = _json_handler = JsonLinesHandler(stream)
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler, _json_handler = logging.StreamHandler(stream), None
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # Record fields no line of ours shows, each a system call or a stack walk per record (the
     # logging HOWTO's "Optimization" section); the access log writes a record per call.
     logging.logProcesses = False

@@ -31,10 +31,9 @@ from taskservice.services.filtering import parse
 from taskservice.v1 import api_key_service_pb2, task_pb2, task_service_pb2
 from taskservice.v1 import user_service_pb2 as users_pb
 from taskservice.watch import changes
-from tests.conftest import Stubs, make_settings, stubs_for
+from tests.conftest import PG_ADMIN_DSN, Stubs, make_settings, stubs_for
 from tests.helpers import Account, fails, make_admin, register
 from tests.test_failures import (
-    PG_ADMIN_DSN,
     _asyncpg_dsn,
     _backends_waiting,
     _eventually,

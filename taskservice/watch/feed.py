@@ -132,7 +132,6 @@ class ChangeFeed:
         max_streams: int,
         retention: timedelta,
         poll_interval: float = POLL_INTERVAL_SECONDS,
-        numbering_gap: float = NUMBERING_GAP_SECONDS,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.database = database
@@ -140,7 +139,6 @@ class ChangeFeed:
         self._max_streams = max_streams
         self._retention = retention
         self._poll_interval = poll_interval
-        self._numbering_gap = numbering_gap
         self._clock = clock
         #: The newest revision read and offered to every subscription.
         self.revision = 0
@@ -298,7 +296,7 @@ class ChangeFeed:
                 if polling or self._count:  # idle, the next poll keeps the revision current
                     await self.catch_up()
                 if numbered:
-                    await asyncio.sleep(self._numbering_gap)
+                    await asyncio.sleep(NUMBERING_GAP_SECONDS)
             except Exception as exc:  # the database may be away: the next round tries again
                 if not failing:
                     logger.warning("change feed: cannot read changes (%s)", type(exc).__name__)
