@@ -74,7 +74,10 @@ class Settings(BaseSettings):
         repr=False,  # it may carry a password
         description="Any SQLAlchemy async URL; wins over DB_* when set.",
     )
-    db_host: str | None = Field(default=None, description="PostgreSQL host; enables DB_*.")
+    db_host: str | None = Field(
+        default=None,
+        description="PostgreSQL host, or hosts (h1,h2:5433) to fail over between; enables DB_*.",
+    )
     db_port: int = Field(default=5432, ge=1, le=65535)
     db_name: str = Field(default="taskservice", min_length=1)
     db_user: str = Field(default="postgres", min_length=1)
@@ -237,6 +240,17 @@ class Settings(BaseSettings):
         """The database to use: DATABASE_URL, else PostgreSQL from DB_*, else embedded SQLite."""
         if self.database_url is not None:
             return make_url(self.database_url)
+        if self.db_host is not None and "," in self.db_host:  # several hosts: read-write one
+            hosts = tuple(
+                _with_port(host.strip(), self.db_port) for host in self.db_host.split(",")
+            )
+            return URL.create(
+                "postgresql+asyncpg",
+                username=self.db_user,
+                password=self.db_password.get_secret_value() or None,
+                database=self.db_name,
+                query={"host": hosts, "target_session_attrs": "read-write"},
+            )
         if self.db_host is not None:
             return URL.create(
                 "postgresql+asyncpg",
@@ -267,18 +281,61 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+#: PostgreSQL's port, for hosts of a multi-host URL that name none.
+DEFAULT_POSTGRES_PORT = 5432
+
+
 def normalize_database_url(raw: str) -> URL:
-    """Parse a database URL and make sure it names one of the async drivers we ship."""
+    """Parse a database URL and make sure it names one of the async drivers we ship.
+
+    Both multi-host spellings are accepted: libpq's `postgresql://u:p@h1:5432,h2:5433/db`, which
+    database providers hand out, and SQLAlchemy's `postgresql://u:p@/db?host=h1:5432&host=h2:5433`.
+    With several hosts and no `target_session_attrs`, `read-write` is implied: every connection
+    of every pool goes to the node that takes writes, as a service that writes needs.
+    """
     try:
-        url = make_url(raw)
-    except ArgumentError as exc:
+        url = make_url(_libpq_hosts(raw.strip()))
+    except (ArgumentError, ValueError) as exc:
         raise ValueError(f"not a database URL ({exc})") from None
     driver = _DRIVER_ALIASES.get(url.drivername, url.drivername)
     if driver not in _ASYNC_DRIVERS:
         raise ValueError(
             f"unsupported driver {url.drivername!r}; use postgresql+asyncpg or sqlite+aiosqlite"
         )
-    return url.set(drivername=driver)
+    url = url.set(drivername=driver)
+    hosts = url.query.get("host")
+    if isinstance(hosts, tuple) and len(hosts) > 1 and "target_session_attrs" not in url.query:
+        url = url.update_query_dict({"target_session_attrs": "read-write"})
+    return url
+
+
+def _libpq_hosts(raw: str) -> str:
+    """A multi-host URL in libpq's form (`h1:p1,h2:p2` before the path) in SQLAlchemy's.
+
+    SQLAlchemy's parser reads the authority as one host and port, so `h1:5432,h2:5433` fails
+    there as a port. A URL with one host is returned unchanged.
+    """
+    scheme, separator, rest = raw.partition("://")
+    if not separator:
+        return raw
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, host_list = authority.rpartition("@")
+    if "," not in host_list:
+        return raw
+    hosts = [_with_port(host.strip()) for host in host_list.split(",")]
+    if not all(hosts):
+        raise ValueError("a multi-host URL names an empty host")
+    path, _, query = tail.partition("?")
+    parameters = "&".join(f"host={host}" for host in hosts)
+    return f"{scheme}://{userinfo}{at}{path or '/'}?{parameters}{'&' + query if query else ''}"
+
+
+def _with_port(host: str, default: int = DEFAULT_POSTGRES_PORT) -> str:
+    """`host:port`, with the default port when the host names none."""
+    if not host:
+        return host
+    return host if ":" in host else f"{host}:{default}"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -12,17 +12,15 @@ with a generic message and that id, nothing more.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import uuid
 from collections.abc import Callable
 
-import asyncpg
-import sqlalchemy.exc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from taskservice import errors
 from taskservice.calls.context import current_call
+from taskservice.db import outages
 
 logger = logging.getLogger("taskservice.api.errors")
 
@@ -88,21 +86,6 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-#: Exceptions that mean "the database could not be reached or answered", not "a bug".
-DATABASE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
-    OSError,  # includes TimeoutError: connecting took longer than DB_CONNECT_TIMEOUT_SECONDS
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-)
-
-
-#: SQLite's OperationalError also covers bugs ("no such table"): only these are transient.
-SQLITE_TRANSIENT_MESSAGES = ("database is locked", "unable to open database", "disk I/O error")
-
-
 # statement_timeout (DB_STATEMENT_TIMEOUT_SECONDS) or lock_timeout ended the statement.
 _TIMED_OUT = (code_pb2.DEADLINE_EXCEEDED, "DATABASE_TIMEOUT", "the database took too long")
 # Lost a race with a concurrent transaction: nothing was written; retrying is safe.
@@ -117,21 +100,8 @@ _POSTGRES_STATES: dict[str, tuple[int, str, str]] = {
 
 
 def _postgres_state(exc: BaseException) -> tuple[int, str, str] | None:
-    if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        return _POSTGRES_STATES.get(getattr(exc.orig, "sqlstate", None) or "")
-    if isinstance(exc, asyncpg.PostgresError):  # the fast reads run on asyncpg directly
-        return _POSTGRES_STATES.get(exc.sqlstate or "")
-    return None
-
-
-def _database_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, sqlalchemy.exc.OperationalError):
-        if isinstance(exc.orig, sqlite3.Error):
-            return any(message in str(exc.orig) for message in SQLITE_TRANSIENT_MESSAGES)
-        return True
-    return isinstance(exc, DATABASE_UNAVAILABLE_ERRORS)
+    state = outages.sqlstate(exc)
+    return None if state is None else _POSTGRES_STATES.get(state)
 
 
 def database_unavailable() -> errors.Unavailable:
@@ -166,10 +136,10 @@ def unexpected_status(
         code, reason, message = known
         logger.warning("%s: %s (%s)", method, reason, type(exc).__name__)
         return rich_status(code, message, reason)
-    if not _database_unavailable(exc):
+    if not outages.is_outage(exc):
         return internal_status(method, exc)
     on_database_error()
-    logger.warning("%s: database unavailable: %s", method, type(exc).__name__)
+    logger.warning("%s: database unavailable: %s", method, outages.describe(exc))
     return to_status(database_unavailable())
 
 

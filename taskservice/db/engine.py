@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import URL, Connection, Integer, event, func, select
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from taskservice.config import Settings
+from taskservice.db.outages import DatabaseIsStandby, DatabaseUnreachable, is_outage
 from taskservice.db.reads import (
     AsyncpgReader,
     Prepared,
@@ -70,7 +72,21 @@ def create_engine(settings: Settings) -> AsyncEngine:
         connect_args=_postgres_connect_args(settings),
     )
     event.listen(engine.sync_engine, "do_connect", _connect_whole)
+    event.listen(engine.sync_engine, "handle_error", _discard_on_outage)
     return engine
+
+
+def _discard_on_outage(context: ExceptionContext) -> None:
+    """Treat every outage as a disconnect, so SQLAlchemy discards the connection and its pool.
+
+    SQLAlchemy marks only the messages it knows as disconnects. A demoted primary answers
+    "read-only transaction" (25006) on a connection that is otherwise healthy, and a server
+    shutting down refuses new sessions (57P03): each of those connections, and every older one
+    in the pool, points at a node that cannot serve us, so all of them are replaced and the next
+    checkout connects afresh, honouring `target_session_attrs`.
+    """
+    if not context.is_disconnect and is_outage(context.original_exception):
+        context.is_disconnect = True
 
 
 def _postgres_connect_args(settings: Settings) -> dict[str, Any]:
@@ -157,6 +173,8 @@ async def connect_uncancellable(*args: Any, **kwargs: Any) -> asyncpg.Connection
     except asyncio.CancelledError:
         attempt.add_done_callback(_close_unwanted)
         raise
+    except (OSError, TimeoutError) as error:  # refused, reset, unresolvable, too slow
+        raise DatabaseUnreachable(f"cannot connect to the database: {error}") from error
 
 
 def _close_unwanted(attempt: asyncio.Future[asyncpg.Connection]) -> None:
@@ -246,9 +264,31 @@ class Database:
             callback()
 
     async def ping(self) -> None:
-        """Round-trip to the database; raises when it does not answer."""
+        """Round-trip to the database; raises when it does not answer or cannot take writes.
+
+        On PostgreSQL a node in recovery (a standby, or a primary being demoted) answers reads
+        but refuses every write this service makes: it counts as down, and the connection that
+        found it is discarded with its pool, so the next one is made to a read-write node.
+        """
         async with self.engine.connect() as connection:
-            await connection.exec_driver_sql("SELECT 1")
+            if not self._autocommit:
+                await connection.exec_driver_sql("SELECT 1")
+                return
+            standby = (await connection.exec_driver_sql("SELECT pg_is_in_recovery()")).scalar()
+            if standby:
+                await connection.invalidate()
+        if standby:
+            await self.expire_connections()
+            raise DatabaseIsStandby("the database is in recovery (a standby): it takes no writes")
+
+    async def expire_connections(self) -> None:
+        """Replace every pooled connection of both pools (they point at a node that cannot serve).
+
+        Idle ones are closed now; those in use are closed when their calls give them back.
+        """
+        if self._read_pool is not None:
+            await self._read_pool.expire_connections()
+        await self.engine.dispose()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -298,11 +338,12 @@ class Database:
             async with self.rows() as connection:
                 yield SqlAlchemyReader(connection)
             return
-        connection, generation = await pool.acquire()
+        reader = AsyncpgReader(pool, self.engine.dialect)
+        await reader.acquire()
         try:
-            yield AsyncpgReader(connection, self.engine.dialect, pool)
+            yield reader
         finally:
-            await pool.release(connection, generation)
+            await reader.release()
 
     async def returning(self, statement: Prepared, values: dict[str, Any]) -> Any:
         """Run a prepared INSERT or UPDATE ... RETURNING, atomic by itself; its row, or None.

@@ -18,6 +18,8 @@ from sqlalchemy import pool
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from taskservice.db import outages
+
 logger = logging.getLogger(__name__)
 
 #: The repository's Alembic directory; the package is installed editable, next to it.
@@ -26,11 +28,6 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 #: Pause after the first refused attempt; it doubles after each one, up to the maximum.
 FIRST_RETRY_DELAY_SECONDS = 0.1
 MAX_RETRY_DELAY_SECONDS = 1.0
-
-#: SQLSTATEs that mean "not accepting connections yet" rather than "wrong": the server is
-#: starting up, shutting down or recovering (57P03), or has no connection slot free (53300).
-#: Connection exceptions (class 08) are transient too.
-_TRANSIENT_SQLSTATES = frozenset({"57P03", "53300"})
 
 
 class DatabaseUnreachable(Exception):
@@ -118,15 +115,12 @@ async def _wait_for_database(url: URL, wait_seconds: float, connect_timeout: flo
 
 
 def _is_transient(exc: Exception) -> bool:
-    """Whether waiting may cure `exc`: the server is not (yet) there, or not ready."""
-    if isinstance(exc, OSError):  # refused, unknown host, TimeoutError
-        return True
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, sqlalchemy.exc.InterfaceError):  # connection closed during the handshake
-        return True
-    state = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
-    return state.startswith("08") or state in _TRANSIENT_SQLSTATES
+    """Whether waiting may cure `exc`: the server is not (yet) there, or not ready.
+
+    Every error here comes from connecting, so any OSError (refused, unknown host, timed out)
+    is the server not being there yet; the rest is the one classification of outages.
+    """
+    return isinstance(exc, OSError) or outages.is_outage(exc)
 
 
 def _describe(exc: Exception) -> str:

@@ -12,7 +12,8 @@ Connections are treated as SQLAlchemy treats its own: one whose statement was in
 (cancelled: the call's deadline passed or its client left) is closed at once, never pooled again,
 and PostgreSQL stops the statement when it notices (`client_connection_check_interval`); after a
 lost connection every older pooled connection is replaced, so an outage fails each call once at
-most rather than once per stale connection.
+most rather than once per stale connection, and a read that meets one on a connection left idle
+through a failover runs once more on a new connection.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from taskservice.db.outages import is_outage, nothing_done
+
 #: What a `Prepared` may hold: a statement that returns rows.
 Statement = Select[Any] | Insert | Update
-
-#: Errors after which a connection is not trusted again, nor any older one in the pool.
-DISCONNECTS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -281,42 +281,84 @@ class ReadPool:
 
 
 class AsyncpgReader(RowReader):
-    """A pooled asyncpg connection: asyncpg caches each statement's server-side preparation."""
+    """A pooled asyncpg connection: asyncpg caches each statement's server-side preparation.
 
-    def __init__(self, connection: asyncpg.Connection, dialect: Dialect, pool: ReadPool) -> None:
-        self._connection = connection
-        self._dialect = dialect
+    The reader owns its connection from `acquire` to `release`, so that it can swap a broken
+    one: a connection that sat idle in the pool through a failover fails its next statement
+    (lost, protocol state broken, or pointing at a demoted node), and a SELECT that met such an
+    outage runs once more on a new connection, made to whichever node serves now. A write runs
+    again only when the error proves it did nothing (see `outages.nothing_done`).
+    """
+
+    __slots__ = ("_connection", "_dialect", "_generation", "_pool", "_retried")
+
+    def __init__(self, pool: ReadPool, dialect: Dialect) -> None:
         self._pool = pool
+        self._dialect = dialect
+        self._connection: asyncpg.Connection | None = None
+        self._generation = 0
+        self._retried = False
+
+    async def acquire(self) -> None:
+        """Take a connection from the pool."""
+        self._connection, self._generation = await self._pool.acquire()
+
+    async def release(self) -> None:
+        """Give the connection back (or keep it at hand, as the pool decides)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await self._pool.release(connection, self._generation)
 
     async def all(self, read: Prepared, values: Mapping[str, Any] | None = None) -> list[Any]:
         """Every row."""
         compiled = read.compiled(self._dialect)
         arguments = compiled.arguments(values or {})
-        try:
-            records = await self._connection.fetch(compiled.sql, *arguments)
-        except asyncpg.IntegrityConstraintViolationError as error:
-            # What services catch, whichever path ran the statement.
-            raise IntegrityError(compiled.sql, arguments, error) from error
-        except BaseException as error:
-            await self._discard_if_broken(error)
-            raise
-        return compiled.rows(records)
+        while True:
+            try:
+                records = await self._connection.fetch(compiled.sql, *arguments)  # type: ignore[union-attr]
+            except asyncpg.IntegrityConstraintViolationError as error:
+                # What services catch, whichever path ran the statement.
+                raise IntegrityError(compiled.sql, arguments, error) from error
+            except BaseException as error:
+                outage = await self._discard_if_broken(error)
+                if not outage or self._retried or not _may_run_again(read, error):
+                    raise
+                self._retried = True
+                await self.release()
+                await self.acquire()
+                continue
+            return compiled.rows(records)
 
-    async def _discard_if_broken(self, error: BaseException) -> None:
+    async def _discard_if_broken(self, error: BaseException) -> bool:
         """Close the connection unless PostgreSQL answered `error` on it in good order.
 
         An interrupted statement (cancellation) leaves the protocol mid-exchange, and a lost
-        connection is lost: either is closed now, as SQLAlchemy invalidates its own. After a
-        lost one no older pooled connection is trusted either.
+        connection is lost: either is closed now, as SQLAlchemy invalidates its own. After an
+        outage (see `taskservice.db.outages`) no older pooled connection is trusted either.
+        Returns whether `error` was an outage.
         """
         connection = self._connection
+        if connection is None:  # the retry's acquire failed: nothing is held
+            return False
+        outage = isinstance(error, Exception) and is_outage(error)
         attached = _attached(connection)  # if not, asyncpg saw it close and has it back already
-        if attached and isinstance(error, asyncpg.PostgresError) and not connection.is_closed():
-            return
-        if attached:
+        if (
+            not outage
+            and attached
+            and isinstance(error, asyncpg.PostgresError)
+            and not connection.is_closed()
+        ):
+            return False
+        if attached and not connection.is_closed():
             connection.terminate()
-        if isinstance(error, DISCONNECTS):
+        if outage:
             await self._pool.expire_connections()
+        return outage
+
+
+def _may_run_again(read: Prepared, error: BaseException) -> bool:
+    """Whether a statement that met an outage may run again: a read, or a write that did nothing."""
+    return isinstance(read.statement, Select) or nothing_done(error)
 
 
 class SqlAlchemyReader(RowReader):

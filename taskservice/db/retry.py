@@ -9,9 +9,13 @@ backoff, instead of reaching callers as ABORTED.
 
 What is re-run is a whole unit of work (a service method whose writes are one transaction), never
 a part of one: a transaction PostgreSQL aborted cannot be continued. Other errors, SQLite's
-included, are never retried: SQLite writers queue for the write lock up front (BEGIN IMMEDIATE
-with a busy timeout), so they neither deadlock nor lose serialization races, and a lock still
-held when the busy timeout ends is an overload that waiting longer would not cure.
+included, are not retried as conflicts: SQLite writers queue for the write lock up front (BEGIN
+IMMEDIATE with a busy timeout), so they neither deadlock nor lose serialization races, and a lock
+still held when the busy timeout ends is an overload that waiting longer would not cure.
+
+One more kind of failure runs the unit again, once and at once: the database refusing the work
+before doing any of it (see `outages.nothing_done`: a primary demoted to a standby, a server
+shutting down), since the discarded connections are replaced by ones to the node that serves now.
 
 The backoff sleeps are plain `asyncio.sleep`s: a call whose deadline passes (or whose client
 goes away) is cancelled mid-sleep like anywhere else.
@@ -27,6 +31,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError
+
+from taskservice.db.outages import describe, nothing_done
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +77,27 @@ async def run_retrying_conflicts(operation: str, unit: Callable[[], Awaitable[_T
     MAX_ATTEMPTS runs the last conflict is raised for the caller to see.
     """
     attempt = 1
+    rerouted = False
     while True:
         try:
             return await unit()
         except DBAPIError as error:
             state = conflict_sqlstate(error)
             if state is None:
-                raise
+                if rerouted or not nothing_done(error):
+                    raise
+                # The node refused the work before doing any (a demoted primary, a server
+                # shutting down): SQLAlchemy has discarded those connections, so the next run
+                # connects afresh to whichever node takes writes now. Once only: a failover
+                # still in progress reaches the caller as UNAVAILABLE, which it may retry.
+                rerouted = True
+                logger.info(
+                    "%s: the database refused the work (%s); running it again on a new connection",
+                    operation,
+                    describe(error),
+                    extra={"operation": operation, "attempt": attempt},
+                )
+                continue
             if attempt >= MAX_ATTEMPTS:
                 logger.info(
                     "%s: %s on attempt %d of %d; giving up",
