@@ -277,6 +277,7 @@ async def build_server(
         buffer_events=settings.watch_buffer_events,
         max_streams=settings.watch_max_streams,
         retention=timedelta(hours=settings.watch_retention_hours),
+        clock=clock,
     )
 
     monitor = HealthMonitor(HealthServicer(), database.ping, HEALTH_NAMES)

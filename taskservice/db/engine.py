@@ -227,6 +227,11 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
+#: Whether a session cannot write: its node is a standby, or the session is read-only.
+_WRITABLE_CHECK = (
+    "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean"
+)
+
 #: Task changes numbered per statement by `Database.number_changes`.
 NUMBER_BATCH = 500
 _NUMBER_CHANGES = Prepared(select(func.task_changes_assign(NUMBER_BATCH, type_=Integer)))
@@ -266,15 +271,16 @@ class Database:
     async def ping(self) -> None:
         """Round-trip to the database; raises when it does not answer or cannot take writes.
 
-        On PostgreSQL a node in recovery (a standby, or a primary being demoted) answers reads
-        but refuses every write this service makes: it counts as down, and the connection that
-        found it is discarded with its pool, so the next one is made to a read-write node.
+        On PostgreSQL a node in recovery (a standby, or a primary being demoted), or a session
+        that is read-only, answers reads but refuses every write this service makes: it counts
+        as down, and the connection that found it is discarded with both pools, so the next
+        one is made afresh (to a read-write node, with `target_session_attrs=read-write`).
         """
         async with self.engine.connect() as connection:
             if not self._autocommit:
                 await connection.exec_driver_sql("SELECT 1")
                 return
-            standby = (await connection.exec_driver_sql("SELECT pg_is_in_recovery()")).scalar()
+            standby = (await connection.exec_driver_sql(_WRITABLE_CHECK)).scalar()
             if standby:
                 await connection.invalidate()
         if standby:

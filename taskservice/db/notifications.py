@@ -17,6 +17,7 @@ import asyncpg
 from sqlalchemy.engine import URL
 
 from taskservice.db.engine import asyncpg_arguments
+from taskservice.db.outages import log_round_failure
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,10 @@ class PgListener:
                     if not lost.is_set():
                         await connection.execute("SELECT 1", timeout=CHECK_INTERVAL_SECONDS)
                 logger.warning("lost the LISTEN connection for %s; reconnecting", self._channel)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except (OSError, TimeoutError) as exc:  # connecting, or the connection, failed
                 logger.warning("LISTEN %s unavailable (%s); retrying", self._channel, exc)
+            except Exception as exc:  # whatever it is, listening must resume when it can
+                log_round_failure(logger, f"LISTEN {self._channel}", exc)
             finally:
                 self._set_connected(False)
                 if connection is not None and not connection.is_closed():

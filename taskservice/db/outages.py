@@ -18,6 +18,7 @@ outage: a bug is reported as a bug, with its traceback, never hidden as a retrya
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterator
 
@@ -121,3 +122,15 @@ def describe(error: BaseException) -> str:
     state = sqlstate(error)
     name = type(inner).__name__
     return f"{name} (SQLSTATE {state})" if state else name
+
+
+def log_round_failure(logger: logging.Logger, what: str, error: Exception) -> None:
+    """Log a background round's failure (the next round tries again).
+
+    An outage is one WARNING line; anything else is a bug and is logged as one, at ERROR with
+    its traceback, so that it is never mistaken for the database being away.
+    """
+    if is_outage(error):
+        logger.warning("%s: the database is unavailable (%s)", what, describe(error))
+    else:
+        logger.error("%s: unexpected error", what, exc_info=error)

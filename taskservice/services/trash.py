@@ -16,6 +16,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 
+from taskservice.db.outages import log_round_failure
 from taskservice.services.tasks import TaskService
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,8 @@ class TrashSweeper:
             await asyncio.sleep(self._interval * random.uniform(0.9, 1.1))  # noqa: S311
             try:
                 purged = await self._tasks.purge_expired()
-            except Exception as exc:  # the database may be away; the next sweep tries again
-                logger.warning("trash sweep failed: %s", type(exc).__name__)
+            except Exception as exc:  # the next sweep tries again
+                log_round_failure(logger, "trash sweep failed", exc)
                 continue
             if purged:
                 logger.info("trash sweep purged %d tasks", purged)
@@ -64,4 +65,4 @@ class TrashSweeper:
                 try:
                     await sweep()
                 except Exception as exc:  # as above: the next round tries again
-                    logger.warning("expired-row sweep failed: %s", type(exc).__name__)
+                    log_round_failure(logger, "expired-row sweep failed", exc)

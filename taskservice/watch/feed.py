@@ -38,8 +38,9 @@ from itertools import chain
 
 from taskservice.db.engine import Database
 from taskservice.db.notifications import PgListener
+from taskservice.db.outages import describe, is_outage, log_round_failure
 from taskservice.db.types import utcnow
-from taskservice.errors import DomainError, ResourceExhausted, Unavailable
+from taskservice.errors import DomainError, FailedPrecondition, ResourceExhausted, Unavailable
 from taskservice.watch import changes
 from taskservice.watch.changes import Change
 
@@ -56,6 +57,15 @@ NUMBERING_GAP_SECONDS = 0.005
 #: Pause between compactions, in seconds: a quarter of the retention, within these bounds.
 MIN_COMPACTION_INTERVAL_SECONDS = 1.0
 MAX_COMPACTION_INTERVAL_SECONDS = 300.0
+
+
+def compacted(oldest: int) -> FailedPrecondition:
+    """The error a stream ends with when the history it needs is no longer kept."""
+    return FailedPrecondition(
+        "REVISION_COMPACTED",
+        f"the history after start_revision is no longer kept; relist, or watch from {oldest} on",
+        {"oldest_revision": str(oldest)},
+    )
 
 
 def too_slow() -> ResourceExhausted:
@@ -131,14 +141,12 @@ class ChangeFeed:
         buffer_events: int,
         max_streams: int,
         retention: timedelta,
-        poll_interval: float = POLL_INTERVAL_SECONDS,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.database = database
         self._buffer_events = buffer_events
         self._max_streams = max_streams
         self._retention = retention
-        self._poll_interval = poll_interval
         self._clock = clock
         #: The newest revision read and offered to every subscription.
         self.revision = 0
@@ -151,6 +159,8 @@ class ChangeFeed:
         self._reading = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        #: Whether `revision` was taken from the store (not yet, after a start during an outage).
+        self._synced = False
         self._listener: PgListener | None = None
         if database.engine.dialect.name == "postgresql":
             self._listener = PgListener(
@@ -168,8 +178,23 @@ class ChangeFeed:
         return sum(len(s.buffer) for s in chain(self._every_owner, *self._by_owner.values()))
 
     async def start(self) -> None:
-        """Start from the current revision: changes committed from now on are offered."""
-        self.revision = (await changes.revisions(self.database)).current
+        """Start from the current revision: changes committed from now on are offered.
+
+        A server may start while no read-write database is reachable (replicas restarted during
+        a failover): the feed then starts unsynced, and its first round that reaches the
+        database takes the revision. No stream can subscribe before that: readiness is off
+        while the database is, and `current()` syncs an idle feed before a stream subscribes.
+        """
+        try:
+            self.revision = (await changes.revisions(self.database)).current
+            self._synced = True
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            logger.warning(
+                "change feed: the database is unavailable at start (%s); reading when it is back",
+                describe(exc),
+            )
         if self._listener is not None:
             await self._listener.start()
         self._tasks = [
@@ -249,29 +274,42 @@ class ChangeFeed:
         so no change is offered twice and the revision only moves forward.
         """
         async with self._reading:
-            if not self._count:
+            if not self._count or not self._synced:
                 # No stream to offer them to: skip reading (and decoding) the changes, and
                 # only move the revision to the store's. A stream subscribing later is live
                 # from there, as if each change had been read and offered to nobody.
                 current = (await changes.revisions(self.database)).current
                 self.revision = max(self.revision, current)
+                self._synced = True
                 return 0
             read = 0
             while True:
                 batch = await changes.page(self.database, self.revision)
                 for item in batch:
                     if item.revision != self.revision + 1:
-                        logger.error(
-                            "change feed: expected revision %d, read %d (history compacted "
-                            "while the feed lagged?)",
-                            self.revision + 1,
-                            item.revision,
-                        )
+                        self._gap(item.revision)
                     self._offer(item)
                     self.revision = item.revision
                 read += len(batch)
                 if len(batch) < changes.PAGE_SIZE:
                     return read
+
+    def _gap(self, found: int) -> None:
+        """History between the feed's revision and `found` is gone: end every live stream.
+
+        Revisions are dense, so a hole means the changes were compacted while this feed lagged
+        (cut off from the database longer than the retention while another server compacted).
+        A live stream cannot promise "no gap" past it: each ends with REVISION_COMPACTED, as a
+        stream resuming from inside the hole would, so its client relists.
+        """
+        logger.warning(
+            "change feed: revisions %d to %d were compacted while this feed lagged; ending "
+            "every live stream with REVISION_COMPACTED",
+            self.revision + 1,
+            found - 1,
+        )
+        for subscription in list(chain(self._every_owner, *self._by_owner.values())):
+            subscription.end(compacted(found - 1))
 
     def _offer(self, item: Change) -> None:
         for subscription in self._every_owner:
@@ -281,7 +319,7 @@ class ChangeFeed:
 
     async def _run(self) -> None:
         failing = False
-        next_poll = time.monotonic() + self._poll_interval
+        next_poll = time.monotonic() + POLL_INTERVAL_SECONDS
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, next_poll - time.monotonic())):
@@ -289,7 +327,7 @@ class ChangeFeed:
             self._wake.clear()
             polling = time.monotonic() >= next_poll
             if polling:
-                next_poll = time.monotonic() + self._poll_interval
+                next_poll = time.monotonic() + POLL_INTERVAL_SECONDS
             try:
                 # Every server's feeds read them after the NOTIFY this sends.
                 numbered = await self.database.number_changes()
@@ -297,9 +335,9 @@ class ChangeFeed:
                     await self.catch_up()
                 if numbered:
                     await asyncio.sleep(NUMBERING_GAP_SECONDS)
-            except Exception as exc:  # the database may be away: the next round tries again
+            except Exception as exc:  # the next round tries again
                 if not failing:
-                    logger.warning("change feed: cannot read changes (%s)", type(exc).__name__)
+                    log_round_failure(logger, "change feed: cannot read changes", exc)
                 failing = True
                 continue
             if failing:
@@ -316,7 +354,7 @@ class ChangeFeed:
             logger.warning(
                 "change feed: LISTEN %s lost; watchers progress by polling every %.1f s",
                 CHANNEL,
-                self._poll_interval,
+                POLL_INTERVAL_SECONDS,
             )
         self.wake()  # whatever was notified meanwhile is read from the table
 
@@ -333,5 +371,5 @@ class ChangeFeed:
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # noqa: S311
             try:
                 await self.compact()
-            except Exception as exc:  # the database may be away; the next round tries again
-                logger.warning("change log compaction failed: %s", type(exc).__name__)
+            except Exception as exc:  # the next round tries again
+                log_round_failure(logger, "change log compaction failed", exc)

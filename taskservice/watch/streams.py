@@ -15,22 +15,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from taskservice.db.models import TaskPriority
-from taskservice.errors import FailedPrecondition, InvalidArgument, OutOfRange, PermissionDenied
+from taskservice.db.outages import is_outage
+from taskservice.errors import InvalidArgument, OutOfRange, PermissionDenied
 from taskservice.services.filtering import Filter, matches, parse
 from taskservice.services.principal import Principal
 from taskservice.services.task_lists import TASK_FILTER_SCHEMA
 from taskservice.watch import changes
 from taskservice.watch.changes import Change, TaskSnapshot
-from taskservice.watch.feed import ChangeFeed, Subscription
+from taskservice.watch.feed import ChangeFeed, Subscription, compacted
+
+logger = logging.getLogger(__name__)
 
 #: Seconds between checks of a stream's access token (expiry, revocation): well within the 5 s
 #: the API promises.
 AUTH_RECHECK_SECONDS = 2.0
+#: Longest a stream rides through a database outage, in seconds. While the database is away
+#: (a failover takes a few seconds) the token's revocation cannot be checked, but neither can a
+#: change be read to deliver: the stream stays open, sending nothing, rather than ending every
+#: watcher at once. Expiry is checked without the database and still ends it. Past this bound
+#: the stream ends UNAVAILABLE and its client resumes (with backoff) from its last revision.
+OUTAGE_TOLERANCE_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,19 +140,20 @@ class Watches:
                 {"current_revision": str(known.current)},
             )
         if start_revision < known.compacted:
-            raise _compacted(known.compacted)
+            raise compacted(known.compacted)
         position = start_revision
-        next_check = time.monotonic() + AUTH_RECHECK_SECONDS
+        checked = time.monotonic()  # when the token was last confirmed (at the stream's start)
+        next_check = checked + AUTH_RECHECK_SECONDS
         while position < subscription.live_from:  # history, then the live buffer
             batch = await changes.page(self._feed.database, position, subscription.live_from)
             if not batch or batch[0].revision != position + 1:
-                raise _compacted((await changes.revisions(self._feed.database)).compacted)
+                raise compacted((await changes.revisions(self._feed.database)).compacted)
             for item in batch:
                 if subscription.accepts(item):
                     yield item
                 position = item.revision
             if time.monotonic() >= next_check:
-                await recheck()
+                checked = await _recheck(recheck, checked)
                 next_check = time.monotonic() + AUTH_RECHECK_SECONDS
         if not subscription.buffer:  # nothing after live_from is waiting: the feed's revision
             position = max(position, self._feed.revision)  # is as far as this stream has got
@@ -155,7 +166,7 @@ class Watches:
                     position = item.revision
             now = time.monotonic()
             if now >= next_check:
-                await recheck()
+                checked = await _recheck(recheck, checked)
                 next_check = time.monotonic() + AUTH_RECHECK_SECONDS
             if now >= next_bookmark:
                 if not subscription.buffer:  # everything up to the feed's revision was sent
@@ -169,9 +180,22 @@ class Watches:
                         await subscription.signal.wait()
 
 
-def _compacted(oldest: int) -> FailedPrecondition:
-    return FailedPrecondition(
-        "REVISION_COMPACTED",
-        f"the history after start_revision is no longer kept; relist, or watch from {oldest} on",
-        {"oldest_revision": str(oldest)},
-    )
+async def _recheck(recheck: Callable[[], Awaitable[Principal]], checked: float) -> float:
+    """Check the stream's token again; return when it was last confirmed.
+
+    A database outage shorter than OUTAGE_TOLERANCE_SECONDS since the last confirmation does
+    not end the stream (see the constant); any other failure (expired, revoked, an outage that
+    lasts) ends it as it would any call.
+    """
+    try:
+        await recheck()
+    except Exception as exc:
+        if is_outage(exc) and time.monotonic() - checked < OUTAGE_TOLERANCE_SECONDS:
+            logger.info(
+                "watch stream: the database is unavailable; the stream stays open for up to "
+                "%.0f s since its token was last checked",
+                OUTAGE_TOLERANCE_SECONDS,
+            )
+            return checked
+        raise
+    return time.monotonic()
