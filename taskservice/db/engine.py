@@ -228,9 +228,7 @@ def _sqlite_begin(connection: Connection) -> None:
 
 
 #: Whether a session cannot write: its node is a standby, or the session is read-only.
-_WRITABLE_CHECK = (
-    "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean"
-)
+_WRITABLE_CHECK = "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean"
 
 #: Task changes numbered per statement by `Database.number_changes`.
 NUMBER_BATCH = 500

@@ -18,6 +18,7 @@ from connectrpc.codec import Codec
 from connectrpc.compat import google_protobuf_binary_codec, google_protobuf_json_codec
 from connectrpc.errors import ConnectError
 from google.protobuf.json_format import ParseError
+from google.protobuf.message import DecodeError
 
 from taskservice.calls.errors import internal_status, malformed_request, to_status
 from taskservice.http.errors import connect_error
@@ -53,8 +54,10 @@ class SafeCodec(Codec[Any, Any]):
         except ParseError as exc:
             description = f"not valid JSON for this method: {str(exc)[:MAX_PARSE_ERROR_CHARS]}"
             raise connect_error(to_status(malformed_request(description))) from None
-        except Exception:
+        except (DecodeError, UnicodeDecodeError):  # not the method's message, or not UTF-8
             raise connect_error(to_status(malformed_request())) from None
+        except Exception as exc:  # a bug in decoding: INTERNAL, with its traceback logged
+            raise connect_error(internal_status("decoding a request", exc)) from None
 
 
 class JsonCodec(Codec[Any, Any]):

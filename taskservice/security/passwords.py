@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -30,6 +31,8 @@ _T = TypeVar("_T")
 HASHING_NICENESS = 10
 #: bcrypt's input limit, in bytes.
 BCRYPT_MAX_PASSWORD_BYTES = 72
+
+logger = logging.getLogger(__name__)
 
 
 class PasswordHasher:
@@ -75,7 +78,12 @@ class PasswordHasher:
         )
         try:
             matches = await self._run(bcrypt.checkpw, candidate, target)
-        except ValueError:  # a corrupt stored hash is a failed check, not a crash
+        except ValueError:
+            # A stored hash bcrypt cannot read is corrupt data, not a wrong password: the
+            # operator must hear of it (the user can never log in). The check still fails, and
+            # still costs one full computation, like any other failure.
+            logger.error("a stored password hash is not a valid bcrypt hash; the check fails")
+            await self._run(bcrypt.checkpw, candidate, self._dummy_hash)
             return False
         return matches and password_hash is not None and not refused
 
