@@ -179,6 +179,22 @@ async def grpc_web_stream(
         yield GrpcWebStream(response, response.aiter_raw())
 
 
+def merged_metadata(reply: httpx.Response | GrpcWebReply | GrpcWebStream, key: str) -> list[str]:
+    """Every value of `key` that a Connect or gRPC-Web client reads for the call, in order.
+
+    Those clients (connect-es, connect-go, connect-python) merge a response's headers and its
+    trailers into one metadata object, an error's metadata above all: Connect unary trailers
+    are the `trailer-*` headers, gRPC-Web's are the trailer frame. A key sent both ways reads
+    back as "value, value".
+    """
+    if isinstance(reply, httpx.Response):
+        headers, trailers = reply.headers, reply.headers.get_list(f"trailer-{key}")
+    else:
+        headers = reply.response.headers if isinstance(reply, GrpcWebStream) else reply.headers
+        trailers = [reply.trailers[key]] if key in reply.trailers else []
+    return [*headers.get_list(key), *trailers]
+
+
 @dataclass(frozen=True)
 class Failure:
     """What an error told the caller, on any protocol."""

@@ -3,8 +3,8 @@
 The page (web/src/main.ts, `@connectrpc/connect-web`, bundled by esbuild) is served from an
 origin of its own, which the server's CORS_ALLOWED_ORIGINS lists: it registers, logs in, watches
 (WatchTasks), creates and lists tasks, reads a request id from headers and trailers and an
-error's code, over Connect (GET for the read-only calls) and over gRPC-Web. The test reads the
-page's result.
+error's code and metadata, over Connect, JSON and binary (GET for the read-only calls), and over
+gRPC-Web. The test reads the page's result.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ async def browser_app(database_url: str, page_origin: str) -> AsyncIterator[Appl
     await app.stop(grace=None)
 
 
-@pytest.mark.parametrize("protocol", ["connect", "grpc-web"])
+@pytest.mark.parametrize("protocol", ["connect", "connect-proto", "grpc-web"])
 async def test_a_browser_page_registers_logs_in_creates_and_lists_tasks(
     browser_app: Application, page_origin: str, chromium: str, protocol: str
 ) -> None:
@@ -108,9 +108,14 @@ async def test_a_browser_page_registers_logs_in_creates_and_lists_tasks(
     # WatchTasks, opened before the creates: both arrive, in order, at the next two revisions.
     assert result["watched"] == ["first from the browser", "second from the browser"]
     assert result["watchedRevisions"] == ["1", "2"]
-    assert result["requestId"] == f"page-{protocol}"
-    assert result["trailerRequestId"] == f"page-{protocol}"
+    # The request id is a header only: clients merge headers and trailers into an error's
+    # metadata, where a copy in each would read "id, id".
+    assert result["unauthenticated"] == "Unauthenticated"
+    assert result["unauthenticatedRequestId"] == f"page-error-{protocol}"
     assert result["notFound"] == "NotFound"
     assert result["errorRequestId"]
+    assert "," not in result["errorRequestId"]
+    assert result["requestId"] == f"page-{protocol}"
+    assert result["trailerRequestId"] == ""
     list_calls = {m for m, url in methods if url.endswith("TaskService/ListTasks")}
-    assert list_calls == ({"GET"} if protocol == "connect" else {"POST"})
+    assert list_calls == ({"POST"} if protocol == "grpc-web" else {"GET"})

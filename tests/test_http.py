@@ -28,6 +28,7 @@ from taskservice.v1 import (
 from tests.conftest import Stubs, make_settings
 from tests.helpers import PASSWORD, fails, register, unique_email
 from tests.http_client import (
+    GrpcWebReply,
     auth_headers,
     connect_failure,
     connect_json,
@@ -36,12 +37,14 @@ from tests.http_client import (
     grpc_web,
     grpc_web_failure,
     grpc_web_stream,
+    merged_metadata,
 )
 
 AUTH = "/taskservice.v1.AuthService"
 USERS = "/taskservice.v1.UserService"
 TASKS = "/taskservice.v1.TaskService"
 HEALTH = "/grpc.health.v1.Health/Check"
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED.value[0]
 
 
 @pytest.fixture
@@ -137,7 +140,7 @@ async def test_grpc_web_unary_returns_the_message_and_ok_trailers(
     )
     assert reply.http_status == 200
     assert reply.grpc_status == 0
-    assert reply.trailers["x-request-id"] == "web-1"
+    assert merged_metadata(reply, "x-request-id") == ["web-1"]
     [message] = reply.messages
     token = auth_service_pb2.RegisterResponse.FromString(message).access_token
     created = await grpc_web(
@@ -245,16 +248,47 @@ async def test_a_token_fault_is_unauthenticated_on_every_protocol(
         assert (failure.reason, failure.message) == (on_grpc.reason, on_grpc.message)
 
 
-async def test_the_request_id_comes_back_as_header_and_trailer(http: httpx.AsyncClient) -> None:
-    sent = await connect_json(http, f"{USERS}/GetMe", {}, x_request_id="caller-id-7")
-    assert sent.headers["x-request-id"] == "caller-id-7"
-    assert sent.headers["trailer-x-request-id"] == "caller-id-7"
+@pytest.mark.parametrize("outcome", ["ok", "error"])
+async def test_the_request_id_comes_back_once_as_a_header_on_every_protocol(
+    http: httpx.AsyncClient, outcome: str
+) -> None:
+    """Once across headers and trailers, which clients merge: never "id, id" in an error's metadata.
+
+    The error is GetMe's UNAUTHENTICATED for a malformed token, as a browser hits it.
+    """
+    _, token = await _register_over_http(http)
+    headers = auth_headers(token if outcome == "ok" else "not.a.jwt")
+    me = user_service_pb2.GetMeRequest()
+    replies: dict[str, httpx.Response | GrpcWebReply] = {
+        "json": await connect_json(http, f"{USERS}/GetMe", {}, **headers, x_request_id="id-json"),
+        "proto": await connect_proto(
+            http, f"{USERS}/GetMe", me, **headers, x_request_id="id-proto"
+        ),
+        "get": await http.get(
+            get_url(f"{USERS}/GetMe", {}), headers={**headers, "x-request-id": "id-get"}
+        ),
+        "grpc-web": await grpc_web(
+            http, f"{USERS}/GetMe", me, **headers, x_request_id="id-grpc-web"
+        ),
+    }
+    for name, reply in replies.items():
+        if isinstance(reply, GrpcWebReply):
+            assert reply.grpc_status == (0 if outcome == "ok" else UNAUTHENTICATED), name
+        else:
+            assert reply.status_code == (200 if outcome == "ok" else 401), name
+        assert merged_metadata(reply, "x-request-id") == [f"id-{name}"], name
+        assert reply.headers.get_list("x-request-id") == [f"id-{name}"], name
+
+
+async def test_an_unusable_request_id_is_replaced_by_a_generated_one(
+    http: httpx.AsyncClient,
+) -> None:
     made = await connect_json(http, f"{USERS}/GetMe", {}, x_request_id="not valid!")
-    generated = made.headers["x-request-id"]
+    [generated] = merged_metadata(made, "x-request-id")
     assert generated != "not valid!"
     assert len(generated) > 8
     web = await grpc_web(http, f"{USERS}/GetMe", user_service_pb2.GetMeRequest())
-    assert web.headers["x-request-id"]
+    assert len(merged_metadata(web, "x-request-id")) == 1
 
 
 async def test_an_unexpected_error_is_internal_with_a_request_id_and_no_internals(
@@ -449,7 +483,7 @@ async def test_cors_answers_preflights_from_allowed_origins_only(cors_app: Appli
         call = await connect_json(http, f"{USERS}/GetMe", {}, origin=CORS_ORIGIN)
         assert call.headers["access-control-allow-origin"] == CORS_ORIGIN
         exposed = call.headers["access-control-expose-headers"].lower()
-        for name in ("x-request-id", "trailer-x-request-id", "grpc-status-details-bin"):
+        for name in ("x-request-id", "grpc-status-details-bin"):
             assert name in exposed
         other = await connect_json(http, f"{USERS}/GetMe", {}, origin="https://evil.example.net")
         assert "access-control-allow-origin" not in other.headers
@@ -490,8 +524,11 @@ async def test_watch_tasks_streams_changes_over_grpc_web_until_the_token_is_revo
     account = await register(stubs)
     headers = auth_headers(account.token)
     request = task_service_pb2.WatchTasksRequest()
-    async with grpc_web_stream(http, f"{TASKS}/WatchTasks", request, **headers) as stream:
+    async with grpc_web_stream(
+        http, f"{TASKS}/WatchTasks", request, **headers, x_request_id="watch-1"
+    ) as stream:
         assert stream.response.status_code == 200
+        assert stream.response.headers["x-request-id"] == "watch-1"  # before any message
         opening = await stream.next_message()
         assert opening is not None
         bookmark = task_service_pb2.WatchTasksResponse.FromString(opening)
@@ -521,6 +558,7 @@ async def test_watch_tasks_streams_changes_over_grpc_web_until_the_token_is_revo
             while await stream.next_message() is not None:
                 pass
         failure = stream.failure()
+        assert merged_metadata(stream, "x-request-id") == ["watch-1"]
     assert (failure.code, failure.reason) == ("UNAUTHENTICATED", "TOKEN_REVOKED")
 
 

@@ -32,7 +32,7 @@ from taskservice.server import Application
 from taskservice.v1 import user_pb2, user_service_pb2
 from tests.conftest import Stubs
 from tests.helpers import register
-from tests.http_client import auth_headers, frame, grpc_web, grpc_web_failure
+from tests.http_client import auth_headers, frame, grpc_web, grpc_web_failure, merged_metadata
 
 SERVICE = "test.v1.StreamService"
 PATH = f"/{SERVICE}/Count"
@@ -119,7 +119,8 @@ async def test_a_server_stream_over_grpc_web_sends_each_message_then_ok(
     users = [user_pb2.User.FromString(message) for message in reply.messages]
     assert [u.email for u in users] == [f"message-{n}@example.com" for n in range(3)]
     assert {u.id for u in users} == {account.user.id}
-    assert reply.trailers["x-request-id"] == "stream-1"
+    assert merged_metadata(reply, "x-request-id") == ["stream-1"]
+    assert reply.headers["x-request-id"] == "stream-1"
 
 
 async def test_a_server_stream_refuses_a_missing_token_before_any_message(
@@ -150,6 +151,7 @@ async def test_an_error_mid_stream_ends_it_with_the_same_status_and_details(
         "TASK_NOT_FOUND",
         "no more messages",
     )
+    assert merged_metadata(reply, "x-request-id") == ["stream-2"]
     [line] = [r for r in caplog.records if getattr(r, "request_id", None) == "stream-2"]
     assert line.protocol == "grpc-web"  # type: ignore[attr-defined]
     assert line.grpc_code == "NOT_FOUND"  # type: ignore[attr-defined]
@@ -164,9 +166,14 @@ async def test_a_server_stream_over_connect_json_ends_with_an_end_stream_message
     response = await stream_edge.post(
         PATH,
         content=body,
-        headers={"content-type": "application/connect+json", **auth_headers(account.token)},
+        headers={
+            "content-type": "application/connect+json",
+            "x-request-id": "stream-3",
+            **auth_headers(account.token),
+        },
     )
     assert response.status_code == 200
+    assert response.headers.get_list("x-request-id") == ["stream-3"]
     envelopes = []
     data = response.content
     while data:
@@ -178,3 +185,5 @@ async def test_a_server_stream_over_connect_json_ends_with_an_end_stream_message
     assert end_flags & 0x02
     assert end["error"]["code"] == "not_found"
     assert [d["type"] for d in end["error"]["details"]] == ["google.rpc.ErrorInfo"]
+    # The end-stream message's metadata is the trailers, which clients merge with the headers.
+    assert "x-request-id" not in end.get("metadata", {})

@@ -9,6 +9,12 @@ was built with it. So this servicer sends the files of the descriptor set `make 
 pool only to find which file declares a symbol. Services outside the contract (health, reflection)
 are described from their generated modules, without comments.
 
+Error details are `google.protobuf.Any`s (`google.rpc.ErrorInfo`, `BadRequest`, `RetryInfo`), and
+grpcurl decodes one only if reflection answers `file_containing_symbol` for its type URL's message.
+No contract file imports google/rpc/error_details.proto, so the descriptor set lacks it (a
+servicer reading the default pool found it only because the server imports its module):
+`DETAIL_FILES` adds it, google/rpc/status.proto and their imports from their generated modules.
+
 grpcio-reflection serves only `grpc.reflection.v1alpha`. `grpc.reflection.v1` is the same
 protocol under a new package, with the very same messages, fields and numbers, so one servicer
 answers both; clients (grpcurl, `buf curl`) ask v1 first and fall back to v1alpha.
@@ -22,6 +28,7 @@ from importlib import resources
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
+from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 #: The descriptor set `make proto` writes next to the generated code.
@@ -35,6 +42,10 @@ SERVICE_NAMES: tuple[str, ...] = (V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME)
 _V1ALPHA_PACKAGE = reflection_pb2.DESCRIPTOR.package
 _V1_PACKAGE = V1_SERVICE_NAME.rsplit(".", 1)[0]
 _METHOD = "ServerReflectionInfo"
+
+#: Files served besides the contract's: the types of every error detail the server sends
+#: (google/rpc/error_details.proto) and of the status carrying them, so clients can decode both.
+DETAIL_FILES: tuple[FileDescriptor, ...] = (error_details_pb2.DESCRIPTOR, status_pb2.DESCRIPTOR)
 
 Request = reflection_pb2.ServerReflectionRequest
 Response = reflection_pb2.ServerReflectionResponse
@@ -81,6 +92,8 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):
         self._dependencies: dict[str, tuple[str, ...]] = {}
         for file in (*files, _v1_reflection_file()):
             self._add(file)
+        for detail_file in DETAIL_FILES:
+            self._add_generated(detail_file)
         for name in self._service_names:
             self._describe_service(name)
 

@@ -37,14 +37,13 @@ ALLOWED_HEADERS = (
     "x-user-agent",
     "x-request-id",
 )
-#: Response headers browser code may read: statuses, details, and the request id both as a
-#: header and as a Connect unary trailer.
+#: Response headers browser code may read: statuses, details, and the request id (a header
+#: only, on every protocol: see `taskservice.http.calls.ObserveAndMapErrors`).
 EXPOSED_HEADERS = (
     "grpc-status",
     "grpc-message",
     "grpc-status-details-bin",
     "x-request-id",
-    "trailer-x-request-id",
 )
 #: How long browsers may cache a preflight answer, in seconds.
 PREFLIGHT_MAX_AGE_SECONDS = 600

@@ -66,9 +66,14 @@ class _Started:
 class ObserveAndMapErrors:
     """Outermost: request id, the access log and metrics, and every error's one status.
 
-    The request id (the caller's `x-request-id` when sane) is returned as an `x-request-id`
-    response header and trailer. Domain errors and unexpected exceptions become the status
-    `taskservice.calls.errors` gives them; a library error (a ConnectError) is kept.
+    The request id (the caller's `x-request-id` when sane) is returned once, as an
+    `x-request-id` response header, never also as a trailer: Connect and gRPC-Web clients merge
+    headers and trailers into an error's metadata, so a copy in each reads back as "id, id".
+    Headers suit every protocol: `on_start` runs before anything is sent, so the id is in the
+    first (or only) response headers of unary calls and streams alike, ahead of any message.
+    (Native gRPC, on its own port, sends it as a trailer: see `taskservice.api.access_log`.)
+    Domain errors and unexpected exceptions become the status `taskservice.calls.errors` gives
+    them; a library error (a ConnectError) is kept.
     """
 
     def __init__(self, metrics: CallMetrics, on_database_error: Callable[[], None]) -> None:
@@ -84,7 +89,6 @@ class ObserveAndMapErrors:
             observation.info.peer_ip = ctx.client_address.rpartition(":")[0]
         observation.info.forwarded_for = tuple(ctx.request_headers.getall(FORWARDED_FOR_KEY))
         ctx.response_headers[REQUEST_ID_KEY] = observation.info.request_id
-        ctx.response_trailers[REQUEST_ID_KEY] = observation.info.request_id
         return _Started(observation, observer)
 
     async def on_end(self, started: _Started, ctx: RequestContext, error: Exception | None) -> None:

@@ -1,6 +1,7 @@
 // A small page that uses taskservice from a browser, as a web front end would: register, log in,
-// watch, create tasks and list them, over Connect (GET for read-only calls) or gRPC-Web. The API's
-// address and the protocol come from the query string (?api=http://host:8080&protocol=grpc-web).
+// watch, create tasks and list them, over Connect, JSON or binary (GET for read-only calls), or
+// gRPC-Web. The API's address and the protocol (connect, connect-proto or grpc-web) come from the
+// query string (?api=http://host:8080&protocol=grpc-web).
 // It writes what it saw as JSON into #result and sets <body data-state> to "done" or "failed",
 // which tests/test_browser.py reads.
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -18,7 +19,11 @@ async function run(): Promise<Record<string, unknown>> {
   const transport =
     protocol === "grpc-web"
       ? createGrpcWebTransport({ baseUrl })
-      : createConnectTransport({ baseUrl, useHttpGet: true });
+      : createConnectTransport({
+          baseUrl,
+          useHttpGet: true,
+          useBinaryFormat: protocol === "connect-proto",
+        });
   const auth = createClient(AuthService, transport);
   const users = createClient(UserService, transport);
   const tasks = createClient(TaskService, transport);
@@ -55,7 +60,8 @@ async function run(): Promise<Record<string, unknown>> {
   await watching;
   abort.abort();
 
-  // Response headers and trailers are readable by page code (CORS exposes them).
+  // Response headers and trailers are readable by page code (CORS exposes them). The request id
+  // is a header, and only a header: clients merge both into an error's metadata.
   let requestId = "";
   let trailerRequestId = "";
   await tasks.getTask(
@@ -77,6 +83,23 @@ async function run(): Promise<Record<string, unknown>> {
     errorRequestId = failure.metadata.get("x-request-id") ?? "";
   }
 
+  // A malformed token, as a stale or mangled one reaches the API: the error's metadata (headers
+  // and trailers merged) carries the request id the page sent, once.
+  let unauthenticated = "";
+  let unauthenticatedRequestId = "";
+  try {
+    await users.getMe(
+      {},
+      {
+        headers: { authorization: "Bearer not.a.jwt", "x-request-id": `page-error-${protocol}` },
+      },
+    );
+  } catch (error) {
+    const failure = ConnectError.from(error);
+    unauthenticated = Code[failure.code];
+    unauthenticatedRequestId = failure.metadata.get("x-request-id") ?? "";
+  }
+
   return {
     protocol,
     email: me.user?.email,
@@ -87,6 +110,8 @@ async function run(): Promise<Record<string, unknown>> {
     trailerRequestId,
     notFound,
     errorRequestId,
+    unauthenticated,
+    unauthenticatedRequestId,
   };
 }
 
