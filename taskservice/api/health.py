@@ -3,7 +3,8 @@
 Kubernetes asks `liveness` whether to restart the pod and `readiness` whether to send it traffic.
 Readiness (and `""` and each service name, which clients and grpcurl ask) is NOT_SERVING until
 start-up is complete, then SERVING only while the database answers: it is probed in the background
-every PROBE_INTERVAL_SECONDS, and at once when a call meets a database error. Liveness stays
+every PROBE_INTERVAL_SECONDS (every RECOVERY_PROBE_INTERVAL_SECONDS while it is down, so service
+resumes quickly after a failover), and at once when a call meets a database error. Liveness stays
 SERVING whatever the database does, so an outage never turns into a restart storm; a wedged event
 loop cannot answer the probe at all, which is what makes Kubernetes restart it.
 """
@@ -24,6 +25,9 @@ LIVENESS = "liveness"
 READINESS = "readiness"
 #: Seconds between database probes; with the probe timeout, an outage shows within 5 s.
 PROBE_INTERVAL_SECONDS = 2.0
+#: Seconds between probes while the database is down: readiness (and with it every call, which
+#: is refused while it is off) returns within this of a new primary taking over.
+RECOVERY_PROBE_INTERVAL_SECONDS = 0.25
 #: Longest a probe may take before the database counts as down.
 PROBE_TIMEOUT_SECONDS = 1.5
 #: Probes still running after their timeout and cancellation, at most, before no more start.
@@ -148,8 +152,9 @@ class HealthMonitor:
 
     async def _watch(self) -> None:
         while True:
+            interval = PROBE_INTERVAL_SECONDS if self.ready else RECOVERY_PROBE_INTERVAL_SECONDS
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), PROBE_INTERVAL_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
             await self._update(await self._database_answers())
 
