@@ -26,11 +26,13 @@ from taskservice.api.authentication import AuthInterceptor
 from taskservice.api.availability import AvailabilityInterceptor
 from taskservice.api.errors import ErrorInterceptor
 from taskservice.api.health import LIVENESS, READINESS, HealthMonitor, HealthServicer
+from taskservice.api.limits import UnaryCallLimitInterceptor
 from taskservice.api.metrics import ServerMetrics
 from taskservice.api.reflection import enable_reflection
 from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
 from taskservice.calls.context import current_call
+from taskservice.calls.limits import UnaryCallLimit
 from taskservice.config import ConfigError, Settings
 from taskservice.db.engine import Database, create_engine, open_fast_reads
 from taskservice.http.edge import build_http_server
@@ -282,16 +284,18 @@ async def build_server(
     monitor = HealthMonitor(HealthServicer(), database.ping, HEALTH_NAMES)
     await monitor.not_serving_yet()
     server = grpc.aio.server(
-        # Outermost first: errors are mapped around everything; calls fail fast while the
-        # database is down; then the caller is authenticated.
+        # Outermost first: every call is logged; unary calls over MAX_CONCURRENT_RPCS are
+        # refused; errors are mapped around everything further in; calls fail fast while the
+        # database is down; then the caller is authenticated. No `maximum_concurrent_rpcs`:
+        # it would count watch streams too (see `taskservice.calls.limits`).
         interceptors=[
             AccessLogInterceptor(metrics),
+            UnaryCallLimitInterceptor(UnaryCallLimit(settings.max_concurrent_rpcs)),
             ErrorInterceptor(on_database_error=monitor.suspect),
             AvailabilityInterceptor(monitor),
             AuthInterceptor(auth),
         ],
         options=server_options(settings, reuse_port=reuse_port),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
 
