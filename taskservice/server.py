@@ -382,16 +382,30 @@ def _health_only_server(
         raise RuntimeError(f"cannot listen on {address}: is the port already in use?") from None
 
 
-async def run(settings: Settings, *, reuse_port: bool = False) -> None:
-    """Serve until SIGTERM or SIGINT, then drain gracefully.
+async def run(
+    settings: Settings, *, reuse_port: bool = False, parent_sentinel: int | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT (or, for a worker, its supervisor's death), then drain.
 
     The signal handlers go in before anything starts, so a stop signal during start-up ends the
     process cleanly (started, then drained at once) rather than killing it mid-way.
+
+    `parent_sentinel` is a file descriptor that becomes readable when the supervisor is gone
+    (see `taskservice.workers`): the worker then drains exactly as on SIGTERM. Readability is a
+    lasting state, so a supervisor that died before this point is noticed at once.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if parent_sentinel is not None:
+
+        def parent_gone() -> None:
+            loop.remove_reader(parent_sentinel)  # stays readable: once is enough
+            logger.warning("supervisor gone: draining calls in flight")
+            stop.set()
+
+        loop.add_reader(parent_sentinel, parent_gone)
     try:
         app = await build_server(settings, reuse_port=reuse_port)
         try:
@@ -404,4 +418,6 @@ async def run(settings: Settings, *, reuse_port: bool = False) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError):
                 loop.remove_signal_handler(signum)
+        if parent_sentinel is not None:
+            loop.remove_reader(parent_sentinel)
     logger.info("stopped")
