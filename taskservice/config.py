@@ -376,12 +376,13 @@ def with_signing_key(settings: Settings) -> Settings:
     return settings
 
 
-def _dev_signing_key(path: Path = DEV_KEY_FILE) -> str:
-    """Return the development key in `path`, creating it atomically if it does not exist yet.
+def _dev_signing_key() -> str:
+    """Return the development key in DEV_KEY_FILE, creating it atomically if it does not exist yet.
 
     The key is written to a private temporary file and hard-linked into place, so a concurrent
     process either wins the link or reads the complete key the winner wrote.
     """
+    path = DEV_KEY_FILE
     try:
         return _read_key(path)
     except FileNotFoundError:

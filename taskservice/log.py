@@ -2,6 +2,13 @@
 
 JSON by default, one object per line, so log pipelines index fields (the access log's method,
 code, duration, peer, user id and request id) without parsing text; `LOG_FORMAT=text` for people.
+
+Every line made during a call, whichever module logs it and on whichever edge, carries that
+call's request id (`request_id`), so an operator can go from a caller's `x-request-id` to every
+line it caused (a retried transaction, a database warning) and not only to its access line. The
+formatters read it from the call's context (`taskservice.calls.context.current_call`) when
+the line is written, which is synchronously in the logging call, so nothing that logs needs to
+pass it.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TextIO
+
+from taskservice.calls.context import current_call
 
 #: Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -48,6 +57,8 @@ class JsonFormatter(logging.Formatter):
         entry.update(
             (key, value) for key, value in vars(record).items() if key not in _STANDARD_ATTRIBUTES
         )
+        if "request_id" not in entry and (call := current_call()) is not None:
+            entry["request_id"] = call.request_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _encode(entry)
@@ -61,6 +72,21 @@ class JsonFormatter(logging.Formatter):
     def _head(self, created: float, level: str, logger: str, message: str) -> dict[str, object]:
         """The fields every line starts with, in their order."""
         return {"time": self._time(created), "level": level, "logger": logger, "message": message}
+
+
+class TextFormatter(logging.Formatter):
+    """`LOG_FORMAT=text`: time, level, logger, message, and the call's request id if in a call."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        """The line before any traceback, ending with `[request_id=...]` during a call."""
+        line = super().formatMessage(record)
+        request_id = getattr(record, "request_id", None)
+        if request_id is None and (call := current_call()) is not None:
+            request_id = call.request_id
+        return line if request_id is None else f"{line} [request_id={request_id}]"
 
 
 #: Longest an access line made on an event loop waits to be written, in seconds.
@@ -171,7 +197,7 @@ def configure_logging(level: str, log_format: str = "json", stream: TextIO | Non
         handler.setFormatter(JsonFormatter())
     else:
         handler, _json_handler = logging.StreamHandler(stream), None
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     # Record fields no line of ours shows, each a system call or a stack walk per record (the
     # logging HOWTO's "Optimization" section); the access log writes a record per call.
     logging.logProcesses = False

@@ -26,11 +26,13 @@ from taskservice.api.authentication import AuthInterceptor
 from taskservice.api.availability import AvailabilityInterceptor
 from taskservice.api.errors import ErrorInterceptor
 from taskservice.api.health import LIVENESS, READINESS, HealthMonitor, HealthServicer
+from taskservice.api.limits import UnaryCallLimitInterceptor
 from taskservice.api.metrics import ServerMetrics
 from taskservice.api.reflection import enable_reflection
 from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
 from taskservice.calls.context import current_call
+from taskservice.calls.limits import UnaryCallLimit
 from taskservice.config import ConfigError, Settings
 from taskservice.db.engine import Database, create_engine, open_fast_reads
 from taskservice.http.edge import build_http_server
@@ -283,16 +285,18 @@ async def build_server(
     monitor = HealthMonitor(HealthServicer(), database.ping, HEALTH_NAMES)
     await monitor.not_serving_yet()
     server = grpc.aio.server(
-        # Outermost first: errors are mapped around everything; calls fail fast while the
-        # database is down; then the caller is authenticated.
+        # Outermost first: every call is logged; unary calls over MAX_CONCURRENT_RPCS are
+        # refused; errors are mapped around everything further in; calls fail fast while the
+        # database is down; then the caller is authenticated. No `maximum_concurrent_rpcs`:
+        # it would count watch streams too (see `taskservice.calls.limits`).
         interceptors=[
             AccessLogInterceptor(metrics),
+            UnaryCallLimitInterceptor(UnaryCallLimit(settings.max_concurrent_rpcs)),
             ErrorInterceptor(on_database_error=monitor.suspect),
             AvailabilityInterceptor(monitor),
             AuthInterceptor(auth),
         ],
         options=server_options(settings, reuse_port=reuse_port),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
 
@@ -379,16 +383,30 @@ def _health_only_server(
         raise RuntimeError(f"cannot listen on {address}: is the port already in use?") from None
 
 
-async def run(settings: Settings, *, reuse_port: bool = False) -> None:
-    """Serve until SIGTERM or SIGINT, then drain gracefully.
+async def run(
+    settings: Settings, *, reuse_port: bool = False, parent_sentinel: int | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT (or, for a worker, its supervisor's death), then drain.
 
     The signal handlers go in before anything starts, so a stop signal during start-up ends the
     process cleanly (started, then drained at once) rather than killing it mid-way.
+
+    `parent_sentinel` is a file descriptor that becomes readable when the supervisor is gone
+    (see `taskservice.workers`): the worker then drains exactly as on SIGTERM. Readability is a
+    lasting state, so a supervisor that died before this point is noticed at once.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if parent_sentinel is not None:
+
+        def parent_gone() -> None:
+            loop.remove_reader(parent_sentinel)  # stays readable: once is enough
+            logger.warning("supervisor gone: draining calls in flight")
+            stop.set()
+
+        loop.add_reader(parent_sentinel, parent_gone)
     try:
         app = await build_server(settings, reuse_port=reuse_port)
         try:
@@ -401,4 +419,6 @@ async def run(settings: Settings, *, reuse_port: bool = False) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError):
                 loop.remove_signal_handler(signum)
+        if parent_sentinel is not None:
+            loop.remove_reader(parent_sentinel)
     logger.info("stopped")

@@ -6,6 +6,16 @@ grpc's `examples/python/multiprocessing`); it reserves the port with a bound, no
 SO_REUSEPORT socket (so another program cannot take it, and an ephemeral port is known before the
 workers start), starts each worker in a fresh interpreter, replaces any that dies, and on SIGTERM
 or SIGINT passes the signal on and waits for every worker to drain.
+
+A supervisor that dies without draining them (SIGKILL, the OOM killer, a crash) must not leave
+its workers serving on: nothing would replace them, stop them or report their exit. Each worker
+watches a pipe whose write end only its supervisor holds (multiprocessing's parent sentinel:
+`multiprocessing.parent_process().sentinel`); the kernel closes it when the supervisor dies
+however it dies, the worker reads end-of-file, and drains as on SIGTERM. A pipe rather than
+Linux's parent-death signal (prctl PR_SET_PDEATHSIG): it works on every OS, has no window to
+close (a pipe closed before the worker looks is still at end-of-file, where a death signal sent
+before prctl is lost and needs a getppid re-check), and is not fired by the death of the parent
+*thread* that started the worker, which PR_SET_PDEATHSIG is.
 """
 
 from __future__ import annotations
@@ -54,13 +64,19 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
 
 
 def _worker(settings: Settings) -> None:
-    """A worker's entry point, in a fresh interpreter: serve with SO_REUSEPORT on."""
+    """A worker's entry point, in a fresh interpreter: serve with SO_REUSEPORT on.
+
+    It serves until SIGTERM or SIGINT, or until its supervisor is gone (its parent sentinel
+    becomes readable), and drains either way.
+    """
     from taskservice import loop
     from taskservice.log import configure_logging
     from taskservice.server import run
 
     configure_logging(settings.log_level, settings.log_format)
-    loop.run(run(settings, reuse_port=True))
+    supervisor = multiprocessing.parent_process()
+    sentinel = supervisor.sentinel if supervisor is not None else None
+    loop.run(run(settings, reuse_port=True, parent_sentinel=sentinel))
 
 
 class Supervisor:

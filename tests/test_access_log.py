@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from taskservice.calls.context import begin_call
 from taskservice.log import (
     ACCESS_LINES_BATCH,
     ACCESS_LINES_DELAY_SECONDS,
@@ -197,3 +199,25 @@ async def test_access_lines_are_written_in_batches_in_order() -> None:
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+
+
+def test_text_lines_made_during_a_call_end_with_its_request_id() -> None:
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    stream = io.StringIO()
+    configure_logging("INFO", "text", stream)
+    logger = logging.getLogger("taskservice.test")
+    try:
+
+        def during_a_call() -> None:
+            begin_call("text-call-7")
+            logger.info("inside")
+
+        contextvars.copy_context().run(during_a_call)
+        logger.info("outside")
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    inside, outside = stream.getvalue().splitlines()
+    assert inside.endswith("taskservice.test: inside [request_id=text-call-7]")
+    assert outside.endswith("taskservice.test: outside")

@@ -313,6 +313,62 @@ async def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path: Pa
             await _kill_group(process)
 
 
+async def _exited(pidfd: int) -> None:
+    """Wait until the process of `pidfd` has exited (its pidfd becomes readable).
+
+    A pidfd tells of any process's exit, not only a child's: a worker whose supervisor died is
+    adopted (and maybe never reaped) by another process.
+    """
+    loop = asyncio.get_running_loop()
+    exited = asyncio.Event()
+    loop.add_reader(pidfd, exited.set)
+    try:
+        await exited.wait()
+    finally:
+        loop.remove_reader(pidfd)
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits for exits with pidfds (Linux)")
+async def test_workers_drain_and_exit_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    assert (await _run(tmp_path, "migrate"))[0] == 0
+    process = await _start_supervisor(
+        tmp_path,
+        GRPC_HOST="127.0.0.1",
+        GRPC_PORT="0",
+        HTTP_HOST="127.0.0.1",
+        WORKERS="2",
+        BCRYPT_ROUNDS="4",
+        SHUTDOWN_GRACE_SECONDS="1",
+    )
+    assert process.stderr is not None
+    worker_started = re.compile(rb"worker started \(pid (\d+)\)")
+    pidfds: list[int] = []
+    try:
+        port = int((await _read_until(process.stderr, re.compile(rb"workers on [^:]+:(\d+)")))[1])
+        pids = [int((await _read_until(process.stderr, worker_started))[1]) for _ in range(2)]
+        pidfds = [os.pidfd_open(pid) for pid in pids]
+        for _ in range(2):
+            await _read_until(process.stderr, SERVING_LINE)
+        assert await _health(port) == health_pb2.HealthCheckResponse.SERVING
+
+        process.kill()  # SIGKILL: the supervisor can neither pass on a signal nor clean up
+        assert await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT) == -signal.SIGKILL
+        # Each worker notices and drains as on SIGTERM (their log lines, in either order).
+        for _ in range(2):
+            await _read_until(process.stderr, re.compile(rb"supervisor gone: draining"))
+        await asyncio.wait_for(asyncio.gather(*map(_exited, pidfds)), PROCESS_TIMEOUT)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # nothing serves on the port
+            await _health(port)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        for pidfd in pidfds:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+        if process.returncode is None:
+            await _kill_group(process)
+
+
 def test_workers_reserve_the_port_given_in_grpcs_bracketed_ipv6_form() -> None:
     """GRPC_HOST=[::] is how gRPC spells every IPv6 address; the workers' reservation takes it."""
     with reserve_port("[::]", 0) as port:

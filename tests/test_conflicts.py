@@ -13,15 +13,18 @@ long timeout, and the cycle is always closed by the server's transaction, which 
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
+import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import asyncpg
 import grpc
+import httpx
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from sqlalchemy import func, select, text
@@ -29,12 +32,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from taskservice.calls.context import REQUEST_ID_KEY
 from taskservice.db import retry
 from taskservice.db.models import Task
+from taskservice.log import configure_logging
 from taskservice.server import Application, build_server
 from taskservice.v1 import task_pb2, task_service_pb2, user_service_pb2
 from tests.conftest import Stubs, make_settings, stubs_for
 from tests.helpers import Account, fails, make_admin, register
+from tests.http_client import auth_headers, connect_json
 
 #: Rounds of the race on PostgreSQL, and in each the streams of back-to-back CreateTask calls by
 #: the user deleted and by an admin for them (a few unkeyed, most with a request_id: those
@@ -210,9 +216,16 @@ async def _eventually(check: Callable[[], Awaitable[_T | None]]) -> _T:
 
 
 async def _delete_losing_a_deadlock(
-    url: str, stubs: Stubs, deleter: Account, victim_id: int, task_id: int
+    url: str,
+    stubs: Stubs,
+    deleter: Account,
+    victim_id: int,
+    task_id: int,
+    delete: Callable[[], Awaitable[tuple[str, str, Any]]] | None = None,
 ) -> tuple[str, str, Any]:
     """Run DeleteUser(victim) through a deadlock that aborts its first transaction.
+
+    `delete` makes the call (over gRPC with `stubs` when not given) and returns its outcome.
 
     The server's DeleteUser locks the active admins' rows, then the victim's, then deletes the
     victim, cascading to their tasks. `holder` stops it between the first two by holding the
@@ -228,8 +241,10 @@ async def _delete_losing_a_deadlock(
         blocking = blocker.transaction()
         await blocking.start()
         await blocker.execute("SELECT 1 FROM tasks WHERE id = $1 FOR KEY SHARE", task_id)
-        delete = asyncio.ensure_future(
-            _outcome(
+        deleting = asyncio.ensure_future(
+            delete()
+            if delete is not None
+            else _outcome(
                 stubs.users.DeleteUser(
                     user_service_pb2.DeleteUserRequest(id=victim_id),
                     metadata=deleter.metadata,
@@ -260,7 +275,7 @@ async def _delete_losing_a_deadlock(
         # The blocker gets the admin's row once the server's transaction has been aborted.
         await asyncio.wait_for(waiting, WAIT_SECONDS)
         await blocking.rollback()
-        return await asyncio.wait_for(delete, WAIT_SECONDS)
+        return await asyncio.wait_for(deleting, WAIT_SECONDS)
     finally:
         for connection in (observer, holder, blocker):
             await connection.close()
@@ -347,6 +362,75 @@ async def test_a_conflict_on_the_last_attempt_is_aborted_concurrent_transaction(
         task_service_pb2.GetTaskRequest(id=task_id), metadata=victim.metadata
     )
     assert task.task.id == task_id
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """What the server logs at INFO, as the JSON lines production writes."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    yield stream
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+
+
+@pytest.mark.parametrize("edge", ["grpc", "connect"])
+async def test_retry_log_lines_carry_the_request_id_of_their_call(
+    pg_database_url: str,
+    pg_app: Application,
+    pg_stubs: Stubs,
+    json_log: io.StringIO,
+    edge: str,
+) -> None:
+    deleter = await make_admin(pg_app, pg_stubs)
+    victim, task_id = await _user_with_a_task(pg_stubs)
+    returned: list[str] = []
+
+    async def over_grpc() -> tuple[str, str, Any]:
+        call = pg_stubs.users.DeleteUser(
+            user_service_pb2.DeleteUserRequest(id=victim.user.id),
+            metadata=deleter.metadata,
+            timeout=WAIT_SECONDS,
+        )
+        outcome = await _outcome(call)
+        returned.append(dict(await call.trailing_metadata())[REQUEST_ID_KEY])
+        return outcome
+
+    async def over_connect() -> tuple[str, str, Any]:
+        base = f"http://127.0.0.1:{pg_app.http_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=WAIT_SECONDS) as http:
+            response = await connect_json(
+                http,
+                "/taskservice.v1.UserService/DeleteUser",
+                {"id": victim.user.id},
+                **auth_headers(deleter.token),
+            )
+        returned.append(response.headers[REQUEST_ID_KEY])
+        return ("OK" if response.status_code == 200 else str(response.status_code)), "", None
+
+    outcome = await _delete_losing_a_deadlock(
+        pg_database_url,
+        pg_stubs,
+        deleter,
+        victim.user.id,
+        task_id,
+        delete=over_grpc if edge == "grpc" else over_connect,
+    )
+
+    assert outcome[0] == "OK"
+    [request_id] = returned
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
+    retries = [line for line in lines if line["logger"] == retry.__name__]
+    assert [line["attempt"] for line in retries] == [1]
+    assert retries[0]["request_id"] == request_id
+    [access] = [line for line in lines if str(line["message"]).endswith("DeleteUser OK")]
+    assert access["request_id"] == request_id
+    # Lines made outside any call carry no request id.
+    assert all("request_id" not in line for line in lines if line["logger"] == "taskservice.server")
 
 
 @pytest.fixture

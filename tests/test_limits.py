@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
+import httpx
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from taskservice.server import Application, build_server
 from taskservice.v1 import auth_service_pb2, task_pb2, user_service_pb2
 from taskservice.v1 import task_service_pb2 as pb
 from tests.conftest import make_settings, stubs_for
 from tests.helpers import PASSWORD, fails, register
+from tests.http_client import auth_headers, connect_json, grpc_web_stream
+from tests.watching import DEADLINE, read_until
 
 LIMIT = 64 * 1024
 
@@ -58,6 +63,76 @@ async def test_calls_beyond_the_concurrency_limit_are_resource_exhausted(
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert 1 <= len(results) - len(refused) <= 2
+
+
+#: Watch streams held open against a MAX_CONCURRENT_RPCS of 2, on each protocol.
+WATCHERS = 5
+
+
+def _reasons(errors: list[grpc.aio.AioRpcError]) -> set[str]:
+    reasons = set()
+    for error in errors:
+        details = dict(error.trailing_metadata() or ())["grpc-status-details-bin"]
+        for detail in status_pb2.Status.FromString(details).details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                reasons.add(info.reason)
+    return reasons
+
+
+async def test_watch_streams_do_not_use_up_the_unary_call_limit(database_url: str) -> None:
+    settings = make_settings(database_url, max_concurrent_rpcs=2, bcrypt_rounds=12)
+    application = await build_server(settings)
+    await application.start()
+    try:
+        async with (
+            stubs_for(application) as stubs,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{application.http_port}") as http,
+            contextlib.AsyncExitStack() as open_streams,
+        ):
+            account = await register(stubs)
+            watch = pb.WatchTasksRequest()
+            grpc_streams = [
+                stubs.tasks.WatchTasks(watch, metadata=account.metadata) for _ in range(WATCHERS)
+            ]
+            for stream in grpc_streams:  # each has started: its first bookmark came
+                await read_until(stream, lambda responses: len(responses) == 1)
+            for _ in range(WATCHERS):
+                web_stream = await open_streams.enter_async_context(
+                    grpc_web_stream(
+                        http,
+                        "/taskservice.v1.TaskService/WatchTasks",
+                        watch,
+                        **auth_headers(account.token),
+                    )
+                )
+                async with asyncio.timeout(DEADLINE):
+                    assert await web_stream.next_message() is not None
+
+            for _ in range(3):  # one at a time: every unary call has room on both edges
+                me = await stubs.users.GetMe(
+                    user_service_pb2.GetMeRequest(), metadata=account.metadata
+                )
+                assert me.user.id == account.user.id
+                response = await connect_json(
+                    http, "/taskservice.v1.UserService/GetMe", {}, **auth_headers(account.token)
+                )
+                assert response.status_code == 200, response.text
+
+            # Unary calls beyond the limit are still refused, streams or not.
+            login = auth_service_pb2.LoginRequest(email=account.user.email, password=PASSWORD)
+            results = await asyncio.gather(
+                *(stubs.auth.Login(login) for _ in range(6)), return_exceptions=True
+            )
+            refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert _reasons(refused) == {"TOO_MANY_CALLS"}
+            assert 1 <= len(results) - len(refused) <= 2
+            for stream in grpc_streams:  # the watchers were never disturbed
+                assert not stream.done()
+                stream.cancel()
+    finally:
+        await application.stop(grace=None)
 
 
 @pytest.mark.parametrize(

@@ -410,6 +410,48 @@ def test_the_statement_cache_keeps_the_most_recently_used_shapes() -> None:
     assert built == ["a", "b", "c", "b"]
 
 
+#: A read that would run for hours: counting to 10**12 in a recursive CTE.
+_ENDLESS = Prepared(
+    sqlalchemy.text(
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 1000000000000)"
+        " SELECT count(*) AS total FROM n"
+    ).columns(sqlalchemy.column("total", sqlalchemy.Integer))
+)
+
+
+async def test_a_timed_out_sqlite_read_is_interrupted_and_the_next_read_runs_at_once(
+    tmp_path: Path,
+) -> None:
+    url = make_url(f"sqlite+aiosqlite:///{tmp_path / 'reads.db'}")
+    with sqlite3.connect(url.database) as connection:
+        connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
+        connection.execute("INSERT INTO t VALUES (1, 'one')")
+    table = sqlalchemy.table("t", sqlalchemy.column("id"), sqlalchemy.column("name"))
+    by_id = Prepared(
+        sqlalchemy.select(table.c.name).where(table.c.id == sqlalchemy.bindparam("id"))
+    )
+    reads = SqliteReads(url, sqlite_dialect.dialect(), busy_timeout_ms=100)
+    await reads.start()
+    try:
+        reader = reads.reader()
+        assert await reader.scalar(by_id, {"id": 1}) == "one"  # the thread is up and idle
+        for _ in range(2):  # and again: an interrupt leaves nothing behind for the next read
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):  # a call's deadline passing mid-read
+                    await reader.scalar(_ENDLESS)
+            # Without the interrupt the thread would count on for hours before this read.
+            assert await asyncio.wait_for(reader.scalar(by_id, {"id": 1}), 5) == "one"
+        # A read cancelled while queued behind a running one is skipped, not run.
+        running = asyncio.ensure_future(reader.scalar(_ENDLESS))
+        queued = asyncio.ensure_future(reader.scalar(_ENDLESS))
+        await asyncio.sleep(0)  # one turn of the loop: both are handed to the thread
+        queued.cancel()
+        running.cancel()
+        assert await asyncio.wait_for(reader.scalar(by_id, {"id": 1}), 5) == "one"
+    finally:
+        await asyncio.wait_for(reads.close(), 5)
+
+
 async def test_the_sqlite_read_thread_reports_errors_survives_cancellation_and_drains(
     tmp_path: Path,
 ) -> None:

@@ -156,6 +156,10 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             yield self._responses.get(item)
 
 
+#: Change responses kept for sharing between streams: well over what a burst of changes
+#: reaching every watcher at about the same moment needs.
+WATCH_RESPONSES_KEPT = 4096
+
 _CHANGE_TYPES = {
     TaskChangeType.CREATED: pb.TASK_CHANGE_TYPE_CREATED,
     TaskChangeType.UPDATED: pb.TASK_CHANGE_TYPE_UPDATED,
@@ -170,12 +174,12 @@ class _WatchResponses:
 
     A change reaches every stream watching its owner at about the same moment: with a thousand
     watchers, converting the task to protobuf per stream cost more than everything else the
-    fan-out does. The newest `size` responses are kept (by revision; the same revision is always
-    the same change), and nobody mutates them: gRPC only serializes what it is given.
+    fan-out does. The newest WATCH_RESPONSES_KEPT responses are kept (by revision; the same
+    revision is always the same change), and nobody mutates them: gRPC only serializes what it
+    is given.
     """
 
-    def __init__(self, size: int = 4096) -> None:
-        self._size = size
+    def __init__(self) -> None:
         self._by_revision: OrderedDict[int, pb.WatchTasksResponse] = OrderedDict()
 
     def get(self, item: Change | Bookmark) -> pb.WatchTasksResponse:
@@ -186,7 +190,7 @@ class _WatchResponses:
         if response is None:
             response = _change_response(item)
             self._by_revision[item.revision] = response
-            if len(self._by_revision) > self._size:
+            if len(self._by_revision) > WATCH_RESPONSES_KEPT:
                 self._by_revision.popitem(last=False)
         return response
 

@@ -13,6 +13,13 @@ The connection is `query_only`: only reads come here. Writes keep SQLAlchemy's c
 their BEGIN IMMEDIATE queue; in WAL mode a read neither waits for them nor blocks them, and it
 sees every write committed before it starts. An in-memory database has no second connection to
 give, so it keeps SQLAlchemy's path.
+
+A call cancelled (its deadline passed, its client went away) must not keep the one thread busy:
+every read behind it would wait for a result nobody wants. A read cancelled while queued is
+skipped; one cancelled while running is stopped with `sqlite3.Connection.interrupt()` (the one
+sqlite3 call meant to be made from another thread), so the thread moves on to the next read at
+once. A lock pairs "which read is running" with the interrupt, so an interrupt can only reach
+the read it was meant for: SQLite clears a late one when the next statement starts.
 """
 
 from __future__ import annotations
@@ -48,6 +55,11 @@ class SqliteReads:
         self._loop = asyncio.get_running_loop()
         self._opened: asyncio.Future[None] = self._loop.create_future()
         self._thread = threading.Thread(target=self._run, name="sqlite-reads", daemon=True)
+        #: Guards `_running`, and interrupting it, against the thread moving to another read.
+        self._lock = threading.Lock()
+        #: The future of the read the thread is running now, on `_connection`.
+        self._running: asyncio.Future[list[Any]] | None = None
+        self._connection: sqlite3.Connection | None = None
 
     @staticmethod
     def serves(url: URL) -> bool:
@@ -76,7 +88,20 @@ class SqliteReads:
         compiled = read.compiled(self._dialect)
         future: asyncio.Future[list[Any]] = self._loop.create_future()
         self._jobs.put((future, compiled, compiled.arguments(values)))
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._interrupt(future)
+            raise
+
+    def _interrupt(self, future: asyncio.Future[list[Any]]) -> None:
+        """Stop the read of `future` (already cancelled) if the thread is running it now.
+
+        A read still queued needs nothing: the thread skips cancelled reads.
+        """
+        with self._lock:
+            if self._running is future and self._connection is not None:
+                self._connection.interrupt()
 
     def _run(self) -> None:
         try:
@@ -84,6 +109,7 @@ class SqliteReads:
         except BaseException as error:
             self._loop.call_soon_threadsafe(_fail, self._opened, error)
             return
+        self._connection = connection
         self._loop.call_soon_threadsafe(_succeed, self._opened, None)
         try:
             while self._serve_batch(connection):
@@ -114,14 +140,21 @@ class SqliteReads:
                 running = False
                 continue
             future, compiled, arguments = job
+            with self._lock:
+                if future.cancelled():  # its caller is gone: skip it
+                    continue
+                self._running = future
             try:
                 rows = compiled.rows(connection.execute(compiled.sql, arguments).fetchall())
-            except sqlite3.Error as error:
+            except sqlite3.Error as error:  # an interrupted read's too: its future is cancelled
                 answers.append((future, None, _as_sqlalchemy(compiled, arguments, error)))
             except Exception as error:  # a result processor's: the caller's to see
                 answers.append((future, None, error))
             else:
                 answers.append((future, rows, None))
+            finally:
+                with self._lock:
+                    self._running = None
         if answers:
             self._loop.call_soon_threadsafe(_answer, answers)
         return running

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from connectrpc.errors import ConnectError
 from connectrpc.method import StreamType
 from connectrpc.request import RequestContext
-from google.rpc import code_pb2
 
 from taskservice.api.peer import FORWARDED_FOR_KEY
 from taskservice.calls.authentication import (
@@ -28,11 +27,8 @@ from taskservice.calls.authentication import (
     parse_authorization,
 )
 from taskservice.calls.context import REQUEST_ID_KEY
-from taskservice.calls.errors import (
-    database_unavailable,
-    rich_status,
-    status_of,
-)
+from taskservice.calls.errors import database_unavailable, status_of
+from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics, MethodObserver, Observation
 from taskservice.http.errors import code_name, connect_error
 from taskservice.services.auth import AuthService
@@ -120,31 +116,27 @@ class ObserveAndMapErrors:
 
 
 class ConcurrencyLimit:
-    """At most MAX_CONCURRENT_RPCS calls in progress on the HTTP edge, as on the gRPC server.
+    """At most MAX_CONCURRENT_RPCS unary calls in progress on the HTTP edge, as on the gRPC edge.
 
-    A call over the limit is refused at once with RESOURCE_EXHAUSTED (reason TOO_MANY_CALLS),
-    before its body is read, instead of queueing behind the others.
+    A unary call over the limit is refused at once with RESOURCE_EXHAUSTED (reason
+    TOO_MANY_CALLS), before its body is read, instead of queueing behind the others. Server
+    streams are not counted: WATCH_MAX_STREAMS bounds them (see `taskservice.calls.limits`).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: UnaryCallLimit) -> None:
         self._limit = limit
-        self._in_progress = 0
 
-    async def on_start(self, ctx: RequestContext) -> None:
-        """Count the call in, or refuse it."""
-        if self._in_progress >= self._limit:
-            raise connect_error(
-                rich_status(
-                    code_pb2.RESOURCE_EXHAUSTED,
-                    "too many calls in progress; retry with backoff",
-                    "TOO_MANY_CALLS",
-                )
-            )
-        self._in_progress += 1
+    async def on_start(self, ctx: RequestContext) -> bool:
+        """Count a unary call in, or refuse it; return whether it was counted."""
+        if ctx.method.stream_type != StreamType.UNARY:
+            return False
+        self._limit.enter()
+        return True
 
-    async def on_end(self, token: None, ctx: RequestContext, error: Exception | None) -> None:
+    async def on_end(self, counted: bool, ctx: RequestContext, error: Exception | None) -> None:
         """Count the call out."""
-        self._in_progress -= 1
+        if counted:
+            self._limit.leave()
 
 
 class GateAndAuthenticate:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from taskservice.api.health import HealthMonitor
+from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics
 from taskservice.config import Settings
 from taskservice.http.app import (
@@ -73,7 +74,7 @@ def build_http_app(
     """The ASGI application serving every service's servicer over Connect and gRPC-Web."""
     interceptors = (
         ObserveAndMapErrors(metrics, on_database_error=health.suspect),
-        ConcurrencyLimit(settings.max_concurrent_rpcs),
+        ConcurrencyLimit(UnaryCallLimit(settings.max_concurrent_rpcs)),
         GateAndAuthenticate(auth, is_ready=lambda: health.ready),
     )
     options = connect_options(interceptors, settings.max_message_bytes)

@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import bcrypt
@@ -31,6 +33,8 @@ _T = TypeVar("_T")
 HASHING_NICENESS = 10
 #: bcrypt's input limit, in bytes.
 BCRYPT_MAX_PASSWORD_BYTES = 72
+#: Where Linux mounts the cgroup tree; in a container (cgroup namespace) it is the container's.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ class PasswordHasher:
         #: bcrypt computations started: what throttling must not spend (observable in tests).
         self.computations = 0
         self._executor = ThreadPoolExecutor(
-            max_workers=threads or os.cpu_count() or 2,
+            max_workers=threads or available_cpus(),
             thread_name_prefix="bcrypt",
             initializer=_lower_priority,
         )
@@ -94,6 +98,58 @@ class PasswordHasher:
     def close(self) -> None:
         """Stop the worker threads once pending hashes are done."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """The CPUs this process may actually use: what sizes the hashing pool.
+
+    `os.cpu_count()` counts the machine's CPUs, so a process pinned to one core (taskset,
+    cpusets) or a container given one CPU's worth of quota on a 64-core host would start 64
+    threads contending for one CPU. So: the CPUs the process may run on (`os.process_cpu_count`
+    on Python 3.13+, else the affinity mask), capped by the cgroup's CPU quota rounded up, and at
+    least 1.
+    """
+    process_cpu_count: Callable[[], int | None] | None = getattr(os, "process_cpu_count", None)
+    if process_cpu_count is not None:
+        count = process_cpu_count()
+    elif hasattr(os, "sched_getaffinity"):
+        count = len(os.sched_getaffinity(0))
+    else:
+        count = os.cpu_count()
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        count = min(count or quota, quota)
+    return max(1, count or 1)
+
+
+def cgroup_cpu_quota(cgroup_root: Path = CGROUP_ROOT) -> int | None:
+    """The cgroup's CPU quota in whole CPUs (rounded up), or None when it sets none.
+
+    cgroup v2 writes it as `<quota> <period>` (or `max <period>`) in `cpu.max`; v1 as
+    `cpu.cfs_quota_us` (-1: none) and `cpu.cfs_period_us` under the `cpu` controller's mount.
+    Unreadable or malformed files count as no quota: a wrong guess must not stop the server.
+    """
+    candidates = [
+        (cgroup_root / "cpu.max", None),
+        *(
+            (cgroup_root / mount / "cpu.cfs_quota_us", cgroup_root / mount / "cpu.cfs_period_us")
+            for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu")
+        ),
+    ]
+    for quota_file, period_file in candidates:
+        try:
+            if period_file is None:
+                quota_text, period_text = quota_file.read_text().split()
+            else:
+                quota_text, period_text = quota_file.read_text(), period_file.read_text()
+            if quota_text.strip() in {"max", "-1"}:
+                return None
+            quota, period = int(quota_text), int(period_text)
+        except (OSError, ValueError):
+            continue
+        if quota > 0 and period > 0:
+            return max(1, math.ceil(quota / period))
+    return None
 
 
 def _lower_priority() -> None:

@@ -2,8 +2,9 @@
 
 A row is written in the same transaction as the change it records (`record`), so the trail never
 shows a change that was rolled back nor misses one that committed; its log line is written once
-that transaction has committed. Events with no transaction of their own use `record_now`. Neither
-ever carries a secret: only event names, user ids, an outcome and the request id.
+that transaction has committed. Refusals that change nothing (throttled logins and registrations)
+are not stored: they get the log line alone (`log_event`). Neither ever carries a secret: only
+event names, user ids, an outcome and the request id.
 """
 
 from __future__ import annotations
@@ -126,20 +127,6 @@ class AuditTrail:
         )
         session.add(row)
         event.listen(session.sync_session, "after_commit", lambda _s: _log(row), once=True)
-
-    async def record_now(
-        self,
-        name: str,
-        *,
-        actor_id: int | None,
-        target_user_id: int | None,
-        outcome: str = SUCCESS,
-    ) -> None:
-        """Write an event in a transaction of its own."""
-        async with self._db.write() as session:
-            self.record(
-                session, name, actor_id=actor_id, target_user_id=target_user_id, outcome=outcome
-            )
 
     async def list_events(
         self, caller: Principal, filter_text: str, requested_size: int, token: str

@@ -9,7 +9,7 @@ columns they set, so concurrent patches of different fields both survive.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -155,13 +155,11 @@ class TaskService:
         database: Database,
         page_tokens: PageTokens,
         trash_retention: timedelta = timedelta(days=30),
-        clock: Callable[[], datetime] = utcnow,
         audit_trail: AuditTrail | None = None,
     ) -> None:
         self._db = database
         self._page_tokens = page_tokens
         self._trash_retention = trash_retention
-        self._clock = clock
         self._audit = audit_trail
 
     def _audit_admin_action(self, session: AsyncSession, caller: Principal, owner_id: int) -> None:
@@ -202,7 +200,7 @@ class TaskService:
             "labels": checked.labels,
             "complete_time": utcnow() if status is TaskStatus.DONE else None,
             "parent_id": task_tree.parent_key(values.parent_id),
-            "position": task_tree.first_position(self._clock()),
+            "position": task_tree.first_position(utcnow()),
         }
         try:
             if not (request_id or checked.labels or values.parent_id or owner != caller.user_id):
@@ -384,7 +382,7 @@ class TaskService:
             self._audit_admin_action(session, caller, task.owner_id)
             _check_etag(task, expected_etag)
             _check_live(task)
-            now = self._clock()
+            now = utcnow()
             await session.execute(
                 update(Task)
                 .where(Task.id.in_(await task_tree.subtree_ids(session, task.id)))
@@ -425,7 +423,7 @@ class TaskService:
                     purge_time=None,
                     trash_root_id=None,
                     version=Task.version + 1,
-                    update_time=self._clock(),
+                    update_time=utcnow(),
                 ),
                 execution_options={"synchronize_session": False},
             )
@@ -473,7 +471,7 @@ class TaskService:
                         "previous_id", "must be a live task under the same parent, not the task"
                     )
             task.position = await task_tree.position_after(
-                session, task, task_tree.parent_key(parent_id), previous, self._clock()
+                session, task, task_tree.parent_key(parent_id), previous, utcnow()
             )
             task.parent_id = task_tree.parent_key(parent_id)
             task.version += 1
@@ -489,13 +487,13 @@ class TaskService:
         await task_tree.check_parent(session, task, task.owner_id, parent, "task.parent_id")
         await task_tree.lock_siblings(session, task.owner_id, parent)
         task.position = await task_tree.position_after(
-            session, task, task_tree.parent_key(parent_id), None, self._clock()
+            session, task, task_tree.parent_key(parent_id), None, utcnow()
         )
         task.parent_id = task_tree.parent_key(parent_id)
 
     async def purge_expired(self, now: datetime | None = None) -> int:
-        """Delete for good every task whose purge time has come (by the service's clock)."""
-        return await purge_expired_tasks(self._db, now or self._clock())
+        """Delete for good every task whose purge time has come (by the system clock)."""
+        return await purge_expired_tasks(self._db, now or utcnow())
 
     async def list_tasks(
         self,

@@ -31,11 +31,9 @@ class TrashSweeper:
     def __init__(
         self,
         tasks: TaskService,
-        interval: float = SWEEP_INTERVAL_SECONDS,
         also: Sequence[Callable[[], Awaitable[int]]] = (),
     ) -> None:
         self._tasks = tasks
-        self._interval = interval
         self._also = tuple(also)
         self._task: asyncio.Task[None] | None = None
 
@@ -53,7 +51,7 @@ class TrashSweeper:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval * random.uniform(0.9, 1.1))  # noqa: S311
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS * random.uniform(0.9, 1.1))  # noqa: S311
             try:
                 purged = await self._tasks.purge_expired()
             except Exception as exc:  # the next sweep tries again

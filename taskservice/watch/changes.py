@@ -155,11 +155,9 @@ async def read_revisions(connection: AsyncConnection) -> Revisions:
     return Revisions(current, compacted)
 
 
-async def page(
-    database: Database, after: int, until: int = _NO_LIMIT, limit: int = PAGE_SIZE
-) -> list[Change]:
-    """At most `limit` changes with `after < revision <= until`, in revision order."""
-    parameters = {"after": after, "until": until, "limit": limit}
+async def page(database: Database, after: int, until: int = _NO_LIMIT) -> list[Change]:
+    """At most PAGE_SIZE changes with `after < revision <= until`, in revision order."""
+    parameters = {"after": after, "until": until, "limit": PAGE_SIZE}
     async with database.reads() as reader:
         rows = await reader.all(_PAGE, parameters)
     return [change(row) for row in rows]
