@@ -65,7 +65,7 @@ def documented_service_config() -> str:
     document = (ROOT / "docs/operations.md").read_text()
     section = document.split("\n## Scaling out\n", 1)[1].split("\n## ", 1)[0]
     match = re.search(r"```json\n(.*?)\n```", section, re.DOTALL)
-    assert match, "docs/operations.md's Scaling out section shows the service config as a json block"
+    assert match, "docs/operations.md's Scaling out shows the service config as a json block"
     config = json.loads(match.group(1))
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     return json.dumps(config)
