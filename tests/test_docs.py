@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -35,7 +36,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
 from bench.processes import TaskService, free_port
-from bench.run import migrate, server_environment
+from bench.run import STORM, migrate, server_environment
+from bench.run import _arguments as _bench_arguments
+from bench.scenarios import SCENARIOS
 from taskservice.config import Settings, normalize_database_url
 from taskservice.v1 import (
     auth_service_pb2,
@@ -201,6 +204,21 @@ def test_shell_blocks_run_or_say_why() -> None:
     assert len(skipped) <= len(SHELL_BLOCKS) // 3, "most shell blocks must run"
 
 
+def test_benchmark_commands_take_real_options() -> None:
+    """`make bench` blocks are not run, but their BENCH_ARGS must parse and name real scenarios."""
+    names = {scenario.name for scenario in SCENARIOS} | {STORM}
+    checked = 0
+    for block in SHELL_BLOCKS:
+        for command in block.commands:
+            if not _program(command).startswith("make bench") or "make bench-watch" in command:
+                continue
+            arguments = re.search(r'BENCH_ARGS="([^"]*)"', command)
+            options = _bench_arguments(shlex.split(arguments.group(1)) if arguments else [])
+            assert set(options.only or ()) <= names, f"{block}: no such scenario in {command!r}"
+            checked += 1
+    assert checked, "the documents show how to run `make bench`"
+
+
 @dataclass
 class DocServer:
     """A document's server, its environment, and the access token of you@example.com."""
@@ -272,8 +290,9 @@ def _with_ports(text: str, grpc_port: int, http_port: int) -> str:
 
 def _needs(block: Block) -> None:
     """Skip (fail under CI) when a tool the block calls is not installed."""
-    for tool in ("grpcurl", "buf", "jq", "curl", "make"):
-        called = any(re.match(rf"(.*[|(;&]\s*)?{tool}\b", _program(c)) for c in block.commands)
+    text = "\n".join(block.commands)
+    for tool in ("grpcurl", "buf", "jq", "curl", "make", "uv"):
+        called = re.search(rf"(^|[\s|(;&]){tool}\s", text, re.MULTILINE)
         if called and shutil.which(tool, path=_tool_path()) is None:
             message = f"{block} calls {tool}, which is not installed"
             if IN_CI:
