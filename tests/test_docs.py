@@ -5,8 +5,10 @@
 - Every fenced shell block of README.md and docs/*.md runs, as bash with `-euo pipefail`, against
   a real `taskservice serve` (migrated, on a fresh SQLite database per document, on free ports
   that replace 50051 and 8080 in the commands). Blocks of one document run in order against its
-  server. `$TOKEN` is an access token of you@example.com (password `correct horse battery`), who
-  owns task 1. A block fails when it exits non-zero or prints a Connect error.
+  server. The README starts from an empty database; each docs/*.md starts where the README's
+  first example leaves a reader: you@example.com (password `correct horse battery`) owns task 1,
+  and `$TOKEN` is an access token of theirs. A block fails when it exits non-zero or prints a
+  Connect error.
 - `<!-- runs until stopped -->` just above a block: it is started, must reach health SERVING when
   it starts a server (else stay up for a few seconds), and is then stopped with SIGTERM.
 - `<!-- not-run: REASON -->` just above a block: not run. REASON must be one of NOT_RUN, and every
@@ -246,7 +248,7 @@ async def _your_account(target: str) -> str:
         tasks = task_service_pb2_grpc.TaskServiceStub(channel)
         created = await tasks.CreateTask(
             task_service_pb2.CreateTaskRequest(
-                task=task_pb2.Task(title="Water the plants", labels=["home"])
+                task=task_pb2.Task(title="Write the docs", labels=["home"])
             ),
             metadata=(("authorization", f"Bearer {token}"),),
         )
@@ -271,7 +273,8 @@ def doc_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             migrate(environment)
             service = TaskService(environment, workers=1, log=workdir / "server.log")
             service.wait_ready()
-            token = asyncio.run(_your_account(service.target))
+            starts_empty = document == "README.md"
+            token = "" if starts_empty else asyncio.run(_your_account(service.target))
             servers[document] = DocServer(service, environment, token)
         return servers[document]
 
@@ -305,7 +308,9 @@ def test_shell_block_runs(block: Block, doc_servers: Any) -> None:
     _needs(block)
     server: DocServer = doc_servers(block.document)
     port, http_port = server.service.port, server.service.http_port
-    environment = {**server.environment, "TOKEN": server.token}
+    environment = dict(server.environment)
+    if server.token:
+        environment["TOKEN"] = server.token
     script = _with_ports(block.text, port, http_port)
     if block.marker == RUNS_UNTIL_STOPPED:
         _run_until_stopped(block, script, environment)
