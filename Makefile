@@ -103,7 +103,7 @@ lint: install $(BUF) ## ruff (lint and format check), buf lint and breaking, and
 	$(UV) run --locked kubernetes-validate --strict --quiet -k $(KUBERNETES_VERSION) deploy/kubernetes/*.yaml
 
 # The contract clients were given: every later change must be an addition (buf's FILE rules).
-# The first wave's released protos; move it forward only with a deliberate, announced break.
+# The first released protos; move it forward only with a deliberate, announced break.
 BREAKING_BASE ?= b863fe46b1a703e85f29485d0205e96dc9d7da62
 
 .PHONY: breaking

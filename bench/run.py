@@ -365,7 +365,7 @@ STORM = "GetTask during a Login storm"
 
 
 def _targets(measurements: list[Measurement], concurrency: int) -> list[dict[str, object]]:
-    """Issue 17's targets, at the highest concurrency measured (those it measured)."""
+    """The performance targets, at the highest concurrency measured (those this run measured)."""
     at = {m.scenario: m for m in measurements if m.concurrency == concurrency}
     served = [m.max_worker_rss_mib for m in measurements if m.scenario != ECHO.name]
     lists = ["ListTasks first page", "ListTasks deep page", "ListTasks deep page, admin"]

@@ -35,7 +35,7 @@ from taskservice.v1 import (
     task_service_pb2_grpc,
 )
 
-#: Issue 14's targets, for 1,000 watchers and 50 writes a second: figure -> most allowed.
+#: The targets, for 1,000 watchers and 50 writes a second: figure -> most allowed.
 TARGETS = {"rss_kib_per_idle_watcher": 20.0, "latency_ms_p99": 50.0}
 
 #: Streams opened per channel (each channel is one HTTP/2 connection).
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in figures.items():
         print(f"  {name}: {value}")
     print(
-        f"targets (issue 14: 1,000 watchers, 50 writes/s; "
+        f"targets (set for 1,000 watchers, 50 writes/s; "
         f"this run: {args.watchers}, {args.rate:g}/s):"
     )
     for name, bound in TARGETS.items():

@@ -3,7 +3,7 @@
 grpc.aio, asyncpg and hypercorn all run on uvloop, whose transports, timers and callbacks are C.
 By paired runs on a 2-vCPU machine it cut server CPU per call by 10 to 20% on CreateTask and list
 pages, where asyncio's selector loop and socket transports took a sixth of the event loop thread
-(docs/benchmarks.md, session 8). uvloop does not build on Windows; there, and wherever it is
+(docs/benchmarks.md). uvloop does not build on Windows; there, and wherever it is
 missing, asyncio's loop serves the same code. The test suite runs on the loop this module gives
 (tests/conftest.py), so what the tests show is what `taskservice serve` does.
 """

@@ -29,7 +29,7 @@ from tests.proxy import TcpProxy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-#: The issue's bound for health to follow the database, either way.
+#: How soon health follows the database, either way (the documented bound).
 FLIP_SECONDS = 5.0
 
 
@@ -333,7 +333,7 @@ async def test_a_silent_database_gives_retryable_codes_and_turns_readiness_off(
     """A partition (no reset, no refusal) yields only retryable codes.
 
     Calls end UNAVAILABLE or at their deadline, never UNKNOWN or INTERNAL, and readiness turns
-    NOT_SERVING within the issue's 5 s.
+    NOT_SERVING within the documented 5 s.
     """
     url = make_url(pg_database_url)
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)

@@ -370,7 +370,7 @@ async def test_a_prepared_insert_breaking_a_constraint_raises_integrity_error(
 
 
 async def test_the_read_pool_takes_the_database_urls_asyncpg_options(pg_database_url: str) -> None:
-    """The README's PgBouncer URL (both statement caches off) serves reads on the fast path.
+    """docs/operations.md's PgBouncer URL (both statement caches off) serves reads on the fast path.
 
     SQLAlchemy's own options in the URL are not sent to PostgreSQL as settings (PostgreSQL would
     refuse the connection: the LISTEN connections never came up with that URL), and asyncpg's

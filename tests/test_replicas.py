@@ -1,8 +1,8 @@
-"""Replicas that survive a kill: the README's client configuration, shown to work.
+"""Replicas that survive a kill: the documented client configuration, shown to work.
 
-The README's "Scaling out" tells clients to balance per call (`round_robin` over every replica)
-and to retry UNAVAILABLE for the calls that are safe to repeat. This test takes that very
-service config from the README, so what users copy is what is tested. Three real
+docs/operations.md's "Scaling out" tells clients to balance per call (`round_robin` over every
+replica) and to retry UNAVAILABLE for the calls that are safe to repeat. This test takes that very
+service config from docs/operations.md, so what users copy is what is tested. Three real
 `taskservice serve` processes share one PostgreSQL database; one channel spreads mixed load over
 them; one replica is frozen (SIGSTOP) while calls pile up on it, then SIGKILLed. The freeze makes
 the kill hit calls in flight on every run: round robin keeps handing the frozen replica every
@@ -61,11 +61,11 @@ CALL_TIMEOUT = 20.0
 
 
 def documented_service_config() -> str:
-    """The first JSON block of the README's "Scaling out" section, as the client's config."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Scaling out\n", 1)[1].split("\n## ", 1)[0]
+    """The first JSON block of docs/operations.md's "Scaling out", as the client's config."""
+    document = (ROOT / "docs/operations.md").read_text()
+    section = document.split("\n## Scaling out\n", 1)[1].split("\n## ", 1)[0]
     match = re.search(r"```json\n(.*?)\n```", section, re.DOTALL)
-    assert match, "README's Scaling out section shows the service config as a json block"
+    assert match, "docs/operations.md's Scaling out shows the service config as a json block"
     config = json.loads(match.group(1))
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     return json.dumps(config)
@@ -297,7 +297,7 @@ async def _worker(stubs: Stubs, load: Load) -> None:
 async def test_a_replica_killed_under_load_costs_the_client_nothing(
     tmp_path: Path, pg_database_url: str
 ) -> None:
-    """Round robin plus the README's retry policy turn a replica's death into a few retries."""
+    """Round robin plus the documented retry policy turn a replica's death into a few retries."""
     async with (
         _replicas(tmp_path, pg_database_url) as replicas,
         grpc.aio.insecure_channel(

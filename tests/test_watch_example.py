@@ -1,4 +1,4 @@
-"""The README's example client (examples/watch.py) keeps a correct mirror across a restart.
+"""The documented example client (examples/watch.py) keeps a correct mirror across a restart.
 
 A real `taskservice serve` process is stopped with SIGTERM while the mirror watches, and
 started again on the same port and database; changes made before, during the mirror's first

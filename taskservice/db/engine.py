@@ -146,7 +146,7 @@ def _connect_whole(
     """Make new PostgreSQL connections through `connect_uncancellable` (a `do_connect` hook).
 
     It also reads asyncpg's `statement_cache_size` from the URL as the number asyncpg needs
-    (SQLAlchemy passes URL options on as text), so the README's PgBouncer URL works.
+    (SQLAlchemy passes URL options on as text), so the documented PgBouncer URL works.
     """
     cparams["async_creator_fn"] = connect_uncancellable
     _integer_options(cparams)
