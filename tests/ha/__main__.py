@@ -150,7 +150,12 @@ async def do_event(
             await asyncio.to_thread(cluster.kill_primary)
         elif kind == "kill-restart":
             await asyncio.to_thread(cluster.kill_primary)
+            restart_began = recorder.now()
             await server.restart()
+            try:
+                await server.wait_ready(HEAL_TIMEOUT)
+            finally:
+                event.restart_window = (restart_began, recorder.now())
         else:
             await asyncio.to_thread(cluster.switchover)
         event.action_done = recorder.now()
