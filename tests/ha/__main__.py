@@ -290,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     output.mkdir(parents=True, exist_ok=True)
     try:
         return asyncio.run(main_async(args, output.resolve()))
-    except KeyboardInterrupt:
-        print("interrupted: everything started was torn down", file=sys.stderr)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Ctrl-C or SIGTERM cancelled the drill: its `finally` has torn everything down.
+        print("interrupted: everything the drill started was torn down", file=sys.stderr)
         return 130
 
 
