@@ -51,8 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--events",
         default="kill,kill,switchover",
         help="comma-separated events in order: kill (SIGKILL the primary's postmaster), "
-        "switchover (patronictl switchover), or kill-restart (kill, then restart taskservice "
-        "while there is no primary); default kill,kill,switchover",
+        "switchover (patronictl switchover), or kill-restart (pause Patroni, kill the primary, "
+        "restart taskservice, resume Patroni after --outage seconds); default "
+        "kill,kill,switchover",
+    )
+    parser.add_argument(
+        "--outage",
+        type=float,
+        default=8.0,
+        help="kill-restart: seconds the restarted server runs with no primary (default 8)",
     )
     parser.add_argument(
         "--between", type=float, default=10.0, help="seconds of load before and between events"
@@ -139,7 +146,7 @@ async def start_server(form: str, ports: list[int], logs: Path) -> tuple[TaskSer
 
 
 async def do_event(
-    kind: str, cluster: Cluster, server: TaskServer, load: Load, recorder: Recorder
+    kind: str, cluster: Cluster, server: TaskServer, load: Load, recorder: Recorder, outage: float
 ) -> Event:
     """Crash the primary or switch over, then wait (with deadlines) for everything to recover."""
     leader = await asyncio.to_thread(cluster.leader)
@@ -149,10 +156,12 @@ async def do_event(
         if kind == "kill":
             await asyncio.to_thread(cluster.kill_primary)
         elif kind == "kill-restart":
-            await asyncio.to_thread(cluster.kill_primary)
+            await asyncio.to_thread(cluster.kill_primary_paused)
             restart_began = recorder.now()
-            await server.restart()
             try:
+                event.drain_seconds, event.drain_killed = await server.restart()
+                await asyncio.sleep(outage)  # the server starts and runs with no primary at all
+                await asyncio.to_thread(cluster.resume)
                 await server.wait_ready(HEAL_TIMEOUT)
             finally:
                 event.restart_window = (restart_began, recorder.now())
@@ -206,7 +215,7 @@ async def drill(run: int, args: argparse.Namespace, logs: Path) -> RunResult:
         await load.start(f"ha-run{run}@example.com", "correct horse battery staple")
         await asyncio.sleep(args.between)  # load before the first event
         for kind in args.events:
-            events.append(await do_event(kind, cluster, server, load, recorder))
+            events.append(await do_event(kind, cluster, server, load, recorder, args.outage))
             await asyncio.sleep(args.between)  # load after the event
         say("stopping the writers; waiting for the watch to catch up")
         await load.stop_writes(within=30)

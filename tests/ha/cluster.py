@@ -434,6 +434,36 @@ class Cluster:
             raise HarnessError(f"patronictl switchover failed: {result.stderr.strip()[-500:]}")
         return leader.name, candidate
 
+    def patronictl(self, *args: str, timeout: float = 60) -> str:
+        """Run `patronictl -c <config> ARGS`; its output, HarnessError when it fails."""
+        result = subprocess.run(  # noqa: S603 - fixed argv
+            [*_as_os_user(), "patronictl", "-c", str(self.nodes[0].config), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.base,
+            env={**os.environ, "HOME": str(self.base)},
+            check=False,
+        )
+        with (self.logs / "patronictl.log").open("a") as log:
+            log.write(f"$ patronictl {' '.join(args)}\n{result.stdout}{result.stderr}")
+        if result.returncode != 0:
+            raise HarnessError(f"patronictl {args[0]} failed: {result.stderr.strip()[-500:]}")
+        return result.stdout
+
+    def kill_primary_paused(self) -> str:
+        """Pause Patroni, then SIGKILL the primary: no primary until `resume` (its name).
+
+        Paused, Patroni neither restarts the crashed primary nor fails over, so the outage
+        lasts exactly as long as the drill wants.
+        """
+        self.patronictl("pause", "--wait")
+        return self.kill_primary()
+
+    def resume(self) -> None:
+        """End the pause: Patroni then fails over from the crashed primary."""
+        self.patronictl("resume", "--wait")
+
     def listing(self) -> str:
         """`patronictl list`, for the log of what happened."""
         result = subprocess.run(  # noqa: S603 - fixed argv

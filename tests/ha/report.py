@@ -47,6 +47,10 @@ class Event:
     error: str | None = None
     #: kill-restart only: from the planned server restart until it was ready again.
     restart_window: tuple[float, float] | None = None
+    #: kill-restart only: how long the SIGTERM'd server took to exit, and whether it had to be
+    #: killed because it outlived its shutdown grace.
+    drain_seconds: float | None = None
+    drain_killed: bool = False
 
 
 @dataclass
@@ -130,22 +134,31 @@ def scan_server_log(path: Path) -> dict[str, Any]:
     defects: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return {"errors": {}, "known_defects": {}, "unavailable_causes": {}}
-    for line in path.read_text(errors="replace").splitlines():
+    entries: list[dict[str, Any]] = []
+    raw: list[str] = []
+    for line in [*path.read_text(errors="replace").splitlines(), "{}"]:
         try:
             entry = json.loads(line)
         except ValueError:
-            entry = {"level": "RAW", "message": line}
-        if not isinstance(entry, dict):
+            raw.append(line)  # stderr output: a traceback printed outside the JSON log
             continue
+        if raw:
+            entries.append(
+                {"level": "STDERR", "message": raw[-1].strip(), "exception": "\n".join(raw)}
+            )
+            raw = []
+        if isinstance(entry, dict) and entry:
+            entries.append(entry)
+    for entry in entries:
         level = str(entry.get("level", ""))
         message = str(entry.get("message", ""))
         if "database unavailable: " in message:
             unavailable[message.rpartition("database unavailable: ")[2][:80]] += 1
-        if level not in ("ERROR", "CRITICAL", "RAW") or not message.strip():
+        if level not in ("ERROR", "CRITICAL", "STDERR"):
             continue
         exception = str(entry.get("exception", "")).strip()
         key = f"{level} {message}"[:160]
-        if exception:
+        if exception and level != "STDERR":
             key += f" | {exception.splitlines()[-1][:200]}"
         errors[re.sub(r"request id [0-9a-f-]+", "request id …", key)] += 1
         for name, pattern in KNOWN_DEFECTS.items():
@@ -289,6 +302,16 @@ def check_run(
             "all recovered" if not stuck else f"not recovered: {stuck}",
         )
     )
+    restarts = [e for e in events if e.restart_window is not None]
+    if restarts:
+        killed = [f"{e.kind}@{e.started:.1f}s" for e in restarts if e.drain_killed]
+        checks.append(
+            Check(
+                "a restarted server drained within its shutdown grace",
+                not killed,
+                "all drained" if not killed else f"had to be SIGKILLed: {killed}",
+            )
+        )
     abandoned = Counter(code for _request, code in recorder.abandoned)
     checks.append(
         Check(
@@ -355,7 +378,11 @@ def render(result: RunResult) -> str:
             f"+{event['serving_again']}s, first create after healing +{event['writes_resumed']}s"
         )
         if restart:
-            lines.append(f"   server restarted at +{restart[0]}s, ready again at +{restart[1]}s")
+            lines.append(
+                f"   server restarted at +{restart[0]}s (SIGTERM drain {event['drain_seconds']}s"
+                f"{', then SIGKILL' if event['drain_killed'] else ''}), ready again at "
+                f"+{restart[1]}s"
+            )
         lines.append(
             f"   write gap: {gap['seconds']}s (from +{gap['from']}s to +{gap['to']}s)"
             if gap["seconds"] is not None

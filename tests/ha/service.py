@@ -27,6 +27,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.ha.cluster import HarnessError, free_port
 
+#: The server's shutdown grace (SHUTDOWN_GRACE_SECONDS, default 10) plus slack: a server still
+#: running after a SIGTERM this long is stuck, and is killed.
+DRAIN_SECONDS = 15.0
+
 #: The URL forms the harness knows: SQLAlchemy's repeated `host=` query parameters, and libpq's
 #: comma-separated host list.
 URL_FORMS = ("query", "libpq")
@@ -149,26 +153,36 @@ class TaskServer:
 
         self._watcher = asyncio.create_task(watch())
 
-    async def restart(self, grace: float = 15.0) -> None:
-        """A planned restart (SIGTERM, wait, start again), not counted as an exit."""
+    async def restart(self, grace: float = DRAIN_SECONDS) -> tuple[float, bool]:
+        """A planned restart (SIGTERM, wait, start again), not counted as an exit.
+
+        Returns how long the old process took to exit and whether it had to be SIGKILLed.
+        """
         self._planned = True
         try:
-            await self.terminate(grace)
+            drained = await self.terminate(grace)
             self.spawn()
         finally:
             self._planned = False
+        return drained
 
-    async def terminate(self, grace: float) -> None:
-        """SIGTERM (the graceful drain), SIGKILL after `grace` s; waits off the event loop."""
+    async def terminate(self, grace: float) -> tuple[float, bool]:
+        """SIGTERM (the graceful drain), SIGKILL after `grace` s; waits off the event loop.
+
+        Returns the seconds until the process exited and whether SIGKILL was needed.
+        """
         process = self.process
         if process is None or process.poll() is not None:
-            return
+            return 0.0, False
+        began = time.monotonic()
         process.send_signal(signal.SIGTERM)
         try:
             await asyncio.to_thread(process.wait, grace)
         except subprocess.TimeoutExpired:
             process.kill()
             await asyncio.to_thread(process.wait, 10)
+            return round(time.monotonic() - began, 2), True
+        return round(time.monotonic() - began, 2), False
 
     async def stop(self) -> None:
         """Stop supervising, SIGTERM then SIGKILL the server, close the log."""
@@ -176,7 +190,7 @@ class TaskServer:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
             self._watcher = None
-        await self.terminate(15)
+        await self.terminate(DRAIN_SECONDS)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
