@@ -159,7 +159,9 @@ def scan_server_log(path: Path) -> dict[str, Any]:
         exception = str(entry.get("exception", "")).strip()
         key = f"{level} {message}"[:160]
         if exception and level != "STDERR":
-            key += f" | {exception.splitlines()[-1][:200]}"
+            # The exception's own line, not SQLAlchemy's "(Background on this error ...)" link.
+            told = [x for x in exception.splitlines() if x.strip() and not x.startswith("(")]
+            key += f" | {(told or exception.splitlines())[-1][:200]}"
         errors[re.sub(r"request id [0-9a-f-]+", "request id …", key)] += 1
         for name, pattern in KNOWN_DEFECTS.items():
             if pattern.search(f"{message}\n{exception}"):
