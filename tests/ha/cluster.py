@@ -408,30 +408,7 @@ class Cluster:
         candidate = self.sync_standby()
         if leader is None or candidate is None:
             raise HarnessError("no leader or synchronous standby for a switchover")
-        result = subprocess.run(  # noqa: S603 - fixed argv
-            [
-                *_as_os_user(),
-                "patronictl",
-                "-c",
-                str(leader.config),
-                "switchover",
-                "--leader",
-                leader.name,
-                "--candidate",
-                candidate,
-                "--force",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=self.base,
-            env={**os.environ, "HOME": str(self.base)},
-            check=False,
-        )
-        with (self.logs / "patronictl.log").open("a") as log:
-            log.write(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise HarnessError(f"patronictl switchover failed: {result.stderr.strip()[-500:]}")
+        self.patronictl("switchover", "--leader", leader.name, "--candidate", candidate, "--force")
         return leader.name, candidate
 
     def patronictl(self, *args: str, timeout: float = 60) -> str:
@@ -465,17 +442,8 @@ class Cluster:
         self.patronictl("resume", "--wait")
 
     def listing(self) -> str:
-        """`patronictl list`, for the log of what happened."""
-        result = subprocess.run(  # noqa: S603 - fixed argv
-            [*_as_os_user(), "patronictl", "-c", str(self.nodes[0].config), "list"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=self.base,
-            env={**os.environ, "HOME": str(self.base)},
-            check=False,
-        )
-        return result.stdout + result.stderr
+        """`patronictl list`, for the logs of what happened."""
+        return self.patronictl("list", timeout=30)
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
