@@ -67,6 +67,20 @@ h2load:
 	$(SUDO) apt-get install -y --no-install-recommends nghttp2-client \
 		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends nghttp2-client; }
 
+# The failover drill (tests/ha): etcd and three Patroni nodes running PostgreSQL 15 on free local
+# ports, one taskservice server, primary crashes and a switchover under load. Needs root (it runs
+# PostgreSQL as the postgres user); Debian's patroni and etcd-server are installed when missing.
+# HA_ARGS go to the harness, e.g. HA_ARGS="--runs 3" or HA_ARGS="--events kill,kill-restart".
+HA_PACKAGES := patroni etcd-server postgresql-15
+.PHONY: ha-test
+ha-test: install ## Failover drill on a 3-node Patroni cluster: primary kills, a switchover (HA_ARGS).
+	@if ! command -v patroni >/dev/null || ! command -v etcd >/dev/null \
+		|| [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then \
+		$(SUDO) apt-get install -y --no-install-recommends $(HA_PACKAGES) \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(HA_PACKAGES); }; \
+	fi
+	$(UV) run --locked python -m tests.ha $(HA_ARGS)
+
 # The descriptor set keeps the protos' comments (source info) and every import, for server
 # reflection: the generated *_pb2 modules carry neither comments nor a way to add them.
 DESCRIPTOR_SET := taskservice/v1/descriptor_set.binpb

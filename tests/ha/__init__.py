@@ -1,0 +1,1 @@
+"""The failover drill: `python -m tests.ha` (`make ha-test`)."""
