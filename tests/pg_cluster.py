@@ -189,30 +189,38 @@ class PgNode:
         return pid if _alive(pid) else None
 
     def kill(self) -> None:
-        """SIGKILL the postmaster and every process it started, as a crash would.
+        """SIGKILL the postmaster, as a crash of PostgreSQL's supervisor does.
 
-        The postmaster is frozen first so it cannot fork while its children are listed; every
-        connection to the node is reset and the port refuses connections once this returns.
+        Its backends notice the postmaster's death by themselves and end their sessions (each
+        client may get a last FATAL message, or only the connection's end), as in production.
+        This returns once every one of them is gone, so the port refuses connections from then
+        on; any still there after STATE_TIMEOUT_SECONDS is killed too.
         """
         pid = self.postmaster_pid()
         self.started = False
         if pid is None:
             return
-        os.kill(pid, signal.SIGSTOP)
-        victims = [pid, *_children(pid)]
-        for victim in victims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(victim, signal.SIGKILL)
+        os.kill(pid, signal.SIGSTOP)  # no new backend forks while they are listed
+        children = _children(pid)
+        os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + STATE_TIMEOUT_SECONDS
-        while any(_alive(victim) for victim in victims):
+        while any(_alive(child) for child in [pid, *children]):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name}: processes {victims} outlived SIGKILL")
+                for child in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child, signal.SIGKILL)
+                deadline = time.monotonic() + STATE_TIMEOUT_SECONDS
             time.sleep(0.01)
 
     def promote(self) -> None:
         """Promote a standby and wait until it has left recovery (`pg_ctl promote -w`)."""
         _run(
-            PG_BIN / "pg_ctl", "promote", "-w", "-t", str(int(TOOL_TIMEOUT_SECONDS)), "-D",
+            PG_BIN / "pg_ctl",
+            "promote",
+            "-w",
+            "-t",
+            str(int(TOOL_TIMEOUT_SECONDS)),
+            "-D",
             self.data_dir,
         )
 
@@ -255,23 +263,23 @@ class PgNode:
             connection.terminate()
         return read_only == "off" and not in_recovery
 
-    async def wait_read_write(self, timeout: float = STATE_TIMEOUT_SECONDS) -> None:
-        """Return once the node accepts read-write sessions; raise after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
+    async def wait_read_write(self, seconds: float = STATE_TIMEOUT_SECONDS) -> None:
+        """Return once the node accepts read-write sessions; raise after `seconds`."""
+        deadline = time.monotonic() + seconds
         while not await self.is_read_write():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} not read-write within {timeout}s:\n{self.log()}")
+                raise TimeoutError(f"{self.name} not read-write within {seconds}s:\n{self.log()}")
             await asyncio.sleep(0.05)
 
-    async def wait_in_recovery(self, timeout: float = STATE_TIMEOUT_SECONDS) -> None:
+    async def wait_in_recovery(self, seconds: float = STATE_TIMEOUT_SECONDS) -> None:
         """Return once the node answers as a hot standby (in recovery)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + seconds
         while True:
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 if await self.fetchval("SELECT pg_is_in_recovery()"):
                     return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} not in recovery within {timeout}s:\n{self.log()}")
+                raise TimeoutError(f"{self.name} not in recovery within {seconds}s:\n{self.log()}")
             await asyncio.sleep(0.05)
 
 
@@ -352,7 +360,7 @@ class PgCluster:
         node.start()
 
     async def replicate_synchronously(
-        self, primary: PgNode, timeout: float = STATE_TIMEOUT_SECONDS
+        self, primary: PgNode, seconds: float = STATE_TIMEOUT_SECONDS
     ) -> None:
         """Make `primary` wait for a standby's flush at every commit, once one is streaming.
 
@@ -361,19 +369,19 @@ class PgCluster:
         nothing a client was told had happened.
         """
         query = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
-        await self._until(primary, query, timeout, "a standby streaming")
+        await self._until(primary, query, seconds, "a standby streaming")
         await primary.execute(
             "ALTER SYSTEM SET synchronous_standby_names = '*'", "SELECT pg_reload_conf()"
         )
         query = "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'"
-        await self._until(primary, query, timeout, "a synchronous standby")
+        await self._until(primary, query, seconds, "a synchronous standby")
 
-    async def _until(self, node: PgNode, count_query: str, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
+    async def _until(self, node: PgNode, count_query: str, seconds: float, what: str) -> None:
+        deadline = time.monotonic() + seconds
         while not await node.fetchval(count_query):
             if time.monotonic() > deadline:
                 logs = "\n".join(f"--- {n.name}\n{n.log()}" for n in self.nodes)
-                raise TimeoutError(f"{node.name}: no {what} within {timeout}s\n{logs}")
+                raise TimeoutError(f"{node.name}: no {what} within {seconds}s\n{logs}")
             await asyncio.sleep(0.05)
 
     def cleanup(self) -> None:
@@ -420,6 +428,4 @@ def multi_host_url(nodes: Sequence[PgNode], database: str, *, libpq_form: bool =
         hosts = ",".join(node.host for node in nodes)
         return f"postgresql://{SUPERUSER}@{hosts}/{database}?target_session_attrs=read-write"
     hosts = "&".join(f"host={node.host}" for node in nodes)
-    return (
-        f"postgresql+asyncpg://{SUPERUSER}@/{database}?{hosts}&target_session_attrs=read-write"
-    )
+    return f"postgresql+asyncpg://{SUPERUSER}@/{database}?{hosts}&target_session_attrs=read-write"

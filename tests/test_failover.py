@@ -62,6 +62,11 @@ CREATE_RETRY_SECONDS = 30.0
 #: Writers, and how many creates each makes at most (the load is also bounded by time).
 CREATORS = 4
 MAX_CREATES_PER_CREATOR = 400
+#: Readers (GetTask and ListTasks in turn, no retries): enough that the kill finds reads in
+#: flight on both connection pools.
+READERS = 4
+#: Reads started at once right after the kill and right after the promotion.
+BURST_READS = 32
 #: Creates acknowledged before the kill, and after recovery, before the load stops.
 WARM_UP_CREATES = 20
 AFTER_RECOVERY_CREATES = 20
@@ -163,6 +168,34 @@ class Seen:
     def summary(self) -> str:
         """The codes seen, per method, for assertion messages."""
         return ", ".join(f"{m} {c.name} x{n}" for (m, c), n in sorted(self.codes.items(), key=str))
+
+
+def server_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the server logged at ERROR, each with the exception at the root of its chain.
+
+    A call answered INTERNAL says only "internal error (request id ...)": the cause is in the
+    server's log, and the assertion messages quote it so a failure explains itself.
+    """
+    lines = []
+    for record in caplog.records:
+        if record.levelno < logging.ERROR or not record.name.startswith("taskservice"):
+            continue
+        line = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            error: BaseException = record.exc_info[1]
+            chain = [error]
+            while (cause := error.__cause__ or error.__context__) is not None and len(chain) < 10:
+                chain.append(cause)
+                error = cause
+            line += " <- " + " <- ".join(_describe(e) for e in chain)
+        lines.append(line)
+    return lines
+
+
+def _describe(error: BaseException) -> str:
+    """An exception as its qualified type and the first line of its text."""
+    text = str(error).splitlines()
+    return f"{type(error).__module__}.{type(error).__qualname__}: {text[0] if text else ''}"
 
 
 async def _until(
@@ -283,40 +316,55 @@ class Load:
             else:
                 self.acknowledged[request_id] = (task.id, time.monotonic())
 
-    async def reader(self) -> None:
-        """GetTask on acknowledged tasks and ListTasks, not retried: only their codes count."""
-        for number in itertools.count():
-            if self.stop.is_set():
-                return
-            method = "ListTasks" if number % 2 else "GetTask"
-            try:
-                if method == "ListTasks":
-                    await self.stubs.tasks.ListTasks(
-                        task_service_pb2.ListTasksRequest(page_size=20),
+    async def read_once(self, number: int) -> bool:
+        """One GetTask (of an acknowledged task) or ListTasks, not retried: its code counts.
+
+        Returns whether it succeeded.
+        """
+        method = "ListTasks" if number % 2 else "GetTask"
+        ids = [task_id for task_id, _ in list(self.acknowledged.values())[-50:]]
+        if not ids:
+            method = "ListTasks"
+        try:
+            if method == "ListTasks":
+                await self.stubs.tasks.ListTasks(
+                    task_service_pb2.ListTasksRequest(page_size=20),
+                    metadata=self.account.metadata,
+                    timeout=CALL_TIMEOUT,
+                )
+            else:
+                task_id = ids[number % len(ids)]
+                try:
+                    await self.stubs.tasks.GetTask(
+                        task_service_pb2.GetTaskRequest(id=task_id),
                         metadata=self.account.metadata,
                         timeout=CALL_TIMEOUT,
                     )
-                else:
-                    ids = [task_id for task_id, _ in list(self.acknowledged.values())[-50:]]
-                    if not ids:
-                        await asyncio.sleep(0.01)
-                        continue
-                    task_id = ids[number % len(ids)]
-                    try:
-                        await self.stubs.tasks.GetTask(
-                            task_service_pb2.GetTaskRequest(id=task_id),
-                            metadata=self.account.metadata,
-                            timeout=CALL_TIMEOUT,
-                        )
-                    except grpc.aio.AioRpcError as error:
-                        if error.code() == grpc.StatusCode.NOT_FOUND:
-                            self.not_found.append(task_id)
-                        raise
-            except grpc.aio.AioRpcError as error:
-                self.seen.record(method, error.code(), error.details() or "")
-                await asyncio.sleep(0.02)
-            else:
-                self.seen.record(method, grpc.StatusCode.OK)
+                except grpc.aio.AioRpcError as error:
+                    if error.code() == grpc.StatusCode.NOT_FOUND:
+                        self.not_found.append(task_id)
+                    raise
+        except grpc.aio.AioRpcError as error:
+            self.seen.record(method, error.code(), error.details() or "")
+            return False
+        self.seen.record(method, grpc.StatusCode.OK)
+        return True
+
+    async def reader(self, index: int) -> None:
+        """Reads one after another until the load stops."""
+        for number in itertools.count(index):
+            if self.stop.is_set():
+                return
+            if not await self.read_once(number):
+                await asyncio.sleep(0.02)  # an outage answers at once: do not spin on it
+
+    async def burst(self) -> None:
+        """BURST_READS reads at once, on connections of both pools in whatever state they are.
+
+        Right after a kill or a promotion pooled connections are at hand, in use, or closed by
+        a server that is going away: a burst reaches each kind.
+        """
+        await asyncio.gather(*(self.read_once(number) for number in range(BURST_READS)))
 
     async def watcher(self) -> None:
         """WatchTasks from `watched_to`, resumed from the last revision whenever it ends.
@@ -351,7 +399,7 @@ class Load:
 
 @pytest.mark.parametrize("url_form", ["sqlalchemy", "libpq"])
 async def test_killing_the_primary_under_load_loses_nothing_and_answers_only_retryable_codes(
-    pair: Pair, url_form: str
+    pair: Pair, url_form: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """SIGKILL the primary under mixed load, promote the standby: clients ride through it.
 
@@ -370,7 +418,7 @@ async def test_killing_the_primary_under_load_loses_nothing_and_answers_only_ret
         load = Load(stubs, account, watched_to=first_list.revision)
         started_from = first_list.revision
         workers = [asyncio.ensure_future(load.creator(i)) for i in range(CREATORS)]
-        workers += [asyncio.ensure_future(load.reader()) for _ in range(2)]
+        workers += [asyncio.ensure_future(load.reader(i)) for i in range(READERS)]
         watcher = asyncio.ensure_future(load.watcher())
         try:
             await _until(
@@ -378,6 +426,7 @@ async def test_killing_the_primary_under_load_loses_nothing_and_answers_only_ret
             )
             before_kill = sum(load.seen.codes.values())
             await asyncio.to_thread(pair.primary.kill)
+            await load.burst()
             # The outage is real once some call after the kill has been answered.
             await _until(
                 lambda: sum(load.seen.codes.values()) > before_kill + CREATORS,
@@ -386,6 +435,7 @@ async def test_killing_the_primary_under_load_loses_nothing_and_answers_only_ret
             )
             await asyncio.to_thread(pair.standby.promote)
             promoted_at = time.monotonic()
+            await load.burst()
             await _until(
                 lambda: load.acknowledged_after(promoted_at) > 0,
                 RECOVERY_SECONDS,
@@ -416,9 +466,10 @@ async def test_killing_the_primary_under_load_loses_nothing_and_answers_only_ret
                 await watcher
         titles = await _tasks_by_title(pair.standby, account.user.id)
 
-    assert not load.seen.forbidden, (
-        f"calls answered INTERNAL/UNKNOWN during the failover: {load.seen.forbidden[:5]} "
-        f"(all codes: {load.seen.summary()})"
+    forbidden = load.seen.forbidden
+    assert not forbidden, (
+        f"calls answered INTERNAL/UNKNOWN during the failover: {forbidden[:5]} "
+        f"(all codes: {load.seen.summary()}); server errors: {server_errors(caplog)[:3]}"
     )
     assert not load.abandoned, f"creates that never succeeded: {load.abandoned[:5]}"
     assert not load.not_found, f"acknowledged tasks read back NOT_FOUND: {load.not_found[:5]}"
@@ -456,7 +507,7 @@ async def _is_serving(stubs: Stubs) -> bool:
 
 @pytest.mark.parametrize("standby_kind", ["hot", "cold"])
 async def test_a_server_started_with_no_primary_serves_once_a_standby_is_promoted(
-    pair: Pair, standby_kind: str
+    pair: Pair, standby_kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With only a standby up, the server starts NOT_SERVING instead of failing to start.
 
@@ -483,7 +534,8 @@ async def test_a_server_started_with_no_primary_serves_once_a_standby_is_promote
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await register(stubs)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, (
-                f"Register with no primary: {refused.value.code().name}: {refused.value.details()}"
+                f"Register with no primary: {refused.value.code().name}: "
+                f"{refused.value.details()}; server errors: {server_errors(caplog)[:3]}"
             )
 
             await asyncio.to_thread(pair.standby.promote)
@@ -493,7 +545,7 @@ async def test_a_server_started_with_no_primary_serves_once_a_standby_is_promote
             task = await _create(
                 stubs, account, "after-promotion", seen, time.monotonic() + RECOVERY_SECONDS
             )
-            assert not seen.forbidden, seen.forbidden
+            assert not seen.forbidden, f"{seen.forbidden}; {server_errors(caplog)[:3]}"
             assert task is not None, f"CreateTask never succeeded: {seen.summary()}"
     finally:
         await application.stop(grace=None)
@@ -511,7 +563,7 @@ def _restart_with(node: PgNode, settings: dict[str, str]) -> None:
 
 
 async def test_creates_move_to_the_new_primary_when_the_old_one_turns_read_only(
-    pair: Pair,
+    pair: Pair, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Pooled connections to a demoted primary answer 25006; creates must move to the new one.
 
@@ -539,7 +591,7 @@ async def test_creates_move_to_the_new_primary_when_the_old_one_turns_read_only(
             )
             assert not seen.forbidden, (
                 f"{prefix}: creates answered INTERNAL/UNKNOWN: {seen.forbidden[:3]} "
-                f"(all codes: {seen.summary()})"
+                f"(all codes: {seen.summary()}); server errors: {server_errors(caplog)[:2]}"
             )
             for n, task in enumerate(tasks):
                 assert task is not None, (
@@ -570,7 +622,7 @@ async def test_creates_move_to_the_new_primary_when_the_old_one_turns_read_only(
         took = await create_all("fenced", 10, RECOVERY_SECONDS)
         assert not seen.forbidden, (
             f"creates on a read-only primary answered INTERNAL/UNKNOWN: {seen.forbidden[:3]} "
-            f"(all codes: {seen.summary()})"
+            f"(all codes: {seen.summary()}); server errors: {server_errors(caplog)[:2]}"
         )
         assert took <= RECOVERY_SECONDS
         before = Counter(seen.codes)
@@ -585,7 +637,8 @@ async def test_creates_move_to_the_new_primary_when_the_old_one_turns_read_only(
         await a.wait_in_recovery()
         await create_all("demoted", 10, RECOVERY_SECONDS)
         assert not seen.forbidden, (
-            f"creates after the demotion answered INTERNAL/UNKNOWN: {seen.forbidden[:3]}"
+            f"creates after the demotion answered INTERNAL/UNKNOWN: {seen.forbidden[:3]}; "
+            f"server errors: {server_errors(caplog)[:2]}"
         )
         titles = await _tasks_by_title(b, account.user.id)
 
