@@ -191,7 +191,7 @@ class PgNode:
     def kill(self) -> None:
         """SIGKILL the postmaster, as a crash of PostgreSQL's supervisor does.
 
-        Its backends notice the postmaster's death by themselves and end their sessions (each
+        Its backends notice the postmaster's death by themselves and close their connections (each
         client may get a last FATAL message, or only the connection's end), as in production.
         This returns once every one of them is gone, so the port refuses connections from then
         on; any still there after STATE_TIMEOUT_SECONDS is killed too.
@@ -249,7 +249,7 @@ class PgNode:
             await connection.close()
 
     async def is_read_write(self) -> bool:
-        """Whether a new session here may write: out of recovery and not read-only by default."""
+        """Whether a new connection here may write: out of recovery and not read-only by default."""
         try:
             connection = await asyncpg.connect(self.dsn(), timeout=2)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
@@ -264,7 +264,7 @@ class PgNode:
         return read_only == "off" and not in_recovery
 
     async def wait_read_write(self, seconds: float = STATE_TIMEOUT_SECONDS) -> None:
-        """Return once the node accepts read-write sessions; raise after `seconds`."""
+        """Return once the node accepts read-write connections; raise after `seconds`."""
         deadline = time.monotonic() + seconds
         while not await self.is_read_write():
             if time.monotonic() > deadline:

@@ -567,7 +567,7 @@ async def test_creates_move_to_the_new_primary_when_the_old_one_turns_read_only(
 ) -> None:
     """Pooled connections to a demoted primary answer 25006; creates must move to the new one.
 
-    A is fenced first (`default_transaction_read_only`, which sessions already open obey at
+    A is fenced first (`default_transaction_read_only`, which connections already open obey at
     their next transaction, as a failover manager fences an old primary) while the server's
     pools hold connections to it, then B is promoted; later A is rebuilt as B's standby on the
     same port. CreateTask may answer UNAVAILABLE briefly, never INTERNAL, and every create
