@@ -64,7 +64,7 @@ CREATORS = 4
 MAX_CREATES_PER_CREATOR = 400
 #: Readers (GetTask and ListTasks in turn, no retries): enough that the kill finds reads in
 #: flight on both connection pools.
-READERS = 4
+READERS = 6
 #: Reads started at once right after the kill and right after the promotion.
 BURST_READS = 32
 #: Creates acknowledged before the kill, and after recovery, before the load stops.
