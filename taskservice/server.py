@@ -34,6 +34,7 @@ from taskservice.calls.context import current_call
 from taskservice.config import ConfigError, Settings
 from taskservice.db.engine import Database, create_engine, open_fast_reads
 from taskservice.http.edge import build_http_server
+from taskservice.http.rest.routes import RestServices
 from taskservice.http.server import HttpServer
 from taskservice.security.credentials import CredentialHasher
 from taskservice.security.passwords import PasswordHasher
@@ -341,6 +342,7 @@ async def build_server(
                 auth=auth,
                 health=monitor,
                 metrics=metrics,
+                rest=RestServices(auth, users, tasks, monitor.servicer),
                 reuse_port=reuse_port,
             )
         except RuntimeError:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from connectrpc.errors import ConnectError
 from connectrpc.method import StreamType
 from connectrpc.request import RequestContext
-from google.rpc import code_pb2
 
+from taskservice import errors
 from taskservice.api.peer import FORWARDED_FOR_KEY
 from taskservice.calls.authentication import (
     OPTIONAL_AUTH_METHODS,
@@ -30,8 +30,8 @@ from taskservice.calls.authentication import (
 from taskservice.calls.context import REQUEST_ID_KEY
 from taskservice.calls.errors import (
     database_unavailable,
-    rich_status,
     status_of,
+    to_status,
 )
 from taskservice.calls.observe import CallMetrics, MethodObserver, Observation
 from taskservice.http.errors import code_name, connect_error
@@ -115,6 +115,30 @@ class ObserveAndMapErrors:
         return observer
 
 
+class InFlight:
+    """Calls in progress on the HTTP port, Connect, gRPC-Web and REST alike, up to a limit.
+
+    One counter for every protocol the port serves, so MAX_CONCURRENT_RPCS bounds the port
+    whichever protocols its clients speak, as it bounds the gRPC server.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._in_progress = 0
+
+    def enter(self) -> None:
+        """Count a call in, or refuse it at once (RESOURCE_EXHAUSTED, reason TOO_MANY_CALLS)."""
+        if self._in_progress >= self._limit:
+            raise errors.ResourceExhausted(
+                "TOO_MANY_CALLS", "too many calls in progress; retry with backoff"
+            )
+        self._in_progress += 1
+
+    def leave(self) -> None:
+        """Count a call out."""
+        self._in_progress -= 1
+
+
 class ConcurrencyLimit:
     """At most MAX_CONCURRENT_RPCS calls in progress on the HTTP edge, as on the gRPC server.
 
@@ -122,25 +146,19 @@ class ConcurrencyLimit:
     before its body is read, instead of queueing behind the others.
     """
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._in_progress = 0
+    def __init__(self, in_flight: InFlight) -> None:
+        self._in_flight = in_flight
 
     async def on_start(self, ctx: RequestContext) -> None:
         """Count the call in, or refuse it."""
-        if self._in_progress >= self._limit:
-            raise connect_error(
-                rich_status(
-                    code_pb2.RESOURCE_EXHAUSTED,
-                    "too many calls in progress; retry with backoff",
-                    "TOO_MANY_CALLS",
-                )
-            )
-        self._in_progress += 1
+        try:
+            self._in_flight.enter()
+        except errors.ResourceExhausted as refused:
+            raise connect_error(to_status(refused)) from None
 
     async def on_end(self, token: None, ctx: RequestContext, error: Exception | None) -> None:
         """Count the call out."""
-        self._in_progress -= 1
+        self._in_flight.leave()
 
 
 class GateAndAuthenticate:
