@@ -637,3 +637,4 @@ async def test_docs_serve_swagger_ui_from_this_server_only(http: httpx.AsyncClie
         assert asset.content, source
     init = await http.get("/docs/init.js")
     assert "/openapi.json" in init.text
+    assert "validatorUrl: null" in init.text

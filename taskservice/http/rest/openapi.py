@@ -4,7 +4,8 @@ The schemas are the JSON Schemas of the very pydantic models the routes validate
 with (`bodies`), so the document says what is served. Swagger UI's files come from the
 `openapi-ui-bundles` package and are served from `/docs/assets/`: the page loads nothing from
 another origin, and a small script of ours (no inline script, so a strict CSP can allow it)
-points it at `/openapi.json`.
+points it at `/openapi.json` and turns off its online validator badge (which would send the
+document to another site).
 """
 
 from __future__ import annotations
@@ -285,6 +286,7 @@ INIT_JS = f"""window.ui = SwaggerUIBundle({{
   url: {json.dumps(OPENAPI_PATH)},
   dom_id: "#swagger-ui",
   deepLinking: true,
+  validatorUrl: null,
   presets: [SwaggerUIBundle.presets.apis],
 }});
 """

@@ -145,7 +145,7 @@ class Routes:
         # As FastAPI reads forms: the last of repeated fields; an empty value counts as missing.
         fields = {
             key: value
-            for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+            for key, value in parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
             if value != ""
         }
         form = validated(LoginForm, fields, ["body"])
