@@ -145,3 +145,35 @@ async def test_a_browser_page_runs_the_original_frontends_rest_flows_from_anothe
     # calls (it would have refused them on a refused preflight), cross-origin.
     api = f"http://127.0.0.1:{browser_app.http_port}"
     assert {method for method, url in methods if url.startswith(api)} >= {"PUT", "DELETE"}
+
+
+async def test_the_docs_page_renders_every_rest_operation_with_nothing_from_elsewhere(
+    browser_app: Application, chromium: str
+) -> None:
+    from playwright.async_api import Route, async_playwright
+
+    api = f"http://127.0.0.1:{browser_app.http_port}"
+    elsewhere: list[str] = []
+
+    async def only_this_server(route: Route) -> None:
+        if route.request.url.startswith(api):
+            await route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            await route.abort()
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page()
+            await page.route("**/*", only_this_server)
+            await page.goto(f"{api}/docs")
+            await page.wait_for_selector(".opblock-summary-path", timeout=PAGE_TIMEOUT_MS)
+            operations = await page.locator(".opblock").count()
+            title = await page.text_content(".info .title")
+        finally:
+            await browser.close()
+    assert elsewhere == []
+    assert operations == 14
+    assert title is not None
+    assert "Task Management API" in title
