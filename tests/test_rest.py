@@ -19,7 +19,7 @@ from openapi_spec_validator import validate
 
 from taskservice.http.rest.routes import MAX_LIMIT, MAX_SKIP
 from taskservice.server import Application, build_server
-from taskservice.v1 import task_service_pb2, user_service_pb2
+from taskservice.v1 import audit_service_pb2, task_service_pb2, user_service_pb2
 from tests.conftest import Stubs, make_settings
 from tests.helpers import PASSWORD, bearer, make_admin, register, unique_email
 
@@ -511,6 +511,26 @@ async def test_each_call_is_logged_and_measured_as_its_rpc_with_protocol_rest(
     assert handled == 1.0
     generated = await http.get(f"{API}/users/me")
     assert generated.headers["x-request-id"]
+
+
+async def test_rest_changes_are_audited_with_their_request_ids(
+    app: Application, http: httpx.AsyncClient, stubs: Stubs
+) -> None:
+    admin = await make_admin(app, stubs)
+    user = await rest_register(http)
+    deleted = await http.delete(
+        f"{API}/users/{user['user_id']}",
+        headers={**auth(admin.token), "x-request-id": "rest-audit-1"},
+    )
+    assert deleted.status_code == 200
+    events = await stubs.audit.ListAuditEvents(
+        audit_service_pb2.ListAuditEventsRequest(filter='event = "user_deleted"'),
+        metadata=admin.metadata,
+    )
+    [event] = events.audit_events
+    assert event.request_id == "rest-audit-1"
+    assert event.actor_id == admin.user.id
+    assert event.target_user_id == user["user_id"]
 
 
 # --- CORS for a frontend on another origin ----------------------------------------------------
