@@ -19,6 +19,7 @@ with only a request id.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -238,12 +239,17 @@ class RestCalls:
             info.forwarded_for = tuple(request.headers.getlist("x-forwarded-for"))
             code = "OK"
             try:
-                response = await self._call(request, handler, auth, gated)
-            except Exception as exc:
-                code, response = self._failure(exc, rpc, where, texts)
-            response.headers[REQUEST_ID_KEY] = info.request_id
-            observer.end(observation, code, peer)
-            return response
+                try:
+                    response = await self._call(request, handler, auth, gated)
+                except Exception as exc:  # every failure is answered; a bug is also logged
+                    code, response = self._failure(exc, rpc, where, texts)
+                response.headers[REQUEST_ID_KEY] = info.request_id
+                return response
+            except asyncio.CancelledError:  # the client went away: logged as on the other edges
+                code = "CANCELLED"
+                raise
+            finally:
+                observer.end(observation, code, peer)
 
         return run
 
@@ -256,12 +262,12 @@ class RestCalls:
             if auth != "none":
                 token = parse_authorization(request.headers.getlist("authorization"))
                 principal = await authenticate(self._auth, token, optional=auth == "optional")
-            info_address = client_address(
+            address = client_address(
                 request.client.host if request.client else None,
                 request.headers.getlist("x-forwarded-for"),
                 self._trusted,
             )
-            call = RestCall(request, principal, info_address, self._max_body_bytes)
+            call = RestCall(request, principal, address, self._max_body_bytes)
             return await handler(call)
         finally:
             self._in_flight.leave()
