@@ -36,6 +36,7 @@ from taskservice.calls.limits import UnaryCallLimit
 from taskservice.config import ConfigError, Settings
 from taskservice.db.engine import Database, create_engine, open_fast_reads
 from taskservice.http.edge import build_http_server
+from taskservice.http.rest.routes import RestServices
 from taskservice.http.server import HttpServer
 from taskservice.security.credentials import CredentialHasher
 from taskservice.security.passwords import PasswordHasher
@@ -345,6 +346,7 @@ async def build_server(
                 auth=auth,
                 health=monitor,
                 metrics=metrics,
+                rest=RestServices(auth, users, tasks, monitor.servicer),
                 reuse_port=reuse_port,
             )
         except RuntimeError:

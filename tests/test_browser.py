@@ -4,7 +4,8 @@ The page (web/src/main.ts, `@connectrpc/connect-web`, bundled by esbuild) is ser
 origin of its own, which the server's CORS_ALLOWED_ORIGINS lists: it registers, logs in, watches
 (WatchTasks), creates and lists tasks, reads a request id from headers and trailers and an
 error's code and metadata, over Connect, JSON and binary (GET for the read-only calls), and over
-gRPC-Web. The test reads the page's result.
+gRPC-Web; and it runs the original frontend's REST flows (web/src/rest.ts) with fetch, preflights
+and all. The test reads the page's result.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,13 +82,13 @@ async def browser_app(database_url: str, page_origin: str) -> AsyncIterator[Appl
     await app.stop(grace=None)
 
 
-@pytest.mark.parametrize("protocol", ["connect", "connect-proto", "grpc-web"])
-async def test_a_browser_page_registers_logs_in_creates_and_lists_tasks(
-    browser_app: Application, page_origin: str, chromium: str, protocol: str
-) -> None:
+async def _run_page(
+    app: Application, page_origin: str, chromium: str, protocol: str
+) -> tuple[str | None, dict[str, Any], list[tuple[str, str]]]:
+    """Open the page for `protocol`; its end state, its result and the requests it made."""
     from playwright.async_api import async_playwright
 
-    api = f"http://127.0.0.1:{browser_app.http_port}"
+    api = f"http://127.0.0.1:{app.http_port}"
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
@@ -101,6 +103,14 @@ async def test_a_browser_page_registers_logs_in_creates_and_lists_tasks(
             result = json.loads(await page.text_content("#result") or "{}")
         finally:
             await browser.close()
+    return state, result, methods
+
+
+@pytest.mark.parametrize("protocol", ["connect", "connect-proto", "grpc-web"])
+async def test_a_browser_page_registers_logs_in_creates_and_lists_tasks(
+    browser_app: Application, page_origin: str, chromium: str, protocol: str
+) -> None:
+    state, result, methods = await _run_page(browser_app, page_origin, chromium, protocol)
     assert state == "done", result
     assert result["protocol"] == protocol
     assert result["email"].startswith(f"browser-{protocol}-")
@@ -119,3 +129,56 @@ async def test_a_browser_page_registers_logs_in_creates_and_lists_tasks(
     assert result["trailerRequestId"] == ""
     list_calls = {m for m, url in methods if url.endswith("TaskService/ListTasks")}
     assert list_calls == ({"POST"} if protocol == "grpc-web" else {"GET"})
+
+
+async def test_a_browser_page_runs_the_original_frontends_rest_flows_from_another_origin(
+    browser_app: Application, page_origin: str, chromium: str
+) -> None:
+    state, result, methods = await _run_page(browser_app, page_origin, chromium, "rest")
+    assert state == "done", result
+    assert result["registeredAdmin"] is False  # the checkbox does not make anyone an admin
+    assert result["loginUserId"] == result["userId"]
+    assert result["owner"] == result["email"]
+    assert result["edited"] == {"title": "edited over REST", "status": "done"}
+    assert result["titles"] == ["edited over REST", "to delete"]
+    assert result["deleted"] == "Task deleted successfully"
+    assert result["titlesAfter"] == ["edited over REST"]
+    assert result["notFound"] == {"status": 404, "detail": "Task not found"}
+    assert result["unauthenticated"] == 401
+    assert result["errorRequestId"]
+    # A JSON body, PUT, DELETE and Authorization each need a preflight: the browser made these
+    # calls (it would have refused them on a refused preflight), cross-origin.
+    api = f"http://127.0.0.1:{browser_app.http_port}"
+    assert {method for method, url in methods if url.startswith(api)} >= {"PUT", "DELETE"}
+
+
+async def test_the_docs_page_renders_every_rest_operation_with_nothing_from_elsewhere(
+    browser_app: Application, chromium: str
+) -> None:
+    from playwright.async_api import Route, async_playwright
+
+    api = f"http://127.0.0.1:{browser_app.http_port}"
+    elsewhere: list[str] = []
+
+    async def only_this_server(route: Route) -> None:
+        if route.request.url.startswith(api):
+            await route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            await route.abort()
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page()
+            await page.route("**/*", only_this_server)
+            await page.goto(f"{api}/docs")
+            await page.wait_for_selector(".opblock-summary-path", timeout=PAGE_TIMEOUT_MS)
+            operations = await page.locator(".opblock").count()
+            title = await page.text_content(".info .title")
+        finally:
+            await browser.close()
+    assert elsewhere == []
+    assert operations == 14
+    assert title is not None
+    assert "Task Management API" in title

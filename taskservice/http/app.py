@@ -21,7 +21,8 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: Request headers Connect and gRPC-Web clients send (after connectrpc/cors-go), and ours.
+#: Request headers Connect and gRPC-Web clients send (after connectrpc/cors-go), and ours
+#: (REST clients send `authorization` and `content-type`).
 ALLOWED_HEADERS = (
     "authorization",
     "content-type",
@@ -37,14 +38,19 @@ ALLOWED_HEADERS = (
     "x-user-agent",
     "x-request-id",
 )
-#: Response headers browser code may read: statuses, details, and the request id (a header
-#: only, on every protocol: see `taskservice.http.calls.ObserveAndMapErrors`).
+#: Response headers browser code may read: statuses, details, the request id (a header only, on
+#: every protocol), and the REST answers' Retry-After and WWW-Authenticate.
 EXPOSED_HEADERS = (
     "grpc-status",
     "grpc-message",
     "grpc-status-details-bin",
     "x-request-id",
+    "retry-after",
+    "www-authenticate",
 )
+#: Methods a cross-origin page may use: Connect's and gRPC-Web's POST and GET, and the REST
+#: routes' PUT, PATCH and DELETE.
+ALLOWED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 #: How long browsers may cache a preflight answer, in seconds.
 PREFLIGHT_MAX_AGE_SECONDS = 600
 
@@ -75,10 +81,15 @@ def _without_context(rpc: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any
 
 
 class Router:
-    """Sends each request to the service application its path names; 404 otherwise."""
+    """Sends each request to the service application its path names, or else to `fallback`.
 
-    def __init__(self, apps: Iterable[Any]) -> None:
+    The fallback (the REST routes) answers every other path, 404 included; without one, other
+    paths are 404.
+    """
+
+    def __init__(self, apps: Iterable[Any], fallback: ASGIApp | None = None) -> None:
         self._apps = {f"{app.path}/": app for app in apps}
+        self._fallback = fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route by `/package.Service/` prefix; answer lifespan events ourselves."""
@@ -87,6 +98,9 @@ class Router:
             return
         path: str = scope.get("path", "")
         app = self._apps.get(path[: path.rfind("/") + 1])
+        if app is None and self._fallback is not None and scope["type"] == "http":
+            await self._fallback(scope, receive, send)
+            return
         if app is None or scope["type"] != "http":
             await _plain(send, 404, b"not found\n")
             return
@@ -148,7 +162,7 @@ def with_cors(app: ASGIApp, origins: Iterable[str]) -> ASGIApp:
     return CORSMiddleware(
         app,
         allow_origins=tuple(origins),
-        allow_methods=("GET", "POST"),
+        allow_methods=ALLOWED_METHODS,
         allow_headers=ALLOWED_HEADERS,
         expose_headers=EXPOSED_HEADERS,
         max_age=PREFLIGHT_MAX_AGE_SECONDS,

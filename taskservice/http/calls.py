@@ -16,6 +16,7 @@ from connectrpc.errors import ConnectError
 from connectrpc.method import StreamType
 from connectrpc.request import RequestContext
 
+from taskservice import errors
 from taskservice.api.peer import FORWARDED_FOR_KEY
 from taskservice.calls.authentication import (
     OPTIONAL_AUTH_METHODS,
@@ -27,7 +28,7 @@ from taskservice.calls.authentication import (
     parse_authorization,
 )
 from taskservice.calls.context import REQUEST_ID_KEY
-from taskservice.calls.errors import database_unavailable, status_of
+from taskservice.calls.errors import database_unavailable, status_of, to_status
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics, MethodObserver, Observation
 from taskservice.http.errors import code_name, connect_error
@@ -130,7 +131,10 @@ class ConcurrencyLimit:
         """Count a unary call in, or refuse it; return whether it was counted."""
         if ctx.method.stream_type != StreamType.UNARY:
             return False
-        self._limit.enter()
+        try:
+            self._limit.enter()
+        except errors.ResourceExhausted as refused:
+            raise connect_error(to_status(refused)) from None
         return True
 
     async def on_end(self, counted: bool, ctx: RequestContext, error: Exception | None) -> None:

@@ -2,7 +2,8 @@
 
 Every RPC of every taskservice.v1 service (server streams included: connectrpc
 serves them over Connect and gRPC-Web), and health Check, each through the interceptors of
-`taskservice.http.calls`, routed by path, behind CORS.
+`taskservice.http.calls`, routed by path; every other path goes to the original REST routes
+(`taskservice.http.rest`), over the same services; all behind CORS.
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ from taskservice.http.app import (
     connect_options,
     with_cors,
 )
-from taskservice.http.calls import ConcurrencyLimit, GateAndAuthenticate, ObserveAndMapErrors
+from taskservice.http.calls import (
+    ConcurrencyLimit,
+    GateAndAuthenticate,
+    ObserveAndMapErrors,
+)
 from taskservice.http.health import HealthASGIApplication, HealthCheck
+from taskservice.http.rest.calls import RestCalls
+from taskservice.http.rest.routes import RestServices, build_rest_app
 from taskservice.http.server import HttpServer, bind_socket
 from taskservice.services.auth import AuthService
 from taskservice.v1 import (
@@ -70,11 +77,16 @@ def build_http_app(
     auth: AuthService,
     health: HealthMonitor,
     metrics: CallMetrics,
+    rest: RestServices,
 ) -> ASGIApp:
-    """The ASGI application serving every service's servicer over Connect and gRPC-Web."""
+    """The ASGI application: every servicer over Connect and gRPC-Web, and the REST routes.
+
+    Both share the port's MAX_CONCURRENT_RPCS, its outage gate and its CORS policy.
+    """
+    in_flight = UnaryCallLimit(settings.max_concurrent_rpcs)
     interceptors = (
         ObserveAndMapErrors(metrics, on_database_error=health.suspect),
-        ConcurrencyLimit(UnaryCallLimit(settings.max_concurrent_rpcs)),
+        ConcurrencyLimit(in_flight),
         GateAndAuthenticate(auth, is_ready=lambda: health.ready),
     )
     options = connect_options(interceptors, settings.max_message_bytes)
@@ -83,7 +95,16 @@ def build_http_app(
         for name, (application, descriptor) in SERVICES.items()
     ]
     apps.append(HealthASGIApplication(HealthCheck(health.servicer), **options))
-    return with_cors(Router(apps), settings.cors_origins)
+    calls = RestCalls(
+        auth,
+        metrics,
+        in_flight,
+        is_ready=lambda: health.ready,
+        on_database_error=health.suspect,
+        trusted_proxies=settings.trusted_proxy_networks,
+        max_body_bytes=settings.max_message_bytes,
+    )
+    return with_cors(Router(apps, build_rest_app(calls, rest)), settings.cors_origins)
 
 
 def build_http_server(
@@ -93,10 +114,11 @@ def build_http_server(
     auth: AuthService,
     health: HealthMonitor,
     metrics: CallMetrics,
+    rest: RestServices,
     reuse_port: bool = False,
 ) -> HttpServer:
     """The HTTP edge, bound to HTTP_HOST:HTTP_PORT but not yet serving."""
     assert settings.http_port is not None  # noqa: S101 - callers check HTTP_PORT is on
-    app = build_http_app(settings, servicers, auth=auth, health=health, metrics=metrics)
+    app = build_http_app(settings, servicers, auth=auth, health=health, metrics=metrics, rest=rest)
     sock = bind_socket(settings.http_host, settings.http_port, reuse_port=reuse_port)
     return HttpServer(app, settings, sock)

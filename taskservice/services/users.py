@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, select
@@ -36,11 +36,15 @@ UPDATABLE_USER_FIELDS = frozenset({"email", "is_active", "is_admin"})
 #: Fields that exist on a User but are never written by clients.
 READ_ONLY_USER_FIELDS = frozenset({"id", "create_time", "update_time"})
 #: One user's public columns (never the password hash), as a plain row.
-_USER_BY_ID = Prepared(
-    select(
-        User.id, User.email, User.is_active, User.is_admin, User.create_time, User.update_time
-    ).where(User.id == bindparam("user_id"))
+_USER_COLUMNS = (
+    User.id,
+    User.email,
+    User.is_active,
+    User.is_admin,
+    User.create_time,
+    User.update_time,
 )
+_USER_BY_ID = Prepared(select(*_USER_COLUMNS).where(User.id == bindparam("user_id")))
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,22 @@ class UserService:
         async with self._db.read() as session:
             users = list((await session.scalars(query)).all())
         return UserPage(*self._page_tokens.page(users, size, scope, key=lambda user: user.id))
+
+    async def batch_get_users(
+        self, caller: Principal, user_ids: Iterable[int]
+    ) -> dict[int, UserRecord]:
+        """Several users by id, for an admin, in one read; ids no user has are left out.
+
+        For views that show each row's owner (the REST task list) without a read per row.
+        """
+        caller.require_admin()
+        wanted = sorted(set(user_ids))
+        if not wanted:
+            return {}
+        query = select(*_USER_COLUMNS).where(User.id.in_(wanted))
+        async with self._db.read() as session:
+            rows = (await session.execute(query)).all()
+        return {row.id: row for row in rows}
 
     @retries_conflicts
     async def update_user(self, caller: Principal, user_id: int, changes: UserChanges) -> User:

@@ -1,7 +1,8 @@
 // A small page that uses taskservice from a browser, as a web front end would: register, log in,
 // watch, create tasks and list them, over Connect, JSON or binary (GET for read-only calls), or
-// gRPC-Web. The API's address and the protocol (connect, connect-proto or grpc-web) come from the
-// query string (?api=http://host:8080&protocol=grpc-web).
+// gRPC-Web; or, with protocol=rest, the original REST API's flows (rest.ts). The API's address and
+// the protocol (connect, connect-proto, grpc-web or rest) come from the query string
+// (?api=http://host:8080&protocol=grpc-web).
 // It writes what it saw as JSON into #result and sets <body data-state> to "done" or "failed",
 // which tests/test_browser.py reads.
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -9,6 +10,7 @@ import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/conn
 import { AuthService } from "../gen/taskservice/v1/auth_service_pb";
 import { TaskService } from "../gen/taskservice/v1/task_service_pb";
 import { UserService } from "../gen/taskservice/v1/user_service_pb";
+import { runRest } from "./rest";
 
 const PASSWORD = "correct horse battery";
 
@@ -16,6 +18,7 @@ async function run(): Promise<Record<string, unknown>> {
   const params = new URLSearchParams(location.search);
   const baseUrl = params.get("api") ?? location.origin;
   const protocol = params.get("protocol") ?? "connect";
+  if (protocol === "rest") return runRest(baseUrl);
   const transport =
     protocol === "grpc-web"
       ? createGrpcWebTransport({ baseUrl })
