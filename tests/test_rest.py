@@ -16,12 +16,14 @@ import httpx
 import jwt
 import pytest
 from openapi_spec_validator import validate
+from sqlalchemy.engine import make_url
 
 from taskservice.http.rest.routes import MAX_LIMIT, MAX_SKIP
 from taskservice.server import Application, build_server
 from taskservice.v1 import audit_service_pb2, task_service_pb2, user_service_pb2
 from tests.conftest import Stubs, make_settings
 from tests.helpers import PASSWORD, bearer, make_admin, register, unique_email
+from tests.proxy import TcpProxy
 
 API = "/api/v1"
 FRONTEND = "https://tasks.example.com"
@@ -440,19 +442,29 @@ async def test_an_unexpected_error_is_500_with_only_a_request_id(
     assert response.json() == {"detail": f"internal error (request id {request_id})"}
 
 
-async def test_a_database_outage_is_503(
-    app: Application, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    token = (await rest_register(http))["access_token"]
-
-    async def unreachable(*args: object, **kwargs: object) -> None:
-        raise ConnectionRefusedError("database is down")
-
-    assert app.tasks is not None
-    monkeypatch.setattr(app.tasks, "list_tasks", unreachable)
-    response = await http.get(f"{API}/tasks/", headers=auth(token))
-    assert response.status_code == 503
-    assert "database" in response.json()["detail"]
+async def test_a_database_outage_is_503(pg_database_url: str) -> None:
+    """A real outage (the database's connections cut and refused) answers 503, never 500."""
+    url = make_url(pg_database_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    app = await build_server(
+        make_settings(
+            url.set(port=proxy.port).render_as_string(hide_password=False),
+            db_connect_timeout_seconds=1.0,
+        )
+    )
+    await app.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.http_port}") as http:
+            token = (await rest_register(http))["access_token"]
+            await proxy.cut()
+            for _ in range(3):  # the call that meets the outage, then those the gate refuses
+                response = await http.get(f"{API}/tasks/", headers=auth(token))
+                assert response.status_code == 503, response.text
+                assert "database" in response.json()["detail"]
+    finally:
+        await app.stop(grace=None)
+        await proxy.close()
 
 
 async def test_an_oversize_body_is_413(database_url: str) -> None:
