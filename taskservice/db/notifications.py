@@ -43,13 +43,19 @@ class PgListener:
         self._on_reset = on_reset
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        #: Set once the first attempt to connect has ended, either way.
+        self._attempted = asyncio.Event()
         self.connected = False
 
     async def start(self, wait_seconds: float = 5.0) -> None:
-        """Start listening in the background; wait briefly for the first connection."""
+        """Start listening in the background; wait briefly for the first attempt to connect.
+
+        Only for the first attempt, successful or not: a server starting while the database is
+        away (during a failover) must start at once and report NOT_SERVING, not wait here.
+        """
         self._task = asyncio.create_task(self._run(), name=f"listen:{self._channel}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), wait_seconds)
+            await asyncio.wait_for(self._attempted.wait(), wait_seconds)
 
     async def stop(self) -> None:
         """Stop listening and close the connection."""
@@ -69,6 +75,7 @@ class PgListener:
                 connection.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await connection.add_listener(self._channel, self._deliver)
                 self._set_connected(True)
+                self._attempted.set()
                 backoff = 0.5
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
@@ -81,6 +88,7 @@ class PgListener:
             except Exception as exc:  # whatever it is, listening must resume when it can
                 log_round_failure(logger, f"LISTEN {self._channel}", exc)
             finally:
+                self._attempted.set()
                 self._set_connected(False)
                 if connection is not None and not connection.is_closed():
                     connection.terminate()
