@@ -116,10 +116,8 @@ async def test_invalid_bodies_are_422_with_fastapi_items(http: httpx.AsyncClient
     bad_email = await http.post(
         f"{API}/auth/register", json={"email": "not-an-email", "password": PASSWORD}
     )
-    assert bad_email.status_code == 422
-    [item] = bad_email.json()["detail"]
-    assert item["loc"] == ["body", "email"]
-    assert item["type"] == "value_error"
+    assert bad_email.status_code == 422  # a service rule: one line of text naming the field
+    assert bad_email.json()["detail"].startswith("email: ")
     wrong_type = await http.post(f"{API}/auth/register", json={"email": 5, "password": PASSWORD})
     assert wrong_type.json()["detail"][0] == {
         "type": "string_type",
@@ -286,9 +284,14 @@ async def test_task_bodies_are_validated_like_the_original(http: httpx.AsyncClie
     ]
     no_title = await http.post(f"{API}/tasks/", json={}, headers=auth(token))
     assert no_title.json()["detail"][0]["loc"] == ["body", "title"]
+    # A service rule's violation is text, which the original frontend's task form shows (a list
+    # there crashes it: it renders `detail` as it comes).
     blank = await http.post(f"{API}/tasks/", json={"title": "   "}, headers=auth(token))
     assert blank.status_code == 422
-    assert blank.json()["detail"][0]["loc"] == ["body", "title"]
+    assert blank.json() == {"detail": "title: 1 to 200 characters after trimming"}
+    too_long = await http.post(f"{API}/tasks/", json={"title": "x" * 201}, headers=auth(token))
+    assert too_long.status_code == 422
+    assert too_long.json()["detail"].startswith("title: ")
     not_an_id = await http.get(f"{API}/tasks/abc", headers=auth(token))
     assert not_an_id.status_code == 422
     assert not_an_id.json()["detail"][0]["loc"] == ["path", "task_id"]
@@ -385,7 +388,7 @@ async def test_user_administration_over_rest(
         f"{API}/users/{admin.user.id}", json={"email": "nope"}, headers=auth(admin.token)
     )
     assert bad_email.status_code == 422
-    assert bad_email.json()["detail"][0]["loc"] == ["body", "email"]
+    assert bad_email.json()["detail"].startswith("email: ")
 
 
 async def test_user_administration_is_for_admins(http: httpx.AsyncClient) -> None:

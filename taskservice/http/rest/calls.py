@@ -10,7 +10,8 @@ is read.
 
 Errors: a domain error's google.rpc code becomes an HTTP status after AIP-193 and the
 conventions (`STATUS_OF_CODE`), with FastAPI's body: `{"detail": "message"}`, or for
-INVALID_ARGUMENT the 422 list when every violation names a part of the request (else 400);
+a request pydantic refuses FastAPI's 422 list; a service rule's violation 422 with one line naming
+each field (`title: ...`), as text, which the original frontend can show (else 400);
 401 carries `WWW-Authenticate: Bearer`, 429 `Retry-After`. Where the original API answered
 the same situation, its detail text is kept (`ORIGINAL_DETAILS`), for clients that show or
 match it. Anything else goes through `unexpected_status`: a database outage is 503, a bug 500
@@ -301,11 +302,12 @@ def _domain_failure(
     if isinstance(error, errors.InvalidArgument) and all(
         v.field in locations for v in error.violations
     ):
-        items = [
-            {"type": "value_error", "loc": list(locations[v.field]), "msg": v.description}
-            for v in error.violations
-        ]
-        return name, JSONResponse({"detail": items}, status_code=422)
+        # The services' own rules, which the original did not have: 422 with one line of text
+        # naming each field (`title: 1 to 200 characters after trimming`), not pydantic's list.
+        # The original frontend renders `detail` as text wherever it had a rule of its own (a
+        # list there crashes its task form); its schema checks still answer FastAPI's list.
+        text = "; ".join(f"{locations[v.field][-1]}: {v.description}" for v in error.violations)
+        return name, _detail(422, text)
     if error.reason in TRASHED_REASONS:
         return name, _detail(404, texts["TASK_NOT_FOUND"])
     status = STATUS_OF_CODE.get(code, 500)
