@@ -22,7 +22,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+
+from tests.ports import free_port
 
 #: Where the PostgreSQL 15 server binaries live (Debian's layout); TEST_PG_BIN overrides it.
 PG_BIN = Path(os.environ.get("TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -70,13 +71,6 @@ _BASE_SETTINGS = {
 def binaries_present() -> bool:
     """Whether the PostgreSQL server tools this module drives are installed."""
     return all((PG_BIN / tool).is_file() for tool in ("initdb", "pg_ctl", "pg_basebackup"))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _running_as_root() -> bool:

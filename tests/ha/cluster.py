@@ -13,7 +13,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.ports import free_port
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 OS_USER = "postgres"
 
@@ -32,13 +33,6 @@ T = TypeVar("T")
 
 class HarnessError(RuntimeError):
     """The drill could not be set up or driven (as opposed to a check that failed)."""
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the kernel's pick, so not 5432)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, step: float = 0.2) -> T:

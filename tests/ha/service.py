@@ -25,7 +25,8 @@ from urllib.parse import quote
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.ha.cluster import HarnessError, free_port
+from tests.ha.cluster import HarnessError
+from tests.ports import free_port
 
 #: The server's shutdown grace (SHUTDOWN_GRACE_SECONDS, default 10) plus slack: a server still
 #: running after a SIGTERM this long is stuck, and is killed.
