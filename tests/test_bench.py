@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench.processes import EchoServer, TaskService
-from bench.run import Bench, RunFailed, find_fixture, migrate, server_environment
+from bench.run import Bench, RunFailed, find_fixture, main, migrate, server_environment
 from bench.scenarios import ECHO, SCENARIOS, Fixture, by_name
 from bench.seed import seed
 from taskservice.config import normalize_database_url
@@ -152,7 +152,16 @@ def test_make_bench_runs_end_to_end(tmp_path: Path) -> None:
         ("REST GetTask (HTTP/1.1)", "GetTask"),
         ("REST CreateTask (HTTP/1.1)", "CreateTask"),
     ):
-        assert edges[name]["grpc_scenario"] == grpc_name
+        assert edges[name]["versus"] == grpc_name
         assert edges[name]["calls_per_second_ratio"] > 0
         assert edges[name]["cpu_ms_per_call"] is not None
     assert "REST GetTask (HTTP/1.1): " in completed.stdout
+
+
+def test_the_original_backend_is_only_measured_on_postgresql(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--original` runs the original on PostgreSQL, so it is refused without a database URL."""
+    with pytest.raises(SystemExit):
+        main(["--original", str(ROOT), "--database-url", ""])
+    assert "--original needs --database-url" in capsys.readouterr().err
