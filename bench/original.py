@@ -3,34 +3,36 @@
 Optional and never required: PATH is a checkout of the original application's `backend`
 directory (github.com/devopsforger/SimpleTasks), with its dependencies installed in a Python of
 its own (`--original-python`, default PATH/.venv/bin/python); nothing of it is part of this
-repository. It runs as its README starts it (uvicorn, one process, its access log on) against a
-database of its own on the same PostgreSQL server, made by its own alembic migration and seeded
-with as many users and tasks as taskservice's.
-
-Its locked dependencies carry no bcrypt backend for passlib, so it can neither register nor log
-anyone in: the seeded users get an unusable password hash, and the token is made by its own
-`create_access_token`, which is what its login would return. GetTask and CreateTask need no
-password check, only the token, which it verifies on every call and then reads the user.
+repository. It runs as its `start` script starts it (uvicorn, one process, its access log on)
+against a database of its own on the same PostgreSQL server, made by its own alembic migration
+and seeded in bulk with as many users and tasks as taskservice's (registering 100 users and
+creating 100,000 tasks through its API would take longer than the measurement). The token is
+the one its own login answers, for the same password as taskservice's seeded users.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import asyncpg
+import bcrypt
 from sqlalchemy.engine import URL
 
 from bench.processes import free_port
-from bench.seed import recreate_postgres_database
+from bench.seed import PASSWORD, recreate_postgres_database
 
-#: The seeded users' password hash: none matches it, and no scenario logs in.
-UNUSABLE_HASH = "!"
+#: The seeded users' emails: user<n>@ this domain.
+EMAIL_DOMAIN = "bench.example"
+#: The user the scenarios call as, as taskservice's first seeded user.
+FIRST_USER = f"user0@{EMAIL_DOMAIN}"
 
 
 class OriginalService:
@@ -56,14 +58,18 @@ class OriginalService:
             "DEBUG": "false",
         }
 
-    def prepare(self, users: int, tasks_per_user: int) -> None:
+    def prepare(self, users: int, tasks_per_user: int, bcrypt_rounds: int) -> None:
         """Recreate its database, migrate it with its alembic, seed it, and settle it."""
         asyncio.run(recreate_postgres_database(self.url))
         self._python(["-m", "alembic", "upgrade", "head"])
-        asyncio.run(self._seed(users, tasks_per_user))
+        asyncio.run(self._seed(users, tasks_per_user, bcrypt_rounds))
 
-    async def _seed(self, users: int, tasks_per_user: int) -> None:
-        """Users and tasks in bulk: taskservice's counts, plain rows as the original keeps them."""
+    async def _seed(self, users: int, tasks_per_user: int, bcrypt_rounds: int) -> None:
+        """Users and tasks in bulk: taskservice's counts, plain rows as the original keeps them.
+
+        Every user shares one bcrypt hash of PASSWORD, which the original's passlib verifies.
+        """
+        password_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(bcrypt_rounds)).decode()
         connection = await asyncpg.connect(
             host=self.url.host,
             port=self.url.port or 5432,
@@ -74,10 +80,11 @@ class OriginalService:
         try:
             await connection.execute(
                 "INSERT INTO users (email, hashed_password, is_active, is_admin) "
-                "SELECT 'user' || n || '@bench.example', $1, true, false "
+                "SELECT 'user' || n || '@' || $3, $1, true, false "
                 "FROM generate_series(0, $2 - 1) AS n",
-                UNUSABLE_HASH,
+                password_hash,
                 users,
+                EMAIL_DOMAIN,
             )
             await connection.execute(
                 "INSERT INTO tasks (title, description, status, owner_id) "
@@ -89,8 +96,8 @@ class OriginalService:
         finally:
             await connection.close()
 
-    async def _fixture(self) -> tuple[int, int]:
-        """The first user's id and the middle one of their tasks, as taskservice's fixture."""
+    async def _task_id(self) -> int:
+        """The middle one of the first user's tasks, as taskservice's fixture picks."""
         connection = await asyncpg.connect(
             host=self.url.host,
             port=self.url.port or 5432,
@@ -99,27 +106,26 @@ class OriginalService:
             database=self.url.database,
         )
         try:
-            user_id = await connection.fetchval("SELECT min(id) FROM users")
             ids = await connection.fetch(
-                "SELECT id FROM tasks WHERE owner_id = $1 ORDER BY id", user_id
+                "SELECT tasks.id FROM tasks JOIN users ON users.id = tasks.owner_id "
+                "WHERE users.email = $1 ORDER BY tasks.id",
+                FIRST_USER,
             )
         finally:
             await connection.close()
-        return int(user_id), int(ids[len(ids) // 2]["id"])
+        return int(ids[len(ids) // 2]["id"])
 
     def fixture(self) -> tuple[str, int]:
-        """The first user's bearer token, made by the original's own code, and a task of theirs."""
-        user_id, task_id = asyncio.run(self._fixture())
-        token = self._python(
-            [
-                "-c",
-                "import sys; from datetime import timedelta; "
-                "from app.auth.jwt import create_access_token; "
-                "print(create_access_token({'sub': sys.argv[1]}, timedelta(minutes=180)))",
-                str(user_id),
-            ]
-        ).strip()
-        return token, task_id
+        """The first user's bearer token from the original's login, and a task of theirs."""
+        task_id = asyncio.run(self._task_id())
+        form = urllib.parse.urlencode({"username": FIRST_USER, "password": PASSWORD})
+        request = urllib.request.Request(
+            f"http://{self.target}/api/v1/auth/login",
+            data=form.encode(),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as reply:  # noqa: S310
+            return str(json.loads(reply.read())["access_token"]), task_id
 
     def start(self, timeout: float = 60.0) -> None:
         """uvicorn, one process, as its `start` script runs it; wait until /health answers."""

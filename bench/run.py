@@ -740,7 +740,7 @@ def _original(args: argparse.Namespace, url: URL, workdir: Path) -> OriginalServ
         backend, python, url.set(database=f"{url.database}_original"), workdir / "original.log"
     )
     started = time.monotonic()
-    original.prepare(args.users, args.tasks_per_user)
+    original.prepare(args.users, args.tasks_per_user, args.bcrypt_rounds)
     print(
         f"original backend: {backend}, database {original.url.database}, seeded "
         f"in {time.monotonic() - started:.1f} s",
@@ -757,12 +757,12 @@ def _run_original(
     measured_so_far: list[Measurement],
 ) -> list[Measurement]:
     """The REST scenarios against the original, after taskservice's (which is then idle)."""
+    original.start()
     token, task_id = original.fixture()
     theirs = dataclasses.replace(fixture, user_token=token, task_id=task_id)
     reference = {
         m.concurrency: m.calls_per_second for m in measured_so_far if m.scenario == ECHO.name
     }
-    original.start()
     measurements = []
     for name in ORIGINAL_SCENARIOS:
         if args.only and name not in args.only:
