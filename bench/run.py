@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from sqlalchemy.engine import URL
 
 from bench import h2load
 from bench.h2load import Load, Result
+from bench.original import OriginalService
 from bench.processes import (
     EchoServer,
     Handled,
@@ -119,8 +121,8 @@ def _span_us(*results: Result) -> int:
     return last - first
 
 
-def _method(load: Load) -> str:
-    return load.path.rsplit("/", 1)[1]
+#: What the harness measures the CPU time and memory of.
+Server = TaskService | EchoServer | OriginalService
 
 
 class Bench:
@@ -132,28 +134,35 @@ class Bench:
         self.workdir = workdir
         self._runs = 0
 
-    def _run(self, loads: list[Load], target: str, sequential: bool) -> list[Result]:
+    def _run(
+        self, loads: list[Load], target: str, sequential: bool, require_2xx: bool = False
+    ) -> list[Result]:
         self._runs += 1
         name = f"run{self._runs}"
         if sequential:
             return [
-                h2load.run([load], target, self.workdir, f"{name}-{i}")[0]
+                h2load.run([load], target, self.workdir, f"{name}-{i}", require_2xx)[0]
                 for i, load in enumerate(loads)
             ]
-        return h2load.run(loads, target, self.workdir, name)
+        return h2load.run(loads, target, self.workdir, name, require_2xx)
 
-    def _rss(self, server: TaskService | EchoServer) -> float:
+    def _rss(self, server: Server) -> float:
         return max(rss_mib(pid) for pid in server.worker_pids())
 
-    def _cpu(self, server: TaskService | EchoServer) -> float:
+    def _cpu(self, server: Server) -> float:
         return sum(cpu_seconds(pid) for pid in server.worker_pids())
 
     def _timed_run(
-        self, server: TaskService | EchoServer, loads: list[Load], target: str, sequential: bool
+        self,
+        server: Server,
+        loads: list[Load],
+        target: str,
+        sequential: bool,
+        require_2xx: bool = False,
     ) -> tuple[list[Result], float]:
         """The run's results and the server's CPU seconds per 1,000 of its calls."""
         cpu = self._cpu(server)
-        results = self._run(loads, target, sequential)
+        results = self._run(loads, target, sequential, require_2xx)
         calls = sum(load.calls for load in loads)
         return results, (self._cpu(server) - cpu) * 1000 / calls
 
@@ -183,10 +192,36 @@ class Bench:
         results, cpu = self._timed_run(self.service, loads, target, sequential)
         expected: Counter[str] = Counter()
         for load in loads:
-            expected[_method(load)] += load.calls
+            expected[load.method] += load.calls
         self._check(before, expected, scenario.name)
         measured = _measure(
             scenario.name, concurrency, results, sequential, self._rss(self.service)
+        )
+        measured.server_cpu_seconds_per_1000 = cpu
+        return measured
+
+    def measure_original(
+        self,
+        original: OriginalService,
+        scenario: Scenario,
+        fixture: Fixture,
+        concurrency: int,
+        calls: int,
+    ) -> Measurement:
+        """A REST scenario's very requests against the original backend, warmed up the same way.
+
+        The original counts nothing the harness could check, but its errors are HTTP statuses
+        that h2load reads: every call must be a 2xx.
+        """
+        loads = scenario.loads(fixture, concurrency, calls)
+        warm_up = scenario.loads(fixture, concurrency, max(concurrency, calls // 10))
+        sequential = concurrency == 1
+        self._run(warm_up, original.target, sequential, require_2xx=True)
+        results, cpu = self._timed_run(
+            original, loads, original.target, sequential, require_2xx=True
+        )
+        measured = _measure(
+            f"original {scenario.name}", concurrency, results, sequential, self._rss(original)
         )
         measured.server_cpu_seconds_per_1000 = cpu
         return measured
@@ -344,8 +379,9 @@ def _machine(database: str) -> dict[str, object]:
 
 
 def _table(measurements: list[Measurement]) -> str:
+    width = max(30, *(len(m.scenario) for m in measurements))
     header = (
-        f"{'scenario':<30} {'conc':>4} {'calls':>6} {'calls/s':>9} "
+        f"{'scenario':<{width}} {'conc':>4} {'calls':>6} {'calls/s':>9} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'ratio':>6} {'RSS MiB':>8} {'CPU s/1k':>8}"
     )
     lines = [header, "-" * len(header)]
@@ -354,7 +390,7 @@ def _table(measurements: list[Measurement]) -> str:
         cpu = m.server_cpu_seconds_per_1000
         cpu_text = f"{cpu:.3f}" if cpu is not None else ""
         lines.append(
-            f"{m.scenario:<30} {m.concurrency:>4} {m.calls:>6} {m.calls_per_second:>9.0f} "
+            f"{m.scenario:<{width}} {m.concurrency:>4} {m.calls:>6} {m.calls_per_second:>9.0f} "
             f"{m.p50_ms:>8.2f} {m.p99_ms:>8.2f} {ratio:>6} {m.max_worker_rss_mib:>8.1f} "
             f"{cpu_text:>8}"
         )
@@ -362,6 +398,61 @@ def _table(measurements: list[Measurement]) -> str:
 
 
 STORM = "GetTask during a Login storm"
+
+#: Each HTTP/1.1 scenario and the native gRPC scenario making the same call: the edge's calls/s
+#: must be at least 0.7 of gRPC's in the same run, and its CPU per call is shown beside gRPC's.
+EDGE_PAIRS: dict[str, str] = {
+    "Connect JSON GetTask (HTTP/1.1)": "GetTask",
+    "Connect JSON CreateTask (HTTP/1.1)": "CreateTask",
+    "REST GetTask (HTTP/1.1)": "GetTask",
+    "REST CreateTask (HTTP/1.1)": "CreateTask",
+}
+#: The REST scenarios `--original` also measures against the original backend.
+ORIGINAL_SCENARIOS = ["REST GetTask (HTTP/1.1)", "REST CreateTask (HTTP/1.1)"]
+
+
+def _edges(
+    measurements: list[Measurement], concurrency: int, pairs: dict[str, str]
+) -> list[dict[str, object]]:
+    """Each scenario of `pairs` against the scenario it maps to: calls/s and CPU per call.
+
+    CPU per call is what the edge costs whatever the machine leaves free, so it is shown beside
+    the calls/s ratio (which also moves with what h2load and the database take of the cores).
+    """
+    at = {m.scenario: m for m in measurements if m.concurrency == concurrency}
+    edges: list[dict[str, object]] = []
+    for edge, versus in pairs.items():
+        if edge not in at or versus not in at:
+            continue
+        ours, native = at[edge], at[versus]
+        cpu, native_cpu = ours.server_cpu_seconds_per_1000, native.server_cpu_seconds_per_1000
+        edges.append(
+            {
+                "scenario": edge,
+                "versus": versus,
+                "calls_per_second": round(ours.calls_per_second, 1),
+                "versus_calls_per_second": round(native.calls_per_second, 1),
+                "calls_per_second_ratio": round(ours.calls_per_second / native.calls_per_second, 3),
+                "cpu_ms_per_call": None if cpu is None else round(cpu, 3),
+                "versus_cpu_ms_per_call": None if native_cpu is None else round(native_cpu, 3),
+                "cpu_ratio": None if not (cpu and native_cpu) else round(cpu / native_cpu, 3),
+            }
+        )
+    return edges
+
+
+def _edge_line(edge: dict[str, object]) -> str:
+    line = (
+        f"  {edge['scenario']}: {edge['calls_per_second']:,.0f} calls/s, "
+        f"{edge['calls_per_second_ratio']:.3f} of {edge['versus']} "
+        f"({edge['versus_calls_per_second']:,.0f})"
+    )
+    if edge["cpu_ratio"] is not None:
+        line += (
+            f"; CPU {edge['cpu_ms_per_call']:.3f} ms per call against "
+            f"{edge['versus_cpu_ms_per_call']:.3f} ({edge['cpu_ratio']:.2f}x)"
+        )
+    return line
 
 
 def _targets(measurements: list[Measurement], concurrency: int) -> list[dict[str, object]]:
@@ -400,23 +491,16 @@ def _targets(measurements: list[Measurement], concurrency: int) -> list[dict[str
             2.0,
         ),
         ("max worker RSS after the run, MiB", lambda: max(served), "<=", 150.0),
-        (
-            "Connect JSON GetTask (HTTP/1.1) / gRPC GetTask, calls/s",
-            lambda: (
-                at["Connect JSON GetTask (HTTP/1.1)"].calls_per_second
-                / at["GetTask"].calls_per_second
-            ),
-            ">=",
-            0.70,
-        ),
-        (
-            "Connect JSON CreateTask (HTTP/1.1) / gRPC CreateTask, calls/s",
-            lambda: (
-                at["Connect JSON CreateTask (HTTP/1.1)"].calls_per_second
-                / at["CreateTask"].calls_per_second
-            ),
-            ">=",
-            0.70,
+        *(
+            (
+                f"{edge} / gRPC {grpc_name}, calls/s",
+                lambda edge=edge, grpc_name=grpc_name: (  # type: ignore[misc]
+                    at[edge].calls_per_second / at[grpc_name].calls_per_second
+                ),
+                ">=",
+                0.70,
+            )
+            for edge, grpc_name in EDGE_PAIRS.items()
         ),
     ]
     targets: list[dict[str, object]] = []
@@ -488,7 +572,24 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help="measure only these scenarios (by name, e.g. GetTask 'Login storm'), to profile one",
     )
     parser.add_argument("--output", type=Path, default=Path("bench-results"))
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--original",
+        type=Path,
+        metavar="PATH",
+        help="also measure the REST scenarios against the original FastAPI backend: PATH is its "
+        "backend directory (github.com/devopsforger/SimpleTasks), run with uvicorn on a database "
+        "of its own beside --database-url's (PostgreSQL only; see docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--original-python",
+        type=Path,
+        metavar="PYTHON",
+        help="the Python with the original's dependencies (default PATH/.venv/bin/python)",
+    )
+    args = parser.parse_args(argv)
+    if args.original is not None and not args.database_url:
+        parser.error("--original needs --database-url: the original runs on PostgreSQL only")
+    return args
 
 
 def _calls(args: argparse.Namespace, scenario: Scenario, concurrency: int) -> int:
@@ -519,26 +620,42 @@ def main(argv: list[str] | None = None) -> int:
             f"in {time.monotonic() - started:.1f} s",
             flush=True,
         )
+        original = _original(args, url, workdir)
         service = TaskService(environment, args.workers, workdir / "server.log")
         echo = EchoServer()
         try:
             service.wait_ready()
             fixture = find_fixture(service.target, seeded, args.tasks_per_user)
-            measurements = _run_all(Bench(service, echo, workdir), fixture, args)
+            bench = Bench(service, echo, workdir)
+            measurements = _run_all(bench, fixture, args)
+            if original is not None:
+                measurements += _run_original(bench, original, fixture, args, measurements)
         except (RunFailed, h2load.H2LoadError) as failure:
             print(f"\nRUN FAILED: {failure}", file=sys.stderr)
             return 1
         finally:
             service.stop()
             echo.stop()
+            if original is not None:
+                original.stop()
         machine = _machine(f"{url.get_backend_name()}")
     top = max(args.concurrency)
     targets = _targets(measurements, top)
+    edges = _edges(measurements, top, EDGE_PAIRS)
+    originals = _edges(measurements, top, {name: f"original {name}" for name in ORIGINAL_SCENARIOS})
     print("\n" + _table(measurements))
     print(f"\ntargets (concurrency {top}, {args.workers} worker(s)):")
     for target in targets:
         mark = "met   " if target["met"] else "MISSED"
         print(f"  {mark} {target['target']}: {target['value']} (target {target['bound']})")
+    if edges:
+        print(f"\nHTTP/1.1 edges against native gRPC (concurrency {top}):")
+        for edge in edges:
+            print(_edge_line(edge))
+    if originals:
+        print(f"\ntaskservice's REST API against the original backend (concurrency {top}):")
+        for edge in originals:
+            print(_edge_line(edge))
     args.output.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     report = args.output / f"bench-{stamp}.json"
@@ -554,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
                 "tasks": args.users * args.tasks_per_user,
                 "measurements": [asdict(m) for m in measurements],
                 "targets": targets,
+                "edges": edges,
+                "original": originals,
             },
             indent=2,
         )
@@ -608,6 +727,53 @@ def _run_all(bench: Bench, fixture: Fixture, args: argparse.Namespace) -> list[M
         if measured.scenario != ECHO.name:
             measured.ratio_to_baseline = measured.calls_per_second / reference[measured.concurrency]
     measurements.sort(key=lambda m: m.scenario != ECHO.name)
+    return measurements
+
+
+def _original(args: argparse.Namespace, url: URL, workdir: Path) -> OriginalService | None:
+    """The original backend, prepared on `<database>_original` beside taskservice's, if asked."""
+    if args.original is None:
+        return None
+    backend = args.original.resolve()
+    python = args.original_python or backend / ".venv" / "bin" / "python"
+    original = OriginalService(
+        backend, python, url.set(database=f"{url.database}_original"), workdir / "original.log"
+    )
+    started = time.monotonic()
+    original.prepare(args.users, args.tasks_per_user, args.bcrypt_rounds)
+    print(
+        f"original backend: {backend}, database {original.url.database}, seeded "
+        f"in {time.monotonic() - started:.1f} s",
+        flush=True,
+    )
+    return original
+
+
+def _run_original(
+    bench: Bench,
+    original: OriginalService,
+    fixture: Fixture,
+    args: argparse.Namespace,
+    measured_so_far: list[Measurement],
+) -> list[Measurement]:
+    """The REST scenarios against the original, after taskservice's (which is then idle)."""
+    original.start()
+    token, task_id = original.fixture()
+    theirs = dataclasses.replace(fixture, user_token=token, task_id=task_id)
+    reference = {
+        m.concurrency: m.calls_per_second for m in measured_so_far if m.scenario == ECHO.name
+    }
+    measurements = []
+    for name in ORIGINAL_SCENARIOS:
+        if args.only and name not in args.only:
+            continue
+        scenario = by_name(name)
+        for concurrency in args.concurrency:
+            calls = _calls(args, scenario, concurrency)
+            measured = bench.measure_original(original, scenario, theirs, concurrency, calls)
+            measured.ratio_to_baseline = measured.calls_per_second / reference[concurrency]
+            measurements.append(measured)
+            print(_progress(measured), flush=True)
     return measurements
 
 

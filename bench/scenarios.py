@@ -7,6 +7,7 @@ concurrency 1 those loads run one after another, since a lone client's calls nev
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from taskservice.v1 import auth_service_pb2, task_pb2, task_service_pb2, user_se
 TASKS = "/taskservice.v1.TaskService/"
 USERS = "/taskservice.v1.UserService/"
 AUTH = "/taskservice.v1.AuthService/"
+#: The original REST API's tasks (docs/rest.md), on the HTTP edge.
+REST_TASKS = "/api/v1/tasks/"
 #: PatchTask at concurrency C patches this many different tasks, C / this at a time on each.
 PATCHED_TASKS = 4
 
@@ -67,7 +70,7 @@ class Scenario:
     #: Calls at concurrency 1 and 32 are scaled by this (bcrypt-bound Login is far slower).
     calls_factor: float = 1.0
     baseline: bool = False
-    #: Sent to the HTTP edge (Connect JSON over HTTP/1.1) instead of the gRPC port.
+    #: Sent to the HTTP edge (Connect JSON or REST, over HTTP/1.1) instead of the gRPC port.
     http: bool = False
 
 
@@ -113,13 +116,21 @@ def _patch(fixture: Fixture, concurrency: int, calls: int) -> list[Load]:
     return _split(concurrency, calls, parts)
 
 
-def _create_body() -> bytes:
-    task = task_pb2.Task(
-        title="Prepare the quarterly review",
-        description="Collect the figures, draft the summary and book a room for Thursday.",
+#: What every CreateTask scenario creates, on every edge, so their figures compare.
+NEW_TASK_TITLE = "Prepare the quarterly review"
+NEW_TASK_DESCRIPTION = "Collect the figures, draft the summary and book a room for Thursday."
+
+
+def _new_task() -> task_pb2.Task:
+    return task_pb2.Task(
+        title=NEW_TASK_TITLE,
+        description=NEW_TASK_DESCRIPTION,
         status=task_pb2.TASK_STATUS_TODO,
     )
-    return frame(task_service_pb2.CreateTaskRequest(task=task))
+
+
+def _create_body() -> bytes:
+    return frame(task_service_pb2.CreateTaskRequest(task=_new_task()))
 
 
 def _mixed(fixture: Fixture, concurrency: int, calls: int) -> list[Load]:
@@ -162,13 +173,33 @@ def _connect_get_task(fixture: Fixture, concurrency: int, calls: int) -> list[Lo
 
 
 def _connect_create(fixture: Fixture, concurrency: int, calls: int) -> list[Load]:
-    task = task_pb2.Task(
-        title="Prepare the quarterly review",
-        description="Collect the figures, draft the summary and book a room for Thursday.",
-        status=task_pb2.TASK_STATUS_TODO,
-    )
-    body = connect_json(task_service_pb2.CreateTaskRequest(task=task))
+    body = connect_json(task_service_pb2.CreateTaskRequest(task=_new_task()))
     return [Load(f"{TASKS}CreateTask", body, concurrency, calls, fixture.user_token, "connect")]
+
+
+#: The original REST API's CreateTask body: the same task as the other edges create.
+REST_CREATE_BODY = json.dumps(
+    {"title": NEW_TASK_TITLE, "description": NEW_TASK_DESCRIPTION, "status": "todo"}
+).encode()
+
+
+def _rest_get_task(fixture: Fixture, concurrency: int, calls: int) -> list[Load]:
+    path = f"{REST_TASKS}{fixture.task_id}"
+    return [Load(path, b"", concurrency, calls, fixture.user_token, "rest", rpc="GetTask")]
+
+
+def _rest_create(fixture: Fixture, concurrency: int, calls: int) -> list[Load]:
+    return [
+        Load(
+            REST_TASKS,
+            REST_CREATE_BODY,
+            concurrency,
+            calls,
+            fixture.user_token,
+            "rest",
+            rpc="CreateTask",
+        )
+    ]
 
 
 ECHO = Scenario(
@@ -255,6 +286,8 @@ SCENARIOS = [
     Scenario("mixed read/write", _mixed),
     Scenario("Connect JSON GetTask (HTTP/1.1)", _connect_get_task, http=True),
     Scenario("Connect JSON CreateTask (HTTP/1.1)", _connect_create, http=True),
+    Scenario("REST GetTask (HTTP/1.1)", _rest_get_task, http=True),
+    Scenario("REST CreateTask (HTTP/1.1)", _rest_create, http=True),
 ]
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench.processes import EchoServer, TaskService
-from bench.run import Bench, RunFailed, find_fixture, migrate, server_environment
+from bench.run import Bench, RunFailed, find_fixture, main, migrate, server_environment
 from bench.scenarios import ECHO, SCENARIOS, Fixture, by_name
 from bench.seed import seed
 from taskservice.config import normalize_database_url
@@ -79,6 +79,34 @@ def test_connect_scenarios_reach_the_http_edge_and_count_every_call(
         assert measured.calls == 40
 
 
+def test_rest_scenarios_reach_the_rest_api_and_count_every_call(
+    harness: tuple[Bench, Fixture],
+) -> None:
+    """REST calls are counted under the RPC they stand for (GetTask, CreateTask), all OK."""
+    bench, fixture = harness
+    for name in ("REST GetTask (HTTP/1.1)", "REST CreateTask (HTTP/1.1)"):
+        measured = bench.measure(by_name(name), fixture, concurrency=4, calls=40)
+        assert measured.calls == 40
+        assert measured.server_cpu_seconds_per_1000 is not None
+
+
+@pytest.mark.parametrize("name", ["REST GetTask (HTTP/1.1)", "REST CreateTask (HTTP/1.1)"])
+def test_rest_calls_that_fail_fail_the_run(harness: tuple[Bench, Fixture], name: str) -> None:
+    """HTTP 401 for every REST call: the server's counts show UNAUTHENTICATED, the run fails."""
+    bench, fixture = harness
+    forged = dataclasses.replace(fixture, user_token="not-a-token")
+    with pytest.raises(RunFailed, match="UNAUTHENTICATED"):
+        bench.measure(by_name(name), forged, concurrency=4, calls=40)
+
+
+def test_a_rest_get_of_a_missing_task_fails_the_run(harness: tuple[Bench, Fixture]) -> None:
+    """HTTP 404 (NOT_FOUND) for every call: a fast table of 404s must not pass."""
+    bench, fixture = harness
+    missing = dataclasses.replace(fixture, task_id=10**12)
+    with pytest.raises(RunFailed, match="NOT_FOUND"):
+        bench.measure(by_name("REST GetTask (HTTP/1.1)"), missing, concurrency=4, calls=40)
+
+
 def test_connect_calls_that_fail_fail_the_run(harness: tuple[Bench, Fixture]) -> None:
     """HTTP 401 for every call: the server's counts show UNAUTHENTICATED and fail the run."""
     bench, fixture = harness
@@ -112,4 +140,28 @@ def test_make_bench_runs_end_to_end(tmp_path: Path) -> None:
     expected = {s.name for s in SCENARIOS} | {ECHO.name, "GetTask during a Login storm"}
     assert names == {(name, c) for name in expected for c in (1, 4)}
     assert all(m["ratio_to_baseline"] > 0 for m in result["measurements"])
-    assert {t["target"] for t in result["targets"]} >= {"GetTask ratio", "CreateTask ratio"}
+    targets = {t["target"] for t in result["targets"]}
+    assert targets >= {
+        "GetTask ratio",
+        "CreateTask ratio",
+        "REST GetTask (HTTP/1.1) / gRPC GetTask, calls/s",
+        "REST CreateTask (HTTP/1.1) / gRPC CreateTask, calls/s",
+    }
+    edges = {e["scenario"]: e for e in result["edges"]}
+    for name, grpc_name in (
+        ("REST GetTask (HTTP/1.1)", "GetTask"),
+        ("REST CreateTask (HTTP/1.1)", "CreateTask"),
+    ):
+        assert edges[name]["versus"] == grpc_name
+        assert edges[name]["calls_per_second_ratio"] > 0
+        assert edges[name]["cpu_ms_per_call"] is not None
+    assert "REST GetTask (HTTP/1.1): " in completed.stdout
+
+
+def test_the_original_backend_is_only_measured_on_postgresql(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--original` runs the original on PostgreSQL, so it is refused without a database URL."""
+    with pytest.raises(SystemExit):
+        main(["--original", str(ROOT), "--database-url", ""])
+    assert "--original needs --database-url" in capsys.readouterr().err
