@@ -178,6 +178,13 @@ class Settings(BaseSettings):
         """Treat `VAR=` like an unset variable, as shells and `.env` files commonly produce it."""
         return None if value == "" else value
 
+    @field_validator("db_host")
+    @classmethod
+    def _hosts_are_names(cls, value: str | None) -> str | None:
+        if value is not None and "," in value:
+            _host_list(value)
+        return value
+
     @field_validator("http_port", mode="before")
     @classmethod
     def _http_port_off(cls, value: object) -> object:
@@ -241,9 +248,7 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             return make_url(self.database_url)
         if self.db_host is not None and "," in self.db_host:  # several hosts: read-write one
-            hosts = tuple(
-                _with_port(host.strip(), self.db_port) for host in self.db_host.split(",")
-            )
+            hosts = tuple(_host_list(self.db_host, self.db_port))
             return URL.create(
                 "postgresql+asyncpg",
                 username=self.db_user,
@@ -323,12 +328,24 @@ def _libpq_hosts(raw: str) -> str:
     userinfo, at, host_list = authority.rpartition("@")
     if "," not in host_list:
         return raw
-    hosts = [_with_port(host.strip()) for host in host_list.split(",")]
-    if not all(hosts):
-        raise ValueError("a multi-host URL names an empty host")
+    hosts = _host_list(host_list)
+    userinfo = userinfo.replace("@", "%40")  # an unencoded @ in the password stays in it
     path, _, query = tail.partition("?")
     parameters = "&".join(f"host={host}" for host in hosts)
     return f"{scheme}://{userinfo}{at}{path or '/'}?{parameters}{'&' + query if query else ''}"
+
+
+def _host_list(text: str, default_port: int = DEFAULT_POSTGRES_PORT) -> list[str]:
+    """`h1,h2:5433` as `["h1:<default_port>", "h2:5433"]`; ValueError naming what is wrong."""
+    hosts = [host.strip() for host in text.split(",")]
+    for host in hosts:
+        if not host:
+            raise ValueError("a multi-host list names an empty host")
+        if host.startswith("[") or host.count(":") > 1:
+            raise ValueError(
+                f"{host!r}: IPv6 addresses are not supported in a multi-host list; use host names"
+            )
+    return [_with_port(host, default_port) for host in hosts]
 
 
 def _with_port(host: str, default: int = DEFAULT_POSTGRES_PORT) -> str:

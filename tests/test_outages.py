@@ -20,7 +20,7 @@ import grpc
 import pytest
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.types import Integer, String
 
@@ -28,6 +28,7 @@ from taskservice.calls.errors import status_of
 from taskservice.config import load_settings, normalize_database_url
 from taskservice.db import outages
 from taskservice.db.engine import asyncpg_arguments
+from taskservice.db.models import TaskRevision
 from taskservice.db.reads import Prepared
 from taskservice.server import Application, build_server
 from taskservice.v1 import task_pb2
@@ -357,3 +358,76 @@ async def test_connections_to_a_node_that_turned_read_only_are_discarded(
     finally:
         await admin.close()
         await application.stop(grace=None)
+
+
+async def test_a_silent_first_host_does_not_hide_the_next_one(pg_database_url: str) -> None:
+    """Each host gets its own connect timeout, and the host that served last is tried first.
+
+    The first host of the list accepts TCP connections and then says nothing, as a powered-off
+    or partitioned primary behind a load balancer does; the second is the real database.
+    """
+    url = make_url(pg_database_url)
+    silent = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    silent.blackhole()
+    await silent.start()
+    hosts = f"127.0.0.1:{silent.port},{url.host or '127.0.0.1'}:{url.port or 5432}"
+    user = url.username or "postgres"
+    settings = make_settings(
+        f"postgresql://{user}@{hosts}/{url.database}", db_connect_timeout_seconds=1.0
+    )
+    application = await build_server(settings)
+    await application.start()
+    try:
+        async with stubs_for(application) as stubs:
+
+            async def serving() -> bool:
+                return await _health(stubs) == SERVING
+
+            await _until(serving, "readiness SERVING past the silent host")
+            alice = await register(stubs)
+            started = time.monotonic()
+            for n in range(5):  # new connections go straight to the host that served
+                await stubs.tasks.CreateTask(
+                    pb.CreateTaskRequest(task=task_pb2.Task(title=f"t{n}")),
+                    metadata=alice.metadata,
+                )
+            assert time.monotonic() - started < DEADLINE
+    finally:
+        await application.stop(grace=None)
+        await silent.close()
+
+
+async def test_live_streams_end_when_a_failover_takes_revisions_back(
+    app: Application, stubs: Stubs
+) -> None:
+    """A new primary that lacked the newest commits numbers new changes with used revisions.
+
+    The feed notices the store's revision below its own and ends every live stream with
+    REVISION_COMPACTED (relist), rather than skipping the changes that reuse those numbers.
+    """
+    alice: Account = await register(stubs)
+    for n in range(3):
+        await stubs.tasks.CreateTask(
+            pb.CreateTaskRequest(task=task_pb2.Task(title=f"t{n}")), metadata=alice.metadata
+        )
+    await app.database.number_changes()
+    stream = stubs.tasks.WatchTasks(pb.WatchTasksRequest(), metadata=alice.metadata)
+    await read_until(stream, lambda r: len(r) == 1)
+    feed = app.feed
+    assert feed is not None
+
+    async def caught_up() -> bool:
+        return feed.revision == (await _store_revision(app))
+
+    await _until(caught_up, "the feed at the store's revision")
+    async with app.database.write() as session:  # as the promoted standby's counter would be
+        await session.execute(update(TaskRevision).values(revision=TaskRevision.revision - 2))
+    responses, error = await ended_with(stream)
+    assert not changes(responses)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "relist" in (error.details() or "")
+
+
+async def _store_revision(app: Application) -> int:
+    async with app.database.rows() as connection:
+        return int((await connection.execute(select(TaskRevision.revision))).scalar_one())

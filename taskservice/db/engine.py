@@ -167,14 +167,56 @@ async def connect_uncancellable(*args: Any, **kwargs: Any) -> asyncpg.Connection
     and 1310), and can leave the socket to the garbage collector. Here the attempt finishes on
     its own and a connection nobody waits for any more is closed.
     """
-    attempt = asyncio.ensure_future(asyncpg.connect(*args, **kwargs))
+    attempt = asyncio.ensure_future(_connect_any_host(*args, **kwargs))
     try:
         return await asyncio.shield(attempt)
     except asyncio.CancelledError:
         attempt.add_done_callback(_close_unwanted)
         raise
+
+
+#: For each list of hosts, the index of the one that last gave a connection: tried first.
+_last_served: dict[tuple[tuple[str, Any], ...], int] = {}
+
+
+async def _connect_any_host(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """Connect to the first host of the URL's list that answers and matches, each in its own time.
+
+    asyncpg tries a multi-host list under one timeout for them all, always from the first host:
+    a first host that went silent (powered off, partitioned) would use up every attempt's time
+    and the new primary would never be tried. libpq gives each host its own timeout; so does
+    this, and it starts with the host that served last, so that after a failover new
+    connections go straight to the new primary. A host that refuses, is silent, is starting or
+    stopping, or does not match `target_session_attrs` is passed over; any other error (bad
+    credentials, a missing database) is the same on every host and is raised at once.
+    """
+    hosts, ports = kwargs.get("host"), kwargs.get("port")
+    if not isinstance(hosts, list) or len(hosts) < 2 or not isinstance(ports, list):
+        return await _connect_one(*args, **kwargs)
+    key = tuple(zip(hosts, ports, strict=True))
+    first = _last_served.get(key, 0)
+    last_error: BaseException | None = None
+    for index in [*range(first, len(key)), *range(first)]:
+        host, port = key[index]
+        try:
+            connection = await _connect_one(*args, **{**kwargs, "host": host, "port": port})
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            last_error = error
+            continue
+        _last_served[key] = index
+        return connection
+    assert last_error is not None  # noqa: S101 - the loop ran at least twice
+    raise last_error
+
+
+async def _connect_one(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(*args, **kwargs)
     except (OSError, TimeoutError) as error:  # refused, reset, unresolvable, too slow
-        raise DatabaseUnreachable(f"cannot connect to the database: {error}") from error
+        text = str(error) or f"no answer within {kwargs.get('timeout')} s"
+        raise DatabaseUnreachable(f"cannot connect to the database: {text}") from error
 
 
 def _close_unwanted(attempt: asyncio.Future[asyncpg.Connection]) -> None:
@@ -282,17 +324,12 @@ class Database:
             if standby:
                 await connection.invalidate()
         if standby:
-            await self.expire_connections()
+            # The fast reads' connections point at the same node: replaced now. SQLAlchemy's
+            # are replaced by its own pool as each meets the node's refusal (25006, marked a
+            # disconnect by `_discard_on_outage`), and that call runs once more on a new one.
+            if self._read_pool is not None:
+                await self._read_pool.expire_connections()
             raise DatabaseIsStandby("the database is in recovery (a standby): it takes no writes")
-
-    async def expire_connections(self) -> None:
-        """Replace every pooled connection of both pools (they point at a node that cannot serve).
-
-        Idle ones are closed now; those in use are closed when their calls give them back.
-        """
-        if self._read_pool is not None:
-            await self._read_pool.expire_connections()
-        await self.engine.dispose()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

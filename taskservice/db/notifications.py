@@ -13,10 +13,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-import asyncpg
 from sqlalchemy.engine import URL
 
-from taskservice.db.engine import asyncpg_arguments
+from taskservice.db.engine import asyncpg_arguments, connect_uncancellable
 from taskservice.db.outages import log_round_failure
 
 logger = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ class PgListener:
         while True:
             connection = None
             try:
-                connection = await asyncpg.connect(**self._arguments, timeout=5)
+                connection = await connect_uncancellable(**self._arguments, timeout=5)
                 lost = asyncio.Event()
                 connection.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await connection.add_listener(self._channel, self._deliver)

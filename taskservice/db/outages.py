@@ -18,6 +18,7 @@ outage: a bug is reported as a bug, with its traceback, never hidden as a retrya
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from collections.abc import Iterator
@@ -91,15 +92,35 @@ def is_outage(error: BaseException) -> bool:
             return True
         if isinstance(item, DatabaseUnreachable | ConnectionError):
             return True
-        if isinstance(item, asyncpg.InternalClientError | asyncpg.InterfaceError):
-            # The protocol state broke (its server went away mid-exchange), no host matched
-            # target_session_attrs, or the connection is closed: none of it is the caller's.
+        if _broken_connection(item):
             return True
         if isinstance(item, sqlite3.OperationalError):
             return any(message in str(item) for message in SQLITE_TRANSIENT_MESSAGES)
         state = getattr(item, "sqlstate", None) or getattr(item, "pgcode", None)
         if isinstance(state, str) and state and _outage_state(state):
             return True
+    return False
+
+
+#: asyncpg's words for a connection that is gone (an InterfaceError, or an InternalClientError
+#: when an idle pooled connection's protocol state broke as its server went away: asyncpg#1069).
+_GONE_MESSAGES = ("connection is closed", "connection was closed", "cannot switch to state")
+
+
+def _broken_connection(error: BaseException) -> bool:
+    """Whether asyncpg raised `error` because the connection, not the caller, failed.
+
+    No host matched `target_session_attrs`, the protocol broke, or the connection is closed.
+    asyncpg's other client errors are bugs or configuration (two coroutines on one connection,
+    a wrong argument count, a misspelt URL option) and are not outages.
+    """
+    if isinstance(error, asyncpg.TargetServerAttributeNotMatched | asyncpg.ProtocolError):
+        return True
+    if isinstance(error, asyncpg.InternalClientError | asyncpg.InterfaceError):
+        if isinstance(error, asyncpg.ClientConfigurationError):
+            return False
+        text = str(error)
+        return any(message in text for message in _GONE_MESSAGES)
     return False
 
 
@@ -118,7 +139,8 @@ def nothing_done(error: BaseException) -> bool:
 
 def describe(error: BaseException) -> str:
     """A short, secret-free name for an outage in logs: the driver's type and SQLSTATE."""
-    inner = list(_chain(error))[-1]
+    chain = [item for item in _chain(error) if not isinstance(item, asyncio.CancelledError)]
+    inner = chain[-1] if chain else error
     state = sqlstate(error)
     name = type(inner).__name__
     return f"{name} (SQLSTATE {state})" if state else name

@@ -260,6 +260,11 @@ class ReadPool:
                 connection.terminate()
         await self._pool.expire_connections()
 
+    @property
+    def generation(self) -> int:
+        """How many times every connection was replaced: a connection taken at an older one is."""
+        return self._generation
+
     def in_use(self) -> int:
         """Connections a call holds now."""
         kept = sum(1 for connection, _ in self._at_hand if _attached(connection))
@@ -351,7 +356,9 @@ class AsyncpgReader(RowReader):
             return False
         if attached and not connection.is_closed():
             connection.terminate()
-        if outage:
+        if outage and self._pool.generation == self._generation:
+            # Only the first outage met since the last expiry replaces every connection: a
+            # straggler failing on an older one must not throw away those made since.
             await self._pool.expire_connections()
         return outage
 

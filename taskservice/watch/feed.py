@@ -54,6 +54,8 @@ POLL_INTERVAL_SECONDS = 1.0
 #: commits of this moment share the next numbering round (one short transaction and one NOTIFY
 #: for them all, rather than one each), for at most this much more delay to watchers.
 NUMBERING_GAP_SECONDS = 0.005
+#: Longest one round of numbering and reading may take before it is abandoned, in seconds.
+ROUND_TIMEOUT_SECONDS = 10.0
 #: Pause between compactions, in seconds: a quarter of the retention, within these bounds.
 MIN_COMPACTION_INTERVAL_SECONDS = 1.0
 MAX_COMPACTION_INTERVAL_SECONDS = 300.0
@@ -294,6 +296,28 @@ class ChangeFeed:
                 if len(batch) < changes.PAGE_SIZE:
                     return read
 
+    async def _check_not_behind_store(self) -> None:
+        """End every live stream if the store's revision went back below the feed's.
+
+        A failover to a standby that lacked the newest commits (asynchronous replication, or a
+        synchronous wait cancelled) takes revisions back: the same numbers would then name
+        other changes, which `revision > last` reads would skip. Streams end as for a gap, so
+        their clients relist, and the feed starts again from the store's revision.
+        """
+        current = (await changes.revisions(self.database)).current
+        if current >= self.revision:
+            return
+        logger.warning(
+            "change feed: the store's revision went back from %d to %d (a failover lost "
+            "commits?); ending every live stream with REVISION_COMPACTED",
+            self.revision,
+            current,
+        )
+        async with self._reading:
+            for subscription in list(chain(self._every_owner, *self._by_owner.values())):
+                subscription.end(compacted(current))
+            self.revision = current
+
     def _gap(self, found: int) -> None:
         """History between the feed's revision and `found` is gone: end every live stream.
 
@@ -329,12 +353,25 @@ class ChangeFeed:
             if polling:
                 next_poll = time.monotonic() + POLL_INTERVAL_SECONDS
             try:
-                # Every server's feeds read them after the NOTIFY this sends.
-                numbered = await self.database.number_changes()
-                if polling or self._count:  # idle, the next poll keeps the revision current
-                    await self.catch_up()
+                # Bounded: a primary that went silent mid-round (no reset, no refusal) must not
+                # wedge the feed, holding its reading lock while streams wait for nothing.
+                async with asyncio.timeout(ROUND_TIMEOUT_SECONDS):
+                    # Every server's feeds read them after the NOTIFY this sends.
+                    numbered = await self.database.number_changes()
+                    if polling or self._count:  # idle, the next poll keeps the revision current
+                        await self.catch_up()
+                    if polling and self._count:
+                        await self._check_not_behind_store()
                 if numbered:
                     await asyncio.sleep(NUMBERING_GAP_SECONDS)
+            except TimeoutError:
+                if not failing:
+                    logger.warning(
+                        "change feed: the database gave no answer within %.0f s; trying again",
+                        ROUND_TIMEOUT_SECONDS,
+                    )
+                failing = True
+                continue
             except Exception as exc:  # the next round tries again
                 if not failing:
                     log_round_failure(logger, "change feed: cannot read changes", exc)

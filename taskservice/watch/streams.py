@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from taskservice.db.models import TaskPriority
-from taskservice.db.outages import is_outage
+from taskservice.db.outages import DatabaseUnreachable, is_outage
 from taskservice.errors import InvalidArgument, OutOfRange, PermissionDenied
 from taskservice.services.filtering import Filter, matches, parse
 from taskservice.services.principal import Principal
@@ -41,6 +41,8 @@ AUTH_RECHECK_SECONDS = 2.0
 #: watcher at once. Expiry is checked without the database and still ends it. Past this bound
 #: the stream ends UNAVAILABLE and its client resumes (with backoff) from its last revision.
 OUTAGE_TOLERANCE_SECONDS = 30.0
+#: Longest one check of the token may take; a database that does not answer by then is away.
+RECHECK_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,14 +190,18 @@ async def _recheck(recheck: Callable[[], Awaitable[Principal]], checked: float) 
     lasts) ends it as it would any call.
     """
     try:
-        await recheck()
+        async with asyncio.timeout(RECHECK_TIMEOUT_SECONDS):  # a silent database: an outage
+            await recheck()
     except Exception as exc:
-        if is_outage(exc) and time.monotonic() - checked < OUTAGE_TOLERANCE_SECONDS:
+        silent = isinstance(exc, TimeoutError) and not is_outage(exc)
+        if (silent or is_outage(exc)) and time.monotonic() - checked < OUTAGE_TOLERANCE_SECONDS:
             logger.info(
                 "watch stream: the database is unavailable; the stream stays open for up to "
                 "%.0f s since its token was last checked",
                 OUTAGE_TOLERANCE_SECONDS,
             )
             return checked
+        if silent:
+            raise DatabaseUnreachable("the database gave no answer to the token check") from exc
         raise
     return time.monotonic()
