@@ -38,6 +38,7 @@ from taskservice.security.credentials import API_KEY_KIND, CredentialHasher, par
 from taskservice.services import audit
 from taskservice.services.audit import AuditTrail
 from taskservice.services.auth_state import CACHE_SIZE, CACHE_TTL_SECONDS, AuthStateStore
+from taskservice.services.authorization import Permission, may
 from taskservice.services.clock import Clock
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
 from taskservice.services.principal import Principal
@@ -190,7 +191,7 @@ class ApiKeyService:
         require_id("id", key_id)
         async with self._db.write() as session:
             key = await session.get(ApiKey, key_id, with_for_update=True)
-            if key is None or (key.user_id != caller.user_id and not caller.is_admin):
+            if key is None or not may(caller, Permission.API_KEYS_MANAGE, key.user_id):
                 raise NotFound("API_KEY_NOT_FOUND", "no API key has this id")
             lookup = key.lookup
             await session.execute(delete(ApiKey).where(ApiKey.id == key_id))
@@ -223,9 +224,12 @@ class ApiKeyService:
         return Principal(user_id=entry.user_id, is_admin=state.is_admin, via_api_key=True)
 
     def _owner(self, caller: Principal, user_id: int) -> int:
-        """Whose keys the call is about; NOT_FOUND for a regular user naming someone else."""
+        """Whose keys the call is about; NOT_FOUND for a caller naming someone else unallowed.
+
+        NOT_FOUND rather than PERMISSION_DENIED: key management must not tell who exists.
+        """
         owner = user_id or caller.user_id
-        if owner != caller.user_id and not caller.is_admin:
+        if not may(caller, Permission.API_KEYS_MANAGE, owner):
             raise _user_not_found()
         return owner
 

@@ -31,6 +31,7 @@ from taskservice.services import audit
 from taskservice.services.api_keys import ApiKeyService
 from taskservice.services.audit import AuditTrail, log_event
 from taskservice.services.auth_state import AuthStateStore
+from taskservice.services.authorization import Permission, authorize
 from taskservice.services.clock import Clock
 from taskservice.services.principal import Principal
 from taskservice.services.throttle import Limit, Throttle, account_key, address_key
@@ -137,10 +138,8 @@ class AuthService:
 
         Anonymous registrations are throttled per client address (admins' are not).
         """
-        if is_admin and (caller is None or not caller.is_admin):
-            raise PermissionDenied(
-                "ADMIN_REQUIRED", "only an administrator may create administrators"
-            )
+        if is_admin:  # creating an admin is managing users
+            _admin_creation_needs_users_manage(caller)
         if caller is None and (key := address_key("register", client_address)) is not None:
             await self._throttled(
                 self._throttle.attempt(
@@ -441,3 +440,16 @@ def _require_refresh_token(refresh_token: str) -> None:
 
 def _user_gone() -> Unauthenticated:
     return Unauthenticated("TOKEN_REVOKED", "the user of this access token no longer exists")
+
+
+def _admin_creation_needs_users_manage(caller: Principal | None) -> None:
+    """Refuse to create an admin unless the caller holds `users.manage`."""
+
+    def refused(metadata: dict[str, str]) -> PermissionDenied:
+        return PermissionDenied(
+            "ADMIN_REQUIRED", "only an administrator may create administrators", metadata
+        )
+
+    if caller is None:
+        raise refused({"permission": Permission.USERS_MANAGE.value})
+    authorize(caller, Permission.USERS_MANAGE, otherwise=refused)

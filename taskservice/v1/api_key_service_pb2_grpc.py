@@ -41,6 +41,10 @@ class ApiKeyServiceStub:
     missing, malformed, expired or revoked; UNAVAILABLE when the database cannot be reached (safe to
     retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id
     for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     def __init__(self, channel):
@@ -82,6 +86,10 @@ class ApiKeyServiceServicer:
     missing, malformed, expired or revoked; UNAVAILABLE when the database cannot be reached (safe to
     retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id
     for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     def CreateApiKey(self, request, context):
@@ -169,6 +177,10 @@ class ApiKeyService:
     missing, malformed, expired or revoked; UNAVAILABLE when the database cannot be reached (safe to
     retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id
     for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     @staticmethod

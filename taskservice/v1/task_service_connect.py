@@ -57,6 +57,10 @@ class TaskService(Protocol):
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
     reached (safe to retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL
     with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     async def list_tasks(self, request: ListTasksRequest, ctx: RequestContext[ListTasksRequest, ListTasksResponse], /) -> ListTasksResponse:
         """
@@ -411,6 +415,10 @@ class TaskServiceClient(ConnectClient):
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
     reached (safe to retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL
     with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,
@@ -829,6 +837,10 @@ class TaskServiceSync(Protocol):
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
     reached (safe to retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL
     with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def list_tasks(self, request: ListTasksRequest, ctx: RequestContext[ListTasksRequest, ListTasksResponse], /) -> ListTasksResponse:
         """
@@ -1181,6 +1193,10 @@ class TaskServiceClientSync(ConnectClientSync):
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
     reached (safe to retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL
     with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,

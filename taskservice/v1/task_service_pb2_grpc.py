@@ -44,6 +44,10 @@ class TaskServiceStub:
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
     reached (safe to retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL
     with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     def __init__(self, channel):
@@ -123,6 +127,10 @@ class TaskServiceServicer:
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
     reached (safe to retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL
     with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     def ListTasks(self, request, context):
@@ -411,6 +419,10 @@ class TaskService:
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
     reached (safe to retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL
     with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     @staticmethod

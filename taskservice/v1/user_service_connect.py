@@ -47,6 +47,10 @@ class UserService(Protocol):
     admin-only method; UNAVAILABLE when the database cannot be reached (safe to retry);
     DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a
     server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     async def list_users(self, request: ListUsersRequest, ctx: RequestContext[ListUsersRequest, ListUsersResponse], /) -> ListUsersResponse:
         """
@@ -195,6 +199,10 @@ class UserServiceClient(ConnectClient):
     admin-only method; UNAVAILABLE when the database cannot be reached (safe to retry);
     DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a
     server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,
@@ -377,6 +385,10 @@ class UserServiceSync(Protocol):
     admin-only method; UNAVAILABLE when the database cannot be reached (safe to retry);
     DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a
     server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def list_users(self, request: ListUsersRequest, ctx: RequestContext[ListUsersRequest, ListUsersResponse], /) -> ListUsersResponse:
         """
@@ -523,6 +535,10 @@ class UserServiceClientSync(ConnectClientSync):
     admin-only method; UNAVAILABLE when the database cannot be reached (safe to retry);
     DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a
     server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,

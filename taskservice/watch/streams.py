@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from taskservice.db.models import TaskPriority
 from taskservice.db.outages import is_outage
 from taskservice.errors import InvalidArgument, OutOfRange, PermissionDenied
+from taskservice.services.authorization import Permission, authorize, may_for_every_owner
 from taskservice.services.filtering import Filter, matches, parse
 from taskservice.services.principal import Principal
 from taskservice.services.task_lists import TASK_FILTER_SCHEMA
@@ -103,9 +104,9 @@ class Watches:
         recheck: Callable[[], Awaitable[Principal]],
     ) -> AsyncIterator[Change | Bookmark]:
         """The stream's changes and bookmarks, until the caller stops or an error ends it."""
-        if owner_id is not None and owner_id != caller.user_id and not caller.is_admin:
-            raise PermissionDenied("OWNER_NOT_ALLOWED", "you may only watch your own tasks")
-        if owner_id is None and not caller.is_admin:
+        if owner_id is not None:
+            authorize(caller, Permission.TASKS_READ, owner_id, otherwise=_owner_not_allowed)
+        elif not may_for_every_owner(caller, Permission.TASKS_READ):
             owner_id = caller.user_id
         problems = []
         if start_revision < 0:
@@ -199,3 +200,8 @@ async def _recheck(recheck: Callable[[], Awaitable[Principal]], checked: float) 
             return checked
         raise
     return time.monotonic()
+
+
+def _owner_not_allowed(metadata: dict[str, str]) -> PermissionDenied:
+    """The refusal a regular user watching another owner's tasks has always had."""
+    return PermissionDenied("OWNER_NOT_ALLOWED", "you may only watch your own tasks", metadata)
