@@ -71,6 +71,10 @@ def declared_permissions(files: Iterable[FileDescriptor]) -> dict[str, str]:
     return declared
 
 
+#: Each Permission enum number's name (`tasks.read`, or `public`), and each name's number.
+PERMISSION_NAMES: dict[int, str] = permission_names()
+PERMISSION_NUMBERS: dict[str, int] = {name: number for number, name in PERMISSION_NAMES.items()}
+
 #: Every RPC's declared permission, by method path; None for the public ones.
 METHOD_PERMISSIONS: dict[str, Permission | None] = {
     path: None if name == PUBLIC else Permission(name)

@@ -278,6 +278,8 @@ class TaskChange(Base):
 
 #: Longest display name of an API key.
 API_KEY_DISPLAY_NAME_MAX_LENGTH = 100
+#: Room for every permission's name, space-separated, with margin for names to come.
+API_KEY_PERMISSIONS_MAX_LENGTH = 255
 #: Length of the public, non-secret id part of API keys and refresh tokens (hex characters).
 CREDENTIAL_LOOKUP_LENGTH = 16
 #: Length of a stored keyed hash (HMAC-SHA256, hex).
@@ -305,6 +307,9 @@ class ApiKey(Base):
     create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expire_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_use_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The permissions the key was limited to at creation, space-separated names (`tasks.read`);
+    #: NULL: not limited (its user's role). Never changed afterwards: no key is widened.
+    permissions: Mapped[str | None] = mapped_column(String(API_KEY_PERMISSIONS_MAX_LENGTH))
 
 
 class RefreshToken(Base):

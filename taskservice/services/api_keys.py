@@ -6,6 +6,11 @@ management tells nobody which users exist. Keys are managed only with a login's 
 call authenticated by a key cannot create or delete keys, so a leaked key cannot outlive its
 revocation by minting a successor.
 
+A key may be limited to a list of permissions when it is created (least privilege for machine
+callers); the list is stored with the key and never widened, and on every call the key's
+Principal carries it as `scope`, intersected with the user's role as of that call, so a user's
+demotion takes the admin permissions from their keys at once.
+
 Checking a key costs one keyed hash and nothing from the database once its row is cached, which
 happens exactly when `AuthStateStore` caches (PostgreSQL while its LISTEN connection is up; the
 sole server of a SQLite file): a deleted key is dropped here at once and from other processes by
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -53,7 +59,12 @@ NOTIFY_PREFIX = "api_key"
 #: What authenticating a key needs of its row, found by the key's non-secret lookup id.
 _KEY_BY_LOOKUP = Prepared(
     select(
-        ApiKey.id, ApiKey.user_id, ApiKey.secret_hash, ApiKey.expire_time, ApiKey.last_use_time
+        ApiKey.id,
+        ApiKey.user_id,
+        ApiKey.secret_hash,
+        ApiKey.expire_time,
+        ApiKey.last_use_time,
+        ApiKey.permissions,
     ).where(ApiKey.lookup == bindparam("lookup"))
 )
 
@@ -83,6 +94,7 @@ class _Entry:
     secret_hash: str
     expire_time: datetime | None
     last_use_time: datetime | None
+    permissions: str | None
 
 
 class ApiKeyService:
@@ -114,11 +126,14 @@ class ApiKeyService:
         display_name: str,
         expire_time: datetime | None,
         also: FieldViolation | None = None,
+        permissions: Sequence[str] = (),
     ) -> CreatedKey:
         """A new key for `user_id` (0: the caller), returned with its secret.
 
         `also` is a bad field the edge found converting the request (an unreadable expire_time),
-        reported together with every other.
+        reported together with every other. `permissions` (names, `tasks.read`) limit the key;
+        none: not limited. They are not checked against the owner's role here: the role is
+        applied on every call, so a key can never do more than its user may at that moment.
         """
         caller.require_login_credential()
         owner = self._owner(caller, user_id)
@@ -137,6 +152,7 @@ class ApiKeyService:
         now = self._clock()
         if expire_time is not None and expire_time <= now:
             problems.add(FieldViolation("expire_time", "must be in the future"))
+        scope = _check_permissions(permissions, problems)
         problems.raise_if_any()
         minted = self._hasher.mint(API_KEY_KIND)
         async with self._db.write() as session:
@@ -154,6 +170,7 @@ class ApiKeyService:
                 secret_hash=minted.secret_hash,
                 create_time=now,
                 expire_time=expire_time,
+                permissions=scope,
             )
             session.add(key)
             self._audit.record(
@@ -221,7 +238,12 @@ class ApiKeyService:
             )
         if entry.last_use_time is None or now - entry.last_use_time >= LAST_USE_RESOLUTION:
             await self._touch(entry, now)
-        return Principal(user_id=entry.user_id, is_admin=state.is_admin, via_api_key=True)
+        return Principal(
+            user_id=entry.user_id,
+            is_admin=state.is_admin,
+            via_api_key=True,
+            scope=stored_scope(entry.permissions),
+        )
 
     def _owner(self, caller: Principal, user_id: int) -> int:
         """Whose keys the call is about; NOT_FOUND for a caller naming someone else unallowed.
@@ -273,6 +295,33 @@ class ApiKeyService:
     def _forget_all(self) -> None:
         self._generation += 1
         self._cache.clear()
+
+
+def _check_permissions(names: Sequence[str], problems: Violations) -> str | None:
+    """The stored form of a new key's permissions (None: not limited), noting bad entries."""
+    seen: set[Permission] = set()
+    for index, name in enumerate(names):
+        try:
+            permission = Permission(name)
+        except ValueError:
+            problems.add(
+                FieldViolation(f"permissions[{index}]", "must be a permission (see Permission)")
+            )
+            continue
+        if permission in seen:
+            problems.add(FieldViolation(f"permissions[{index}]", "repeats a permission"))
+        seen.add(permission)
+    if not seen:
+        return None
+    return " ".join(permission.value for permission in Permission if permission in seen)
+
+
+def stored_scope(stored: str | None) -> frozenset[Permission] | None:
+    """A key's permissions as stored; names this version does not know grant nothing."""
+    if stored is None:
+        return None
+    known = {permission.value for permission in Permission}
+    return frozenset(Permission(name) for name in stored.split() if name in known)
 
 
 def _user_not_found() -> NotFound:

@@ -73,11 +73,20 @@ def role_permissions(is_admin: bool) -> frozenset[Permission]:
 def effective_permissions(
     is_admin: bool, scope: Iterable[Permission] | None
 ) -> frozenset[Permission]:
-    """What a caller may do: its role, cut down to `scope` (an API key's) when there is one."""
-    held = role_permissions(is_admin)
+    """What a caller may do: its role, cut down to `scope` (an API key's) when there is one.
+
+    Both sides are widened by what their permissions imply before they are intersected, so a
+    key granted `tasks.write_all` still writes its user's own tasks after the user stops being
+    an admin (and no longer anyone else's).
+    """
+    held = _with_implied(role_permissions(is_admin))
     if scope is not None:
-        held = held & frozenset(scope)
-    return held.union(*(_IMPLIES.get(permission, frozenset()) for permission in held))
+        held = held & _with_implied(frozenset(scope))
+    return held
+
+
+def _with_implied(permissions: frozenset[Permission]) -> frozenset[Permission]:
+    return permissions.union(*(_IMPLIES.get(permission, frozenset()) for permission in permissions))
 
 
 def needed(principal: Principal, permission: Permission, owner_id: int | None) -> Permission:
