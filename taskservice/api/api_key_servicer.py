@@ -7,8 +7,8 @@ from datetime import UTC
 import grpc
 
 from taskservice.api.authentication import authenticated
-from taskservice.api.convert import timestamp
-from taskservice.calls.authorization import PERMISSION_NAMES, PERMISSION_NUMBERS
+from taskservice.api.convert import permission_numbers, timestamp
+from taskservice.calls.authorization import PERMISSION_NAMES
 from taskservice.db.models import ApiKey
 from taskservice.errors import FieldViolation
 from taskservice.security.credentials import API_KEY_KIND
@@ -86,11 +86,7 @@ def api_key_to_proto(key: ApiKey) -> pb.ApiKey:
         display_name=key.display_name,
         prefix=f"{API_KEY_KIND}_{key.lookup}",
         create_time=timestamp(key.create_time),
-        permissions=sorted(
-            PERMISSION_NUMBERS[name]
-            for name in (key.permissions or "").split()
-            if name in PERMISSION_NUMBERS
-        ),
+        permissions=permission_numbers(key.permissions),
     )
     if key.expire_time is not None:
         message.expire_time.CopyFrom(timestamp(key.expire_time))

@@ -44,7 +44,13 @@ from taskservice.security.credentials import API_KEY_KIND, CredentialHasher, par
 from taskservice.services import audit
 from taskservice.services.audit import AuditTrail
 from taskservice.services.auth_state import CACHE_SIZE, CACHE_TTL_SECONDS, AuthStateStore
-from taskservice.services.authorization import Permission, may
+from taskservice.services.authorization import (
+    Permission,
+    check_permission_names,
+    may,
+    parse_stored,
+    stored_permissions,
+)
 from taskservice.services.clock import Clock
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
 from taskservice.services.principal import Principal
@@ -242,7 +248,8 @@ class ApiKeyService:
             user_id=entry.user_id,
             is_admin=state.is_admin,
             via_api_key=True,
-            scope=stored_scope(entry.permissions),
+            scope=parse_stored(entry.permissions),
+            granted=parse_stored(state.permissions) if state.is_service_account else None,
         )
 
     def _owner(self, caller: Principal, user_id: int) -> int:
@@ -299,29 +306,8 @@ class ApiKeyService:
 
 def _check_permissions(names: Sequence[str], problems: Violations) -> str | None:
     """The stored form of a new key's permissions (None: not limited), noting bad entries."""
-    seen: set[Permission] = set()
-    for index, name in enumerate(names):
-        try:
-            permission = Permission(name)
-        except ValueError:
-            problems.add(
-                FieldViolation(f"permissions[{index}]", "must be a permission (see Permission)")
-            )
-            continue
-        if permission in seen:
-            problems.add(FieldViolation(f"permissions[{index}]", "repeats a permission"))
-        seen.add(permission)
-    if not seen:
-        return None
-    return " ".join(permission.value for permission in Permission if permission in seen)
-
-
-def stored_scope(stored: str | None) -> frozenset[Permission] | None:
-    """A key's permissions as stored; names this version does not know grant nothing."""
-    if stored is None:
-        return None
-    known = {permission.value for permission in Permission}
-    return frozenset(Permission(name) for name in stored.split() if name in known)
+    chosen = check_permission_names(names, problems)
+    return stored_permissions(chosen) if chosen else None
 
 
 def _user_not_found() -> NotFound:

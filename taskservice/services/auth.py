@@ -17,8 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskservice.db.engine import Database
-from taskservice.db.models import RefreshToken, User
-from taskservice.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from taskservice.db.models import USER_KIND_SERVICE, RefreshToken, User
+from taskservice.errors import (
+    FailedPrecondition,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from taskservice.security.credentials import (
     REFRESH_TOKEN_KIND,
     CredentialHasher,
@@ -202,6 +207,8 @@ class AuthService:
         if normalized is not None:
             async with self._db.read() as session:
                 user = await session.scalar(select(User).where(User.email == normalized))
+        if user is not None and user.kind == USER_KIND_SERVICE:
+            raise no_password()
         matches = await self._hasher.verify(password, None if user is None else user.password_hash)
         if user is None or not matches or not user.is_active:
             async with self._db.write() as session:
@@ -248,6 +255,8 @@ class AuthService:
                 outcome = "reused"
             else:
                 user = await session.get(User, row.user_id)
+                if user is not None and user.kind == USER_KIND_SERVICE:
+                    raise no_password()
                 if user is None or not user.is_active or user.token_version != row.token_version:
                     outcome = "invalid"
                 elif not await self._retire(session, row.id, now):
@@ -318,6 +327,8 @@ class AuthService:
         Login uses: the two together give no more guesses than Login alone), and past it the
         attempt is refused before bcrypt runs. A success clears the count, as a login does.
         """
+        if caller.is_service_account:
+            raise no_password()
         raise_if(new_password_violation("new_password", new_password))
         async with self._db.read() as session:
             row = (
@@ -453,3 +464,15 @@ def _admin_creation_needs_users_manage(caller: Principal | None) -> None:
     if caller is None:
         raise refused({"permission": Permission.USERS_MANAGE.value})
     authorize(caller, Permission.USERS_MANAGE, otherwise=refused)
+
+
+def no_password() -> FailedPrecondition:
+    """The refusal of Login, RefreshToken and ChangePassword to a service account.
+
+    A service account has no password and authenticates with API keys only: telling its caller
+    so plainly saves an operator from guessing at a password it never had.
+    """
+    return FailedPrecondition(
+        "SERVICE_ACCOUNT_HAS_NO_PASSWORD",
+        "service accounts have no password: they call with API keys an admin creates for them",
+    )

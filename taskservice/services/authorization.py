@@ -14,14 +14,15 @@ PERMISSION_MISSING. Both name the permission in the error's metadata.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from taskservice.errors import DomainError, PermissionDenied
+from taskservice.errors import DomainError, FieldViolation, PermissionDenied
 
 if TYPE_CHECKING:
     from taskservice.services.principal import Principal
+    from taskservice.services.validation import Violations
 
 
 class Permission(StrEnum):
@@ -71,15 +72,21 @@ def role_permissions(is_admin: bool) -> frozenset[Permission]:
 
 
 def effective_permissions(
-    is_admin: bool, scope: Iterable[Permission] | None
+    is_admin: bool,
+    scope: Iterable[Permission] | None,
+    granted: Iterable[Permission] | None = None,
 ) -> frozenset[Permission]:
     """What a caller may do: its role, cut down to `scope` (an API key's) when there is one.
+
+    A service account has no role: `granted`, the permissions it was created with, stands in
+    for it.
 
     Both sides are widened by what their permissions imply before they are intersected, so a
     key granted `tasks.write_all` still writes its user's own tasks after the user stops being
     an admin (and no longer anyone else's).
     """
-    held = _with_implied(role_permissions(is_admin))
+    base = role_permissions(is_admin) if granted is None else frozenset(granted)
+    held = _with_implied(base)
     if scope is not None:
         held = held & _with_implied(frozenset(scope))
     return held
@@ -124,11 +131,44 @@ def authorize(
     if wanted in principal.permissions:
         return
     metadata = {"permission": wanted.value}
-    if wanted in effective_permissions(principal.is_admin, None):
+    if principal.granted is not None or wanted in effective_permissions(principal.is_admin, None):
+        # A service account has no older refusals to keep: it is told what it lacks.
         raise permission_missing(wanted)
     if otherwise is not None:
         raise otherwise(metadata)
     raise PermissionDenied("ADMIN_REQUIRED", "this method is for administrators only", metadata)
+
+
+def check_permission_names(
+    names: Sequence[str], problems: Violations, field: str = "permissions"
+) -> frozenset[Permission]:
+    """The permissions `names` (`tasks.read`) name, noting unknown and repeated ones."""
+    seen: set[Permission] = set()
+    for index, name in enumerate(names):
+        try:
+            permission = Permission(name)
+        except ValueError:
+            problems.add(
+                FieldViolation(f"{field}[{index}]", "must be a permission (see Permission)")
+            )
+            continue
+        if permission in seen:
+            problems.add(FieldViolation(f"{field}[{index}]", "repeats a permission"))
+        seen.add(permission)
+    return frozenset(seen)
+
+
+def stored_permissions(permissions: frozenset[Permission]) -> str:
+    """How a list of permissions is stored: names in the enum's order, space-separated."""
+    return " ".join(permission.value for permission in Permission if permission in permissions)
+
+
+def parse_stored(stored: str | None) -> frozenset[Permission] | None:
+    """A stored list of permissions (None stays None); names this version lacks grant nothing."""
+    if stored is None:
+        return None
+    known = {permission.value for permission in Permission}
+    return frozenset(Permission(name) for name in stored.split() if name in known)
 
 
 def permission_missing(permission: Permission) -> PermissionDenied:

@@ -23,12 +23,21 @@ class Principal:
     via_api_key: bool = False
     #: The permissions the credential was limited to; None: the role's, all of them.
     scope: frozenset[Permission] | None = None
+    #: A service account's permissions, standing in for a role; None for people.
+    granted: frozenset[Permission] | None = None
     #: What the caller may do now (derived from the fields above).
     permissions: frozenset[Permission] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Computed once per call: every check of the call reads it.
-        object.__setattr__(self, "permissions", effective_permissions(self.is_admin, self.scope))
+        object.__setattr__(
+            self, "permissions", effective_permissions(self.is_admin, self.scope, self.granted)
+        )
+
+    @property
+    def is_service_account(self) -> bool:
+        """Whether the caller is a service account (no password, API keys only)."""
+        return self.granted is not None
 
     def require_login_credential(self) -> None:
         """Refuse the call when it is authenticated by an API key (key management, say)."""
