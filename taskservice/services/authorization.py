@@ -9,7 +9,8 @@ Why two outcomes for a missing permission: a caller whose *role* lacks it (a reg
 an admin-only method, or naming another owner) is refused exactly as before permissions existed
 (ADMIN_REQUIRED, OWNER_NOT_ALLOWED, or NOT_FOUND where existence must not leak), so existing
 clients see no change; a caller whose role holds it but whose API key was created without it gets
-PERMISSION_MISSING. Both name the permission in the error's metadata.
+PERMISSION_MISSING. A service account, which has no role and no older clients, is always told
+PERMISSION_MISSING. Every refusal names the permission in the error's metadata.
 """
 
 from __future__ import annotations
