@@ -7,6 +7,7 @@ check, and a key holding every other permission is refused with PERMISSION_MISSI
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -28,6 +29,7 @@ from tests.helpers import Account, bearer, fails, make_admin, register
 from tests.http_client import grpc_web, grpc_web_failure
 from tests.test_migrations import _USER, _execute, _fetch
 from tests.test_permissions import _without
+from tests.watching import ended_with
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -259,6 +261,25 @@ async def test_watching_needs_tasks_read_and_every_owners_tasks_tasks_read_all(
     first = await stream.read()
     assert first.revision >= 0
     stream.cancel()
+
+
+async def test_a_stream_of_every_task_ends_when_its_keys_user_stops_being_an_admin(
+    app: Application, stubs: Stubs, admin: Account
+) -> None:
+    other_admin = await make_admin(app, stubs)
+    _, machine = await _key(stubs, other_admin, perms.PERMISSION_TASKS_READ_ALL)
+    stream = stubs.tasks.WatchTasks(tasks_pb.WatchTasksRequest(), metadata=machine.metadata)
+    await stream.read()  # the first bookmark: the stream is live
+    await stubs.users.UpdateUser(
+        users_pb.UpdateUserRequest(
+            user={"id": other_admin.user.id, "is_admin": False}, update_mask={"paths": ["is_admin"]}
+        ),
+        metadata=admin.metadata,
+    )
+    demoted = time.monotonic()
+    _, error = await ended_with(stream)
+    assert error.code() == DENIED
+    assert time.monotonic() - demoted < 5.0, "within the 5 seconds streams re-check access"
 
 
 # The end-to-end table: every RPC over both edges, callers made from scoped keys.

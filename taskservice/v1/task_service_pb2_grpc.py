@@ -322,7 +322,9 @@ class TaskServiceServicer:
 
         Errors (as the call's status, at once or when the stream ends):
         - INVALID_ARGUMENT: `start_revision` is negative; `filter` does not parse (as in ListTasks).
-        - PERMISSION_DENIED: a regular user set `owner_id` to another user's id.
+        - PERMISSION_DENIED: a regular user set `owner_id` to another user's id; or, during the
+        stream, the caller may no longer read what it watches (checked with the token every 2
+        seconds: an API key whose user stopped being an admin ends a stream of other users' tasks).
         - OUT_OF_RANGE with reason REVISION_NOT_YET: `start_revision` is beyond the store's current
         revision. The ErrorInfo metadata `current_revision` holds that revision.
         - FAILED_PRECONDITION with reason REVISION_COMPACTED: the history after `start_revision` is no
