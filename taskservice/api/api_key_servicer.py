@@ -7,7 +7,8 @@ from datetime import UTC
 import grpc
 
 from taskservice.api.authentication import authenticated
-from taskservice.api.convert import timestamp
+from taskservice.api.convert import permission_numbers, timestamp
+from taskservice.calls.authorization import PERMISSION_NAMES
 from taskservice.db.models import ApiKey
 from taskservice.errors import FieldViolation
 from taskservice.security.credentials import API_KEY_KIND
@@ -40,7 +41,12 @@ class ApiKeyServicer(api_key_service_pb2_grpc.ApiKeyServiceServicer):
                     "expire_time", "not a valid timestamp (0001-01-01 to 9999-12-31)"
                 )
         created = await self._keys.create(
-            principal, request.user_id, request.display_name, expire_time, also=bad_expiry
+            principal,
+            request.user_id,
+            request.display_name,
+            expire_time,
+            also=bad_expiry,
+            permissions=[PERMISSION_NAMES.get(number, "") for number in request.permissions],
         )
         return pb.CreateApiKeyResponse(api_key=api_key_to_proto(created.key), secret=created.secret)
 
@@ -80,6 +86,7 @@ def api_key_to_proto(key: ApiKey) -> pb.ApiKey:
         display_name=key.display_name,
         prefix=f"{API_KEY_KIND}_{key.lookup}",
         create_time=timestamp(key.create_time),
+        permissions=permission_numbers(key.permissions),
     )
     if key.expire_time is not None:
         message.expire_time.CopyFrom(timestamp(key.expire_time))

@@ -56,29 +56,33 @@ class AuthInterceptor(HandlerInterceptor):
         if is_public(method):
             return handler
         if handler.unary_stream is not None:
-            return wrap_unary_stream(handler, self._authenticating_stream)
+            return wrap_unary_stream(
+                handler, lambda inner: self._authenticating_stream(inner, method)
+            )
         if handler.unary_unary is None:  # fail closed: client streams cannot authenticate yet
             return replace_behavior(handler, _refuse_streaming)
         optional = method in OPTIONAL_AUTH_METHODS
-        return wrap_unary_unary(handler, lambda inner: self._authenticating(inner, optional))
+        return wrap_unary_unary(
+            handler, lambda inner: self._authenticating(inner, method, optional)
+        )
 
-    def _authenticating_stream(self, inner: StreamBehavior) -> StreamBehavior:
+    def _authenticating_stream(self, inner: StreamBehavior, method: str) -> StreamBehavior:
         """Authenticate a server stream when it starts; `recheck()` lets it ask again later."""
 
         async def behavior(
             request: object, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[object]:
             token = bearer_token(context.invocation_metadata() or ())
-            await authenticate_stream(self._auth, token)
+            await authenticate_stream(self._auth, token, method)
             async for response in inner(request, context):
                 yield response
 
         return behavior
 
-    def _authenticating(self, inner: UnaryBehavior, optional: bool) -> UnaryBehavior:
+    def _authenticating(self, inner: UnaryBehavior, method: str, optional: bool) -> UnaryBehavior:
         async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
             token = bearer_token(context.invocation_metadata() or ())
-            principal = await authenticate(self._auth, token, optional=optional)
+            principal = await authenticate(self._auth, token, method, optional=optional)
             reset = _principal.set(principal)
             try:
                 return await inner(request, context)

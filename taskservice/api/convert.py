@@ -7,7 +7,8 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from taskservice.db.models import TaskPriority, TaskStatus
+from taskservice.calls.authorization import PERMISSION_NUMBERS
+from taskservice.db.models import USER_KIND_HUMAN, USER_KIND_SERVICE, TaskPriority, TaskStatus
 from taskservice.db.records import TaskRecord, UserRecord
 from taskservice.errors import FieldViolation
 from taskservice.security.tokens import IssuedToken
@@ -51,7 +52,23 @@ def user_to_proto(user: UserRecord) -> user_pb2.User:
         is_admin=user.is_admin,
         create_time=timestamp(user.create_time),
         update_time=timestamp(user.update_time),
+        kind=USER_KINDS.get(user.kind, user_pb2.USER_KIND_UNSPECIFIED),
+        display_name=user.display_name or "",
+        permissions=permission_numbers(user.permissions),
     )
+
+
+#: `User.kind` as stored, and as the API spells it.
+USER_KINDS = {
+    USER_KIND_HUMAN: user_pb2.USER_KIND_HUMAN,
+    USER_KIND_SERVICE: user_pb2.USER_KIND_SERVICE,
+}
+
+
+def permission_numbers(stored: str | None) -> list[int]:
+    """A stored list of permission names as Permission enum numbers, in the enum's order."""
+    names = (stored or "").split()
+    return sorted(PERMISSION_NUMBERS[name] for name in names if name in PERMISSION_NUMBERS)
 
 
 def token_fields(token: IssuedToken) -> dict[str, object]:

@@ -53,6 +53,12 @@ class ServerMetrics:
             ("kind",),
             registry=self.registry,
         )
+        self.permission_denied = Counter(
+            "taskservice_permission_denied_total",
+            "Calls refused for a permission the caller lacks, by method and permission.",
+            ("grpc_service", "grpc_method", "permission"),
+            registry=self.registry,
+        )
         self.registry.register(_PoolCollector(engine))
         self._http: Any = None
 

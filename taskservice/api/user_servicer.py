@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 
 from taskservice.api.authentication import authenticated
-from taskservice.api.convert import user_to_proto
+from taskservice.api.convert import USER_KINDS, user_to_proto
+from taskservice.calls.authorization import PERMISSION_NAMES
 from taskservice.services.principal import Principal
 from taskservice.services.users import UserChanges, UserService
 from taskservice.v1 import user_service_pb2 as pb
@@ -23,7 +24,10 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
         self, request: pb.ListUsersRequest, context: grpc.aio.ServicerContext, principal: Principal
     ) -> pb.ListUsersResponse:
         """One page of users."""
-        page = await self._users.list_users(principal, request.page_size, request.page_token)
+        kind = next(
+            (stored for stored, number in USER_KINDS.items() if number == request.kind), None
+        )
+        page = await self._users.list_users(principal, request.page_size, request.page_token, kind)
         return pb.ListUsersResponse(
             users=[user_to_proto(user) for user in page.users],
             next_page_token=page.next_page_token,
@@ -65,3 +69,18 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
         """Delete a user and their tasks."""
         await self._users.delete_user(principal, request.id)
         return pb.DeleteUserResponse()
+
+    @authenticated
+    async def CreateServiceAccount(
+        self,
+        request: pb.CreateServiceAccountRequest,
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
+    ) -> pb.CreateServiceAccountResponse:
+        """Create a service account with the permissions asked for."""
+        user = await self._users.create_service_account(
+            principal,
+            request.display_name,
+            [PERMISSION_NAMES.get(number, "") for number in request.permissions],
+        )
+        return pb.CreateServiceAccountResponse(user=user_to_proto(user))

@@ -10,19 +10,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 
+from taskservice.calls.authorization import PUBLIC_METHODS, authorize_method
 from taskservice.calls.context import current_call
 from taskservice.errors import Unauthenticated
 from taskservice.services.auth import AuthService
 from taskservice.services.principal import Principal
 
-#: Methods anyone may call without a token (a refresh token is a credential of its own).
-PUBLIC_METHODS = frozenset(
-    {
-        "/taskservice.v1.AuthService/Login",
-        "/taskservice.v1.AuthService/RefreshToken",
-        "/taskservice.v1.AuthService/Logout",
-    }
-)
 #: Services anyone may call: health probes and reflection.
 PUBLIC_SERVICE_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -43,7 +36,13 @@ current_recheck: ContextVar[Callable[[], Awaitable[Principal]] | None] = Context
 
 
 def is_public(method: str) -> bool:
-    """Whether `method` (`/package.Service/Method`) needs no token at all."""
+    """Whether `method` (`/package.Service/Method`) needs no token at all.
+
+    The contract's public methods (declared `PERMISSION_PUBLIC`; a refresh token is a credential
+    of its own) but those that use a token when one is sent, and health and reflection.
+    """
+    if method in OPTIONAL_AUTH_METHODS:
+        return False
     return method in PUBLIC_METHODS or method.startswith(PUBLIC_SERVICE_PREFIXES)
 
 
@@ -62,16 +61,22 @@ def parse_authorization(values: Sequence[object]) -> str | None:
     return token.strip()
 
 
-async def authenticate(auth: AuthService, token: str | None, *, optional: bool) -> Principal | None:
-    """The caller for `token`; raise Unauthenticated when a needed token is missing or bad.
+async def authenticate(
+    auth: AuthService, token: str | None, method: str, *, optional: bool
+) -> Principal | None:
+    """The caller for `token`, allowed to call `method`; raise when it is not.
 
-    The user found is noted on the call for the access log.
+    Unauthenticated when a needed token is missing or bad; PermissionDenied when the caller
+    lacks the permission the method declares. The user found is noted on the call for the
+    access log.
     """
     if token is None:
         if optional:
             return None
         raise missing_token()
-    return await _resolve(auth, token)
+    principal = await _resolve(auth, token)
+    authorize_method(principal, method)
+    return principal
 
 
 async def _resolve(auth: AuthService, token: str) -> Principal:
@@ -88,7 +93,7 @@ def missing_token() -> Unauthenticated:
     )
 
 
-async def authenticate_stream(auth: AuthService, token: str | None) -> Principal:
+async def authenticate_stream(auth: AuthService, token: str | None, method: str) -> Principal:
     """Authenticate a server stream as it starts, and let it re-check its token later.
 
     A stream outlives the checks made when it began: the handler gets, through `recheck()`, the
@@ -99,6 +104,7 @@ async def authenticate_stream(auth: AuthService, token: str | None) -> Principal
     if token is None:
         raise missing_token()
     principal = await _resolve(auth, token)
+    authorize_method(principal, method)
     current_principal.set(principal)
     current_recheck.set(lambda: auth.authenticate(token))
     return principal

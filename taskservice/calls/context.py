@@ -25,6 +25,8 @@ class CallInfo:
     user_id: int | None = None
     peer_ip: str | None = None
     forwarded_for: tuple[str, ...] = ()
+    #: The permission the call was refused for, if it was (for the denials metric).
+    denied_permission: str | None = None
 
 
 #: Generated request ids: a random per-process prefix and a counter, unique without a syscall.

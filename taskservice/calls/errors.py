@@ -119,6 +119,12 @@ def status_of(
     A domain error's own status; anything else as `unexpected_status` says.
     """
     if isinstance(exc, errors.DomainError):
+        if (
+            isinstance(exc, errors.PermissionDenied)
+            and "permission" in exc.metadata
+            and (call := current_call()) is not None
+        ):
+            call.denied_permission = exc.metadata["permission"]
         return to_status(exc)
     return unexpected_status(exc, method, on_database_error)
 

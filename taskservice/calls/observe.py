@@ -27,6 +27,7 @@ class CallMetrics(Protocol):
     started: Any
     handled: Any
     handling_seconds: Any
+    permission_denied: Any
 
 
 @dataclass
@@ -50,6 +51,7 @@ class MethodObserver:
         self._handled = metrics.handled
         self._started_total = metrics.started.labels(*self._labels)
         self._handling_seconds = metrics.handling_seconds.labels(*self._labels)
+        self._permission_denied = metrics.permission_denied
 
     def begin(self, caller_request_id: str | None) -> Observation:
         """Start observing a call; this also starts its context and request id."""
@@ -62,6 +64,8 @@ class MethodObserver:
         seconds = time.perf_counter() - observation.started
         self._handled.labels(*self._labels, code).inc()
         self._handling_seconds.observe(seconds)
+        if (permission := observation.info.denied_permission) is not None:
+            self._permission_denied.labels(self._service, self._name, permission).inc()
         info_fields(
             access_logger,
             f"{self._method} {code}",

@@ -76,8 +76,18 @@ class TaskPriority(enum.IntEnum):
     URGENT = 4
 
 
+#: `User.kind` of a person, and of a service account.
+USER_KIND_HUMAN = "human"
+USER_KIND_SERVICE = "service"
+#: Longest display name of a service account.
+SERVICE_ACCOUNT_NAME_MAX_LENGTH = 100
+#: Room for every permission's name, space-separated (API keys' and service accounts' lists),
+#: with margin for names to come.
+API_KEY_PERMISSIONS_MAX_LENGTH = 255
+
+
 class User(Base):
-    """A person who signs in.
+    """A person who signs in, or a service account (a machine caller with API keys only).
 
     Emails are stored normalised (lower-case), so uniqueness is case-insensitive, and a check
     constraint keeps any writer from storing another spelling.
@@ -98,6 +108,12 @@ class User(Base):
     # Credential generation, carried in each access token as `ver`: bumped when the password
     # changes, the user is deactivated or loses admin rights, so older tokens stop working.
     token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: `human`, or `service` for a service account (no password; API keys only).
+    kind: Mapped[str] = mapped_column(String(16), default=USER_KIND_HUMAN, server_default="human")
+    #: A service account's name; NULL for people.
+    display_name: Mapped[str | None] = mapped_column(String(SERVICE_ACCOUNT_NAME_MAX_LENGTH))
+    #: A service account's permissions, space-separated names, fixed at creation; NULL for people.
+    permissions: Mapped[str | None] = mapped_column(String(API_KEY_PERMISSIONS_MAX_LENGTH))
     create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     update_time: Mapped[datetime] = mapped_column(
         UTCDateTime, default=_same_as_create_time, onupdate=utcnow
@@ -305,6 +321,9 @@ class ApiKey(Base):
     create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expire_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_use_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The permissions the key was limited to at creation, space-separated names (`tasks.read`);
+    #: NULL: not limited (its user's role). Never changed afterwards: no key is widened.
+    permissions: Mapped[str | None] = mapped_column(String(API_KEY_PERMISSIONS_MAX_LENGTH))
 
 
 class RefreshToken(Base):

@@ -44,3 +44,6 @@ class UserRecord(Protocol):
     is_admin: bool
     create_time: datetime
     update_time: datetime
+    kind: str
+    display_name: str | None
+    permissions: str | None

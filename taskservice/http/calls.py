@@ -162,7 +162,9 @@ class GateAndAuthenticate:
         if is_public(method):
             return None
         token = parse_authorization(ctx.request_headers.getall("authorization"))
-        principal = await authenticate(self._auth, token, optional=method in OPTIONAL_AUTH_METHODS)
+        principal = await authenticate(
+            self._auth, token, method, optional=method in OPTIONAL_AUTH_METHODS
+        )
         recheck_reset = None
         if token is not None and ctx.method.stream_type == StreamType.SERVER_STREAM:
             # A stream outlives this check: it asks again (expiry, revocation) as it goes.

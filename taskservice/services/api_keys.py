@@ -6,6 +6,11 @@ management tells nobody which users exist. Keys are managed only with a login's 
 call authenticated by a key cannot create or delete keys, so a leaked key cannot outlive its
 revocation by minting a successor.
 
+A key may be limited to a list of permissions when it is created (least privilege for machine
+callers); the list is stored with the key and never widened, and on every call the key's
+Principal carries it as `scope`, intersected with the user's role as of that call, so a user's
+demotion takes the admin permissions from their keys at once.
+
 Checking a key costs one keyed hash and nothing from the database once its row is cached, which
 happens exactly when `AuthStateStore` caches (PostgreSQL while its LISTEN connection is up; the
 sole server of a SQLite file): a deleted key is dropped here at once and from other processes by
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,6 +44,13 @@ from taskservice.security.credentials import API_KEY_KIND, CredentialHasher, par
 from taskservice.services import audit
 from taskservice.services.audit import AuditTrail
 from taskservice.services.auth_state import CACHE_SIZE, CACHE_TTL_SECONDS, AuthStateStore
+from taskservice.services.authorization import (
+    Permission,
+    check_permission_names,
+    may,
+    parse_stored,
+    stored_permissions,
+)
 from taskservice.services.clock import Clock
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
 from taskservice.services.principal import Principal
@@ -52,7 +65,12 @@ NOTIFY_PREFIX = "api_key"
 #: What authenticating a key needs of its row, found by the key's non-secret lookup id.
 _KEY_BY_LOOKUP = Prepared(
     select(
-        ApiKey.id, ApiKey.user_id, ApiKey.secret_hash, ApiKey.expire_time, ApiKey.last_use_time
+        ApiKey.id,
+        ApiKey.user_id,
+        ApiKey.secret_hash,
+        ApiKey.expire_time,
+        ApiKey.last_use_time,
+        ApiKey.permissions,
     ).where(ApiKey.lookup == bindparam("lookup"))
 )
 
@@ -82,6 +100,7 @@ class _Entry:
     secret_hash: str
     expire_time: datetime | None
     last_use_time: datetime | None
+    permissions: str | None
 
 
 class ApiKeyService:
@@ -113,11 +132,14 @@ class ApiKeyService:
         display_name: str,
         expire_time: datetime | None,
         also: FieldViolation | None = None,
+        permissions: Sequence[str] = (),
     ) -> CreatedKey:
         """A new key for `user_id` (0: the caller), returned with its secret.
 
         `also` is a bad field the edge found converting the request (an unreadable expire_time),
-        reported together with every other.
+        reported together with every other. `permissions` (names, `tasks.read`) limit the key;
+        none: not limited. They are not checked against the owner's role here: the role is
+        applied on every call, so a key can never do more than its user may at that moment.
         """
         caller.require_login_credential()
         owner = self._owner(caller, user_id)
@@ -136,6 +158,7 @@ class ApiKeyService:
         now = self._clock()
         if expire_time is not None and expire_time <= now:
             problems.add(FieldViolation("expire_time", "must be in the future"))
+        scope = _check_permissions(permissions, problems)
         problems.raise_if_any()
         minted = self._hasher.mint(API_KEY_KIND)
         async with self._db.write() as session:
@@ -153,6 +176,7 @@ class ApiKeyService:
                 secret_hash=minted.secret_hash,
                 create_time=now,
                 expire_time=expire_time,
+                permissions=scope,
             )
             session.add(key)
             self._audit.record(
@@ -190,7 +214,7 @@ class ApiKeyService:
         require_id("id", key_id)
         async with self._db.write() as session:
             key = await session.get(ApiKey, key_id, with_for_update=True)
-            if key is None or (key.user_id != caller.user_id and not caller.is_admin):
+            if key is None or not may(caller, Permission.API_KEYS_MANAGE, key.user_id):
                 raise NotFound("API_KEY_NOT_FOUND", "no API key has this id")
             lookup = key.lookup
             await session.execute(delete(ApiKey).where(ApiKey.id == key_id))
@@ -220,12 +244,21 @@ class ApiKeyService:
             )
         if entry.last_use_time is None or now - entry.last_use_time >= LAST_USE_RESOLUTION:
             await self._touch(entry, now)
-        return Principal(user_id=entry.user_id, is_admin=state.is_admin, via_api_key=True)
+        return Principal(
+            user_id=entry.user_id,
+            is_admin=state.is_admin,
+            via_api_key=True,
+            scope=parse_stored(entry.permissions),
+            granted=parse_stored(state.permissions) if state.is_service_account else None,
+        )
 
     def _owner(self, caller: Principal, user_id: int) -> int:
-        """Whose keys the call is about; NOT_FOUND for a regular user naming someone else."""
+        """Whose keys the call is about; NOT_FOUND for a caller naming someone else unallowed.
+
+        NOT_FOUND rather than PERMISSION_DENIED: key management must not tell who exists.
+        """
         owner = user_id or caller.user_id
-        if owner != caller.user_id and not caller.is_admin:
+        if not may(caller, Permission.API_KEYS_MANAGE, owner):
             raise _user_not_found()
         return owner
 
@@ -269,6 +302,12 @@ class ApiKeyService:
     def _forget_all(self) -> None:
         self._generation += 1
         self._cache.clear()
+
+
+def _check_permissions(names: Sequence[str], problems: Violations) -> str | None:
+    """The stored form of a new key's permissions (None: not limited), noting bad entries."""
+    chosen = check_permission_names(names, problems)
+    return stored_permissions(chosen) if chosen else None
 
 
 def _user_not_found() -> NotFound:

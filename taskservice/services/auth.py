@@ -17,8 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskservice.db.engine import Database
-from taskservice.db.models import RefreshToken, User
-from taskservice.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from taskservice.db.models import USER_KIND_SERVICE, RefreshToken, User
+from taskservice.errors import (
+    FailedPrecondition,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from taskservice.security.credentials import (
     REFRESH_TOKEN_KIND,
     CredentialHasher,
@@ -31,6 +36,7 @@ from taskservice.services import audit
 from taskservice.services.api_keys import ApiKeyService
 from taskservice.services.audit import AuditTrail, log_event
 from taskservice.services.auth_state import AuthStateStore
+from taskservice.services.authorization import Permission, authorize
 from taskservice.services.clock import Clock
 from taskservice.services.principal import Principal
 from taskservice.services.throttle import Limit, Throttle, account_key, address_key
@@ -137,10 +143,8 @@ class AuthService:
 
         Anonymous registrations are throttled per client address (admins' are not).
         """
-        if is_admin and (caller is None or not caller.is_admin):
-            raise PermissionDenied(
-                "ADMIN_REQUIRED", "only an administrator may create administrators"
-            )
+        if is_admin:  # creating an admin is managing users
+            _admin_creation_needs_users_manage(caller)
         if caller is None and (key := address_key("register", client_address)) is not None:
             await self._throttled(
                 self._throttle.attempt(
@@ -203,6 +207,8 @@ class AuthService:
         if normalized is not None:
             async with self._db.read() as session:
                 user = await session.scalar(select(User).where(User.email == normalized))
+        if user is not None and user.kind == USER_KIND_SERVICE:
+            raise no_password()
         matches = await self._hasher.verify(password, None if user is None else user.password_hash)
         if user is None or not matches or not user.is_active:
             async with self._db.write() as session:
@@ -249,6 +255,8 @@ class AuthService:
                 outcome = "reused"
             else:
                 user = await session.get(User, row.user_id)
+                if user is not None and user.kind == USER_KIND_SERVICE:
+                    raise no_password()
                 if user is None or not user.is_active or user.token_version != row.token_version:
                     outcome = "invalid"
                 elif not await self._retire(session, row.id, now):
@@ -319,6 +327,8 @@ class AuthService:
         Login uses: the two together give no more guesses than Login alone), and past it the
         attempt is refused before bcrypt runs. A success clears the count, as a login does.
         """
+        if caller.is_service_account:
+            raise no_password()
         raise_if(new_password_violation("new_password", new_password))
         async with self._db.read() as session:
             row = (
@@ -441,3 +451,28 @@ def _require_refresh_token(refresh_token: str) -> None:
 
 def _user_gone() -> Unauthenticated:
     return Unauthenticated("TOKEN_REVOKED", "the user of this access token no longer exists")
+
+
+def _admin_creation_needs_users_manage(caller: Principal | None) -> None:
+    """Refuse to create an admin unless the caller holds `users.manage`."""
+
+    def refused(metadata: dict[str, str]) -> PermissionDenied:
+        return PermissionDenied(
+            "ADMIN_REQUIRED", "only an administrator may create administrators", metadata
+        )
+
+    if caller is None:
+        raise refused({"permission": Permission.USERS_MANAGE.value})
+    authorize(caller, Permission.USERS_MANAGE, otherwise=refused)
+
+
+def no_password() -> FailedPrecondition:
+    """The refusal of Login, RefreshToken and ChangePassword to a service account.
+
+    A service account has no password and authenticates with API keys only: telling its caller
+    so plainly saves an operator from guessing at a password it never had.
+    """
+    return FailedPrecondition(
+        "SERVICE_ACCOUNT_HAS_NO_PASSWORD",
+        "service accounts have no password: they call with API keys an admin creates for them",
+    )

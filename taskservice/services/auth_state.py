@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskservice.db.engine import Database
-from taskservice.db.models import User
+from taskservice.db.models import USER_KIND_HUMAN, USER_KIND_SERVICE, User
 from taskservice.db.notifications import PgListener
 from taskservice.db.reads import Prepared
 
@@ -38,7 +38,9 @@ CACHE_SIZE = 10_000
 CACHE_TTL_SECONDS = 60.0
 #: A user's authorisation state, as one plain row.
 _STATE = Prepared(
-    select(User.is_active, User.is_admin, User.token_version).where(User.id == bindparam("user_id"))
+    select(User.is_active, User.is_admin, User.token_version, User.kind, User.permissions).where(
+        User.id == bindparam("user_id")
+    )
 )
 
 
@@ -49,6 +51,15 @@ class AuthState:
     is_active: bool
     is_admin: bool
     token_version: int
+    #: `human` or `service` (a service account: no role, only the permissions it was given).
+    kind: str = USER_KIND_HUMAN
+    #: A service account's permissions as stored; None for people.
+    permissions: str | None = None
+
+    @property
+    def is_service_account(self) -> bool:
+        """Whether the user is a service account."""
+        return self.kind == USER_KIND_SERVICE
 
 
 class AuthStateStore:

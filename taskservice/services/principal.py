@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from taskservice.errors import PermissionDenied
+from taskservice.services.authorization import Permission, effective_permissions
 
 
 @dataclass(frozen=True)
@@ -12,18 +13,31 @@ class Principal:
     """An authenticated caller, as of this call.
 
     `is_admin` is the user's current role, read fresh (or from an invalidated cache), never
-    trusted from the token.
+    trusted from the token. What the caller may do is `permissions`: the role's, cut down to
+    `scope` when the credential is an API key created with a list of permissions.
     """
 
     user_id: int
     is_admin: bool
     #: Authenticated by an API key rather than by an access token from a login.
     via_api_key: bool = False
+    #: The permissions the credential was limited to; None: the role's, all of them.
+    scope: frozenset[Permission] | None = None
+    #: A service account's permissions, standing in for a role; None for people.
+    granted: frozenset[Permission] | None = None
+    #: What the caller may do now (derived from the fields above).
+    permissions: frozenset[Permission] = field(init=False, repr=False, compare=False)
 
-    def require_admin(self) -> None:
-        """Refuse the call unless the caller is an admin."""
-        if not self.is_admin:
-            raise PermissionDenied("ADMIN_REQUIRED", "this method is for administrators only")
+    def __post_init__(self) -> None:
+        # Computed once per call: every check of the call reads it.
+        object.__setattr__(
+            self, "permissions", effective_permissions(self.is_admin, self.scope, self.granted)
+        )
+
+    @property
+    def is_service_account(self) -> bool:
+        """Whether the caller is a service account (no password, API keys only)."""
+        return self.granted is not None
 
     def require_login_credential(self) -> None:
         """Refuse the call when it is authenticated by an API key (key management, say)."""

@@ -9,7 +9,7 @@ columns they set, so concurrent patches of different fields both survive.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,6 +46,11 @@ from taskservice.errors import (
 )
 from taskservice.services import audit, task_tree
 from taskservice.services.audit import AuditTrail
+from taskservice.services.authorization import (
+    Permission,
+    authorize,
+    may_for_every_owner,
+)
 from taskservice.services.filtering import Filter, canonical, parse
 from taskservice.services.labels import label_key, normalize_labels
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
@@ -178,8 +183,12 @@ class TaskService:
         With a `request_id`, at most one task is created per caller and key.
         """
         owner = owner_id or caller.user_id
-        if owner != caller.user_id and not caller.is_admin:
-            raise PermissionDenied("OWNER_NOT_ALLOWED", "you may only create tasks for yourself")
+        authorize(
+            caller,
+            Permission.TASKS_WRITE,
+            owner,
+            otherwise=_owner_not_allowed("you may only create tasks for yourself"),
+        )
         checked = _check_values(
             values,
             set(WRITABLE_TASK_FIELDS),
@@ -247,7 +256,8 @@ class TaskService:
         """One task the caller may see, and the revision it was read at (same statement)."""
         require_id("id", task_id)
         async with self._db.reads() as reader:
-            task = await reader.first(_GET[caller.is_admin], _visible_parameters(caller, task_id))
+            any_owner = may_for_every_owner(caller, Permission.TASKS_READ)
+            task = await reader.first(_GET[any_owner], _visible_parameters(caller, task_id))
         if task is None:
             raise _task_not_found()
         return task, task.revision
@@ -272,7 +282,7 @@ class TaskService:
         if not task_ids:
             async with self._db.rows() as connection:
                 return [], int(await connection.scalar(select(CURRENT_REVISION)) or 0)
-        query = _BATCH_VISIBLE[caller.is_admin]
+        query = _BATCH_VISIBLE[may_for_every_owner(caller, Permission.TASKS_READ)]
         parameters = {"task_ids": sorted(set(task_ids)), "owner_id": caller.user_id}
         async with self._db.rows() as connection:
             found = {task.id: task for task in (await connection.execute(query, parameters))}
@@ -514,9 +524,14 @@ class TaskService:
         `violations` are what the edge found wrong converting the request (an unknown status),
         reported together with every other bad field.
         """
-        if owner_id is not None and owner_id != caller.user_id and not caller.is_admin:
-            raise PermissionDenied("OWNER_NOT_ALLOWED", "you may only list your own tasks")
-        if owner_id is None and not caller.is_admin:
+        if owner_id is not None:
+            authorize(
+                caller,
+                Permission.TASKS_READ,
+                owner_id,
+                otherwise=_owner_not_allowed("you may only list your own tasks"),
+            )
+        elif not may_for_every_owner(caller, Permission.TASKS_READ):
             owner_id = caller.user_id
         problems = Violations()
         problems.add(*violations, page_size_violation(requested_size))
@@ -891,12 +906,29 @@ def _view_statements(
 
 
 async def _visible(session: AsyncSession, caller: Principal, task_id: int, *, lock: bool) -> Task:
-    """The task, if the caller may see it; NOT_FOUND alike for missing and foreign tasks."""
-    query = _VISIBLE[caller.is_admin, lock]
-    task = await session.scalar(query, _visible_parameters(caller, task_id))
+    """A task to write, if the caller may see it; NOT_FOUND alike for missing and foreign tasks.
+
+    A caller that may read every owner's tasks but not write them (a key limited to
+    `tasks.read_all`) sees another's task and is refused with PERMISSION_MISSING, not NOT_FOUND:
+    a caller that can see a task learns nothing from being told it may not change it.
+    """
+    any_owner = may_for_every_owner(caller, Permission.TASKS_READ) or may_for_every_owner(
+        caller, Permission.TASKS_WRITE
+    )
+    task = await session.scalar(_VISIBLE[any_owner, lock], _visible_parameters(caller, task_id))
     if task is None:
         raise _task_not_found()
+    authorize(caller, Permission.TASKS_WRITE, task.owner_id)
     return task
+
+
+def _owner_not_allowed(message: str) -> Callable[[dict[str, str]], PermissionDenied]:
+    """The refusal a regular user naming another owner has always had (OWNER_NOT_ALLOWED)."""
+
+    def refused(metadata: dict[str, str]) -> PermissionDenied:
+        return PermissionDenied("OWNER_NOT_ALLOWED", message, metadata)
+
+    return refused
 
 
 def _visible_parameters(caller: Principal, task_id: int) -> dict[str, int]:

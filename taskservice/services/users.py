@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import secrets
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, select
@@ -10,7 +11,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskservice.db.engine import Database
-from taskservice.db.models import User
+from taskservice.db.models import (
+    SERVICE_ACCOUNT_NAME_MAX_LENGTH,
+    USER_KIND_HUMAN,
+    USER_KIND_SERVICE,
+    User,
+)
 from taskservice.db.reads import Prepared
 from taskservice.db.records import UserRecord
 from taskservice.db.retry import retries_conflicts
@@ -19,6 +25,13 @@ from taskservice.security.passwords import PasswordHasher
 from taskservice.services import audit
 from taskservice.services.audit import AuditTrail
 from taskservice.services.auth_state import AuthStateStore
+from taskservice.services.authorization import (
+    Permission,
+    authorize,
+    check_permission_names,
+    permission_missing,
+    stored_permissions,
+)
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
 from taskservice.services.principal import Principal
 from taskservice.services.validation import (
@@ -27,9 +40,16 @@ from taskservice.services.validation import (
     id_violation,
     mask_violations,
     new_password_violation,
+    nul_violation,
     raise_if,
     require_id,
 )
+
+#: The reserved domain (RFC 2606) of service accounts' placeholder emails: no mail, no sign-in.
+SERVICE_ACCOUNT_EMAIL_DOMAIN = "service-accounts.invalid"
+#: A service account's stored password hash: no bcrypt hash looks like it, and every sign-in
+#: path refuses service accounts before comparing passwords.
+NO_PASSWORD = "!"  # noqa: S105 - a marker, not a password
 
 #: Fields UpdateUser may change.
 UPDATABLE_USER_FIELDS = frozenset({"email", "is_active", "is_admin"})
@@ -43,6 +63,9 @@ _USER_COLUMNS = (
     User.is_admin,
     User.create_time,
     User.update_time,
+    User.kind,
+    User.display_name,
+    User.permissions,
 )
 _USER_BY_ID = Prepared(select(*_USER_COLUMNS).where(User.id == bindparam("user_id")))
 
@@ -85,21 +108,28 @@ class UserService:
         return await self._get(caller.user_id)
 
     async def get_user(self, caller: Principal, user_id: int) -> UserRecord:
-        """Any user, for an admin."""
-        caller.require_admin()
+        """Any user: the method needs `users.manage`, checked from its declared permission."""
         require_id("id", user_id)
         return await self._get(user_id)
 
-    async def list_users(self, caller: Principal, requested_size: int, token: str) -> UserPage:
-        """Users oldest first, by keyset on id."""
-        caller.require_admin()
-        scope = {"list": "users"}
+    async def list_users(
+        self, caller: Principal, requested_size: int, token: str, kind: str | None = None
+    ) -> UserPage:
+        """Users oldest first, by keyset on id (the method needs `users.manage`).
+
+        `kind` (`human`, `service`) keeps only users of that kind; None: every user.
+        """
+        scope: dict[str, object] = {"list": "users"}
+        if kind is not None:  # only when set: tokens issued before kinds existed still open
+            scope["kind"] = kind
         problems = Violations()
         problems.add(page_size_violation(requested_size))
         after = problems.check(lambda: self._page_tokens.open(token, scope))
         problems.raise_if_any()
         size = page_size(requested_size)
         query = select(User).order_by(User.id).limit(size + 1)
+        if kind is not None:
+            query = query.where(User.kind == kind)
         if after is not None:
             query = query.where(User.id > after)
         async with self._db.read() as session:
@@ -109,11 +139,12 @@ class UserService:
     async def batch_get_users(
         self, caller: Principal, user_ids: Iterable[int]
     ) -> dict[int, UserRecord]:
-        """Several users by id, for an admin, in one read; ids no user has are left out.
+        """Several users by id, in one read; ids no user has are left out.
 
-        For views that show each row's owner (the REST task list) without a read per row.
+        For views that show each task's owner (the REST task list) without a read per row: a
+        caller who may read every owner's tasks may see who owns them.
         """
-        caller.require_admin()
+        authorize(caller, Permission.TASKS_READ_ALL)
         wanted = sorted(set(user_ids))
         if not wanted:
             return {}
@@ -125,7 +156,6 @@ class UserService:
     @retries_conflicts
     async def update_user(self, caller: Principal, user_id: int, changes: UserChanges) -> User:
         """Change the fields in `changes.paths`; demotion and deactivation revoke tokens."""
-        caller.require_admin()
         email = _check_changes(changes, id_violation("user.id", user_id))
         if user_id == caller.user_id and (
             ("is_active" in changes.paths and not changes.is_active)
@@ -143,6 +173,14 @@ class UserService:
                 user = await session.get(User, user_id, with_for_update=True)
                 if user is None:
                     raise _user_not_found()
+                if (
+                    "is_admin" in changes.paths
+                    and changes.is_admin
+                    and user.kind != USER_KIND_HUMAN
+                ):
+                    raise FailedPrecondition(
+                        "SERVICE_ACCOUNT_NOT_ADMIN", "a service account cannot be an administrator"
+                    )
                 if may_remove_admin and user.is_admin and user.is_active:
                     _ensure_another_admin(admins, user_id)
                 if email is not None and email != user.email:
@@ -174,10 +212,52 @@ class UserService:
         self._states.forget(user_id)
         return user
 
+    async def create_service_account(
+        self, caller: Principal, display_name: str, permissions: Sequence[str]
+    ) -> User:
+        """A new service account holding `permissions` (names), none the caller lacks itself.
+
+        It gets a placeholder email in the reserved `.invalid` domain (emails stay unique and
+        required for every user) and no password: nothing can sign in as it; an admin creates
+        API keys for it.
+        """
+        problems = Violations()
+        name = display_name.strip()
+        problems.add(
+            nul_violation("display_name", name),
+            FieldViolation(
+                "display_name", f"must be 1 to {SERVICE_ACCOUNT_NAME_MAX_LENGTH} characters"
+            )
+            if not 0 < len(name) <= SERVICE_ACCOUNT_NAME_MAX_LENGTH
+            else None,
+        )
+        chosen = check_permission_names(permissions, problems)
+        if not permissions:
+            problems.add(FieldViolation("permissions", "name at least one permission"))
+        problems.raise_if_any()
+        for permission in Permission:  # in the enum's order: the first one lacking is named
+            if permission in chosen and permission not in caller.permissions:
+                raise permission_missing(permission)
+        user = User(
+            email=f"service-account-{secrets.token_hex(8)}@{SERVICE_ACCOUNT_EMAIL_DOMAIN}",
+            password_hash=NO_PASSWORD,
+            is_admin=False,
+            is_active=True,
+            kind=USER_KIND_SERVICE,
+            display_name=name,
+            permissions=stored_permissions(chosen),
+        )
+        async with self._db.write() as session:
+            session.add(user)
+            await session.flush()
+            self._audit.record(
+                session, audit.USER_REGISTERED, actor_id=caller.user_id, target_user_id=user.id
+            )
+        return user
+
     @retries_conflicts
     async def delete_user(self, caller: Principal, user_id: int) -> None:
         """Delete a user and their tasks in one transaction (the foreign key cascades)."""
-        caller.require_admin()
         require_id("id", user_id)
         if user_id == caller.user_id:
             raise FailedPrecondition("SELF_LOCKOUT", "administrators cannot delete themselves")

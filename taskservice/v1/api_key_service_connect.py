@@ -43,7 +43,9 @@ class ApiKeyService(Protocol):
 
     A key is sent like an access token, `authorization: Bearer tsk_...`, and acts as its user with the
     user's current role. It stops working at once, on every replica, when it is deleted, expires, or
-    its user is deactivated or deleted. Keys survive password changes.
+    its user is deactivated or deleted. Keys survive password changes. A key created with a list of
+    `permissions` may do only what is in that list and in its user's current role (least privilege
+    for machine callers; see permissions.proto).
 
     Who may manage which keys: every user their own, admins anyone's. A regular user naming another
     user's id (or another user's key) gets NOT_FOUND exactly as for an id that does not exist. Keys are
@@ -54,6 +56,10 @@ class ApiKeyService(Protocol):
     missing, malformed, expired or revoked; UNAVAILABLE when the database cannot be reached (safe to
     retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id
     for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     async def create_api_key(self, request: CreateApiKeyRequest, ctx: RequestContext[CreateApiKeyRequest, CreateApiKeyResponse], /) -> CreateApiKeyResponse:
         """
@@ -63,7 +69,8 @@ class ApiKeyService(Protocol):
         Errors:
         - INVALID_ARGUMENT: `user_id` is negative; `display_name` is empty after trimming, longer than
           100 characters or contains NUL; `expire_time` is not after the present time, or later than
-          9999-12-31.
+          9999-12-31; `permissions` repeats a permission, or holds PERMISSION_UNSPECIFIED,
+          PERMISSION_PUBLIC or an unknown value.
         - NOT_FOUND with reason USER_NOT_FOUND: no user has `user_id`, or (for a regular user) it is not
           the caller's own id.
         - PERMISSION_DENIED with reason API_KEY_NOT_ALLOWED: the call is authenticated by an API key.
@@ -161,7 +168,9 @@ class ApiKeyServiceClient(ConnectClient):
 
     A key is sent like an access token, `authorization: Bearer tsk_...`, and acts as its user with the
     user's current role. It stops working at once, on every replica, when it is deleted, expires, or
-    its user is deactivated or deleted. Keys survive password changes.
+    its user is deactivated or deleted. Keys survive password changes. A key created with a list of
+    `permissions` may do only what is in that list and in its user's current role (least privilege
+    for machine callers; see permissions.proto).
 
     Who may manage which keys: every user their own, admins anyone's. A regular user naming another
     user's id (or another user's key) gets NOT_FOUND exactly as for an id that does not exist. Keys are
@@ -172,6 +181,10 @@ class ApiKeyServiceClient(ConnectClient):
     missing, malformed, expired or revoked; UNAVAILABLE when the database cannot be reached (safe to
     retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id
     for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,
@@ -211,7 +224,8 @@ class ApiKeyServiceClient(ConnectClient):
         Errors:
         - INVALID_ARGUMENT: `user_id` is negative; `display_name` is empty after trimming, longer than
           100 characters or contains NUL; `expire_time` is not after the present time, or later than
-          9999-12-31.
+          9999-12-31; `permissions` repeats a permission, or holds PERMISSION_UNSPECIFIED,
+          PERMISSION_PUBLIC or an unknown value.
         - NOT_FOUND with reason USER_NOT_FOUND: no user has `user_id`, or (for a regular user) it is not
           the caller's own id.
         - PERMISSION_DENIED with reason API_KEY_NOT_ALLOWED: the call is authenticated by an API key.
@@ -297,7 +311,9 @@ class ApiKeyServiceSync(Protocol):
 
     A key is sent like an access token, `authorization: Bearer tsk_...`, and acts as its user with the
     user's current role. It stops working at once, on every replica, when it is deleted, expires, or
-    its user is deactivated or deleted. Keys survive password changes.
+    its user is deactivated or deleted. Keys survive password changes. A key created with a list of
+    `permissions` may do only what is in that list and in its user's current role (least privilege
+    for machine callers; see permissions.proto).
 
     Who may manage which keys: every user their own, admins anyone's. A regular user naming another
     user's id (or another user's key) gets NOT_FOUND exactly as for an id that does not exist. Keys are
@@ -308,6 +324,10 @@ class ApiKeyServiceSync(Protocol):
     missing, malformed, expired or revoked; UNAVAILABLE when the database cannot be reached (safe to
     retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id
     for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def create_api_key(self, request: CreateApiKeyRequest, ctx: RequestContext[CreateApiKeyRequest, CreateApiKeyResponse], /) -> CreateApiKeyResponse:
         """
@@ -317,7 +337,8 @@ class ApiKeyServiceSync(Protocol):
         Errors:
         - INVALID_ARGUMENT: `user_id` is negative; `display_name` is empty after trimming, longer than
           100 characters or contains NUL; `expire_time` is not after the present time, or later than
-          9999-12-31.
+          9999-12-31; `permissions` repeats a permission, or holds PERMISSION_UNSPECIFIED,
+          PERMISSION_PUBLIC or an unknown value.
         - NOT_FOUND with reason USER_NOT_FOUND: no user has `user_id`, or (for a regular user) it is not
           the caller's own id.
         - PERMISSION_DENIED with reason API_KEY_NOT_ALLOWED: the call is authenticated by an API key.
@@ -413,7 +434,9 @@ class ApiKeyServiceClientSync(ConnectClientSync):
 
     A key is sent like an access token, `authorization: Bearer tsk_...`, and acts as its user with the
     user's current role. It stops working at once, on every replica, when it is deleted, expires, or
-    its user is deactivated or deleted. Keys survive password changes.
+    its user is deactivated or deleted. Keys survive password changes. A key created with a list of
+    `permissions` may do only what is in that list and in its user's current role (least privilege
+    for machine callers; see permissions.proto).
 
     Who may manage which keys: every user their own, admins anyone's. A regular user naming another
     user's id (or another user's key) gets NOT_FOUND exactly as for an id that does not exist. Keys are
@@ -424,6 +447,10 @@ class ApiKeyServiceClientSync(ConnectClientSync):
     missing, malformed, expired or revoked; UNAVAILABLE when the database cannot be reached (safe to
     retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id
     for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,
@@ -463,7 +490,8 @@ class ApiKeyServiceClientSync(ConnectClientSync):
         Errors:
         - INVALID_ARGUMENT: `user_id` is negative; `display_name` is empty after trimming, longer than
           100 characters or contains NUL; `expire_time` is not after the present time, or later than
-          9999-12-31.
+          9999-12-31; `permissions` repeats a permission, or holds PERMISSION_UNSPECIFIED,
+          PERMISSION_PUBLIC or an unknown value.
         - NOT_FOUND with reason USER_NOT_FOUND: no user has `user_id`, or (for a regular user) it is not
           the caller's own id.
         - PERMISSION_DENIED with reason API_KEY_NOT_ALLOWED: the call is authenticated by an API key.

@@ -23,31 +23,36 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from taskservice.v1 import permissions_pb2 as taskservice_dot_v1_dot_permissions__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$taskservice/v1/api_key_service.proto\x12\x0etaskservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x13\x43reateApiKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x14\x43reateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.taskservice.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"L\n\x12ListApiKeysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x13ListApiKeysResponse\x12(\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x16.taskservice.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x13\x44\x65leteApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"\x16\n\x14\x44\x65leteApiKeyResponse2\xa2\x02\n\rApiKeyService\x12Y\n\x0c\x43reateApiKey\x12#.taskservice.v1.CreateApiKeyRequest\x1a$.taskservice.v1.CreateApiKeyResponse\x12[\n\x0bListApiKeys\x12\".taskservice.v1.ListApiKeysRequest\x1a#.taskservice.v1.ListApiKeysResponse\"\x03\x90\x02\x01\x12Y\n\x0c\x44\x65leteApiKey\x12#.taskservice.v1.DeleteApiKeyRequest\x1a$.taskservice.v1.DeleteApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$taskservice/v1/api_key_service.proto\x12\x0etaskservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a taskservice/v1/permissions.proto\"\x91\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bpermissions\x18\x08 \x03(\x0e\x32\x1a.taskservice.v1.Permission\"\x9e\x01\n\x13\x43reateApiKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bpermissions\x18\x04 \x03(\x0e\x32\x1a.taskservice.v1.Permission\"O\n\x14\x43reateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.taskservice.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"L\n\x12ListApiKeysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x13ListApiKeysResponse\x12(\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x16.taskservice.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x13\x44\x65leteApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"\x16\n\x14\x44\x65leteApiKeyResponse2\xb2\x02\n\rApiKeyService\x12_\n\x0c\x43reateApiKey\x12#.taskservice.v1.CreateApiKeyRequest\x1a$.taskservice.v1.CreateApiKeyResponse\"\x04\x88\xb5\x18\x08\x12_\n\x0bListApiKeys\x12\".taskservice.v1.ListApiKeysRequest\x1a#.taskservice.v1.ListApiKeysResponse\"\x07\x90\x02\x01\x88\xb5\x18\x08\x12_\n\x0c\x44\x65leteApiKey\x12#.taskservice.v1.DeleteApiKeyRequest\x1a$.taskservice.v1.DeleteApiKeyResponse\"\x04\x88\xb5\x18\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taskservice.v1.api_key_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['CreateApiKey']._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['CreateApiKey']._serialized_options = b'\210\265\030\010'
   _globals['_APIKEYSERVICE'].methods_by_name['ListApiKeys']._loaded_options = None
-  _globals['_APIKEYSERVICE'].methods_by_name['ListApiKeys']._serialized_options = b'\220\002\001'
-  _globals['_APIKEY']._serialized_start=90
-  _globals['_APIKEY']._serialized_end=314
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=316
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=425
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=427
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=506
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=508
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=584
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=586
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=674
-  _globals['_DELETEAPIKEYREQUEST']._serialized_start=676
-  _globals['_DELETEAPIKEYREQUEST']._serialized_end=709
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=711
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=733
-  _globals['_APIKEYSERVICE']._serialized_start=736
-  _globals['_APIKEYSERVICE']._serialized_end=1026
+  _globals['_APIKEYSERVICE'].methods_by_name['ListApiKeys']._serialized_options = b'\220\002\001\210\265\030\010'
+  _globals['_APIKEYSERVICE'].methods_by_name['DeleteApiKey']._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['DeleteApiKey']._serialized_options = b'\210\265\030\010'
+  _globals['_APIKEY']._serialized_start=124
+  _globals['_APIKEY']._serialized_end=397
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=400
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=558
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=560
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=639
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=641
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=717
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=719
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=807
+  _globals['_DELETEAPIKEYREQUEST']._serialized_start=809
+  _globals['_DELETEAPIKEYREQUEST']._serialized_end=842
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=844
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=866
+  _globals['_APIKEYSERVICE']._serialized_start=869
+  _globals['_APIKEYSERVICE']._serialized_end=1175
 # @@protoc_insertion_point(module_scope)

@@ -30,7 +30,9 @@ class ApiKeyServiceStub:
 
     A key is sent like an access token, `authorization: Bearer tsk_...`, and acts as its user with the
     user's current role. It stops working at once, on every replica, when it is deleted, expires, or
-    its user is deactivated or deleted. Keys survive password changes.
+    its user is deactivated or deleted. Keys survive password changes. A key created with a list of
+    `permissions` may do only what is in that list and in its user's current role (least privilege
+    for machine callers; see permissions.proto).
 
     Who may manage which keys: every user their own, admins anyone's. A regular user naming another
     user's id (or another user's key) gets NOT_FOUND exactly as for an id that does not exist. Keys are
@@ -41,6 +43,10 @@ class ApiKeyServiceStub:
     missing, malformed, expired or revoked; UNAVAILABLE when the database cannot be reached (safe to
     retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id
     for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     def __init__(self, channel):
@@ -71,7 +77,9 @@ class ApiKeyServiceServicer:
 
     A key is sent like an access token, `authorization: Bearer tsk_...`, and acts as its user with the
     user's current role. It stops working at once, on every replica, when it is deleted, expires, or
-    its user is deactivated or deleted. Keys survive password changes.
+    its user is deactivated or deleted. Keys survive password changes. A key created with a list of
+    `permissions` may do only what is in that list and in its user's current role (least privilege
+    for machine callers; see permissions.proto).
 
     Who may manage which keys: every user their own, admins anyone's. A regular user naming another
     user's id (or another user's key) gets NOT_FOUND exactly as for an id that does not exist. Keys are
@@ -82,6 +90,10 @@ class ApiKeyServiceServicer:
     missing, malformed, expired or revoked; UNAVAILABLE when the database cannot be reached (safe to
     retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id
     for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     def CreateApiKey(self, request, context):
@@ -91,7 +103,8 @@ class ApiKeyServiceServicer:
         Errors:
         - INVALID_ARGUMENT: `user_id` is negative; `display_name` is empty after trimming, longer than
         100 characters or contains NUL; `expire_time` is not after the present time, or later than
-        9999-12-31.
+        9999-12-31; `permissions` repeats a permission, or holds PERMISSION_UNSPECIFIED,
+        PERMISSION_PUBLIC or an unknown value.
         - NOT_FOUND with reason USER_NOT_FOUND: no user has `user_id`, or (for a regular user) it is not
         the caller's own id.
         - PERMISSION_DENIED with reason API_KEY_NOT_ALLOWED: the call is authenticated by an API key.
@@ -158,7 +171,9 @@ class ApiKeyService:
 
     A key is sent like an access token, `authorization: Bearer tsk_...`, and acts as its user with the
     user's current role. It stops working at once, on every replica, when it is deleted, expires, or
-    its user is deactivated or deleted. Keys survive password changes.
+    its user is deactivated or deleted. Keys survive password changes. A key created with a list of
+    `permissions` may do only what is in that list and in its user's current role (least privilege
+    for machine callers; see permissions.proto).
 
     Who may manage which keys: every user their own, admins anyone's. A regular user naming another
     user's id (or another user's key) gets NOT_FOUND exactly as for an id that does not exist. Keys are
@@ -169,6 +184,10 @@ class ApiKeyService:
     missing, malformed, expired or revoked; UNAVAILABLE when the database cannot be reached (safe to
     retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id
     for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     @staticmethod

@@ -62,6 +62,10 @@ class AuditService(Protocol):
     missing, malformed, expired or revoked; PERMISSION_DENIED with reason ADMIN_REQUIRED for a
     non-admin; UNAVAILABLE when the database cannot be reached (safe to retry); DEADLINE_EXCEEDED;
     RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     async def list_audit_events(self, request: ListAuditEventsRequest, ctx: RequestContext[ListAuditEventsRequest, ListAuditEventsResponse], /) -> ListAuditEventsResponse:
         """
@@ -138,6 +142,10 @@ class AuditServiceClient(ConnectClient):
     missing, malformed, expired or revoked; PERMISSION_DENIED with reason ADMIN_REQUIRED for a
     non-admin; UNAVAILABLE when the database cannot be reached (safe to retry); DEADLINE_EXCEEDED;
     RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,
@@ -220,6 +228,10 @@ class AuditServiceSync(Protocol):
     missing, malformed, expired or revoked; PERMISSION_DENIED with reason ADMIN_REQUIRED for a
     non-admin; UNAVAILABLE when the database cannot be reached (safe to retry); DEADLINE_EXCEEDED;
     RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def list_audit_events(self, request: ListAuditEventsRequest, ctx: RequestContext[ListAuditEventsRequest, ListAuditEventsResponse], /) -> ListAuditEventsResponse:
         """
@@ -294,6 +306,10 @@ class AuditServiceClientSync(ConnectClientSync):
     missing, malformed, expired or revoked; PERMISSION_DENIED with reason ADMIN_REQUIRED for a
     non-admin; UNAVAILABLE when the database cannot be reached (safe to retry); DEADLINE_EXCEEDED;
     RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,

@@ -49,6 +49,10 @@ class AuditServiceStub:
     missing, malformed, expired or revoked; PERMISSION_DENIED with reason ADMIN_REQUIRED for a
     non-admin; UNAVAILABLE when the database cannot be reached (safe to retry); DEADLINE_EXCEEDED;
     RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     def __init__(self, channel):
@@ -88,6 +92,10 @@ class AuditServiceServicer:
     missing, malformed, expired or revoked; PERMISSION_DENIED with reason ADMIN_REQUIRED for a
     non-admin; UNAVAILABLE when the database cannot be reached (safe to retry); DEADLINE_EXCEEDED;
     RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     def ListAuditEvents(self, request, context):
@@ -143,6 +151,10 @@ class AuditService:
     missing, malformed, expired or revoked; PERMISSION_DENIED with reason ADMIN_REQUIRED for a
     non-admin; UNAVAILABLE when the database cannot be reached (safe to retry); DEADLINE_EXCEEDED;
     RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     @staticmethod

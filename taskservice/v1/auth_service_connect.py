@@ -59,6 +59,10 @@ class AuthService(Protocol):
     reached (safe to retry), DEADLINE_EXCEEDED when the caller's deadline passes, RESOURCE_EXHAUSTED
     when the request is larger than the server accepts, and INTERNAL with a request id for a server
     fault (details only in the server log).
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     async def register(self, request: RegisterRequest, ctx: RequestContext[RegisterRequest, RegisterResponse], /) -> RegisterResponse:
         """
@@ -242,6 +246,10 @@ class AuthServiceClient(ConnectClient):
     reached (safe to retry), DEADLINE_EXCEEDED when the caller's deadline passes, RESOURCE_EXHAUSTED
     when the request is larger than the server accepts, and INTERNAL with a request id for a server
     fault (details only in the server log).
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,
@@ -453,6 +461,10 @@ class AuthServiceSync(Protocol):
     reached (safe to retry), DEADLINE_EXCEEDED when the caller's deadline passes, RESOURCE_EXHAUSTED
     when the request is larger than the server accepts, and INTERNAL with a request id for a server
     fault (details only in the server log).
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def register(self, request: RegisterRequest, ctx: RequestContext[RegisterRequest, RegisterResponse], /) -> RegisterResponse:
         """
@@ -634,6 +646,10 @@ class AuthServiceClientSync(ConnectClientSync):
     reached (safe to retry), DEADLINE_EXCEEDED when the caller's deadline passes, RESOURCE_EXHAUSTED
     when the request is larger than the server accepts, and INTERNAL with a request id for a server
     fault (details only in the server log).
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,

@@ -22,36 +22,47 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from taskservice.v1 import permissions_pb2 as taskservice_dot_v1_dot_permissions__pb2
 from taskservice.v1 import user_pb2 as taskservice_dot_v1_dot_user__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!taskservice/v1/auth_service.proto\x12\x0etaskservice.v1\x1a\x19taskservice/v1/user.proto\"D\n\x0fRegisterRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x10\n\x08is_admin\x18\x03 \x01(\x08\"\x8b\x01\n\x10RegisterResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12\x12\n\ntoken_type\x18\x03 \x01(\t\x12\x12\n\nexpires_in\x18\x04 \x01(\x03\x12\x15\n\rrefresh_token\x18\x05 \x01(\t\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x88\x01\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\"\n\x04user\x18\x04 \x01(\x0b\x32\x14.taskservice.v1.User\x12\x15\n\rrefresh_token\x18\x05 \x01(\t\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"V\n\x16\x43hangePasswordResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\",\n\x13RefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"k\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"&\n\rLogoutRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x10\n\x0eLogoutResponse2\xa7\x03\n\x0b\x41uthService\x12M\n\x08Register\x12\x1f.taskservice.v1.RegisterRequest\x1a .taskservice.v1.RegisterResponse\x12\x44\n\x05Login\x12\x1c.taskservice.v1.LoginRequest\x1a\x1d.taskservice.v1.LoginResponse\x12_\n\x0e\x43hangePassword\x12%.taskservice.v1.ChangePasswordRequest\x1a&.taskservice.v1.ChangePasswordResponse\x12Y\n\x0cRefreshToken\x12#.taskservice.v1.RefreshTokenRequest\x1a$.taskservice.v1.RefreshTokenResponse\x12G\n\x06Logout\x12\x1d.taskservice.v1.LogoutRequest\x1a\x1e.taskservice.v1.LogoutResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!taskservice/v1/auth_service.proto\x12\x0etaskservice.v1\x1a taskservice/v1/permissions.proto\x1a\x19taskservice/v1/user.proto\"D\n\x0fRegisterRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x10\n\x08is_admin\x18\x03 \x01(\x08\"\x8b\x01\n\x10RegisterResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12\x12\n\ntoken_type\x18\x03 \x01(\t\x12\x12\n\nexpires_in\x18\x04 \x01(\x03\x12\x15\n\rrefresh_token\x18\x05 \x01(\t\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x88\x01\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\"\n\x04user\x18\x04 \x01(\x0b\x32\x14.taskservice.v1.User\x12\x15\n\rrefresh_token\x18\x05 \x01(\t\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"V\n\x16\x43hangePasswordResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\",\n\x13RefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"k\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"&\n\rLogoutRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x10\n\x0eLogoutResponse2\xc5\x03\n\x0b\x41uthService\x12S\n\x08Register\x12\x1f.taskservice.v1.RegisterRequest\x1a .taskservice.v1.RegisterResponse\"\x04\x88\xb5\x18\x01\x12J\n\x05Login\x12\x1c.taskservice.v1.LoginRequest\x1a\x1d.taskservice.v1.LoginResponse\"\x04\x88\xb5\x18\x01\x12\x65\n\x0e\x43hangePassword\x12%.taskservice.v1.ChangePasswordRequest\x1a&.taskservice.v1.ChangePasswordResponse\"\x04\x88\xb5\x18\n\x12_\n\x0cRefreshToken\x12#.taskservice.v1.RefreshTokenRequest\x1a$.taskservice.v1.RefreshTokenResponse\"\x04\x88\xb5\x18\x01\x12M\n\x06Logout\x12\x1d.taskservice.v1.LogoutRequest\x1a\x1e.taskservice.v1.LogoutResponse\"\x04\x88\xb5\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taskservice.v1.auth_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGISTERREQUEST']._serialized_start=80
-  _globals['_REGISTERREQUEST']._serialized_end=148
-  _globals['_REGISTERRESPONSE']._serialized_start=151
-  _globals['_REGISTERRESPONSE']._serialized_end=290
-  _globals['_LOGINREQUEST']._serialized_start=292
-  _globals['_LOGINREQUEST']._serialized_end=339
-  _globals['_LOGINRESPONSE']._serialized_start=342
-  _globals['_LOGINRESPONSE']._serialized_end=478
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=480
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=551
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=553
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=639
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=641
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=685
-  _globals['_REFRESHTOKENRESPONSE']._serialized_start=687
-  _globals['_REFRESHTOKENRESPONSE']._serialized_end=794
-  _globals['_LOGOUTREQUEST']._serialized_start=796
-  _globals['_LOGOUTREQUEST']._serialized_end=834
-  _globals['_LOGOUTRESPONSE']._serialized_start=836
-  _globals['_LOGOUTRESPONSE']._serialized_end=852
-  _globals['_AUTHSERVICE']._serialized_start=855
-  _globals['_AUTHSERVICE']._serialized_end=1278
+  _globals['_AUTHSERVICE'].methods_by_name['Register']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['Register']._serialized_options = b'\210\265\030\001'
+  _globals['_AUTHSERVICE'].methods_by_name['Login']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['Login']._serialized_options = b'\210\265\030\001'
+  _globals['_AUTHSERVICE'].methods_by_name['ChangePassword']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['ChangePassword']._serialized_options = b'\210\265\030\n'
+  _globals['_AUTHSERVICE'].methods_by_name['RefreshToken']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['RefreshToken']._serialized_options = b'\210\265\030\001'
+  _globals['_AUTHSERVICE'].methods_by_name['Logout']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['Logout']._serialized_options = b'\210\265\030\001'
+  _globals['_REGISTERREQUEST']._serialized_start=114
+  _globals['_REGISTERREQUEST']._serialized_end=182
+  _globals['_REGISTERRESPONSE']._serialized_start=185
+  _globals['_REGISTERRESPONSE']._serialized_end=324
+  _globals['_LOGINREQUEST']._serialized_start=326
+  _globals['_LOGINREQUEST']._serialized_end=373
+  _globals['_LOGINRESPONSE']._serialized_start=376
+  _globals['_LOGINRESPONSE']._serialized_end=512
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=514
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=585
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=587
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=673
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=675
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=719
+  _globals['_REFRESHTOKENRESPONSE']._serialized_start=721
+  _globals['_REFRESHTOKENRESPONSE']._serialized_end=828
+  _globals['_LOGOUTREQUEST']._serialized_start=830
+  _globals['_LOGOUTREQUEST']._serialized_end=868
+  _globals['_LOGOUTRESPONSE']._serialized_start=870
+  _globals['_LOGOUTRESPONSE']._serialized_end=886
+  _globals['_AUTHSERVICE']._serialized_start=889
+  _globals['_AUTHSERVICE']._serialized_end=1342
 # @@protoc_insertion_point(module_scope)

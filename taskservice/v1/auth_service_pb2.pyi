@@ -1,3 +1,4 @@
+from taskservice.v1 import permissions_pb2 as _permissions_pb2
 from taskservice.v1 import user_pb2 as _user_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message

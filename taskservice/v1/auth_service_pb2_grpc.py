@@ -46,6 +46,10 @@ class AuthServiceStub:
     reached (safe to retry), DEADLINE_EXCEEDED when the caller's deadline passes, RESOURCE_EXHAUSTED
     when the request is larger than the server accepts, and INTERNAL with a request id for a server
     fault (details only in the server log).
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     def __init__(self, channel):
@@ -102,6 +106,10 @@ class AuthServiceServicer:
     reached (safe to retry), DEADLINE_EXCEEDED when the caller's deadline passes, RESOURCE_EXHAUSTED
     when the request is larger than the server accepts, and INTERNAL with a request id for a server
     fault (details only in the server log).
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     def Register(self, request, context):
@@ -244,6 +252,10 @@ class AuthService:
     reached (safe to retry), DEADLINE_EXCEEDED when the caller's deadline passes, RESOURCE_EXHAUSTED
     when the request is larger than the server accepts, and INTERNAL with a request id for a server
     fault (details only in the server log).
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     @staticmethod

@@ -57,6 +57,10 @@ class TaskService(Protocol):
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
     reached (safe to retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL
     with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     async def list_tasks(self, request: ListTasksRequest, ctx: RequestContext[ListTasksRequest, ListTasksResponse], /) -> ListTasksResponse:
         """
@@ -239,7 +243,9 @@ class TaskService(Protocol):
 
         Errors (as the call's status, at once or when the stream ends):
         - INVALID_ARGUMENT: `start_revision` is negative; `filter` does not parse (as in ListTasks).
-        - PERMISSION_DENIED: a regular user set `owner_id` to another user's id.
+        - PERMISSION_DENIED: a regular user set `owner_id` to another user's id; or, during the
+          stream, the caller may no longer read what it watches (checked with the token every 2
+          seconds: an API key whose user stopped being an admin ends a stream of other users' tasks).
         - OUT_OF_RANGE with reason REVISION_NOT_YET: `start_revision` is beyond the store's current
           revision. The ErrorInfo metadata `current_revision` holds that revision.
         - FAILED_PRECONDITION with reason REVISION_COMPACTED: the history after `start_revision` is no
@@ -411,6 +417,10 @@ class TaskServiceClient(ConnectClient):
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
     reached (safe to retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL
     with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,
@@ -782,7 +792,9 @@ class TaskServiceClient(ConnectClient):
 
         Errors (as the call's status, at once or when the stream ends):
         - INVALID_ARGUMENT: `start_revision` is negative; `filter` does not parse (as in ListTasks).
-        - PERMISSION_DENIED: a regular user set `owner_id` to another user's id.
+        - PERMISSION_DENIED: a regular user set `owner_id` to another user's id; or, during the
+          stream, the caller may no longer read what it watches (checked with the token every 2
+          seconds: an API key whose user stopped being an admin ends a stream of other users' tasks).
         - OUT_OF_RANGE with reason REVISION_NOT_YET: `start_revision` is beyond the store's current
           revision. The ErrorInfo metadata `current_revision` holds that revision.
         - FAILED_PRECONDITION with reason REVISION_COMPACTED: the history after `start_revision` is no
@@ -829,6 +841,10 @@ class TaskServiceSync(Protocol):
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
     reached (safe to retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL
     with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def list_tasks(self, request: ListTasksRequest, ctx: RequestContext[ListTasksRequest, ListTasksResponse], /) -> ListTasksResponse:
         """
@@ -1011,7 +1027,9 @@ class TaskServiceSync(Protocol):
 
         Errors (as the call's status, at once or when the stream ends):
         - INVALID_ARGUMENT: `start_revision` is negative; `filter` does not parse (as in ListTasks).
-        - PERMISSION_DENIED: a regular user set `owner_id` to another user's id.
+        - PERMISSION_DENIED: a regular user set `owner_id` to another user's id; or, during the
+          stream, the caller may no longer read what it watches (checked with the token every 2
+          seconds: an API key whose user stopped being an admin ends a stream of other users' tasks).
         - OUT_OF_RANGE with reason REVISION_NOT_YET: `start_revision` is beyond the store's current
           revision. The ErrorInfo metadata `current_revision` holds that revision.
         - FAILED_PRECONDITION with reason REVISION_COMPACTED: the history after `start_revision` is no
@@ -1181,6 +1199,10 @@ class TaskServiceClientSync(ConnectClientSync):
     missing, malformed, expired, wrongly signed or revoked; UNAVAILABLE when the database cannot be
     reached (safe to retry); DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL
     with a request id for a server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,
@@ -1552,7 +1574,9 @@ class TaskServiceClientSync(ConnectClientSync):
 
         Errors (as the call's status, at once or when the stream ends):
         - INVALID_ARGUMENT: `start_revision` is negative; `filter` does not parse (as in ListTasks).
-        - PERMISSION_DENIED: a regular user set `owner_id` to another user's id.
+        - PERMISSION_DENIED: a regular user set `owner_id` to another user's id; or, during the
+          stream, the caller may no longer read what it watches (checked with the token every 2
+          seconds: an API key whose user stopped being an admin ends a stream of other users' tasks).
         - OUT_OF_RANGE with reason REVISION_NOT_YET: `start_revision` is beyond the store's current
           revision. The ErrorInfo metadata `current_revision` holds that revision.
         - FAILED_PRECONDITION with reason REVISION_COMPACTED: the history after `start_revision` is no

@@ -23,15 +23,18 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from taskservice.v1 import permissions_pb2 as taskservice_dot_v1_dot_permissions__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19taskservice/v1/user.proto\x12\x0etaskservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x11\n\tis_active\x18\x03 \x01(\x08\x12\x10\n\x08is_admin\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19taskservice/v1/user.proto\x12\x0etaskservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a taskservice/v1/permissions.proto\"\x97\x02\n\x04User\x12\n\n\x02id\x18\x01 \x01(\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x11\n\tis_active\x18\x03 \x01(\x08\x12\x10\n\x08is_admin\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x04kind\x18\x07 \x01(\x0e\x32\x18.taskservice.v1.UserKind\x12\x14\n\x0c\x64isplay_name\x18\x08 \x01(\t\x12/\n\x0bpermissions\x18\t \x03(\x0e\x32\x1a.taskservice.v1.Permission*Q\n\x08UserKind\x12\x19\n\x15USER_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fUSER_KIND_HUMAN\x10\x01\x12\x15\n\x11USER_KIND_SERVICE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taskservice.v1.user_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USER']._serialized_start=79
-  _globals['_USER']._serialized_end=247
+  _globals['_USERKIND']._serialized_start=394
+  _globals['_USERKIND']._serialized_end=475
+  _globals['_USER']._serialized_start=113
+  _globals['_USER']._serialized_end=392
 # @@protoc_insertion_point(module_scope)

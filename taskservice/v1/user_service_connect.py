@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .user_service_pb2 import DeleteUserRequest, DeleteUserResponse, GetMeRequest, GetMeResponse, GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse, UpdateUserRequest, UpdateUserResponse
+from .user_service_pb2 import CreateServiceAccountRequest, CreateServiceAccountResponse, DeleteUserRequest, DeleteUserResponse, GetMeRequest, GetMeResponse, GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse, UpdateUserRequest, UpdateUserResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -47,6 +47,10 @@ class UserService(Protocol):
     admin-only method; UNAVAILABLE when the database cannot be reached (safe to retry);
     DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a
     server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     async def list_users(self, request: ListUsersRequest, ctx: RequestContext[ListUsersRequest, ListUsersResponse], /) -> ListUsersResponse:
         """
@@ -83,6 +87,7 @@ class UserService(Protocol):
         - NOT_FOUND: no user has this id.
         - ALREADY_EXISTS: another user has the new email.
         - FAILED_PRECONDITION: an admin tried to deactivate or demote themself.
+        - FAILED_PRECONDITION with reason SERVICE_ACCOUNT_NOT_ADMIN: `is_admin` set on a service account.
         - ABORTED with reason CONCURRENT_TRANSACTION: rarely, the database still aborted the call for
           colliding with concurrent changes to the same users after the server had retried it a few
           times. Nothing changed; the call is safe to retry as it is.
@@ -100,6 +105,20 @@ class UserService(Protocol):
         - ABORTED with reason CONCURRENT_TRANSACTION: rarely, the database still aborted the call for
           colliding with concurrent changes to the same users after the server had retried it a few
           times. Nothing changed; the call is safe to retry as it is.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def create_service_account(self, request: CreateServiceAccountRequest, ctx: RequestContext[CreateServiceAccountRequest, CreateServiceAccountResponse], /) -> CreateServiceAccountResponse:
+        """
+        Creates a service account: a user for a machine caller, with exactly `permissions` and no
+        password. It calls with API keys an admin creates for it (CreateApiKey with its id). Admin only.
+
+        Errors:
+        - INVALID_ARGUMENT: `display_name` is empty after trimming, longer than 100 characters or
+          contains NUL; `permissions` is empty, repeats a permission, or holds PERMISSION_UNSPECIFIED,
+          PERMISSION_PUBLIC or an unknown value.
+        - PERMISSION_DENIED with reason PERMISSION_MISSING: a permission asked for is one the caller
+          does not hold itself (no caller grants more than it has); metadata `permission` names it.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -172,6 +191,17 @@ class UserServiceASGIApplication(ConnectASGIApplication[UserService]):
                     ),
                     function=svc.delete_user,
                 ),
+                "/taskservice.v1.UserService/CreateServiceAccount": Endpoint.unary(
+                    method=MethodInfo(
+                        name="CreateServiceAccount",
+                        service_name="taskservice.v1.UserService",
+                        input=CreateServiceAccountRequest,
+                        output=CreateServiceAccountResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.create_service_account,
+                ),
             },
             interceptors=interceptors,
             read_max_bytes=read_max_bytes,
@@ -195,6 +225,10 @@ class UserServiceClient(ConnectClient):
     admin-only method; UNAVAILABLE when the database cannot be reached (safe to retry);
     DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a
     server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,
@@ -318,6 +352,7 @@ class UserServiceClient(ConnectClient):
         - NOT_FOUND: no user has this id.
         - ALREADY_EXISTS: another user has the new email.
         - FAILED_PRECONDITION: an admin tried to deactivate or demote themself.
+        - FAILED_PRECONDITION with reason SERVICE_ACCOUNT_NOT_ADMIN: `is_admin` set on a service account.
         - ABORTED with reason CONCURRENT_TRANSACTION: rarely, the database still aborted the call for
           colliding with concurrent changes to the same users after the server had retried it a few
           times. Nothing changed; the call is safe to retry as it is.
@@ -366,6 +401,37 @@ class UserServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def create_service_account(
+        self,
+        request: CreateServiceAccountRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CreateServiceAccountResponse:
+        """
+        Creates a service account: a user for a machine caller, with exactly `permissions` and no
+        password. It calls with API keys an admin creates for it (CreateApiKey with its id). Admin only.
+
+        Errors:
+        - INVALID_ARGUMENT: `display_name` is empty after trimming, longer than 100 characters or
+          contains NUL; `permissions` is empty, repeats a permission, or holds PERMISSION_UNSPECIFIED,
+          PERMISSION_PUBLIC or an unknown value.
+        - PERMISSION_DENIED with reason PERMISSION_MISSING: a permission asked for is one the caller
+          does not hold itself (no caller grants more than it has); metadata `permission` names it.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CreateServiceAccount",
+                service_name="taskservice.v1.UserService",
+                input=CreateServiceAccountRequest,
+                output=CreateServiceAccountResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class UserServiceSync(Protocol):
     """
@@ -377,6 +443,10 @@ class UserServiceSync(Protocol):
     admin-only method; UNAVAILABLE when the database cannot be reached (safe to retry);
     DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a
     server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def list_users(self, request: ListUsersRequest, ctx: RequestContext[ListUsersRequest, ListUsersResponse], /) -> ListUsersResponse:
         """
@@ -413,6 +483,7 @@ class UserServiceSync(Protocol):
         - NOT_FOUND: no user has this id.
         - ALREADY_EXISTS: another user has the new email.
         - FAILED_PRECONDITION: an admin tried to deactivate or demote themself.
+        - FAILED_PRECONDITION with reason SERVICE_ACCOUNT_NOT_ADMIN: `is_admin` set on a service account.
         - ABORTED with reason CONCURRENT_TRANSACTION: rarely, the database still aborted the call for
           colliding with concurrent changes to the same users after the server had retried it a few
           times. Nothing changed; the call is safe to retry as it is.
@@ -430,6 +501,20 @@ class UserServiceSync(Protocol):
         - ABORTED with reason CONCURRENT_TRANSACTION: rarely, the database still aborted the call for
           colliding with concurrent changes to the same users after the server had retried it a few
           times. Nothing changed; the call is safe to retry as it is.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def create_service_account(self, request: CreateServiceAccountRequest, ctx: RequestContext[CreateServiceAccountRequest, CreateServiceAccountResponse], /) -> CreateServiceAccountResponse:
+        """
+        Creates a service account: a user for a machine caller, with exactly `permissions` and no
+        password. It calls with API keys an admin creates for it (CreateApiKey with its id). Admin only.
+
+        Errors:
+        - INVALID_ARGUMENT: `display_name` is empty after trimming, longer than 100 characters or
+          contains NUL; `permissions` is empty, repeats a permission, or holds PERMISSION_UNSPECIFIED,
+          PERMISSION_PUBLIC or an unknown value.
+        - PERMISSION_DENIED with reason PERMISSION_MISSING: a permission asked for is one the caller
+          does not hold itself (no caller grants more than it has); metadata `permission` names it.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -500,6 +585,17 @@ class UserServiceWSGIApplication(ConnectWSGIApplication):
                     ),
                     function=service.delete_user,
                 ),
+                "/taskservice.v1.UserService/CreateServiceAccount": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="CreateServiceAccount",
+                        service_name="taskservice.v1.UserService",
+                        input=CreateServiceAccountRequest,
+                        output=CreateServiceAccountResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.create_service_account,
+                ),
             },
             interceptors=interceptors,
             read_max_bytes=read_max_bytes,
@@ -523,6 +619,10 @@ class UserServiceClientSync(ConnectClientSync):
     admin-only method; UNAVAILABLE when the database cannot be reached (safe to retry);
     DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a
     server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
     def __init__(
         self,
@@ -646,6 +746,7 @@ class UserServiceClientSync(ConnectClientSync):
         - NOT_FOUND: no user has this id.
         - ALREADY_EXISTS: another user has the new email.
         - FAILED_PRECONDITION: an admin tried to deactivate or demote themself.
+        - FAILED_PRECONDITION with reason SERVICE_ACCOUNT_NOT_ADMIN: `is_admin` set on a service account.
         - ABORTED with reason CONCURRENT_TRANSACTION: rarely, the database still aborted the call for
           colliding with concurrent changes to the same users after the server had retried it a few
           times. Nothing changed; the call is safe to retry as it is.
@@ -688,6 +789,37 @@ class UserServiceClientSync(ConnectClientSync):
                 service_name="taskservice.v1.UserService",
                 input=DeleteUserRequest,
                 output=DeleteUserResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def create_service_account(
+        self,
+        request: CreateServiceAccountRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CreateServiceAccountResponse:
+        """
+        Creates a service account: a user for a machine caller, with exactly `permissions` and no
+        password. It calls with API keys an admin creates for it (CreateApiKey with its id). Admin only.
+
+        Errors:
+        - INVALID_ARGUMENT: `display_name` is empty after trimming, longer than 100 characters or
+          contains NUL; `permissions` is empty, repeats a permission, or holds PERMISSION_UNSPECIFIED,
+          PERMISSION_PUBLIC or an unknown value.
+        - PERMISSION_DENIED with reason PERMISSION_MISSING: a permission asked for is one the caller
+          does not hold itself (no caller grants more than it has); metadata `permission` names it.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CreateServiceAccount",
+                service_name="taskservice.v1.UserService",
+                input=CreateServiceAccountRequest,
+                output=CreateServiceAccountResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from taskservice.v1 import permissions_pb2 as taskservice_dot_v1_dot_permissions__pb2
 from taskservice.v1 import user_pb2 as taskservice_dot_v1_dot_user__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!taskservice/v1/user_service.proto\x12\x0etaskservice.v1\x1a google/protobuf/field_mask.proto\x1a\x19taskservice/v1/user.proto\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.taskservice.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x0e\n\x0cGetMeRequest\"3\n\rGetMeResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\"\x1c\n\x0eGetUserRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"5\n\x0fGetUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\"h\n\x11UpdateUserRequest\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"8\n\x12UpdateUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\"\x1f\n\x11\x44\x65leteUserRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"\x14\n\x12\x44\x65leteUserResponse2\xaa\x03\n\x0bUserService\x12U\n\tListUsers\x12 .taskservice.v1.ListUsersRequest\x1a!.taskservice.v1.ListUsersResponse\"\x03\x90\x02\x01\x12I\n\x05GetMe\x12\x1c.taskservice.v1.GetMeRequest\x1a\x1d.taskservice.v1.GetMeResponse\"\x03\x90\x02\x01\x12O\n\x07GetUser\x12\x1e.taskservice.v1.GetUserRequest\x1a\x1f.taskservice.v1.GetUserResponse\"\x03\x90\x02\x01\x12S\n\nUpdateUser\x12!.taskservice.v1.UpdateUserRequest\x1a\".taskservice.v1.UpdateUserResponse\x12S\n\nDeleteUser\x12!.taskservice.v1.DeleteUserRequest\x1a\".taskservice.v1.DeleteUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!taskservice/v1/user_service.proto\x12\x0etaskservice.v1\x1a google/protobuf/field_mask.proto\x1a taskservice/v1/permissions.proto\x1a\x19taskservice/v1/user.proto\"a\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.taskservice.v1.UserKind\"Q\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.taskservice.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x0e\n\x0cGetMeRequest\"3\n\rGetMeResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\"\x1c\n\x0eGetUserRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"5\n\x0fGetUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\"h\n\x11UpdateUserRequest\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"8\n\x12UpdateUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User\"\x1f\n\x11\x44\x65leteUserRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"\x14\n\x12\x44\x65leteUserResponse\"d\n\x1b\x43reateServiceAccountRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12/\n\x0bpermissions\x18\x02 \x03(\x0e\x32\x1a.taskservice.v1.Permission\"B\n\x1c\x43reateServiceAccountResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.taskservice.v1.User2\xbb\x04\n\x0bUserService\x12Y\n\tListUsers\x12 .taskservice.v1.ListUsersRequest\x1a!.taskservice.v1.ListUsersResponse\"\x07\x90\x02\x01\x88\xb5\x18\x07\x12M\n\x05GetMe\x12\x1c.taskservice.v1.GetMeRequest\x1a\x1d.taskservice.v1.GetMeResponse\"\x07\x90\x02\x01\x88\xb5\x18\x06\x12S\n\x07GetUser\x12\x1e.taskservice.v1.GetUserRequest\x1a\x1f.taskservice.v1.GetUserResponse\"\x07\x90\x02\x01\x88\xb5\x18\x07\x12Y\n\nUpdateUser\x12!.taskservice.v1.UpdateUserRequest\x1a\".taskservice.v1.UpdateUserResponse\"\x04\x88\xb5\x18\x07\x12Y\n\nDeleteUser\x12!.taskservice.v1.DeleteUserRequest\x1a\".taskservice.v1.DeleteUserResponse\"\x04\x88\xb5\x18\x07\x12w\n\x14\x43reateServiceAccount\x12+.taskservice.v1.CreateServiceAccountRequest\x1a,.taskservice.v1.CreateServiceAccountResponse\"\x04\x88\xb5\x18\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,31 +35,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taskservice.v1.user_service
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USERSERVICE'].methods_by_name['ListUsers']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['ListUsers']._serialized_options = b'\220\002\001'
+  _globals['_USERSERVICE'].methods_by_name['ListUsers']._serialized_options = b'\220\002\001\210\265\030\007'
   _globals['_USERSERVICE'].methods_by_name['GetMe']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['GetMe']._serialized_options = b'\220\002\001'
+  _globals['_USERSERVICE'].methods_by_name['GetMe']._serialized_options = b'\220\002\001\210\265\030\006'
   _globals['_USERSERVICE'].methods_by_name['GetUser']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['GetUser']._serialized_options = b'\220\002\001'
-  _globals['_LISTUSERSREQUEST']._serialized_start=114
-  _globals['_LISTUSERSREQUEST']._serialized_end=171
-  _globals['_LISTUSERSRESPONSE']._serialized_start=173
-  _globals['_LISTUSERSRESPONSE']._serialized_end=254
-  _globals['_GETMEREQUEST']._serialized_start=256
-  _globals['_GETMEREQUEST']._serialized_end=270
-  _globals['_GETMERESPONSE']._serialized_start=272
-  _globals['_GETMERESPONSE']._serialized_end=323
-  _globals['_GETUSERREQUEST']._serialized_start=325
-  _globals['_GETUSERREQUEST']._serialized_end=353
-  _globals['_GETUSERRESPONSE']._serialized_start=355
-  _globals['_GETUSERRESPONSE']._serialized_end=408
-  _globals['_UPDATEUSERREQUEST']._serialized_start=410
-  _globals['_UPDATEUSERREQUEST']._serialized_end=514
-  _globals['_UPDATEUSERRESPONSE']._serialized_start=516
-  _globals['_UPDATEUSERRESPONSE']._serialized_end=572
-  _globals['_DELETEUSERREQUEST']._serialized_start=574
-  _globals['_DELETEUSERREQUEST']._serialized_end=605
-  _globals['_DELETEUSERRESPONSE']._serialized_start=607
-  _globals['_DELETEUSERRESPONSE']._serialized_end=627
-  _globals['_USERSERVICE']._serialized_start=630
-  _globals['_USERSERVICE']._serialized_end=1056
+  _globals['_USERSERVICE'].methods_by_name['GetUser']._serialized_options = b'\220\002\001\210\265\030\007'
+  _globals['_USERSERVICE'].methods_by_name['UpdateUser']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['UpdateUser']._serialized_options = b'\210\265\030\007'
+  _globals['_USERSERVICE'].methods_by_name['DeleteUser']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['DeleteUser']._serialized_options = b'\210\265\030\007'
+  _globals['_USERSERVICE'].methods_by_name['CreateServiceAccount']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['CreateServiceAccount']._serialized_options = b'\210\265\030\007'
+  _globals['_LISTUSERSREQUEST']._serialized_start=148
+  _globals['_LISTUSERSREQUEST']._serialized_end=245
+  _globals['_LISTUSERSRESPONSE']._serialized_start=247
+  _globals['_LISTUSERSRESPONSE']._serialized_end=328
+  _globals['_GETMEREQUEST']._serialized_start=330
+  _globals['_GETMEREQUEST']._serialized_end=344
+  _globals['_GETMERESPONSE']._serialized_start=346
+  _globals['_GETMERESPONSE']._serialized_end=397
+  _globals['_GETUSERREQUEST']._serialized_start=399
+  _globals['_GETUSERREQUEST']._serialized_end=427
+  _globals['_GETUSERRESPONSE']._serialized_start=429
+  _globals['_GETUSERRESPONSE']._serialized_end=482
+  _globals['_UPDATEUSERREQUEST']._serialized_start=484
+  _globals['_UPDATEUSERREQUEST']._serialized_end=588
+  _globals['_UPDATEUSERRESPONSE']._serialized_start=590
+  _globals['_UPDATEUSERRESPONSE']._serialized_end=646
+  _globals['_DELETEUSERREQUEST']._serialized_start=648
+  _globals['_DELETEUSERREQUEST']._serialized_end=679
+  _globals['_DELETEUSERRESPONSE']._serialized_start=681
+  _globals['_DELETEUSERRESPONSE']._serialized_end=701
+  _globals['_CREATESERVICEACCOUNTREQUEST']._serialized_start=703
+  _globals['_CREATESERVICEACCOUNTREQUEST']._serialized_end=803
+  _globals['_CREATESERVICEACCOUNTRESPONSE']._serialized_start=805
+  _globals['_CREATESERVICEACCOUNTRESPONSE']._serialized_end=871
+  _globals['_USERSERVICE']._serialized_start=874
+  _globals['_USERSERVICE']._serialized_end=1445
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,10 @@ class UserServiceStub:
     admin-only method; UNAVAILABLE when the database cannot be reached (safe to retry);
     DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a
     server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     def __init__(self, channel):
@@ -67,6 +71,11 @@ class UserServiceStub:
                 request_serializer=taskservice_dot_v1_dot_user__service__pb2.DeleteUserRequest.SerializeToString,
                 response_deserializer=taskservice_dot_v1_dot_user__service__pb2.DeleteUserResponse.FromString,
                 _registered_method=True)
+        self.CreateServiceAccount = channel.unary_unary(
+                '/taskservice.v1.UserService/CreateServiceAccount',
+                request_serializer=taskservice_dot_v1_dot_user__service__pb2.CreateServiceAccountRequest.SerializeToString,
+                response_deserializer=taskservice_dot_v1_dot_user__service__pb2.CreateServiceAccountResponse.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
@@ -78,6 +87,10 @@ class UserServiceServicer:
     admin-only method; UNAVAILABLE when the database cannot be reached (safe to retry);
     DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a
     server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     def ListUsers(self, request, context):
@@ -117,6 +130,7 @@ class UserServiceServicer:
         - NOT_FOUND: no user has this id.
         - ALREADY_EXISTS: another user has the new email.
         - FAILED_PRECONDITION: an admin tried to deactivate or demote themself.
+        - FAILED_PRECONDITION with reason SERVICE_ACCOUNT_NOT_ADMIN: `is_admin` set on a service account.
         - ABORTED with reason CONCURRENT_TRANSACTION: rarely, the database still aborted the call for
         colliding with concurrent changes to the same users after the server had retried it a few
         times. Nothing changed; the call is safe to retry as it is.
@@ -135,6 +149,21 @@ class UserServiceServicer:
         - ABORTED with reason CONCURRENT_TRANSACTION: rarely, the database still aborted the call for
         colliding with concurrent changes to the same users after the server had retried it a few
         times. Nothing changed; the call is safe to retry as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateServiceAccount(self, request, context):
+        """Creates a service account: a user for a machine caller, with exactly `permissions` and no
+        password. It calls with API keys an admin creates for it (CreateApiKey with its id). Admin only.
+
+        Errors:
+        - INVALID_ARGUMENT: `display_name` is empty after trimming, longer than 100 characters or
+        contains NUL; `permissions` is empty, repeats a permission, or holds PERMISSION_UNSPECIFIED,
+        PERMISSION_PUBLIC or an unknown value.
+        - PERMISSION_DENIED with reason PERMISSION_MISSING: a permission asked for is one the caller
+        does not hold itself (no caller grants more than it has); metadata `permission` names it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +197,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     request_deserializer=taskservice_dot_v1_dot_user__service__pb2.DeleteUserRequest.FromString,
                     response_serializer=taskservice_dot_v1_dot_user__service__pb2.DeleteUserResponse.SerializeToString,
             ),
+            'CreateServiceAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateServiceAccount,
+                    request_deserializer=taskservice_dot_v1_dot_user__service__pb2.CreateServiceAccountRequest.FromString,
+                    response_serializer=taskservice_dot_v1_dot_user__service__pb2.CreateServiceAccountResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'taskservice.v1.UserService', rpc_method_handlers)
@@ -185,6 +219,10 @@ class UserService:
     admin-only method; UNAVAILABLE when the database cannot be reached (safe to retry);
     DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED for an oversize request; INTERNAL with a request id for a
     server fault.
+
+    Every method declares the permission it needs (`option (taskservice.v1.requires)`, see
+    permissions.proto). A caller whose API key lacks it gets PERMISSION_DENIED with reason
+    PERMISSION_MISSING and ErrorInfo metadata `permission` naming it.
     """
 
     @staticmethod
@@ -312,6 +350,33 @@ class UserService:
             '/taskservice.v1.UserService/DeleteUser',
             taskservice_dot_v1_dot_user__service__pb2.DeleteUserRequest.SerializeToString,
             taskservice_dot_v1_dot_user__service__pb2.DeleteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateServiceAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskservice.v1.UserService/CreateServiceAccount',
+            taskservice_dot_v1_dot_user__service__pb2.CreateServiceAccountRequest.SerializeToString,
+            taskservice_dot_v1_dot_user__service__pb2.CreateServiceAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from taskservice.db.models import TaskPriority
 from taskservice.db.outages import DatabaseUnreachable, is_outage
 from taskservice.errors import InvalidArgument, OutOfRange, PermissionDenied
+from taskservice.services.authorization import Permission, authorize, may_for_every_owner
 from taskservice.services.filtering import Filter, matches, parse
 from taskservice.services.principal import Principal
 from taskservice.services.task_lists import TASK_FILTER_SCHEMA
@@ -105,10 +106,18 @@ class Watches:
         recheck: Callable[[], Awaitable[Principal]],
     ) -> AsyncIterator[Change | Bookmark]:
         """The stream's changes and bookmarks, until the caller stops or an error ends it."""
-        if owner_id is not None and owner_id != caller.user_id and not caller.is_admin:
-            raise PermissionDenied("OWNER_NOT_ALLOWED", "you may only watch your own tasks")
-        if owner_id is None and not caller.is_admin:
+        if owner_id is None and not may_for_every_owner(caller, Permission.TASKS_READ):
             owner_id = caller.user_id
+        _authorize_watch(caller, owner_id)
+        watched = owner_id
+
+        async def recheck_access() -> Principal:
+            # The caller's rights may shrink while the stream runs (an API key's user demoted
+            # keeps a valid key): the stream ends as soon as it could not start any more.
+            principal = await recheck()
+            _authorize_watch(principal, watched)
+            return principal
+
         problems = []
         if start_revision < 0:
             problems.append(InvalidArgument.field("start_revision", "must not be negative"))
@@ -121,7 +130,7 @@ class Watches:
         await self._feed.current()
         subscription = self._feed.subscribe(owner_id, _accepts(owner_id, parsed))
         try:
-            async for item in self._stream(subscription, start_revision, recheck):
+            async for item in self._stream(subscription, start_revision, recheck_access):
                 yield item
         finally:
             self._feed.unsubscribe(subscription)
@@ -205,3 +214,16 @@ async def _recheck(recheck: Callable[[], Awaitable[Principal]], checked: float) 
             raise DatabaseUnreachable("the database gave no answer to the token check") from exc
         raise
     return time.monotonic()
+
+
+def _authorize_watch(caller: Principal, owner_id: int | None) -> None:
+    """Refuse a stream of `owner_id`'s tasks (None: every owner's) the caller may not read."""
+    if owner_id is None:
+        authorize(caller, Permission.TASKS_READ_ALL, otherwise=_owner_not_allowed)
+    else:
+        authorize(caller, Permission.TASKS_READ, owner_id, otherwise=_owner_not_allowed)
+
+
+def _owner_not_allowed(metadata: dict[str, str]) -> PermissionDenied:
+    """The refusal a regular user watching another owner's tasks has always had."""
+    return PermissionDenied("OWNER_NOT_ALLOWED", "you may only watch your own tasks", metadata)

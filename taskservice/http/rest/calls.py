@@ -241,7 +241,7 @@ class RestCalls:
             code = "OK"
             try:
                 try:
-                    response = await self._call(request, handler, auth, gated)
+                    response = await self._call(request, rpc, handler, auth, gated)
                 except Exception as exc:  # every failure is answered; a bug is also logged
                     code, response = self._failure(exc, rpc, where, texts)
                 response.headers[REQUEST_ID_KEY] = info.request_id
@@ -254,7 +254,9 @@ class RestCalls:
 
         return run
 
-    async def _call(self, request: Request, handler: Handler, auth: Auth, gated: bool) -> Response:
+    async def _call(
+        self, request: Request, rpc: str, handler: Handler, auth: Auth, gated: bool
+    ) -> Response:
         self._in_flight.enter()
         try:
             if gated and not self._is_ready():
@@ -262,7 +264,7 @@ class RestCalls:
             principal = None
             if auth != "none":
                 token = parse_authorization(request.headers.getlist("authorization"))
-                principal = await authenticate(self._auth, token, optional=auth == "optional")
+                principal = await authenticate(self._auth, token, rpc, optional=auth == "optional")
             address = client_address(
                 request.client.host if request.client else None,
                 request.headers.getlist("x-forwarded-for"),

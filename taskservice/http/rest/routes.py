@@ -42,6 +42,7 @@ from taskservice.http.rest.bodies import (
 from taskservice.http.rest.calls import RestCall, RestCalls, json_response, validated
 from taskservice.http.rest.openapi import documentation_routes
 from taskservice.services.auth import AuthService
+from taskservice.services.authorization import Permission, may
 from taskservice.services.pagination import MAX_PAGE_SIZE
 from taskservice.services.principal import Principal
 from taskservice.services.tasks import TaskService, TaskValues
@@ -133,7 +134,9 @@ class Routes:
         """Create an account; `is_admin` is honoured for an admin's token only (see docs)."""
         body = await call.json_body(RegisterBody)
         caller = call.principal
-        make_admin = bool(body.is_admin) and caller is not None and caller.is_admin
+        make_admin = (
+            bool(body.is_admin) and caller is not None and may(caller, Permission.USERS_MANAGE)
+        )
         signed_in = await self._auth.register(
             caller, body.email, body.password, make_admin, call.client_address
         )
@@ -156,7 +159,6 @@ class Routes:
 
     async def list_users(self, call: RestCall) -> Response:
         """Users oldest first, an admin's `skip`/`limit` window."""
-        call.caller.require_admin()
         skip = call.query_int("skip", 0, MAX_SKIP)
         limit = call.query_int("limit", DEFAULT_LIMIT, MAX_LIMIT)
 
@@ -173,13 +175,11 @@ class Routes:
 
     async def get_user(self, call: RestCall) -> Response:
         """Any user, for an admin."""
-        call.caller.require_admin()
         user_id = call.path_id("user_id", _user_not_found)
         return json_response(user_out(await self._users.get_user(call.caller, user_id)))
 
     async def update_user(self, call: RestCall) -> Response:
         """Change the fields sent, for an admin."""
-        call.caller.require_admin()
         user_id = call.path_id("user_id", _user_not_found)
         body = await call.json_body(UserUpdateBody)
         paths = frozenset(
@@ -198,7 +198,6 @@ class Routes:
 
     async def delete_user(self, call: RestCall) -> Response:
         """Delete a user and their tasks, for an admin (never themself: 400)."""
-        call.caller.require_admin()
         user_id = call.path_id("user_id", _user_not_found)
         await self._users.delete_user(call.caller, user_id)
         return json_response({"message": "User deleted successfully"})
