@@ -1,12 +1,16 @@
 """Oracles of the credential RPCs: API keys, refresh tokens, Logout and the audit trail.
 
 Restated from the proto comments: who may manage which keys (their own; admins anyone's; another
-user's reads like a missing one), display names and expiry, key pages newest first; refresh
+user's reads like a missing one), display names, expiry and permissions (each a grantable one,
+at most once, echoed in the enum's order), key pages newest first; refresh
 tokens rotating within a family, a retired one revoking its family, a user's password change,
 deactivation, demotion or deletion ending their families; Logout accepting anything non-empty
 up to 200 characters. Whether an audit filter is valid is asked of the server's own parser (as
 `email_or_none` asks the server's email rule): the filter language is tested on its own in
 test_filtering; here the point is what the list answers around it.
+
+The fuzz never calls with a created key's secret (its callers are access tokens and junk), so
+what a scoped key may do is not modelled here: test_scoped_api_keys covers it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tests.fuzz_rules import (
     effective_page_size,
     only,
     pair,
+    permission_problems,
     stored_time,
     timestamp_problem,
     to_datetime,
@@ -71,6 +76,8 @@ class KeyRow:
     user_id: int
     display_name: str
     expire_time: tuple[int, int] | None
+    #: The permissions it was limited to (enum numbers, in the enum's order); (): not limited.
+    permissions: tuple[int, ...] = ()
 
 
 @dataclass
@@ -215,6 +222,7 @@ class CredentialOracles:
                     conditions.add(INVALID, "expire_time in the past", "expire_time")
                 elif when <= now + _NOW_SLACK:
                     conditions.perhaps(INVALID, "expire_time about now", "expire_time")
+        permissions = permission_problems(request.permissions, conditions)
         held = sum(1 for key in self.cred.api_keys.values() if key.user_id == owner)
         if held >= MAX_KEYS_PER_USER:
             conditions.add(EXHAUSTED, "the user holds 100 keys")
@@ -228,7 +236,9 @@ class CredentialOracles:
             check(len(response.secret) == 64, f"a secret of {len(response.secret)} characters")
             got_expiry = pair(key.expire_time) if key.HasField("expire_time") else None
             check(got_expiry == expire_time, f"expire_time {got_expiry}, expected {expire_time}")
-            self.cred.api_keys[key.id] = KeyRow(key.id, owner, name, expire_time)
+            got = tuple(key.permissions)
+            check(got == permissions, f"permissions {got}, expected {permissions}")
+            self.cred.api_keys[key.id] = KeyRow(key.id, owner, name, expire_time, permissions)
 
         return conditions.expect(on_ok)
 
@@ -263,6 +273,10 @@ class CredentialOracles:
             for key in response.api_keys:
                 row = self.cred.api_keys[key.id]
                 check(key.display_name == row.display_name, f"key {key.id}'s name changed")
+                check(
+                    tuple(key.permissions) == row.permissions,
+                    f"key {key.id}'s permissions {list(key.permissions)}, not {row.permissions}",
+                )
                 check(key.user_id == owner, f"key {key.id} of user {key.user_id} listed")
             self._record_page(response, scope, ids, after)
 

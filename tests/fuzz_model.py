@@ -24,8 +24,11 @@ from tests.fuzz_rules import (
     INVALID,
     NOT_FOUND,
     PRECONDITION,
+    SERVICE_ACCOUNT_NAME_MAX,
     UNAUTHENTICATED,
     USER_FIELDS,
+    USER_KIND_HUMAN,
+    USER_KIND_SERVICE,
     Conditions,
     Credential,
     Expect,
@@ -38,6 +41,7 @@ from tests.fuzz_rules import (
     only,
     pair,
     password_problem,
+    permission_problems,
 )
 from tests.fuzz_tasks import TaskOracles
 
@@ -75,6 +79,7 @@ class Model(TaskOracles, CredentialOracles):
             "/taskservice.v1.UserService/GetUser": self._get_user,
             "/taskservice.v1.UserService/UpdateUser": self._update_user,
             "/taskservice.v1.UserService/DeleteUser": self._delete_user,
+            "/taskservice.v1.UserService/CreateServiceAccount": self._create_service_account,
             **self.task_oracles(),
             **self.credential_oracles(),
         }
@@ -86,8 +91,8 @@ class Model(TaskOracles, CredentialOracles):
         """The full names of the methods the model has an oracle for."""
         return frozenset(self._oracles)
 
-    def add_user(self, user: Message, password: str) -> UserRow:
-        """Record a user from an OK answer that created it."""
+    def add_user(self, user: Message, password: str | None) -> UserRow:
+        """Record a user from an OK answer that created it (a service account: no password)."""
         row = UserRow(
             id=user.id,  # type: ignore[attr-defined]
             email=user.email,  # type: ignore[attr-defined]
@@ -95,6 +100,9 @@ class Model(TaskOracles, CredentialOracles):
             is_admin=user.is_admin,  # type: ignore[attr-defined]
             password=password,
             create_time=pair(user.create_time),  # type: ignore[attr-defined]
+            kind=user.kind,  # type: ignore[attr-defined]
+            display_name=user.display_name,  # type: ignore[attr-defined]
+            permissions=tuple(user.permissions),  # type: ignore[attr-defined]
         )
         self.users[row.id] = row
         return row
@@ -158,6 +166,8 @@ class Model(TaskOracles, CredentialOracles):
             check(user.id > 0 and user.id not in self.users, f"new user has id {user.id}")
             check(user.email == email, f"email {user.email!r}, expected {email!r}")
             check(user.is_active and user.is_admin == request.is_admin, "wrong flags")
+            check(user.kind == USER_KIND_HUMAN, f"a registered user of kind {user.kind}")
+            check(not user.display_name and not user.permissions, "a person with SA fields")
             check(len(user.email) <= EMAIL_MAX, "email longer than 254 characters")
             self._check_token_fields(response)
             self.add_user(user, request.password)
@@ -175,7 +185,10 @@ class Model(TaskOracles, CredentialOracles):
             conditions.add(INVALID, "password is required", "password")
         email = email_or_none(request.email)
         user = next((u for u in self.users.values() if u.email == email), None)
-        if user is None or user.password != request.password or not user.is_active:
+        if user is not None and user.kind == USER_KIND_SERVICE:
+            # Refused before any password is compared, active or not: it has none.
+            conditions.add(PRECONDITION, "a service account cannot sign in with a password")
+        elif user is None or user.password != request.password or not user.is_active:
             conditions.add(UNAUTHENTICATED, "unknown email, wrong password or deactivated")
 
         def on_ok(response: Any) -> None:
@@ -214,8 +227,24 @@ class Model(TaskOracles, CredentialOracles):
     # --- UserService ---------------------------------------------------------------------------
 
     def _check_user(self, message: Any, row: UserRow) -> None:
-        got = (message.id, message.email, message.is_active, message.is_admin)
-        want = (row.id, row.email, row.is_active, row.is_admin)
+        got = (
+            message.id,
+            message.email,
+            message.is_active,
+            message.is_admin,
+            message.kind,
+            message.display_name,
+            tuple(message.permissions),
+        )
+        want = (
+            row.id,
+            row.email,
+            row.is_active,
+            row.is_admin,
+            row.kind,
+            row.display_name,
+            row.permissions,
+        )
         check(got == want, f"user {got} disagrees with the last OK answer {want}")
         check(
             pair(message.create_time) == row.create_time,
@@ -230,11 +259,18 @@ class Model(TaskOracles, CredentialOracles):
         self._admin(caller, conditions)
         if request.page_size < 0:
             conditions.add(INVALID, "negative page_size", "page_size")
-        scope: tuple[object, ...] = ("users",)
+        # Only a known kind filters; UNSPECIFIED and numbers the enum lacks list every user.
+        kind = request.kind if request.kind in {USER_KIND_HUMAN, USER_KIND_SERVICE} else None
+        scope: tuple[object, ...] = ("users", kind)
         after = self._page_position(request.page_token, scope, conditions)
 
         def on_ok(response: Any) -> None:
-            remaining = sorted(u for u in self.users if after is None or u > after)  # type: ignore[operator]
+            remaining = sorted(
+                u.id
+                for u in self.users.values()
+                if (after is None or u.id > after)  # type: ignore[operator]
+                and (kind is None or u.kind == kind)
+            )
             self._check_page(
                 [user.id for user in response.users], remaining, request.page_size, response
             )
@@ -294,6 +330,13 @@ class Model(TaskOracles, CredentialOracles):
             conditions.add(NOT_FOUND, "no such user")
         if (
             target is not None
+            and target.kind == USER_KIND_SERVICE
+            and "is_admin" in paths
+            and request.user.is_admin
+        ):
+            conditions.add(PRECONDITION, "a service account cannot be made an admin")
+        if (
+            target is not None
             and email is not None
             and any(u.email == email and u.id != user_id for u in self.users.values())
         ):
@@ -333,6 +376,41 @@ class Model(TaskOracles, CredentialOracles):
                 self._forget_task(task.id)
             self.keys = {k: v for k, v in self.keys.items() if k[0] != request.id}
             self.forget_user_credentials(request.id)
+
+        return conditions.expect(on_ok)
+
+    def _create_service_account(self, credential: Credential, request: Any) -> Expect:
+        caller, refused = self._authenticated(credential)
+        if caller is None:
+            return refused  # type: ignore[return-value]
+        conditions = Conditions()
+        self._admin(caller, conditions)  # users.manage: an admin's alone
+        name = request.display_name.strip()
+        if "\x00" in name or not 0 < len(name) <= SERVICE_ACCOUNT_NAME_MAX:
+            conditions.add(INVALID, "display_name empty, too long or with NUL", "display_name")
+        if not request.permissions:
+            conditions.add(INVALID, "no permissions", "permissions")
+        permissions = permission_problems(request.permissions, conditions)
+        # PERMISSION_MISSING for a permission the caller lacks cannot happen here: every caller
+        # the fuzz has is a person's access token, and an admin holds every permission.
+
+        def on_ok(response: Any) -> None:
+            user = response.user
+            check(user.id > 0 and user.id not in self.users, f"new user has id {user.id}")
+            check(user.kind == USER_KIND_SERVICE, f"kind {user.kind}")
+            check(user.is_active and not user.is_admin, "a new service account's flags")
+            check(user.display_name == name, f"display_name {user.display_name!r}, not {name!r}")
+            got = tuple(user.permissions)
+            check(got == permissions, f"permissions {got}, expected {permissions}")
+            check(
+                user.email.endswith("@service-accounts.invalid"),
+                f"placeholder email {user.email!r} outside the reserved domain",
+            )
+            check(
+                all(u.email != user.email for u in self.users.values()),
+                f"email {user.email!r} taken",
+            )
+            self.add_user(user, None)
 
         return conditions.expect(on_ok)
 

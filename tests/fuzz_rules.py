@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from taskservice.services.validation import normalize_email
+from taskservice.v1 import permissions_pb2, user_pb2
 
 OK = grpc.StatusCode.OK
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -51,6 +52,17 @@ TASK_FIELDS = frozenset({"title", "description", "status", "due_time", "priority
 #: PatchTask may also name `parent_id` (Task.parent_id's comment; PatchTask's own omits it).
 PATCH_FIELDS = TASK_FIELDS | {"parent_id"}
 USER_FIELDS = frozenset({"email", "is_active", "is_admin"})
+#: Permission enum numbers a key or a service account may be given: every value but
+#: PERMISSION_UNSPECIFIED and PERMISSION_PUBLIC (permissions.proto); anything else is refused.
+GRANTABLE_PERMISSIONS = frozenset(
+    value.number
+    for value in permissions_pb2.Permission.DESCRIPTOR.values
+    if value.name not in {"PERMISSION_UNSPECIFIED", "PERMISSION_PUBLIC"}
+)
+USER_KIND_HUMAN = user_pb2.USER_KIND_HUMAN
+USER_KIND_SERVICE = user_pb2.USER_KIND_SERVICE
+#: A service account's display name: 1 to 100 characters after trimming, no NUL.
+SERVICE_ACCOUNT_NAME_MAX = 100
 STATUSES = frozenset({1, 2, 3})  # TODO, IN_PROGRESS, DONE; 0 is UNSPECIFIED
 PRIORITIES = frozenset({0, 1, 2, 3, 4})  # 0: no priority
 TODO, DONE = 1, 3
@@ -70,10 +82,16 @@ class UserRow:
     email: str
     is_active: bool
     is_admin: bool
-    password: str
+    #: None for a service account: it has no password, and no sign-in path accepts one.
+    password: str | None
     create_time: Pair
     #: Credential generation: bumped on every change that revokes the user's tokens.
     version: int = 0
+    #: User.kind: USER_KIND_HUMAN (1) or USER_KIND_SERVICE (2).
+    kind: int = 1
+    #: A service account's name and permissions (enum numbers, in the enum's order); people: none.
+    display_name: str = ""
+    permissions: tuple[int, ...] = ()
 
 
 @dataclass
@@ -389,3 +407,22 @@ def label_problems(
     if len(kept) > LABELS_MAX:
         problems.append((field_name, f"{len(kept)} labels after merging"))
     return [kept[key] for key in sorted(kept)], problems
+
+
+def permission_problems(
+    numbers: Iterable[int], conditions: Conditions, field: str = "permissions"
+) -> tuple[int, ...]:
+    """The permissions a request's list names, in the enum's order; each bad entry is INVALID.
+
+    An entry is bad when it is not a grantable permission (UNSPECIFIED, PUBLIC or a number the
+    enum lacks), or repeats an earlier one; the violation names `permissions[i]`.
+    """
+    seen: set[int] = set()
+    for index, number in enumerate(numbers):
+        if number not in GRANTABLE_PERMISSIONS:
+            conditions.add(INVALID, f"{number} is not a permission", f"{field}[{index}]")
+        elif number in seen:
+            conditions.add(INVALID, f"{number} repeated", f"{field}[{index}]")
+        else:
+            seen.add(number)
+    return tuple(sorted(seen))

@@ -29,6 +29,7 @@ from tests.fuzz_filters import broken_filters, documented_filters
 from tests.fuzz_rules import (
     DESCRIPTION_MAX,
     EMAIL_MAX,
+    GRANTABLE_PERMISSIONS,
     PASSWORD_MAX_BYTES,
     REQUEST_ID_MAX,
     TIMESTAMP_MAX_SECONDS,
@@ -405,6 +406,22 @@ def batch_ids(pools: Pools) -> st.SearchStrategy[list[int]]:
     return mostly(st.lists(one, max_size=5), many)
 
 
+def permission_lists() -> st.SearchStrategy[list[int]]:
+    """A few distinct grantable permissions, often none.
+
+    Rarely a repeat, or UNSPECIFIED, PUBLIC or a number the enum lacks among them.
+    """
+    grantable = sorted(GRANTABLE_PERMISSIONS)
+    some = st.lists(st.sampled_from(grantable), max_size=2)
+    one_or_more = st.lists(st.sampled_from(grantable), min_size=1, max_size=3)
+    not_one = st.sampled_from([0, 1, 0, 1, max(grantable) + 1, 99, -1, *INT32])
+    bad = st.one_of(
+        st.builds(lambda head, odd, tail: [*head, odd, *tail], some, not_one, some),
+        st.builds(lambda head: [*head, head[0]], one_or_more),
+    )
+    return mostly(st.lists(st.sampled_from(grantable), max_size=4, unique=True), bad)
+
+
 def filters(pools: Pools) -> st.SearchStrategy[str]:
     """None, or a documented filter over the example's tasks; rarely a broken one."""
     documented = documented_filters(
@@ -476,6 +493,7 @@ STRING_HINTS: dict[str, StringHint] = {
 REPEATED_HINTS: dict[str, Callable[[Pools], st.SearchStrategy[list[Any]]]] = {
     "labels": lambda pools: labels(pools.labels),
     "ids": batch_ids,
+    "permissions": lambda pools: permission_lists(),
 }
 
 

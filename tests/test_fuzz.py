@@ -1,9 +1,10 @@
 """Fuzz every RPC over the real server, on SQLite and on PostgreSQL.
 
-Each Hypothesis example starts from empty tables with an admin, two regular users and a few
-tasks (one a subtask), then makes a sequence of calls to methods drawn from every service in the
-generated descriptors, as callers drawn from those users, users it registers, revoked tokens,
-anonymous callers and forged tokens; now and then it goes on with a page walk it began.
+Each Hypothesis example starts from empty tables with an admin, two regular users, a service
+account and a few tasks (one a subtask), then makes a sequence of calls to methods drawn from
+every service in the generated descriptors, as callers drawn from those users, users it
+registers, revoked tokens, anonymous callers and forged tokens; now and then it goes on with a
+page walk it began.
 Requests are type-valid but extreme (tests/fuzz_strategies.py, tests/fuzz_filters.py); the
 model (tests/fuzz_model.py, fuzz_tasks.py, fuzz_lists.py) says which answers the proto comments
 allow. A call fails the run when it gets INTERNAL, UNKNOWN or any code the model does not allow,
@@ -41,7 +42,7 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, select, text
 
 import taskservice.v1
-from taskservice.api.convert import task_to_proto
+from taskservice.api.convert import USER_KINDS, permission_numbers, task_to_proto
 from taskservice.config import Settings
 from taskservice.db.models import (
     ApiKey,
@@ -54,7 +55,8 @@ from taskservice.db.models import (
     User,
 )
 from taskservice.server import Application, build_server
-from taskservice.v1 import task_pb2, task_service_pb2
+from taskservice.services.users import NO_PASSWORD
+from taskservice.v1 import permissions_pb2, task_pb2, task_service_pb2, user_service_pb2
 from tests.conftest import Stubs
 from tests.fuzz_model import Model
 from tests.fuzz_rules import (
@@ -91,6 +93,8 @@ SEED_TASKS = (
     (1, "alice's subtask", 1),
     (2, "bob's task", None),
 )
+#: The display name of the service account every example starts with.
+SEED_SERVICE_ACCOUNT = "the report robot"
 #: Database collations in which titles sort by code point, as the model sorts them.
 CODE_POINT_COLLATIONS = frozenset({"C", "POSIX", "C.UTF-8", "C.utf8", "ucs_basic"})
 
@@ -254,6 +258,17 @@ class Harness:
                 Call(create, credentials[owner], task_service_pb2.CreateTaskRequest(task=task))
             )
             created.append(max(self.model.tasks))
+        # A service account, so that calls about users meet one (it cannot Login, or be made an
+        # admin; ListUsers' kind filter tells it apart): created by the admin, checked the same way.
+        create_account = next(rpc for rpc in RPCS if rpc.method.name == "CreateServiceAccount")
+        request = user_service_pb2.CreateServiceAccountRequest(
+            display_name=SEED_SERVICE_ACCOUNT,
+            permissions=[
+                permissions_pb2.PERMISSION_TASKS_READ,
+                permissions_pb2.PERMISSION_AUDIT_READ,
+            ],
+        )
+        await self.call(Call(create_account, credentials[0], request))
 
     def pools(self, credential: Credential) -> Pools:
         """What the model has met, seen from the caller, for the strategies to reuse."""
@@ -274,14 +289,18 @@ class Harness:
             user_ids=list(model.users),
             gone_user_ids=model.gone_user_ids,
             emails=[user.email for user in model.users.values()],
-            passwords=sorted({user.password for user in model.users.values()}),
+            passwords=sorted({u.password for u in model.users.values() if u.password is not None}),
             page_tokens=[page.token for page in model.pages],
             etags=[task.etag for task in model.tasks.values()],
             stale_etags=[tag for task in model.tasks.values() for tag in task.etags[:-1]],
             request_ids=model.request_ids,
             caller_password=None if caller is None else caller.password,
             etag_of={task.id: task.etag for task in model.tasks.values()},
-            password_of={user.email: user.password for user in model.users.values()},
+            password_of={
+                user.email: user.password
+                for user in model.users.values()
+                if user.password is not None
+            },
             owner_of={task.id: task.owner_id for task in model.tasks.values()},
             live_of={
                 owner: [t.id for t in model.tasks.values() if t.owner_id == owner and not t.deleted]
@@ -513,10 +532,26 @@ class Harness:
                 (k.user_id, k.request_id): k.task_id
                 for k in (await session.scalars(select(TaskCreateRequest))).all()
             }
-        want_users = {u.id: (u.email, u.is_active, u.is_admin) for u in model.users.values()}
-        got_users = {u.id: (u.email, u.is_active, u.is_admin) for u in users.values()}
+        want_users = {
+            u.id: (u.email, u.is_active, u.is_admin, u.kind, u.display_name, list(u.permissions))
+            for u in model.users.values()
+        }
+        got_users = {
+            u.id: (
+                u.email,
+                u.is_active,
+                u.is_admin,
+                USER_KINDS.get(u.kind),
+                u.display_name or "",
+                permission_numbers(u.permissions),
+            )
+            for u in users.values()
+        }
         self._agree("users", got_users, want_users)
         for user_id, row in model.users.items():
+            if row.password is None:  # a service account: no password at all
+                assert users[user_id].password_hash == NO_PASSWORD, f"user {user_id} has one"
+                continue
             stored = users[user_id].password_hash.encode()
             password_matches = await asyncio.to_thread(
                 bcrypt.checkpw, row.password.encode(), stored

@@ -117,13 +117,21 @@ def _converter(field: FieldDescriptor, message: Convert) -> Convert | None:
     return None  # floats and doubles: NaN, infinities and float32's shortest form
 
 
+def _our_annotation(option: FieldDescriptor) -> bool:
+    """Whether an enum value's option is one of the contract's own (a permission's name, say).
+
+    json_format writes an enum value by its name whatever custom options annotate it.
+    """
+    return option.is_extension and option.full_name.startswith("taskservice.")
+
+
 def _enum_converter(field: FieldDescriptor) -> Convert | None:
     enum = field.enum_type
     if enum.full_name.startswith("google.protobuf.") or enum.is_closed:
         return None
     names = {}
     for value in enum.values:
-        if value.GetOptions().ListFields():  # e.g. a json_name spelling of the value
-            return None
+        if any(not _our_annotation(option) for option, _ in value.GetOptions().ListFields()):
+            return None  # an option json_format might heed: let it write the type
         names[value.number] = value.name
     return lambda number: names.get(number, number)
