@@ -113,7 +113,8 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -125,6 +126,15 @@ def _alive(pid: int) -> bool:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         return state != "Z"
     return False
+
+
+def running_postmaster(data_dir: Path) -> int | None:
+    """The pid in `data_dir`'s postmaster.pid while that process runs, else None."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) else None
 
 
 @dataclass
@@ -176,11 +186,7 @@ class PgNode:
 
     def postmaster_pid(self) -> int | None:
         """The running postmaster's process id, from postmaster.pid; None when it is not up."""
-        try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-        except (OSError, ValueError):
-            return None
-        return pid if _alive(pid) else None
+        return running_postmaster(self.data_dir)
 
     def kill(self) -> None:
         """SIGKILL the postmaster, as a crash of PostgreSQL's supervisor does.
@@ -198,7 +204,7 @@ class PgNode:
         children = _children(pid)
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + STATE_TIMEOUT_SECONDS
-        while any(_alive(child) for child in [pid, *children]):
+        while any(alive(child) for child in [pid, *children]):
             if time.monotonic() > deadline:
                 for child in children:
                     with contextlib.suppress(ProcessLookupError):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.pg_cluster import alive, running_postmaster
 from tests.ports import free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -93,25 +94,7 @@ class Node:
 
     def postmaster_pid(self) -> int | None:
         """The running postmaster's pid from `postmaster.pid`, or None when there is none."""
-        try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-        except (OSError, ValueError):
-            return None
-        return pid if _alive(pid) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is not alive for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
+        return running_postmaster(self.data_dir)
 
 
 @dataclass
@@ -454,7 +437,7 @@ def _kill_pid(pid: int) -> None:
     except ProcessLookupError:
         return
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
