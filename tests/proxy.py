@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from sqlalchemy.engine import make_url
+
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target.
@@ -19,6 +21,14 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
         self.blackholed = False
+
+    @classmethod
+    async def before_database(cls, database_url: str) -> tuple[TcpProxy, str]:
+        """A started proxy to `database_url`'s server, and that URL through the proxy."""
+        url = make_url(database_url)
+        proxy = cls(url.host or "127.0.0.1", url.port or 5432)
+        await proxy.start()
+        return proxy, url.set(port=proxy.port).render_as_string(hide_password=False)
 
     async def start(self) -> None:
         """Listen (on a free port the first time, on the same port after a cut)."""

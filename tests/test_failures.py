@@ -35,10 +35,7 @@ FLIP_SECONDS = 5.0
 
 @pytest.fixture
 async def proxied(pg_database_url: str) -> AsyncIterator[tuple[Application, TcpProxy]]:
-    url = make_url(pg_database_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    await proxy.start()
-    proxied_url = url.set(port=proxy.port).render_as_string(hide_password=False)
+    proxy, proxied_url = await TcpProxy.before_database(pg_database_url)
     application = await build_server(make_settings(proxied_url))
     await application.start()
     yield application, proxy
@@ -335,13 +332,8 @@ async def test_a_silent_database_gives_retryable_codes_and_turns_readiness_off(
     Calls end UNAVAILABLE or at their deadline, never UNKNOWN or INTERNAL, and readiness turns
     NOT_SERVING within the documented 5 s.
     """
-    url = make_url(pg_database_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    await proxy.start()
-    settings = make_settings(
-        url.set(port=proxy.port).render_as_string(hide_password=False),
-        db_connect_timeout_seconds=1.0,
-    )
+    proxy, proxied_url = await TcpProxy.before_database(pg_database_url)
+    settings = make_settings(proxied_url, db_connect_timeout_seconds=1.0)
     application = await build_server(settings)
     await application.start()
     try:

@@ -198,14 +198,9 @@ async def _until(condition: object, what: str, deadline: float = DEADLINE) -> No
 async def test_a_server_started_while_the_database_is_away_serves_when_it_comes(
     pg_database_url: str,
 ) -> None:
-    url = make_url(pg_database_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    await proxy.start()
+    proxy, proxied_url = await TcpProxy.before_database(pg_database_url)
     await proxy.cut()  # refused, as a node that is down
-    settings = make_settings(
-        url.set(port=proxy.port).render_as_string(hide_password=False),
-        db_connect_timeout_seconds=1.0,
-    )
+    settings = make_settings(proxied_url, db_connect_timeout_seconds=1.0)
     application = await build_server(settings)
     try:
         await application.start()  # starts, rather than crash-looping
@@ -236,13 +231,9 @@ async def test_a_watch_stream_rides_through_a_short_outage(
     pg_database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="taskservice.watch.streams")
-    url = make_url(pg_database_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    await proxy.start()
+    proxy, proxied_url = await TcpProxy.before_database(pg_database_url)
     settings = make_settings(
-        url.set(port=proxy.port).render_as_string(hide_password=False),
-        db_connect_timeout_seconds=1.0,
-        watch_bookmark_seconds=0.2,
+        proxied_url, db_connect_timeout_seconds=1.0, watch_bookmark_seconds=0.2
     )
     application = await build_server(settings)
     await application.start()

@@ -16,7 +16,6 @@ import httpx
 import jwt
 import pytest
 from openapi_spec_validator import validate
-from sqlalchemy.engine import make_url
 
 from taskservice.http.rest.routes import MAX_LIMIT, MAX_SKIP
 from taskservice.server import Application, build_server
@@ -447,15 +446,8 @@ async def test_an_unexpected_error_is_500_with_only_a_request_id(
 
 async def test_a_database_outage_is_503(pg_database_url: str) -> None:
     """A real outage (the database's connections cut and refused) answers 503, never 500."""
-    url = make_url(pg_database_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    await proxy.start()
-    app = await build_server(
-        make_settings(
-            url.set(port=proxy.port).render_as_string(hide_password=False),
-            db_connect_timeout_seconds=1.0,
-        )
-    )
+    proxy, proxied_url = await TcpProxy.before_database(pg_database_url)
+    app = await build_server(make_settings(proxied_url, db_connect_timeout_seconds=1.0))
     await app.start()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.http_port}") as http:
