@@ -313,8 +313,9 @@ class Database:
 
         On PostgreSQL a node in recovery (a standby, or a primary being demoted), or a session
         that is read-only, answers reads but refuses every write this service makes: it counts
-        as down, and the connection that found it is discarded with both pools, so the next
-        one is made afresh (to a read-write node, with `target_session_attrs=read-write`).
+        as down. The connection that found it is discarded, and so are the fast reads' pooled
+        connections, so the next ones are made afresh (to a read-write node, with
+        `target_session_attrs=read-write`).
         """
         async with self.engine.connect() as connection:
             if not self._autocommit:
