@@ -119,14 +119,19 @@ def status_of(
     A domain error's own status; anything else as `unexpected_status` says.
     """
     if isinstance(exc, errors.DomainError):
-        if (
-            isinstance(exc, errors.PermissionDenied)
-            and "permission" in exc.metadata
-            and (call := current_call()) is not None
-        ):
-            call.denied_permission = exc.metadata["permission"]
+        note_refusal(exc)
         return to_status(exc)
     return unexpected_status(exc, method, on_database_error)
+
+
+def note_refusal(exc: errors.DomainError) -> None:
+    """Tell the call which permission a refusal named, for the permission-denied metric."""
+    if (
+        isinstance(exc, errors.PermissionDenied)
+        and "permission" in exc.metadata
+        and (call := current_call()) is not None
+    ):
+        call.denied_permission = exc.metadata["permission"]
 
 
 def unexpected_status(

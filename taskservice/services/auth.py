@@ -36,7 +36,13 @@ from taskservice.services import audit
 from taskservice.services.api_keys import ApiKeyService
 from taskservice.services.audit import AuditTrail, log_event
 from taskservice.services.auth_state import AuthStateStore
-from taskservice.services.authorization import Permission, authorize
+from taskservice.services.authorization import (
+    ADMIN_ROLE,
+    Permission,
+    authorize,
+    authorize_granting,
+    may,
+)
 from taskservice.services.clock import Clock
 from taskservice.services.principal import Principal
 from taskservice.services.throttle import Limit, Throttle, account_key, address_key
@@ -141,11 +147,14 @@ class AuthService:
     ) -> SignedIn:
         """Create a user. Only an admin may create an admin; anyone may create a regular user.
 
-        Anonymous registrations are throttled per client address (admins' are not).
+        Registrations are throttled per client address, except those by callers holding
+        `users.manage` (admins).
         """
         if is_admin:  # creating an admin is managing users
             _admin_creation_needs_users_manage(caller)
-        if caller is None and (key := address_key("register", client_address)) is not None:
+        # Only those who may create users anyway skip the throttle; any other token does not.
+        throttled = caller is None or not may(caller, Permission.USERS_MANAGE)
+        if throttled and (key := address_key("register", client_address)) is not None:
             await self._throttled(
                 self._throttle.attempt(
                     [Limit(key, self._policy.max_registrations_per_address)],
@@ -454,7 +463,7 @@ def _user_gone() -> Unauthenticated:
 
 
 def _admin_creation_needs_users_manage(caller: Principal | None) -> None:
-    """Refuse to create an admin unless the caller holds `users.manage`."""
+    """Refuse to create an admin unless the caller holds `users.manage` and all an admin has."""
 
     def refused(metadata: dict[str, str]) -> PermissionDenied:
         return PermissionDenied(
@@ -464,6 +473,7 @@ def _admin_creation_needs_users_manage(caller: Principal | None) -> None:
     if caller is None:
         raise refused({"permission": Permission.USERS_MANAGE.value})
     authorize(caller, Permission.USERS_MANAGE, otherwise=refused)
+    authorize_granting(caller, ADMIN_ROLE)  # an administrator holds every permission
 
 
 def no_password() -> FailedPrecondition:

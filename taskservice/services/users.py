@@ -26,10 +26,11 @@ from taskservice.services import audit
 from taskservice.services.audit import AuditTrail
 from taskservice.services.auth_state import AuthStateStore
 from taskservice.services.authorization import (
+    ADMIN_ROLE,
     Permission,
     authorize,
+    authorize_granting,
     check_permission_names,
-    permission_missing,
     stored_permissions,
 )
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
@@ -157,6 +158,8 @@ class UserService:
     async def update_user(self, caller: Principal, user_id: int, changes: UserChanges) -> User:
         """Change the fields in `changes.paths`; demotion and deactivation revoke tokens."""
         email = _check_changes(changes, id_violation("user.id", user_id))
+        if "is_admin" in changes.paths and changes.is_admin:
+            authorize_granting(caller, ADMIN_ROLE)  # an administrator holds every permission
         if user_id == caller.user_id and (
             ("is_active" in changes.paths and not changes.is_active)
             or ("is_admin" in changes.paths and not changes.is_admin)
@@ -235,9 +238,7 @@ class UserService:
         if not permissions:
             problems.add(FieldViolation("permissions", "name at least one permission"))
         problems.raise_if_any()
-        for permission in Permission:  # in the enum's order: the first one lacking is named
-            if permission in chosen and permission not in caller.permissions:
-                raise permission_missing(permission)
+        authorize_granting(caller, chosen)
         user = User(
             email=f"service-account-{secrets.token_hex(8)}@{SERVICE_ACCOUNT_EMAIL_DOMAIN}",
             password_hash=NO_PASSWORD,
