@@ -31,6 +31,7 @@ from taskservice.api.metrics import ServerMetrics
 from taskservice.api.reflection import enable_reflection
 from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
+from taskservice.calls.certificates import CertificateIdentities
 from taskservice.calls.context import current_call
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.config import ConfigError, Settings
@@ -295,7 +296,7 @@ async def build_server(
             UnaryCallLimitInterceptor(UnaryCallLimit(settings.max_concurrent_rpcs)),
             ErrorInterceptor(on_database_error=monitor.suspect),
             AvailabilityInterceptor(monitor),
-            AuthInterceptor(auth),
+            AuthInterceptor(auth, CertificateIdentities(settings.mtls_identity_accounts)),
         ],
         options=server_options(settings, reuse_port=reuse_port),
     )

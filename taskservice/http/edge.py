@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from taskservice.api.health import HealthMonitor
+from taskservice.calls.certificates import CertificateIdentities
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics
 from taskservice.config import Settings
@@ -84,10 +85,11 @@ def build_http_app(
     Both share the port's MAX_CONCURRENT_RPCS, its outage gate and its CORS policy.
     """
     in_flight = UnaryCallLimit(settings.max_concurrent_rpcs)
+    identities = CertificateIdentities(settings.mtls_identity_accounts)
     interceptors = (
         ObserveAndMapErrors(metrics, on_database_error=health.suspect),
         ConcurrencyLimit(in_flight),
-        GateAndAuthenticate(auth, is_ready=lambda: health.ready),
+        GateAndAuthenticate(auth, is_ready=lambda: health.ready, identities=identities),
     )
     options = connect_options(interceptors, settings.max_message_bytes)
     apps: list[Any] = [
@@ -103,6 +105,7 @@ def build_http_app(
         on_database_error=health.suspect,
         trusted_proxies=settings.trusted_proxy_networks,
         max_body_bytes=settings.max_message_bytes,
+        identities=identities,
     )
     return with_cors(Router(apps, build_rest_app(calls, rest)), settings.cors_origins)
 

@@ -34,11 +34,13 @@ from starlette.responses import JSONResponse, Response
 
 from taskservice import errors
 from taskservice.calls.authentication import authenticate, parse_authorization
+from taskservice.calls.certificates import CertificateIdentities
 from taskservice.calls.context import REQUEST_ID_KEY
 from taskservice.calls.errors import database_unavailable, status_code, unexpected_status
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics, MethodObserver
 from taskservice.config import IPNetwork
+from taskservice.http.peer_certificate import certificate_account
 from taskservice.http.rest.bodies import RequestInvalid, from_validation_error, invalid
 from taskservice.services.auth import AuthService
 from taskservice.services.client_address import client_address
@@ -201,8 +203,10 @@ class RestCalls:
         on_database_error: Callable[[], None],
         trusted_proxies: Sequence[IPNetwork],
         max_body_bytes: int,
+        identities: CertificateIdentities | None = None,
     ) -> None:
         self._auth = auth
+        self._identities = identities or CertificateIdentities({})
         self._metrics = metrics
         self._in_flight = in_flight
         self._is_ready = is_ready
@@ -264,7 +268,13 @@ class RestCalls:
             principal = None
             if auth != "none":
                 token = parse_authorization(request.headers.getlist("authorization"))
-                principal = await authenticate(self._auth, token, rpc, optional=auth == "optional")
+                principal = await authenticate(
+                    self._auth,
+                    token,
+                    rpc,
+                    optional=auth == "optional",
+                    certificate_account=certificate_account(self._identities, token),
+                )
             address = client_address(
                 request.client.host if request.client else None,
                 request.headers.getlist("x-forwarded-for"),
