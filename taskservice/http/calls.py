@@ -33,6 +33,7 @@ from taskservice.calls.context import REQUEST_ID_KEY
 from taskservice.calls.errors import database_unavailable, status_of, to_status
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics, MethodObserver, Observation
+from taskservice.calls.refusals import RefusalAudit
 from taskservice.http.errors import code_name, connect_error
 from taskservice.http.peer_certificate import certificate_account
 from taskservice.services.auth import AuthService
@@ -76,9 +77,15 @@ class ObserveAndMapErrors:
     them; a library error (a ConnectError) is kept.
     """
 
-    def __init__(self, metrics: CallMetrics, on_database_error: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        metrics: CallMetrics,
+        on_database_error: Callable[[], None],
+        refusals: RefusalAudit | None = None,
+    ) -> None:
         self._metrics = metrics
         self._on_database_error = on_database_error
+        self._refusals = refusals
         self._observers: dict[tuple[str, str, str], MethodObserver] = {}
 
     async def on_start(self, ctx: RequestContext) -> _Started:
@@ -98,6 +105,8 @@ class ObserveAndMapErrors:
             if error is None:
                 return
             mapped = self._mapped(error, method_path(ctx))
+            if self._refusals is not None:
+                await self._refusals.after_call(method_path(ctx))
             code = code_name(mapped.code) if isinstance(mapped, ConnectError) else "UNKNOWN"
             raise mapped from None
         finally:

@@ -15,6 +15,7 @@ from taskservice.api.health import HealthMonitor
 from taskservice.calls.certificates import CertificateIdentities
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics
+from taskservice.calls.refusals import RefusalAudit
 from taskservice.config import Settings
 from taskservice.http.app import (
     ASGIApp,
@@ -79,6 +80,7 @@ def build_http_app(
     health: HealthMonitor,
     metrics: CallMetrics,
     rest: RestServices,
+    refusals: RefusalAudit | None = None,
 ) -> ASGIApp:
     """The ASGI application: every servicer over Connect and gRPC-Web, and the REST routes.
 
@@ -87,7 +89,7 @@ def build_http_app(
     in_flight = UnaryCallLimit(settings.max_concurrent_rpcs)
     identities = CertificateIdentities(settings.mtls_identity_accounts)
     interceptors = (
-        ObserveAndMapErrors(metrics, on_database_error=health.suspect),
+        ObserveAndMapErrors(metrics, on_database_error=health.suspect, refusals=refusals),
         ConcurrencyLimit(in_flight),
         GateAndAuthenticate(auth, is_ready=lambda: health.ready, identities=identities),
     )
@@ -106,6 +108,7 @@ def build_http_app(
         trusted_proxies=settings.trusted_proxy_networks,
         max_body_bytes=settings.max_message_bytes,
         identities=identities,
+        refusals=refusals,
     )
     return with_cors(Router(apps, build_rest_app(calls, rest)), settings.cors_origins)
 
@@ -119,9 +122,18 @@ def build_http_server(
     metrics: CallMetrics,
     rest: RestServices,
     reuse_port: bool = False,
+    refusals: RefusalAudit | None = None,
 ) -> HttpServer:
     """The HTTP edge, bound to HTTP_HOST:HTTP_PORT but not yet serving."""
     assert settings.http_port is not None  # noqa: S101 - callers check HTTP_PORT is on
-    app = build_http_app(settings, servicers, auth=auth, health=health, metrics=metrics, rest=rest)
+    app = build_http_app(
+        settings,
+        servicers,
+        auth=auth,
+        health=health,
+        metrics=metrics,
+        rest=rest,
+        refusals=refusals,
+    )
     sock = bind_socket(settings.http_host, settings.http_port, reuse_port=reuse_port)
     return HttpServer(app, settings, sock)

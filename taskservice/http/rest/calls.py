@@ -36,9 +36,15 @@ from taskservice import errors
 from taskservice.calls.authentication import authenticate, parse_authorization
 from taskservice.calls.certificates import CertificateIdentities
 from taskservice.calls.context import REQUEST_ID_KEY
-from taskservice.calls.errors import database_unavailable, status_code, unexpected_status
+from taskservice.calls.errors import (
+    database_unavailable,
+    note_refusal,
+    status_code,
+    unexpected_status,
+)
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics, MethodObserver
+from taskservice.calls.refusals import RefusalAudit
 from taskservice.config import IPNetwork
 from taskservice.http.peer_certificate import certificate_account
 from taskservice.http.rest.bodies import RequestInvalid, from_validation_error, invalid
@@ -204,7 +210,9 @@ class RestCalls:
         trusted_proxies: Sequence[IPNetwork],
         max_body_bytes: int,
         identities: CertificateIdentities | None = None,
+        refusals: RefusalAudit | None = None,
     ) -> None:
+        self._refusals = refusals
         self._auth = auth
         self._identities = identities or CertificateIdentities({})
         self._metrics = metrics
@@ -248,6 +256,8 @@ class RestCalls:
                     response = await self._call(request, rpc, handler, auth, gated)
                 except Exception as exc:  # every failure is answered; a bug is also logged
                     code, response = self._failure(exc, rpc, where, texts)
+                    if self._refusals is not None:
+                        await self._refusals.after_call(rpc)
                 response.headers[REQUEST_ID_KEY] = info.request_id
                 return response
             except asyncio.CancelledError:  # the client went away: logged as on the other edges
@@ -298,6 +308,7 @@ class RestCalls:
         if isinstance(exc, BodyTooLarge):
             return "RESOURCE_EXHAUSTED", _detail(413, "request body too large")
         if isinstance(exc, errors.DomainError):
+            note_refusal(exc)
             return _domain_failure(exc, locations, texts)
         status = unexpected_status(exc, rpc, self._on_database_error)
         code = code_pb2.Code.Name(status.code)
