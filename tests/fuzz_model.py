@@ -24,6 +24,7 @@ from tests.fuzz_rules import (
     INVALID,
     NOT_FOUND,
     PRECONDITION,
+    SERVICE_ACCOUNT_FIELDS,
     SERVICE_ACCOUNT_NAME_MAX,
     UNAUTHENTICATED,
     USER_FIELDS,
@@ -335,6 +336,22 @@ class Model(TaskOracles, CredentialOracles):
             and request.user.is_admin
         ):
             conditions.add(PRECONDITION, "a service account cannot be made an admin")
+        name = request.user.display_name.strip()
+        if "display_name" in paths and (
+            "\x00" in name or not 0 < len(name) <= SERVICE_ACCOUNT_NAME_MAX
+        ):
+            conditions.add(INVALID, "display_name empty, too long or with NUL", "user.display_name")
+        granted = None
+        if "permissions" in paths:
+            if not request.user.permissions:
+                conditions.add(INVALID, "no permissions", "user.permissions")
+            granted = permission_problems(request.user.permissions, conditions, "user.permissions")
+        if (
+            target is not None
+            and target.kind != USER_KIND_SERVICE
+            and paths & SERVICE_ACCOUNT_FIELDS
+        ):
+            conditions.add(PRECONDITION, "display_name or permissions of a person")
         if (
             target is not None
             and email is not None
@@ -352,6 +369,10 @@ class Model(TaskOracles, CredentialOracles):
                 target.is_active = request.user.is_active
             if "is_admin" in paths:
                 target.is_admin = request.user.is_admin
+            if "display_name" in paths:
+                target.display_name = name
+            if granted is not None:
+                target.permissions = granted
             self._check_user(response.user, target)
 
         return conditions.expect(on_ok)

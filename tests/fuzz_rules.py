@@ -51,7 +51,9 @@ ORDER_FIELDS = ("create_time", "update_time", "due_time", "priority", "title", "
 TASK_FIELDS = frozenset({"title", "description", "status", "due_time", "priority", "labels"})
 #: PatchTask may also name `parent_id` (Task.parent_id's comment; PatchTask's own omits it).
 PATCH_FIELDS = TASK_FIELDS | {"parent_id"}
-USER_FIELDS = frozenset({"email", "is_active", "is_admin"})
+USER_FIELDS = frozenset({"email", "is_active", "is_admin", "display_name", "permissions"})
+#: Of those, the fields only a service account has (UpdateUser on a person: FAILED_PRECONDITION).
+SERVICE_ACCOUNT_FIELDS = frozenset({"display_name", "permissions"})
 #: Permission enum numbers a key or a service account may be given: every value but
 #: PERMISSION_UNSPECIFIED and PERMISSION_PUBLIC (permissions.proto); anything else is refused.
 GRANTABLE_PERMISSIONS = frozenset(
