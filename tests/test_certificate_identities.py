@@ -25,7 +25,14 @@ from taskservice.v1 import user_service_pb2 as users_pb
 from tests.conftest import Stubs, make_settings
 from tests.helpers import Account, fails, make_admin, register
 from tests.http_client import auth_headers, connect_failure, connect_json
-from tests.test_tls import Credential, Pki, _https, _issue, _secure
+from tests.test_tls import (
+    Credential,
+    Pki,
+    _https,
+    _issue,
+    _secure,
+    pki,  # noqa: F401 - a fixture
+)
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -47,12 +54,17 @@ class Mesh:
     clients: dict[str, Credential]
 
 
-def _client(pki: Pki, *names: x509.GeneralName) -> Credential:
-    return _issue("workload", pki.ca, names=names)
+def _client(authority: Pki, *names: x509.GeneralName) -> Credential:
+    return _issue("workload", authority.ca, names=names)
 
 
 @pytest.fixture
-async def mesh(app: Application, stubs: Stubs, pki: Pki, database_url: str) -> AsyncIterator[Mesh]:
+async def mesh(
+    app: Application,
+    stubs: Stubs,
+    pki: Pki,  # noqa: F811 - the fixture
+    database_url: str,
+) -> AsyncIterator[Mesh]:
     admin = await make_admin(app, stubs)
     account = (
         await stubs.users.CreateServiceAccount(
@@ -85,18 +97,6 @@ async def mesh(app: Application, stubs: Stubs, pki: Pki, database_url: str) -> A
     await mapped.start()
     yield Mesh(mapped, pki, admin, account, person, clients)
     await mapped.stop(grace=None)
-
-
-@pytest.fixture
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    ca = _issue("test CA", ca=True)
-    server = _issue("localhost", ca, server=True)
-    directory = tmp_path_factory.mktemp("pki")
-    files = {}
-    for name, data in {"ca": ca.cert, "cert": server.cert, "key": server.key}.items():
-        files[name] = directory / f"{name}.pem"
-        files[name].write_bytes(data)
-    return Pki(ca, server, server, server, files)
 
 
 def _stubs(mesh: Mesh, client: str) -> tuple[grpc.aio.Channel, Stubs]:

@@ -6,36 +6,23 @@ other within the bound that already holds for revoking tokens (PROPAGATION_SECON
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
-import pytest
 
-from taskservice.server import Application, build_server
+from taskservice.server import Application
 from taskservice.v1 import api_key_service_pb2 as keys_pb
 from taskservice.v1 import permissions_pb2 as perms
 from taskservice.v1 import task_service_pb2 as tasks_pb
 from taskservice.v1 import user_pb2
 from taskservice.v1 import user_service_pb2 as users_pb
-from tests.conftest import Stubs, make_settings, stubs_for
+from tests.conftest import Stubs, stubs_for
 from tests.helpers import Account, fails, make_admin, register
+from tests.test_api_keys import replicas  # noqa: F401 - a fixture
 from tests.test_auth_state import PROPAGATION_SECONDS, _eventually
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
-
-
-@pytest.fixture
-async def replicas(database_url: str) -> AsyncIterator[tuple[Application, Application]]:
-    """Two servers on one database (on SQLite, as WORKERS=2 runs them: neither caches)."""
-    apps = [await build_server(make_settings(database_url, workers=2)) for _ in range(2)]
-    for application in apps:
-        await application.start()
-    yield apps[0], apps[1]
-    for application in apps:
-        await application.stop(grace=None)
 
 
 async def _account(stubs: Stubs, admin: Account, name: str, *granted: int) -> user_pb2.User:
@@ -71,7 +58,7 @@ async def _outcome(stubs: Stubs, key: Account) -> str:
 
 
 async def test_a_service_account_is_restricted_deactivated_and_deleted_across_servers(
-    replicas: tuple[Application, Application],
+    replicas: tuple[Application, Application],  # noqa: F811 - the fixture
 ) -> None:
     first, second = replicas
     async with stubs_for(first) as via_first, stubs_for(second) as via_second:
