@@ -224,6 +224,34 @@ async def test_a_certificate_watch_needs_the_accounts_tasks_read(mesh: Mesh) -> 
     assert failure.error_metadata == {"permission": "tasks.read"}
 
 
+async def test_a_certificate_watch_ends_once_its_account_is_deactivated(mesh: Mesh) -> None:
+    channel, stubs = _stubs(mesh, "spiffe")
+    admin_channel, admin = _stubs(mesh, "admin")
+    async with channel, admin_channel:
+        await admin.users.UpdateUser(
+            users_pb.UpdateUserRequest(
+                user={"id": mesh.account.id, "permissions": [perms.PERMISSION_TASKS_READ]},
+                update_mask={"paths": ["permissions"]},
+            ),
+            metadata=mesh.admin.metadata,
+        )
+        stream = stubs.tasks.WatchTasks(tasks_pb.WatchTasksRequest(), timeout=30)
+        first = await _first(stream)
+        assert first is not None  # the stream is live, authenticated by the certificate
+        await admin.users.UpdateUser(
+            users_pb.UpdateUserRequest(
+                user={"id": mesh.account.id, "is_active": False},
+                update_mask={"paths": ["is_active"]},
+            ),
+            metadata=mesh.admin.metadata,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            async for _ in stream:
+                pass
+    assert ended.value.code() == UNAUTHENTICATED
+    assert "CERTIFICATE_REVOKED" in str(ended.value.trailing_metadata())
+
+
 async def _first(stream: AsyncIterator[object]) -> object:
     async for message in stream:
         return message
