@@ -22,6 +22,9 @@ from taskservice import errors
 from taskservice.calls.context import current_call
 from taskservice.db import outages
 
+#: The reason of a refusal for a permission the call's credential lacks (audited).
+PERMISSION_MISSING = "PERMISSION_MISSING"
+
 logger = logging.getLogger("taskservice.api.errors")
 
 #: ErrorInfo.domain of every error this service raises.
@@ -125,13 +128,14 @@ def status_of(
 
 
 def note_refusal(exc: errors.DomainError) -> None:
-    """Tell the call which permission a refusal named, for the permission-denied metric."""
+    """Note on the call a refusal that names a permission, for the metric and the audit trail."""
     if (
         isinstance(exc, errors.PermissionDenied)
         and "permission" in exc.metadata
         and (call := current_call()) is not None
     ):
         call.denied_permission = exc.metadata["permission"]
+        call.permission_missing = exc.reason == PERMISSION_MISSING
 
 
 def unexpected_status(

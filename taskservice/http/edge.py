@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from taskservice.api.health import HealthMonitor
+from taskservice.calls.certificates import CertificateIdentities
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics
+from taskservice.calls.refusals import RefusalAudit
 from taskservice.config import Settings
 from taskservice.http.app import (
     ASGIApp,
@@ -78,16 +80,18 @@ def build_http_app(
     health: HealthMonitor,
     metrics: CallMetrics,
     rest: RestServices,
+    refusals: RefusalAudit | None = None,
 ) -> ASGIApp:
     """The ASGI application: every servicer over Connect and gRPC-Web, and the REST routes.
 
     Both share the port's MAX_CONCURRENT_RPCS, its outage gate and its CORS policy.
     """
     in_flight = UnaryCallLimit(settings.max_concurrent_rpcs)
+    identities = CertificateIdentities(settings.mtls_identity_accounts)
     interceptors = (
-        ObserveAndMapErrors(metrics, on_database_error=health.suspect),
+        ObserveAndMapErrors(metrics, on_database_error=health.suspect, refusals=refusals),
         ConcurrencyLimit(in_flight),
-        GateAndAuthenticate(auth, is_ready=lambda: health.ready),
+        GateAndAuthenticate(auth, is_ready=lambda: health.ready, identities=identities),
     )
     options = connect_options(interceptors, settings.max_message_bytes)
     apps: list[Any] = [
@@ -103,6 +107,8 @@ def build_http_app(
         on_database_error=health.suspect,
         trusted_proxies=settings.trusted_proxy_networks,
         max_body_bytes=settings.max_message_bytes,
+        identities=identities,
+        refusals=refusals,
     )
     return with_cors(Router(apps, build_rest_app(calls, rest)), settings.cors_origins)
 
@@ -116,9 +122,18 @@ def build_http_server(
     metrics: CallMetrics,
     rest: RestServices,
     reuse_port: bool = False,
+    refusals: RefusalAudit | None = None,
 ) -> HttpServer:
     """The HTTP edge, bound to HTTP_HOST:HTTP_PORT but not yet serving."""
     assert settings.http_port is not None  # noqa: S101 - callers check HTTP_PORT is on
-    app = build_http_app(settings, servicers, auth=auth, health=health, metrics=metrics, rest=rest)
+    app = build_http_app(
+        settings,
+        servicers,
+        auth=auth,
+        health=health,
+        metrics=metrics,
+        rest=rest,
+        refusals=refusals,
+    )
     sock = bind_socket(settings.http_host, settings.http_port, reuse_port=reuse_port)
     return HttpServer(app, settings, sock)

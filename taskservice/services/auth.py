@@ -42,6 +42,7 @@ from taskservice.services.authorization import (
     authorize,
     authorize_granting,
     may,
+    parse_stored,
 )
 from taskservice.services.clock import Clock
 from taskservice.services.principal import Principal
@@ -136,6 +137,28 @@ class AuthService:
                 "access token was revoked by a password or role change; log in again",
             )
         return Principal(user_id=claims.user_id, is_admin=state.is_admin)
+
+    async def authenticate_certificate(self, user_id: int) -> Principal:
+        """The service account a client certificate is mapped to, if it exists and is active.
+
+        Only service accounts: a certificate mapped to a person (a mistake in MTLS_IDENTITIES)
+        would be a credential no one can revoke by deactivating keys or changing a password, so
+        it authenticates nobody, exactly as a deleted or deactivated account's certificate.
+        The state is read as for every API key call, so a deactivation is seen as soon.
+        """
+        state = await self._states.get(user_id)
+        if state is None or not state.is_active or not state.is_service_account:
+            raise Unauthenticated(
+                "CERTIFICATE_REVOKED",
+                "the account this client certificate maps to is deactivated, deleted "
+                "or not a service account",
+            )
+        return Principal(
+            user_id=user_id,
+            is_admin=False,
+            via_certificate=True,
+            granted=parse_stored(state.permissions),
+        )
 
     async def register(
         self,

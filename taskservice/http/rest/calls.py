@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 
 from taskservice import errors
 from taskservice.calls.authentication import authenticate, parse_authorization
+from taskservice.calls.certificates import CertificateIdentities
 from taskservice.calls.context import REQUEST_ID_KEY
 from taskservice.calls.errors import (
     database_unavailable,
@@ -43,7 +44,9 @@ from taskservice.calls.errors import (
 )
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics, MethodObserver
+from taskservice.calls.refusals import RefusalAudit
 from taskservice.config import IPNetwork
+from taskservice.http.peer_certificate import certificate_account
 from taskservice.http.rest.bodies import RequestInvalid, from_validation_error, invalid
 from taskservice.services.auth import AuthService
 from taskservice.services.client_address import client_address
@@ -212,8 +215,12 @@ class RestCalls:
         on_database_error: Callable[[], None],
         trusted_proxies: Sequence[IPNetwork],
         max_body_bytes: int,
+        identities: CertificateIdentities | None = None,
+        refusals: RefusalAudit | None = None,
     ) -> None:
+        self._refusals = refusals
         self._auth = auth
+        self._identities = identities or CertificateIdentities({})
         self._metrics = metrics
         self._in_flight = in_flight
         self._is_ready = is_ready
@@ -255,6 +262,8 @@ class RestCalls:
                     response = await self._call(request, rpc, handler, auth, gated)
                 except Exception as exc:  # every failure is answered; a bug is also logged
                     code, response = self._failure(exc, rpc, where, texts)
+                    if self._refusals is not None:
+                        await self._refusals.after_call(rpc)
                 response.headers[REQUEST_ID_KEY] = info.request_id
                 return response
             except asyncio.CancelledError:  # the client went away: logged as on the other edges
@@ -277,7 +286,11 @@ class RestCalls:
                 token = parse_authorization(request.headers.getlist("authorization"))
                 try:
                     principal = await authenticate(
-                        self._auth, token, rpc, optional=auth != "required"
+                        self._auth,
+                        token,
+                        rpc,
+                        optional=auth != "required",
+                        certificate_account=certificate_account(self._identities, token),
                     )
                 except errors.Unauthenticated:
                     if auth != "lenient":
