@@ -129,7 +129,7 @@ class AuthService:
                 "TOKEN_REVOKED",
                 "access token was revoked by a password or role change; log in again",
             )
-        return Principal(user_id=claims.user_id, is_admin=state.is_admin)
+        return Principal(user_id=claims.user_id, is_admin=state.is_admin, email=state.email)
 
     async def register(
         self,

@@ -205,7 +205,8 @@ class UserService:
                     )
                 if revokes:
                     user.token_version += 1
-                if changes.paths & {"is_active", "is_admin"}:
+                if changes.paths & {"is_active", "is_admin", "email"}:
+                    # Every process forgets the cached state, email included (Principal.email).
                     await self._states.announce(session, user_id)
         except IntegrityError:  # a concurrent change took the email first
             raise email_taken() from None
