@@ -17,6 +17,7 @@ import asyncio
 import asyncpg
 import grpc
 
+from bench.echo_server import serve_methods
 from taskservice.loop import run
 
 SERVICE = "bench.v1.FloorService"
@@ -48,22 +49,7 @@ async def serve(host: str, port: int, dsn: str, task_id: int) -> None:
     async def count(_request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
         return str(calls).encode()
 
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                SERVICE,
-                {
-                    "Read": grpc.unary_unary_rpc_method_handler(read),
-                    "Calls": grpc.unary_unary_rpc_method_handler(count),
-                },
-            ),
-        )
-    )
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    print(bound, flush=True)
-    await server.wait_for_termination()
+    await serve_methods(host, port, SERVICE, {"Read": read, "Calls": count})
 
 
 def main() -> None:

@@ -746,6 +746,7 @@ def _run_original(
             calls = _calls(args, scenario, concurrency)
             measured = bench.measure_original(original, scenario, theirs, concurrency, calls)
             measured.ratio_to_baseline = measured.calls_per_second / reference[concurrency]
+            measured.workers = args.workers[0]
             cpu, floor_cpu = measured.server_cpu_seconds_per_1000, floor.get(concurrency)
             if cpu is not None and floor_cpu:
                 measured.cpu_ratio_to_floor = cpu / floor_cpu

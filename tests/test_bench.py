@@ -17,6 +17,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,31 +162,35 @@ def test_connect_calls_that_fail_fail_the_run(harness: tuple[Bench, Fixture]) ->
         bench.measure(by_name("Connect JSON GetTask (HTTP/1.1)"), forged, concurrency=4, calls=40)
 
 
-def test_make_bench_runs_end_to_end(tmp_path: Path) -> None:
-    """`python -m bench` (what `make bench` runs), tiny: every scenario, a table and a JSON."""
+def _bench(tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """Run `python -m bench` (what `make bench` runs) with `options`; its output and JSON."""
     output = tmp_path / "results"
-    floor_url = _pg_url(f"taskservice_bench_floor_{uuid.uuid4().hex[:8]}")
     completed = subprocess.run(  # noqa: S603 - our own command
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            *("--users", "3", "--tasks-per-user", "60", "--calls", "20"),
-            *("--concurrency", "1", "4", "--bcrypt-rounds", "4", "--output", str(output)),
-            *("--floor-database-url", floor_url),
-        ],
+        [sys.executable, "-m", "bench", "--bcrypt-rounds", "4", "--output", str(output), *options],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
-    asyncio.run(drop_postgres_database(normalize_database_url(floor_url)))
     assert completed.returncode == 0, completed.stdout + completed.stderr
+    (report,) = output.glob("bench-*.json")
+    return completed, json.loads(report.read_text())
+
+
+def test_make_bench_runs_end_to_end(tmp_path: Path) -> None:
+    """`python -m bench` (what `make bench` runs), tiny: every scenario, a table and a JSON."""
+    floor_url = _pg_url(f"taskservice_bench_floor_{uuid.uuid4().hex[:8]}")
+    try:
+        completed, result = _bench(
+            tmp_path,
+            *("--users", "3", "--tasks-per-user", "60", "--calls", "20"),
+            *("--concurrency", "1", "4", "--floor-database-url", floor_url),
+        )
+    finally:
+        asyncio.run(drop_postgres_database(normalize_database_url(floor_url)))
     assert "targets (concurrency 4" in completed.stdout
     assert "machine: " in completed.stdout
-    (report,) = output.glob("bench-*.json")
-    result = json.loads(report.read_text())
     assert result["machine"]["commit"]
     assert result["machine"]["cpus"] >= 1
     names = {(m["scenario"], m["concurrency"]) for m in result["measurements"]}
@@ -229,26 +234,12 @@ def test_the_original_backend_is_only_measured_on_postgresql(
 
 def test_medians_of_runs_and_worker_counts_compared(tmp_path: Path) -> None:
     """`--runs 2 --workers 1 2`: each figure the median of two runs, two workers set against one."""
-    output = tmp_path / "results"
-    completed = subprocess.run(  # noqa: S603 - our own command
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            *("--users", "2", "--tasks-per-user", "60", "--calls", "10", "--runs", "2"),
-            *("--workers", "1", "2", "--only", "GetTask", "--concurrency", "4"),
-            *("--bcrypt-rounds", "4", "--output", str(output)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    completed, result = _bench(
+        tmp_path,
+        *("--users", "2", "--tasks-per-user", "60", "--calls", "10", "--runs", "2"),
+        *("--workers", "1", "2", "--only", "GetTask", "--concurrency", "4"),
     )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "no floor measured" in completed.stdout
-    (report,) = output.glob("bench-*.json")
-    result = json.loads(report.read_text())
     assert result["runs"] == 2
     get_task = [m for m in result["measurements"] if m["scenario"] == "GetTask"]
     assert sorted(m["workers"] for m in get_task) == [1, 2]
