@@ -240,6 +240,8 @@ def test_medians_of_runs_and_worker_counts_compared(tmp_path: Path) -> None:
         *("--workers", "1", "2", "--only", "GetTask", "--concurrency", "4"),
     )
     assert "no floor measured" in completed.stdout
+    # 10 calls at concurrency 1 are 50 at 4; a second server's runs must count only their own.
+    assert {m["calls"] for m in result["measurements"]} == {50}
     assert result["runs"] == 2
     get_task = [m for m in result["measurements"] if m["scenario"] == "GetTask"]
     assert sorted(m["workers"] for m in get_task) == [1, 2]
