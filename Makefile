@@ -52,7 +52,7 @@ fuzz: install ## Fuzz every RPC long (FUZZ_EXAMPLES=2000 per database); repeat w
 		$(UV) run --locked pytest tests/test_fuzz.py -s $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: install ## Load-test with h2load against a bare echo baseline (docs/benchmarks.md).
+bench: install ## Load-test with h2load: server CPU per call against a floor (docs/benchmarks.md).
 	@command -v h2load >/dev/null || $(MAKE) --no-print-directory h2load
 	$(UV) run --locked python -m bench $(BENCH_ARGS)
 

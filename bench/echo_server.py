@@ -10,12 +10,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import grpc
 
 SERVICE = "bench.v1.EchoService"
 ECHO_PATH = f"/{SERVICE}/Echo"
 CALLS_PATH = f"/{SERVICE}/Calls"
+
+
+async def serve_methods(
+    host: str, port: int, service: str, methods: dict[str, Callable[..., Awaitable[bytes]]]
+) -> None:
+    """Serve `service`'s raw-bytes unary methods until terminated; print the bound port first."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                service,
+                {name: grpc.unary_unary_rpc_method_handler(m) for name, m in methods.items()},
+            ),
+        )
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    print(bound, flush=True)
+    await server.wait_for_termination()
 
 
 async def serve(host: str, port: int) -> None:
@@ -30,22 +50,7 @@ async def serve(host: str, port: int) -> None:
     async def count(_request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
         return str(calls).encode()
 
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                SERVICE,
-                {
-                    "Echo": grpc.unary_unary_rpc_method_handler(echo),
-                    "Calls": grpc.unary_unary_rpc_method_handler(count),
-                },
-            ),
-        )
-    )
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    print(bound, flush=True)
-    await server.wait_for_termination()
+    await serve_methods(host, port, SERVICE, {"Echo": echo, "Calls": count})
 
 
 def main() -> None:

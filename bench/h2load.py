@@ -90,6 +90,7 @@ def executable() -> str:
 def start(load: Load, target: str, workdir: Path, name: str) -> tuple[subprocess.Popen[str], Path]:
     """Start h2load for `load` against `target` (host:port); return the process and its log."""
     log = workdir / f"{name}.log"
+    log.unlink(missing_ok=True)  # h2load appends: a log left by an earlier run would mix in
     if load.http1:  # one connection per concurrent call (and so no pipelining)
         connections, streams = load.concurrency, 1
         protocol_arguments = ["--h1"]

@@ -1,4 +1,4 @@
-"""The processes under test: taskservice, started as production starts it, and the echo baseline.
+"""The processes under test: taskservice, started as production starts it, and the baselines.
 
 Also how to wait for them, read their memory, and read taskservice's call counts.
 """
@@ -19,7 +19,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.echo_server import CALLS_PATH
+from bench.echo_server import CALLS_PATH as ECHO_CALLS_PATH
+from bench.floor_server import CALLS_PATH as FLOOR_CALLS_PATH
 
 #: (method, grpc code) -> calls handled, summed over the workers.
 Handled = Counter[tuple[str, str]]
@@ -115,23 +116,28 @@ class TaskService:
         self._log.close()
 
 
-class EchoServer:
-    """The baseline server in a child process of its own (one process, like one worker)."""
+class _BaselineServer:
+    """A baseline server module (`python -m MODULE`) in a child process of its own."""
 
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.echo_server"],
+    calls_path = ""
+
+    def __init__(self, module: str, *arguments: str) -> None:
+        self.process = subprocess.Popen(  # noqa: S603 - our own module
+            [sys.executable, "-m", module, *arguments],
             stdout=subprocess.PIPE,
             text=True,
         )
         if self.process.stdout is None:
-            raise RuntimeError("echo server has no stdout")
-        self.target = f"127.0.0.1:{int(self.process.stdout.readline())}"
+            raise RuntimeError(f"{module} has no stdout")
+        line = self.process.stdout.readline()
+        if not line.strip():
+            raise RuntimeError(f"{module} exited {self.process.wait()} at start")
+        self.target = f"127.0.0.1:{int(line)}"
 
     def calls(self) -> int:
-        """How many echoes the server has answered."""
+        """How many calls the server has answered."""
         with grpc.insecure_channel(self.target) as channel:
-            method = channel.unary_unary(CALLS_PATH)
+            method = channel.unary_unary(self.calls_path)
             return int(method(b"", timeout=5))
 
     def worker_pids(self) -> list[int]:
@@ -139,9 +145,28 @@ class EchoServer:
         return [self.process.pid]
 
     def stop(self) -> None:
-        """Stop the echo server."""
+        """Stop the server."""
         self.process.terminate()
         self.process.wait(timeout=10)
+
+
+class EchoServer(_BaselineServer):
+    """The echo baseline (bench/echo_server.py): grpc.aio's own least work per call."""
+
+    calls_path = ECHO_CALLS_PATH
+
+    def __init__(self) -> None:
+        super().__init__("bench.echo_server")
+
+
+class FloorServer(_BaselineServer):
+    """The floor (bench/floor_server.py): one asyncpg `fetchrow` of task `task_id` per call."""
+
+    calls_path = FLOOR_CALLS_PATH
+
+    def __init__(self, dsn: str, task_id: int) -> None:
+        self.dsn = dsn
+        super().__init__("bench.floor_server", "--dsn", dsn, "--task-id", str(task_id))
 
 
 def rss_mib(pid: int) -> float:

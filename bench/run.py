@@ -15,16 +15,17 @@ import math
 import os
 import platform
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import grpc
 from sqlalchemy.engine import URL
 
@@ -33,14 +34,27 @@ from bench.h2load import Load, Result
 from bench.original import OriginalService
 from bench.processes import (
     EchoServer,
+    FloorServer,
     Handled,
     TaskService,
     cpu_count,
     cpu_seconds,
     rss_mib,
 )
+from bench.report import (
+    EDGE_PAIRS,
+    ORIGINAL_SCENARIOS,
+    STORM,
+    Measurement,
+    edge_line,
+    edges,
+    medians,
+    table,
+    targets,
+)
 from bench.scenarios import (
     ECHO,
+    FLOOR,
     LIST_VIEWS,
     SCENARIOS,
     Fixture,
@@ -66,24 +80,6 @@ STORM_CONCURRENCY = 32
 
 class RunFailed(RuntimeError):
     """A call failed, or the server did not count what was sent: the figures mean nothing."""
-
-
-@dataclass
-class Measurement:
-    """One scenario at one concurrency."""
-
-    scenario: str
-    concurrency: int
-    calls: int
-    calls_per_second: float
-    p50_ms: float
-    p99_ms: float
-    max_worker_rss_mib: float
-    #: The server's CPU time (every worker, user and system) per 1,000 calls measured: what a
-    #: call costs, whatever the cores left free by h2load and the database.
-    server_cpu_seconds_per_1000: float | None = None
-    ratio_to_baseline: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def _percentile(sorted_values: list[int], fraction: float) -> float:
@@ -122,15 +118,22 @@ def _span_us(*results: Result) -> int:
 
 
 #: What the harness measures the CPU time and memory of.
-Server = TaskService | EchoServer | OriginalService
+Server = TaskService | EchoServer | FloorServer | OriginalService
 
 
 class Bench:
     """Holds the servers and the scratch directory for one run."""
 
-    def __init__(self, service: TaskService, echo: EchoServer, workdir: Path) -> None:
+    def __init__(
+        self,
+        service: TaskService,
+        echo: EchoServer,
+        workdir: Path,
+        floor: FloorServer | None = None,
+    ) -> None:
         self.service = service
         self.echo = echo
+        self.floor = floor
         self.workdir = workdir
         self._runs = 0
 
@@ -174,15 +177,18 @@ class Bench:
         warm_up = scenario.loads(fixture, concurrency, max(concurrency, calls // 10))
         sequential = concurrency == 1
         if scenario.baseline:
-            self._run(warm_up, self.echo.target, sequential)
-            before = self.echo.calls()
-            results, cpu = self._timed_run(self.echo, loads, self.echo.target, sequential)
-            served = self.echo.calls() - before
+            baseline = self.floor if scenario is FLOOR else self.echo
+            if baseline is None:
+                raise RunFailed("no floor server: the floor needs a PostgreSQL database")
+            self._run(warm_up, baseline.target, sequential)
+            before = baseline.calls()
+            results, cpu = self._timed_run(baseline, loads, baseline.target, sequential)
+            served = baseline.calls() - before
             sent = sum(load.calls for load in loads)
             if served != sent:
-                raise RunFailed(f"echo server answered {served} calls of {sent}")
+                raise RunFailed(f"{scenario.name} answered {served} calls of {sent}")
             measured = _measure(
-                scenario.name, concurrency, results, sequential, self._rss(self.echo)
+                scenario.name, concurrency, results, sequential, self._rss(baseline)
             )
             measured.server_cpu_seconds_per_1000 = cpu
             return measured
@@ -378,148 +384,6 @@ def _machine(database: str) -> dict[str, object]:
     }
 
 
-def _table(measurements: list[Measurement]) -> str:
-    width = max(30, *(len(m.scenario) for m in measurements))
-    header = (
-        f"{'scenario':<{width}} {'conc':>4} {'calls':>6} {'calls/s':>9} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'ratio':>6} {'RSS MiB':>8} {'CPU s/1k':>8}"
-    )
-    lines = [header, "-" * len(header)]
-    for m in measurements:
-        ratio = f"{m.ratio_to_baseline:.3f}" if m.ratio_to_baseline is not None else ""
-        cpu = m.server_cpu_seconds_per_1000
-        cpu_text = f"{cpu:.3f}" if cpu is not None else ""
-        lines.append(
-            f"{m.scenario:<{width}} {m.concurrency:>4} {m.calls:>6} {m.calls_per_second:>9.0f} "
-            f"{m.p50_ms:>8.2f} {m.p99_ms:>8.2f} {ratio:>6} {m.max_worker_rss_mib:>8.1f} "
-            f"{cpu_text:>8}"
-        )
-    return "\n".join(lines)
-
-
-STORM = "GetTask during a Login storm"
-
-#: Each HTTP/1.1 scenario and the native gRPC scenario making the same call: the edge's calls/s
-#: must be at least 0.7 of gRPC's in the same run, and its CPU per call is shown beside gRPC's.
-EDGE_PAIRS: dict[str, str] = {
-    "Connect JSON GetTask (HTTP/1.1)": "GetTask",
-    "Connect JSON CreateTask (HTTP/1.1)": "CreateTask",
-    "REST GetTask (HTTP/1.1)": "GetTask",
-    "REST CreateTask (HTTP/1.1)": "CreateTask",
-}
-#: The REST scenarios `--original` also measures against the original backend.
-ORIGINAL_SCENARIOS = ["REST GetTask (HTTP/1.1)", "REST CreateTask (HTTP/1.1)"]
-
-
-def _edges(
-    measurements: list[Measurement], concurrency: int, pairs: dict[str, str]
-) -> list[dict[str, object]]:
-    """Each scenario of `pairs` against the scenario it maps to: calls/s and CPU per call.
-
-    CPU per call is what the edge costs whatever the machine leaves free, so it is shown beside
-    the calls/s ratio (which also moves with what h2load and the database take of the cores).
-    """
-    at = {m.scenario: m for m in measurements if m.concurrency == concurrency}
-    edges: list[dict[str, object]] = []
-    for edge, versus in pairs.items():
-        if edge not in at or versus not in at:
-            continue
-        ours, native = at[edge], at[versus]
-        cpu, native_cpu = ours.server_cpu_seconds_per_1000, native.server_cpu_seconds_per_1000
-        edges.append(
-            {
-                "scenario": edge,
-                "versus": versus,
-                "calls_per_second": round(ours.calls_per_second, 1),
-                "versus_calls_per_second": round(native.calls_per_second, 1),
-                "calls_per_second_ratio": round(ours.calls_per_second / native.calls_per_second, 3),
-                "cpu_ms_per_call": None if cpu is None else round(cpu, 3),
-                "versus_cpu_ms_per_call": None if native_cpu is None else round(native_cpu, 3),
-                "cpu_ratio": None if not (cpu and native_cpu) else round(cpu / native_cpu, 3),
-            }
-        )
-    return edges
-
-
-def _edge_line(edge: dict[str, object]) -> str:
-    line = (
-        f"  {edge['scenario']}: {edge['calls_per_second']:,.0f} calls/s, "
-        f"{edge['calls_per_second_ratio']:.3f} of {edge['versus']} "
-        f"({edge['versus_calls_per_second']:,.0f})"
-    )
-    if edge["cpu_ratio"] is not None:
-        line += (
-            f"; CPU {edge['cpu_ms_per_call']:.3f} ms per call against "
-            f"{edge['versus_cpu_ms_per_call']:.3f} ({edge['cpu_ratio']:.2f}x)"
-        )
-    return line
-
-
-def _targets(measurements: list[Measurement], concurrency: int) -> list[dict[str, object]]:
-    """The performance targets, at the highest concurrency measured (those this run measured)."""
-    at = {m.scenario: m for m in measurements if m.concurrency == concurrency}
-    served = [m.max_worker_rss_mib for m in measurements if m.scenario != ECHO.name]
-    lists = ["ListTasks first page", "ListTasks deep page", "ListTasks deep page, admin"]
-    lists += list(LIST_VIEWS)
-    reads = ["GetTask", "GetMe", *lists]
-    checks: list[tuple[str, Callable[[], float], str, float]] = [
-        ("GetTask ratio", lambda: _ratio(at["GetTask"]), ">=", 0.30),
-        ("GetMe ratio", lambda: _ratio(at["GetMe"]), ">=", 0.30),
-        ("CreateTask ratio", lambda: _ratio(at["CreateTask"]), ">=", 0.25),
-        ("PatchTask ratio", lambda: _ratio(at["PatchTask"]), ">=", 0.18),
-        *(
-            (f"{name} ratio", lambda name=name: _ratio(at[name]), ">=", 0.12)  # type: ignore[misc]
-            for name in lists
-        ),
-        *(
-            (f"{name} p99 / p50", lambda name=name: at[name].p99_ms / at[name].p50_ms, "<=", 3.0)  # type: ignore[misc]
-            for name in reads
-        ),
-        (
-            "ListTasks deep page / first page, calls/s",
-            lambda: (
-                at["ListTasks deep page"].calls_per_second
-                / at["ListTasks first page"].calls_per_second
-            ),
-            ">=",
-            0.80,
-        ),
-        (
-            "GetTask p99 during Login storm / without",
-            lambda: at[STORM].p99_ms / at["GetTask"].p99_ms,
-            "<=",
-            2.0,
-        ),
-        ("max worker RSS after the run, MiB", lambda: max(served), "<=", 150.0),
-        *(
-            (
-                f"{edge} / gRPC {grpc_name}, calls/s",
-                lambda edge=edge, grpc_name=grpc_name: (  # type: ignore[misc]
-                    at[edge].calls_per_second / at[grpc_name].calls_per_second
-                ),
-                ">=",
-                0.70,
-            )
-            for edge, grpc_name in EDGE_PAIRS.items()
-        ),
-    ]
-    targets: list[dict[str, object]] = []
-    for name, measure, op, bound in checks:
-        try:
-            value = measure()
-        except (KeyError, ValueError):  # not measured in this run (--only)
-            continue
-        met = value >= bound if op == ">=" else value <= bound
-        targets.append(
-            {"target": name, "value": round(value, 3), "bound": f"{op} {bound}", "met": met}
-        )
-    return targets
-
-
-def _ratio(measurement: Measurement) -> float:
-    return measurement.ratio_to_baseline or 0.0
-
-
 def server_environment(url: URL, bcrypt_rounds: int) -> dict[str, str]:
     """The environment taskservice runs with: this database, a throwaway signing key."""
     return {
@@ -552,7 +416,22 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help="PostgreSQL database to recreate and use (its name must contain 'bench'); "
         "default BENCH_DATABASE_URL, else a scratch SQLite file",
     )
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "1")))
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[int(os.environ.get("WORKERS", "1"))],
+        help="server processes; several (e.g. 1 2) measure each in turn and compare CPU per call",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=1, help="full runs; the report gives each figure's median"
+    )
+    parser.add_argument(
+        "--floor-database-url",
+        default=os.environ.get("BENCH_FLOOR_DATABASE_URL", ""),
+        help="on SQLite, the PostgreSQL database (recreated; its name must contain 'bench') the "
+        "floor reads its row from; default BENCH_FLOOR_DATABASE_URL, else no floor",
+    )
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--tasks-per-user", type=int, default=1000)
     parser.add_argument(
@@ -587,6 +466,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help="the Python with the original's dependencies (default PATH/.venv/bin/python)",
     )
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs: at least 1")
     if args.original is not None and not args.database_url:
         parser.error("--original needs --database-url: the original runs on PostgreSQL only")
     return args
@@ -610,8 +491,15 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(recreate_postgres_database(url))
         else:
             url = normalize_database_url(f"sqlite:///{workdir / 'bench.db'}")
+        database = url.get_backend_name()
+        machine = _machine(database)
+        print(
+            f"machine: {machine['cpu']}, {machine['cpus']} cores; commit {machine['commit']}; "
+            f"{args.runs} run(s), medians",
+            flush=True,
+        )
         environment = server_environment(url, args.bcrypt_rounds)
-        print(f"database: {url.render_as_string()} ({args.workers} worker(s))", flush=True)
+        print(f"database: {url.render_as_string()} (worker counts {args.workers})", flush=True)
         migrate(environment)
         started = time.monotonic()
         seeded = asyncio.run(seed(url, args.users, args.tasks_per_user, args.bcrypt_rounds))
@@ -620,42 +508,61 @@ def main(argv: list[str] | None = None) -> int:
             f"in {time.monotonic() - started:.1f} s",
             flush=True,
         )
+        floor_database = _floor_database(args, url)
         original = _original(args, url, workdir)
-        service = TaskService(environment, args.workers, workdir / "server.log")
         echo = EchoServer()
+        floor: FloorServer | None = None
+        measurements: list[Measurement] = []
         try:
-            service.wait_ready()
-            fixture = find_fixture(service.target, seeded, args.tasks_per_user)
-            bench = Bench(service, echo, workdir)
-            measurements = _run_all(bench, fixture, args)
-            if original is not None:
-                measurements += _run_original(bench, original, fixture, args, measurements)
+            for index, workers in enumerate(args.workers):
+                service = TaskService(environment, workers, workdir / f"server-{workers}.log")
+                try:
+                    service.wait_ready()
+                    fixture = find_fixture(service.target, seeded, args.tasks_per_user)
+                    if floor is None and floor_database is not None:
+                        dsn, task_id = floor_database
+                        floor = FloorServer(dsn, task_id or fixture.task_id)
+                    bench = Bench(service, echo, workdir, floor)
+                    runs = []
+                    for run in range(args.runs):
+                        print(f"run {run + 1} of {args.runs}, {workers} worker(s)", flush=True)
+                        runs.append(_run_all(bench, fixture, args, workers))
+                    measurements += medians(runs)
+                finally:
+                    service.stop()
+                if original is not None and index == 0:
+                    measurements += _run_original(bench, original, fixture, args, measurements)
         except (RunFailed, h2load.H2LoadError) as failure:
             print(f"\nRUN FAILED: {failure}", file=sys.stderr)
             return 1
         finally:
-            service.stop()
             echo.stop()
+            if floor is not None:
+                floor.stop()
             if original is not None:
                 original.stop()
-        machine = _machine(f"{url.get_backend_name()}")
     top = max(args.concurrency)
-    targets = _targets(measurements, top)
-    edges = _edges(measurements, top, EDGE_PAIRS)
-    originals = _edges(measurements, top, {name: f"original {name}" for name in ORIGINAL_SCENARIOS})
-    print("\n" + _table(measurements))
-    print(f"\ntargets (concurrency {top}, {args.workers} worker(s)):")
-    for target in targets:
+    first = [m for m in measurements if m.workers == args.workers[0]]
+    found_targets = targets(measurements, top, database)
+    found_edges = edges(first, top, EDGE_PAIRS)
+    originals = edges(first, top, {name: f"original {name}" for name in ORIGINAL_SCENARIOS})
+    print(f"\nmachine: {machine['cpu']}, {machine['cpus']} cores; commit {machine['commit']}")
+    print(f"{args.runs} run(s), medians; CPU ms = server user+system CPU per call")
+    if floor_database is None:
+        print("no floor measured: give --floor-database-url (a PostgreSQL database) on SQLite")
+    print(table(measurements, database))
+    print(f"\ntargets (concurrency {top}, {args.workers[0]} worker(s)):")
+    for target in found_targets:
         mark = "met   " if target["met"] else "MISSED"
         print(f"  {mark} {target['target']}: {target['value']} (target {target['bound']})")
-    if edges:
+    if found_edges:
         print(f"\nHTTP/1.1 edges against native gRPC (concurrency {top}):")
-        for edge in edges:
-            print(_edge_line(edge))
+        for edge in found_edges:
+            print(edge_line(edge))
     if originals:
         print(f"\ntaskservice's REST API against the original backend (concurrency {top}):")
         for edge in originals:
-            print(_edge_line(edge))
+            print(edge_line(edge))
     args.output.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     report = args.output / f"bench-{stamp}.json"
@@ -667,11 +574,12 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 "machine": machine,
                 "workers": args.workers,
+                "runs": args.runs,
                 "users": args.users,
                 "tasks": args.users * args.tasks_per_user,
                 "measurements": [asdict(m) for m in measurements],
-                "targets": targets,
-                "edges": edges,
+                "targets": found_targets,
+                "edges": found_edges,
                 "original": originals,
             },
             indent=2,
@@ -682,16 +590,67 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run_all(bench: Bench, fixture: Fixture, args: argparse.Namespace) -> list[Measurement]:
-    """The echo baseline first and last (its mean is the reference), every scenario between."""
+def _asyncpg_dsn(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _first_task_id(dsn: str) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return int(await connection.fetchval("SELECT min(id) FROM tasks"))
+    finally:
+        await connection.close()
+
+
+def prepare_floor_database(url: URL, bcrypt_rounds: int) -> tuple[str, int]:
+    """A PostgreSQL database of its own for the floor of a SQLite run: one user, one task.
+
+    Returns the floor's asyncpg DSN and the id of the task it reads. The database is dropped
+    and recreated (its name must contain 'bench').
+    """
+    asyncio.run(recreate_postgres_database(url))
+    migrate(server_environment(url, bcrypt_rounds))
+    asyncio.run(seed(url, 1, 1, bcrypt_rounds))
+    dsn = _asyncpg_dsn(url)
+    return dsn, asyncio.run(_first_task_id(dsn))
+
+
+def _floor_database(args: argparse.Namespace, url: URL) -> tuple[str, int] | None:
+    """The floor's DSN and task id (0: the fixture's task), or None when there is no PostgreSQL.
+
+    On PostgreSQL the floor reads the bench database's own task row; on SQLite, a database of
+    its own given by --floor-database-url.
+    """
+    if url.get_backend_name() == "postgresql":
+        return _asyncpg_dsn(url), 0
+    if not args.floor_database_url:
+        return None
+    floor_url = normalize_database_url(args.floor_database_url)
+    if floor_url.get_backend_name() != "postgresql":
+        raise SystemExit("--floor-database-url: a PostgreSQL database")
+    return prepare_floor_database(floor_url, args.bcrypt_rounds)
+
+
+def _run_all(
+    bench: Bench, fixture: Fixture, args: argparse.Namespace, workers: int = 1
+) -> list[Measurement]:
+    """One run: the baselines first and last (their mean is the reference), every scenario between.
+
+    Each scenario's calls/s is set against the echo's, and its server CPU per call against the
+    floor's, at the same concurrency.
+    """
     measurements: list[Measurement] = []
-    baselines: dict[int, list[Measurement]] = {c: [] for c in args.concurrency}
+    kinds = [ECHO, *([FLOOR] if bench.floor is not None else [])]
+    baselines: dict[tuple[str, int], list[Measurement]] = {}
 
     def baseline() -> None:
-        for concurrency in args.concurrency:
-            measured = bench.measure(ECHO, fixture, concurrency, _calls(args, ECHO, concurrency))
-            baselines[concurrency].append(measured)
-            print(_progress(measured), flush=True)
+        for kind in kinds:
+            for concurrency in args.concurrency:
+                measured = bench.measure(
+                    kind, fixture, concurrency, _calls(args, kind, concurrency)
+                )
+                baselines.setdefault((kind.name, concurrency), []).append(measured)
+                print(_progress(measured), flush=True)
 
     baseline()
     wanted = set(args.only or [*(s.name for s in SCENARIOS), STORM])
@@ -711,22 +670,32 @@ def _run_all(bench: Bench, fixture: Fixture, args: argparse.Namespace) -> list[M
         measurements.append(measured)
         print(_progress(measured), flush=True)
     baseline()
-    reference = {}
-    for concurrency, runs in baselines.items():
-        mean = sum(run.calls_per_second for run in runs) / len(runs)
-        reference[concurrency] = mean
+    rate: dict[int, float] = {}
+    floor_cpu: dict[int, float] = {}
+    combined_baselines = []
+    for (name, concurrency), runs in baselines.items():
         combined = runs[-1]
-        combined.calls_per_second = mean
+        combined.calls_per_second = statistics.mean(run.calls_per_second for run in runs)
+        cpus = [run.server_cpu_seconds_per_1000 or 0.0 for run in runs]
+        combined.server_cpu_seconds_per_1000 = statistics.mean(cpus)
         combined.extra = {
             "calls_per_second_first": runs[0].calls_per_second,
             "calls_per_second_last": runs[-1].calls_per_second,
+            "cpu_ms_per_call_first": cpus[0],
+            "cpu_ms_per_call_last": cpus[-1],
         }
-        combined.ratio_to_baseline = 1.0
-        measurements.insert(0, combined)
+        if name == ECHO.name:
+            rate[concurrency] = combined.calls_per_second
+        else:
+            floor_cpu[concurrency] = combined.server_cpu_seconds_per_1000
+        combined_baselines.append(combined)
+    measurements = combined_baselines + measurements
     for measured in measurements:
-        if measured.scenario != ECHO.name:
-            measured.ratio_to_baseline = measured.calls_per_second / reference[measured.concurrency]
-    measurements.sort(key=lambda m: m.scenario != ECHO.name)
+        measured.workers = workers
+        measured.ratio_to_baseline = measured.calls_per_second / rate[measured.concurrency]
+        cpu = measured.server_cpu_seconds_per_1000
+        if cpu is not None and measured.concurrency in floor_cpu:
+            measured.cpu_ratio_to_floor = cpu / floor_cpu[measured.concurrency]
     return measurements
 
 
@@ -763,6 +732,11 @@ def _run_original(
     reference = {
         m.concurrency: m.calls_per_second for m in measured_so_far if m.scenario == ECHO.name
     }
+    floor = {
+        m.concurrency: m.server_cpu_seconds_per_1000
+        for m in measured_so_far
+        if m.scenario == FLOOR.name
+    }
     measurements = []
     for name in ORIGINAL_SCENARIOS:
         if args.only and name not in args.only:
@@ -772,13 +746,19 @@ def _run_original(
             calls = _calls(args, scenario, concurrency)
             measured = bench.measure_original(original, scenario, theirs, concurrency, calls)
             measured.ratio_to_baseline = measured.calls_per_second / reference[concurrency]
+            measured.workers = args.workers[0]
+            cpu, floor_cpu = measured.server_cpu_seconds_per_1000, floor.get(concurrency)
+            if cpu is not None and floor_cpu:
+                measured.cpu_ratio_to_floor = cpu / floor_cpu
             measurements.append(measured)
             print(_progress(measured), flush=True)
     return measurements
 
 
 def _progress(m: Measurement) -> str:
+    cpu = m.server_cpu_seconds_per_1000
     return (
         f"  {m.scenario} @{m.concurrency}: {m.calls_per_second:.0f} calls/s, "
         f"p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms"
+        + ("" if cpu is None else f", CPU {cpu:.3f} ms per call")
     )

@@ -16,6 +16,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 
 from bench.echo_server import ECHO_PATH
+from bench.floor_server import READ_PATH
 from bench.h2load import Load, frame
 from bench.seed import PASSWORD
 from taskservice.v1 import auth_service_pb2, task_pb2, task_service_pb2, user_service_pb2
@@ -205,6 +206,13 @@ def _rest_create(fixture: Fixture, concurrency: int, calls: int) -> list[Load]:
 ECHO = Scenario(
     "echo (baseline)",
     _single(ECHO_PATH, task_service_pb2.GetTaskRequest(id=123456)),
+    baseline=True,
+)
+
+#: The floor (bench/floor_server.py): one asyncpg `fetchrow` per call; the CPU targets' unit.
+FLOOR = Scenario(
+    "floor (baseline)",
+    _single(READ_PATH, task_service_pb2.GetTaskRequest(id=123456)),
     baseline=True,
 )
 

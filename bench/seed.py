@@ -98,6 +98,17 @@ async def _insert_tasks(connection: AsyncConnection, rows: list[dict[str, object
         await connection.execute(insert(TaskLabel), labels)
 
 
+async def _maintenance_connection(url: URL) -> asyncpg.Connection:
+    """A connection to the server's `postgres` database, to drop and create others."""
+    return await asyncpg.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        database="postgres",
+    )
+
+
 async def recreate_postgres_database(url: URL) -> None:
     """Drop and create the benchmark's PostgreSQL database, so every run starts the same."""
     name = url.database
@@ -106,16 +117,19 @@ async def recreate_postgres_database(url: URL) -> None:
             f"refusing to recreate database {name!r}: its name must contain 'bench' "
             "(the benchmark drops it first)"
         )
-    connection = await asyncpg.connect(
-        host=url.host,
-        port=url.port or 5432,
-        user=url.username,
-        password=url.password,
-        database="postgres",
-    )
+    connection = await _maintenance_connection(url)
     try:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+async def drop_postgres_database(url: URL) -> None:
+    """Drop a benchmark database (a test's floor database, when it is done)."""
+    connection = await _maintenance_connection(url)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
     finally:
         await connection.close()
 

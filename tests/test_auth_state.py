@@ -115,6 +115,30 @@ async def test_a_promotion_on_one_replica_reaches_the_others_cache(
         await _eventually(lists, PROPAGATION_SECONDS)
 
 
+async def test_an_email_change_on_one_replica_reaches_the_others_cache(
+    replicas: tuple[Application, Application],
+) -> None:
+    """The cached state carries the email (a REST task's owner is shown from it): it follows."""
+    first, second = replicas
+    async with stubs_for(first) as via_first:
+        admin = await make_admin(first, via_first)
+        member = await register(via_first)
+        assert (await second.auth_states.get(member.user.id)).email == member.user.email
+        await via_first.users.UpdateUser(
+            pb.UpdateUserRequest(
+                user={"id": member.user.id, "email": "renamed@example.com"},
+                update_mask={"paths": ["email"]},
+            ),
+            metadata=admin.metadata,
+        )
+
+        async def renamed() -> bool:
+            state = await second.auth_states.get(member.user.id)
+            return state is not None and state.email == "renamed@example.com"
+
+        await _eventually(renamed, PROPAGATION_SECONDS)
+
+
 async def test_losing_the_listen_connection_turns_the_cache_off_until_it_is_back(
     pg_database_url: str,
 ) -> None:

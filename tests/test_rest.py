@@ -328,6 +328,36 @@ async def test_an_admin_lists_every_task_with_its_owner(
     assert [task["title"] for task in mine.json()] == ["first's"]
 
 
+async def test_a_task_shows_its_owner_as_they_are_now(
+    app: Application, http: httpx.AsyncClient, stubs: Stubs
+) -> None:
+    """An owner is shown as they are now, whoever reads the task.
+
+    The caller's own tasks show the caller as authenticated: a new email shows at once. An admin
+    reading another user's task sees that user, not themself.
+    """
+    user = await rest_register(http)
+    token = user["access_token"]
+    task = await create_task(http, token)
+    url = f"{API}/tasks/{task['id']}"
+    admin = await make_admin(app, stubs)
+    renamed = unique_email("renamed")
+    changed = await http.patch(
+        f"{API}/users/{user['user_id']}", json={"email": renamed}, headers=auth(admin.token)
+    )
+    assert changed.status_code == 200, changed.text
+    owner = {"id": user["user_id"], "email": renamed, "is_active": True, "is_admin": False}
+    assert (await http.get(url, headers=auth(token))).json()["owner"] == owner
+    assert (await http.get(url, headers=auth(admin.token))).json()["owner"] == owner
+    mine = await create_task(http, admin.token)
+    assert mine["owner"] == {
+        "id": admin.user.id,
+        "email": admin.user.email,
+        "is_active": True,
+        "is_admin": True,
+    }
+
+
 async def test_skip_and_limit_window_the_list_up_to_their_bounds(http: httpx.AsyncClient) -> None:
     token = (await rest_register(http))["access_token"]
     ids = [(await create_task(http, token, title=f"t{n}"))["id"] for n in range(5)]

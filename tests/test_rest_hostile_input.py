@@ -140,3 +140,27 @@ async def test_a_rest_refusal_for_a_missing_permission_is_counted(
     refused = await http.get(f"{API}/users/", headers=_auth(created.secret))
     assert refused.status_code == 403
     assert _denials(app, method, "users.manage") == before + 1
+
+
+async def test_a_key_writing_every_task_patches_another_users_task_and_gets_it_back(
+    app: Application, http: httpx.AsyncClient, stubs: Stubs
+) -> None:
+    """The answer to a write shows the task written, its owner included: no 403 after the write."""
+    admin = await make_admin(app, stubs)
+    member = await register(stubs)
+    task = await http.post(f"{API}/tasks/", json={"title": "theirs"}, headers=_auth(member.token))
+    created = await stubs.api_keys.CreateApiKey(
+        keys_pb.CreateApiKeyRequest(
+            display_name="writer", permissions=[perms.PERMISSION_TASKS_WRITE_ALL]
+        ),
+        metadata=admin.metadata,
+    )
+    patched = await http.patch(
+        f"{API}/tasks/{task.json()['id']}", json={"title": "renamed"}, headers=_auth(created.secret)
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["title"] == "renamed"
+    assert patched.json()["owner"]["id"] == member.user.id
+    # Reading is still not the key's to do.
+    read = await http.get(f"{API}/tasks/{task.json()['id']}", headers=_auth(created.secret))
+    assert read.status_code == 403

@@ -250,6 +250,7 @@ class ApiKeyService:
             via_api_key=True,
             scope=parse_stored(entry.permissions),
             granted=parse_stored(state.permissions) if state.is_service_account else None,
+            email=state.email,
         )
 
     def _owner(self, caller: Principal, user_id: int) -> int:

@@ -136,7 +136,7 @@ class AuthService:
                 "TOKEN_REVOKED",
                 "access token was revoked by a password or role change; log in again",
             )
-        return Principal(user_id=claims.user_id, is_admin=state.is_admin)
+        return Principal(user_id=claims.user_id, is_admin=state.is_admin, email=state.email)
 
     async def authenticate_certificate(self, user_id: int) -> Principal:
         """The service account a client certificate is mapped to, if it exists and is active.

@@ -38,9 +38,9 @@ CACHE_SIZE = 10_000
 CACHE_TTL_SECONDS = 60.0
 #: A user's authorisation state, as one plain row.
 _STATE = Prepared(
-    select(User.is_active, User.is_admin, User.token_version, User.kind, User.permissions).where(
-        User.id == bindparam("user_id")
-    )
+    select(
+        User.is_active, User.is_admin, User.token_version, User.kind, User.permissions, User.email
+    ).where(User.id == bindparam("user_id"))
 )
 
 
@@ -55,6 +55,9 @@ class AuthState:
     kind: str = USER_KIND_HUMAN
     #: A service account's permissions as stored; None for people.
     permissions: str | None = None
+    #: The user's email (announced on change like the rest), so a caller's own user is known
+    #: without reading it again.
+    email: str = ""
 
     @property
     def is_service_account(self) -> bool:

@@ -27,6 +27,9 @@ class Principal:
     scope: frozenset[Permission] | None = None
     #: A service account's permissions, standing in for a role; None for people.
     granted: frozenset[Permission] | None = None
+    #: The caller's email as authentication read it (with the role), or None when unknown: what
+    #: an answer embedding the caller's own user needs, without reading the user again.
+    email: str | None = field(default=None, compare=False)
     #: What the caller may do now (derived from the fields above).
     permissions: frozenset[Permission] = field(init=False, repr=False, compare=False)
 

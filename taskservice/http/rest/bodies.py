@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -141,7 +141,16 @@ def user_out(user: UserRecord) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-def task_out(task: TaskRecord, owner: UserRecord) -> dict[str, Any]:
+class Owner(Protocol):
+    """What a task's JSON shows of its owner: a user record, or the authenticated caller."""
+
+    id: int
+    email: str
+    is_active: bool
+    is_admin: bool
+
+
+def task_out(task: TaskRecord, owner: Owner) -> dict[str, Any]:
     """A task's JSON, its owner embedded."""
     return TaskOut(
         title=task.title,

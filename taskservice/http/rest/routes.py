@@ -31,6 +31,7 @@ from taskservice.db.records import TaskRecord, UserRecord
 from taskservice.errors import NotFound
 from taskservice.http.rest.bodies import (
     LoginForm,
+    Owner,
     RegisterBody,
     TaskCreateBody,
     TaskUpdateBody,
@@ -96,6 +97,16 @@ class RestServices:
     users: UserService
     tasks: TaskService
     health: HealthServicer
+
+
+@dataclass(frozen=True)
+class _CallerAsOwner:
+    """The authenticated caller as a task's owner: authentication only admits active users."""
+
+    id: int
+    email: str
+    is_active: bool
+    is_admin: bool
 
 
 def _task_not_found() -> NotFound:
@@ -279,10 +290,20 @@ class Routes:
     async def _with_owners(
         self, caller: Principal, tasks: Sequence[TaskRecord]
     ) -> list[dict[str, object]]:
-        """Each task's JSON with its owner: the caller's own by GetMe, others' in one read."""
+        """Each task's JSON with its owner: the caller as authenticated, others' in one read.
+
+        The caller's own user is what authentication just read (active, its current role and
+        email, kept fresh by the same invalidation): reading it again cost a statement per call.
+        """
         owner_ids = {task.owner_id for task in tasks}
         if owner_ids <= {caller.user_id}:
-            owners = {caller.user_id: await self._users.get_me(caller)} if owner_ids else {}
+            owners: dict[int, Owner] = {}
+            if owner_ids:
+                owners[caller.user_id] = (
+                    _CallerAsOwner(caller.user_id, caller.email, True, caller.is_admin)
+                    if caller.email is not None
+                    else await self._users.get_me(caller)
+                )
         else:
             owners = await self._users.batch_get_users(caller, owner_ids)
         # A task whose owner was deleted meanwhile went with them (the foreign key cascades).
