@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry.trace import Tracer
+
 from taskservice.api.health import HealthMonitor
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics
+from taskservice.calls.spans import server_address
 from taskservice.config import Settings
 from taskservice.http.app import (
     ASGIApp,
@@ -78,14 +81,19 @@ def build_http_app(
     health: HealthMonitor,
     metrics: CallMetrics,
     rest: RestServices,
+    tracer: Tracer | None = None,
 ) -> ASGIApp:
     """The ASGI application: every servicer over Connect and gRPC-Web, and the REST routes.
 
-    Both share the port's MAX_CONCURRENT_RPCS, its outage gate and its CORS policy.
+    Both share the port's MAX_CONCURRENT_RPCS, its outage gate and its CORS policy, and are
+    traced with `tracer` (None: not traced).
     """
     in_flight = UnaryCallLimit(settings.max_concurrent_rpcs)
+    address = server_address(settings.http_host)
     interceptors = (
-        ObserveAndMapErrors(metrics, on_database_error=health.suspect),
+        ObserveAndMapErrors(
+            metrics, on_database_error=health.suspect, tracer=tracer, server_address=address
+        ),
         ConcurrencyLimit(in_flight),
         GateAndAuthenticate(auth, is_ready=lambda: health.ready),
     )
@@ -103,6 +111,8 @@ def build_http_app(
         on_database_error=health.suspect,
         trusted_proxies=settings.trusted_proxy_networks,
         max_body_bytes=settings.max_message_bytes,
+        tracer=tracer,
+        server_address=address,
     )
     return with_cors(Router(apps, build_rest_app(calls, rest)), settings.cors_origins)
 
@@ -116,9 +126,12 @@ def build_http_server(
     metrics: CallMetrics,
     rest: RestServices,
     reuse_port: bool = False,
+    tracer: Tracer | None = None,
 ) -> HttpServer:
     """The HTTP edge, bound to HTTP_HOST:HTTP_PORT but not yet serving."""
     assert settings.http_port is not None  # noqa: S101 - callers check HTTP_PORT is on
-    app = build_http_app(settings, servicers, auth=auth, health=health, metrics=metrics, rest=rest)
+    app = build_http_app(
+        settings, servicers, auth=auth, health=health, metrics=metrics, rest=rest, tracer=tracer
+    )
     sock = bind_socket(settings.http_host, settings.http_port, reuse_port=reuse_port)
     return HttpServer(app, settings, sock)

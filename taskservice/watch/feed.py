@@ -36,11 +36,14 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from itertools import chain
 
+from opentelemetry.trace import Tracer
+
 from taskservice.db.engine import Database
 from taskservice.db.notifications import PgListener
 from taskservice.db.outages import describe, is_outage, log_round_failure
 from taskservice.db.types import utcnow
 from taskservice.errors import DomainError, FailedPrecondition, ResourceExhausted, Unavailable
+from taskservice.tracing.spans import root_span
 from taskservice.watch import changes
 from taskservice.watch.changes import Change
 
@@ -144,8 +147,10 @@ class ChangeFeed:
         max_streams: int,
         retention: timedelta,
         clock: Callable[[], datetime] = utcnow,
+        tracer: Tracer | None = None,
     ) -> None:
         self.database = database
+        self._tracer = tracer
         self._buffer_events = buffer_events
         self._max_streams = max_streams
         self._retention = retention
@@ -341,6 +346,18 @@ class ChangeFeed:
         for subscription in self._by_owner.get(item.owner_id, ()):
             subscription.offer(item)
 
+    async def _number_changes(self, *, traced: bool) -> int:
+        """Number committed changes (PostgreSQL), in a trace of its own when woken by a commit.
+
+        A poll's round is not traced: it finds nothing to number almost always, once a second.
+        """
+        if not traced or not self.database.numbers_changes:
+            return await self.database.number_changes()
+        with root_span(self._tracer, "change feed numbering") as span:
+            numbered = await self.database.number_changes()
+            span.set_attribute("taskservice.changes_numbered", numbered)
+            return numbered
+
     async def _run(self) -> None:
         failing = False
         next_poll = time.monotonic() + POLL_INTERVAL_SECONDS
@@ -357,7 +374,7 @@ class ChangeFeed:
                 # wedge the feed, holding its reading lock while streams wait for nothing.
                 async with asyncio.timeout(ROUND_TIMEOUT_SECONDS):
                     # Every server's feeds read them after the NOTIFY this sends.
-                    numbered = await self.database.number_changes()
+                    numbered = await self._number_changes(traced=not polling)
                     if polling or self._count:  # idle, the next poll keeps the revision current
                         await self.catch_up()
                     if polling and self._count:
