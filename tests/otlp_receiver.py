@@ -45,22 +45,27 @@ class Received:
 
     @property
     def name(self) -> str:
+        """The span's name."""
         return self.span.name
 
     @property
     def trace_id(self) -> str:
+        """The trace id, hex."""
         return self.span.trace_id.hex()
 
     @property
     def span_id(self) -> str:
+        """The span id, hex."""
         return self.span.span_id.hex()
 
     @property
     def parent_id(self) -> str:
+        """The parent's span id, hex (empty for a root)."""
         return self.span.parent_span_id.hex()
 
     @property
     def attributes(self) -> dict[str, object]:
+        """The span's attributes."""
         return attributes(self.span.attributes)
 
 
@@ -85,6 +90,7 @@ class Receiver:
         self._changed.set()
 
     def take_threadsafe(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+        """Keep a request's spans (called from another thread)."""
         self._loop.call_soon_threadsafe(self.take, request)
 
     def release(self) -> None:
@@ -93,10 +99,10 @@ class Receiver:
         self._released.set()
 
     async def until(
-        self, found: Callable[[list[Received]], bool], timeout: float = ARRIVAL_TIMEOUT
+        self, found: Callable[[list[Received]], bool], seconds: float = ARRIVAL_TIMEOUT
     ) -> list[Received]:
-        """Wait until `found(spans)` holds; return the spans then."""
-        async with asyncio.timeout(timeout):
+        """Wait until `found(spans)` holds (at most `seconds`); return the spans then."""
+        async with asyncio.timeout(seconds):
             while not found(self.spans):
                 self._changed.clear()
                 await self._changed.wait()
@@ -129,7 +135,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 @contextmanager
 def _http_server(receiver: Receiver) -> Iterator[int]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             if self.path != "/v1/traces":
                 self.send_error(404)
