@@ -13,9 +13,13 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -41,7 +45,7 @@ from taskservice.v1 import (
     task_service_pb2,
     user_service_pb2,
 )
-from tests.conftest import make_settings, stubs_for
+from tests.conftest import IN_CI, make_settings, stubs_for
 from tests.helpers import PASSWORD, bearer, fails, register, unique_email
 from tests.http_client import auth_headers, connect_json
 from tests.otlp_receiver import OtlpReceivers, Received, running_receivers
@@ -505,3 +509,33 @@ async def test_tracing_is_off_unless_an_endpoint_is_set(database_url: str) -> No
         assert app.tracing.tracer is None
     finally:
         await app.stop(grace=None)
+
+
+@pytest.mark.skipif(
+    shutil.which("h2load") is None and not IN_CI,
+    reason="h2load not installed (Debian nghttp2-client; `make h2load`)",
+)
+def test_the_bench_measures_calls_traced_to_a_local_receiver(tmp_path: Path) -> None:
+    """`make bench BENCH_ARGS='--tracing sampled'`, tiny: the calls' spans reach the receiver."""
+    output = tmp_path / "results"
+    completed = subprocess.run(  # noqa: S603 - our own command
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            *("--users", "2", "--tasks-per-user", "20", "--calls", "20", "--concurrency", "2"),
+            *("--bcrypt-rounds", "4", "--only", "GetTask", "--tracing", "sampled"),
+            *("--output", str(output)),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    (report,) = output.glob("bench-*.json")
+    assert json.loads(report.read_text())["tracing"] == "sampled"
+    received = re.search(r"spans received: (\d+)", completed.stdout)
+    assert received is not None, completed.stdout
+    assert int(received.group(1)) > 0
