@@ -20,7 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from opentelemetry.trace import StatusCode, use_span
 
 from taskservice.calls.spans import MethodSpans
 from taskservice.config import ConfigError
-from taskservice.log import JsonFormatter, configure_logging
+from taskservice.log import JsonFormatter
 from taskservice.server import Application, build_server
 from taskservice.tracing.provider import Tracing
 from taskservice.v1 import (
@@ -45,6 +45,7 @@ from taskservice.v1 import (
     task_service_pb2,
     user_service_pb2,
 )
+from tests import test_access_log
 from tests.conftest import IN_CI, make_settings, stubs_for
 from tests.helpers import PASSWORD, bearer, fails, register, unique_email
 from tests.http_client import auth_headers, connect_json
@@ -57,6 +58,10 @@ CREATE_TASK = f"{TASKS}/CreateTask"
 SERVER_KIND = 2
 STATUS_ERROR = 2
 STATUS_UNSET = 0
+
+
+#: Everything logged, as production logs it (JSON lines): test_access_log's fixture.
+log_lines = test_access_log.log_lines
 
 
 @pytest.fixture
@@ -97,25 +102,6 @@ def client_span(sampled: bool = True) -> tuple[str, str, str]:
 
 def system_of(database_url: str) -> str:
     return "postgresql" if database_url.startswith("postgresql") else "sqlite"
-
-
-class _FlushedFirst(io.StringIO):
-    def getvalue(self) -> str:
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        return super().getvalue()
-
-
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    """Everything logged, as production logs it (JSON lines)."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    stream = _FlushedFirst()
-    configure_logging("INFO", "json", stream)
-    yield stream
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
 
 
 def access_line(stream: io.StringIO, request_id: str) -> dict[str, object]:

@@ -58,9 +58,12 @@ def start_child(
     if tracer is None or not get_current_span().is_recording():
         return None
     return tracer.start_span(
-        name, kind=kind, attributes=attributes, record_exception=False,
+        name,
+        kind=kind,
+        attributes=attributes,
+        record_exception=False,
         set_status_on_exception=False,
-    )  # fmt: skip
+    )
 
 
 def finish(span: Span | None, error: BaseException | None = None) -> None:
@@ -94,13 +97,8 @@ def child_span(
     if span is None:
         yield INVALID_SPAN
         return
-    with use_span(span, end_on_exit=False):
-        try:
-            yield span
-        except BaseException as error:
-            finish(span, error)
-            raise
-    span.end()
+    with _current(span):
+        yield span
 
 
 @contextmanager
@@ -117,19 +115,29 @@ def root_span(
     token = _tracer.set(tracer)
     try:
         span = tracer.start_span(
-            name, context=Context(), attributes=attributes, record_exception=False,
+            name,
+            context=Context(),
+            attributes=attributes,
+            record_exception=False,
             set_status_on_exception=False,
-        )  # fmt: skip
-        with use_span(span, end_on_exit=False):
-            try:
-                yield span
-            except BaseException as error:
-                fail(span, error)
-                raise
-            finally:
-                span.end()
+        )
+        with _current(span):
+            yield span
     finally:
         _tracer.reset(token)
+
+
+@contextmanager
+def _current(span: Span) -> Iterator[None]:
+    """Make `span` current for the block, then end it (failed if the block raised)."""
+    with use_span(span, end_on_exit=False):
+        try:
+            yield
+        except BaseException as error:
+            fail(span, error)
+            raise
+        finally:
+            span.end()
 
 
 def add_event(name: str, attributes: Attributes | None = None) -> None:
