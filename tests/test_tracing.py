@@ -465,6 +465,24 @@ async def test_a_watch_is_one_span_with_its_resumption_and_bookmarks(
     assert [name for name, _ in events[1:]] == ["bookmark"]
 
 
+async def test_the_change_feeds_numbering_is_a_trace_of_its_own(
+    pg_database_url: str, monkeypatch: pytest.MonkeyPatch, receivers: OtlpReceivers
+) -> None:
+    env = receivers.environment("grpc")
+    async with traced_server(monkeypatch, pg_database_url, env) as app, stubs_for(app) as stubs:
+        account = await register(stubs)
+        await stubs.tasks.CreateTask(
+            task_service_pb2.CreateTaskRequest(task=task_pb2.Task(title="numbered")),
+            metadata=account.metadata,
+        )
+        spans = await receivers.receiver.until(
+            lambda spans: any(s.name == "change feed numbering" for s in spans)
+        )
+    numbering = [s for s in spans if s.name == "change feed numbering"]
+    assert all(s.parent_id == "" for s in numbering)  # roots: no call is in progress
+    assert sum(int(s.attributes["taskservice.changes"]) for s in numbering) >= 1  # type: ignore[call-overload]
+
+
 async def test_sigterm_exports_the_pending_spans_before_exit(
     tmp_path: Path, receivers: OtlpReceivers
 ) -> None:

@@ -2,9 +2,9 @@
 
 The edge that starts a call's server span (`taskservice.calls.observe`) also notes, in this
 module's context variable, the tracer of the server it belongs to; code further in (the
-database, bcrypt, transaction retries, the change feed) asks for a child span here. A child is
-made only under a span that is recording, so with tracing off, or for a call whose trace is not
-sampled, asking costs a context-variable read and nothing is made. No provider is installed
+database, bcrypt, transaction retries, a watch stream's events) asks for a child span here. A
+child is made only under a span that is recording, so with tracing off, or for a call whose trace
+is not sampled, asking costs a context-variable read and nothing is made. No provider is installed
 globally: tests run many servers in one process, each traced (or not) on its own.
 
 Span attributes never hold request content, statement parameters or credentials: callers pass
@@ -18,7 +18,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
-from opentelemetry.context import Context
 from opentelemetry.trace import (
     INVALID_SPAN,
     Span,
@@ -31,7 +30,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
-#: The tracer of the server whose call (or background task) is running, if it traces.
+#: The tracer of the server whose call is running, if it traces.
 _tracer: ContextVar[Tracer | None] = ContextVar("taskservice_tracer", default=None)
 
 Attributes = Mapping[str, AttributeValue]
@@ -99,32 +98,6 @@ def child_span(
         return
     with _current(span):
         yield span
-
-
-@contextmanager
-def root_span(
-    tracer: Tracer | None, name: str, attributes: Attributes | None = None
-) -> Iterator[Span]:
-    """Run background work (no call) in a new trace of its own, with `tracer` for its children.
-
-    Yields the invalid (non-recording) span when `tracer` is None.
-    """
-    if tracer is None:
-        yield INVALID_SPAN
-        return
-    token = _tracer.set(tracer)
-    try:
-        span = tracer.start_span(
-            name,
-            context=Context(),
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
-        with _current(span):
-            yield span
-    finally:
-        _tracer.reset(token)
 
 
 @contextmanager
