@@ -52,7 +52,7 @@ def _migrate(args: argparse.Namespace) -> int:
     A database that is not there (or refuses us) ends the command with one line on stderr and
     exit status 1, after at most `--wait-seconds` of retrying.
     """
-    from taskservice.db.migrations import DatabaseUnreachable, upgrade, wait_for_database
+    from taskservice.db.migrations import DatabaseNotReady, upgrade, wait_for_database
 
     settings = _settings(require_signing_key=False)
     try:
@@ -61,7 +61,7 @@ def _migrate(args: argparse.Namespace) -> int:
             args.wait_seconds,
             connect_timeout=settings.db_connect_timeout_seconds,
         )
-    except DatabaseUnreachable as exc:
+    except DatabaseNotReady as exc:
         print(f"taskservice: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     upgrade(settings.sqlalchemy_url)

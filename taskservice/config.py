@@ -54,6 +54,41 @@ def _split_origins(value: str) -> tuple[str, ...]:
     return tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
 
 
+#: A SPIFFE ID: `spiffe://` and a trust domain, then path segments of letters, digits, `.-_`.
+_SPIFFE_ID = re.compile(r"spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+#: A DNS name as certificates carry it (a leading `*.` wildcard allowed).
+_DNS_NAME = re.compile(
+    r"(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+)
+
+
+def parse_mtls_identities(value: str) -> dict[str, int]:
+    """`identity=user_id` pairs, comma-separated, split at each pair's last `=`.
+
+    ValueError names the first pair that is not one: an identity that is neither a SPIFFE ID
+    nor a DNS name, a user id that is not a positive integer, or an identity given twice.
+    """
+    accounts: dict[str, int] = {}
+    for pair in (part.strip() for part in value.split(",")):
+        if not pair:
+            continue
+        identity, equals, user_id = pair.rpartition("=")
+        identity, user_id = identity.strip(), user_id.strip()
+        if not equals or not user_id.isdigit() or int(user_id) < 1:
+            raise ValueError(f"{pair!r} is not identity=user_id with a positive user id")
+        if identity.lower().startswith("spiffe:"):
+            segments = identity.split("/")[3:]
+            if not _SPIFFE_ID.fullmatch(identity) or {".", ".."} & set(segments):
+                raise ValueError(f"{identity!r} is not a SPIFFE ID (spiffe://trust-domain/path)")
+        elif "://" in identity or not _DNS_NAME.fullmatch(identity) or len(identity) > 253:
+            raise ValueError(f"{identity!r} is neither a SPIFFE ID nor a DNS name")
+        if identity.lower() in {known.lower() for known in accounts}:
+            raise ValueError(f"{identity!r} is listed twice")
+        accounts[identity] = int(user_id)
+    return accounts
+
+
 class ConfigError(Exception):
     """A configuration value is missing or wrong; the message is one line naming the variable."""
 
@@ -92,6 +127,9 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
+    # Client certificate identities that authenticate as service accounts, comma-separated
+    # `identity=user_id` pairs; the identity a SPIFFE ID (URI SAN) or a DNS SAN.
+    mtls_identities: str = Field(default="", max_length=100_000)
     health_port: int | None = Field(default=None, ge=0, le=65535)
     # The HTTP edge (Connect, gRPC-Web; HTTP/1.1 and h2c): HTTP_PORT=off turns it off.
     http_host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - a server binds all
@@ -222,6 +260,17 @@ class Settings(BaseSettings):
         parse_networks(value)
         return value
 
+    @field_validator("mtls_identities")
+    @classmethod
+    def _identities_map_to_ids(cls, value: str) -> str:
+        parse_mtls_identities(value)
+        return value
+
+    @property
+    def mtls_identity_accounts(self) -> dict[str, int]:
+        """MTLS_IDENTITIES as a mapping: certificate identity → service account's user id."""
+        return parse_mtls_identities(self.mtls_identities)
+
     @field_validator("credential_hash_key")
     @classmethod
     def _long_hash_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -240,6 +289,8 @@ class Settings(BaseSettings):
             raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+        if self.mtls_identities.strip() and self.tls_client_ca_file is None:
+            raise ValueError("MTLS_IDENTITIES needs mutual TLS: set TLS_CLIENT_CA_FILE")
         return self
 
     @property

@@ -31,8 +31,10 @@ from taskservice.api.metrics import ServerMetrics
 from taskservice.api.reflection import enable_reflection
 from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
+from taskservice.calls.certificates import CertificateIdentities
 from taskservice.calls.context import current_call
 from taskservice.calls.limits import UnaryCallLimit
+from taskservice.calls.refusals import RefusalAudit
 from taskservice.calls.spans import server_address
 from taskservice.config import ConfigError, Settings
 from taskservice.db.engine import Database, create_engine, open_fast_reads
@@ -297,6 +299,7 @@ async def build_server(
     )
 
     monitor = HealthMonitor(HealthServicer(), database.ping, HEALTH_NAMES)
+    refusals = RefusalAudit(audit, clock=clock)
     await monitor.not_serving_yet()
     server = grpc.aio.server(
         # Outermost first: every call is logged; unary calls over MAX_CONCURRENT_RPCS are
@@ -306,9 +309,9 @@ async def build_server(
         interceptors=[
             AccessLogInterceptor(metrics, tracing.tracer, server_address(settings.grpc_host)),
             UnaryCallLimitInterceptor(UnaryCallLimit(settings.max_concurrent_rpcs)),
-            ErrorInterceptor(on_database_error=monitor.suspect),
+            ErrorInterceptor(on_database_error=monitor.suspect, refusals=refusals),
             AvailabilityInterceptor(monitor),
-            AuthInterceptor(auth),
+            AuthInterceptor(auth, CertificateIdentities(settings.mtls_identity_accounts)),
         ],
         options=server_options(settings, reuse_port=reuse_port),
     )
@@ -362,6 +365,7 @@ async def build_server(
                 metrics=metrics,
                 rest=RestServices(auth, users, tasks, monitor.servicer),
                 reuse_port=reuse_port,
+                refusals=refusals,
                 tracer=tracing.tracer,
             )
         except RuntimeError:

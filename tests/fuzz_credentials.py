@@ -64,6 +64,7 @@ AUDIT_EVENTS = frozenset(
         "user_activated",
         "user_deleted",
         "task_admin_action",
+        "permission_missing",
     }
 )
 

@@ -10,25 +10,32 @@ compared with the last OK answer about it. Task rules live in `fuzz_tasks`, list
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.message import Message
 
+from taskservice.v1 import permissions_pb2
 from tests.fuzz_credentials import CredentialOracles, CredentialState
 from tests.fuzz_rules import (
+    ADMIN_ROLE,
+    ADMINS_ALONE,
     DENIED,
     EMAIL_MAX,
     EXHAUSTED,
     EXISTS,
     INVALID,
+    NEEDS_A_LOGIN,
     NOT_FOUND,
     PRECONDITION,
+    SERVICE_ACCOUNT_FIELDS,
     SERVICE_ACCOUNT_NAME_MAX,
     UNAUTHENTICATED,
     USER_FIELDS,
     USER_KIND_HUMAN,
     USER_KIND_SERVICE,
+    USER_ROLE,
     Conditions,
     Credential,
     Expect,
@@ -36,14 +43,20 @@ from tests.fuzz_rules import (
     TaskRow,
     UserRow,
     check,
+    declared_permissions,
     effective_page_size,
     email_or_none,
+    holds,
     only,
     pair,
     password_problem,
     permission_problems,
 )
 from tests.fuzz_tasks import TaskOracles
+
+#: Each method's declared permission; PUBLIC for those that need no credential.
+DECLARED = declared_permissions()
+PUBLIC = permissions_pb2.PERMISSION_PUBLIC
 
 
 class Model(TaskOracles, CredentialOracles):
@@ -70,6 +83,8 @@ class Model(TaskOracles, CredentialOracles):
         self.gone_task_ids: list[int] = []
         self.current_revision = 1
         self.cred = CredentialState()
+        #: The method being modelled (what a key's caller view is for).
+        self._method = ""
         self._oracles: dict[str, Callable[[Credential, Any], Expect]] = {
             "/taskservice.v1.AuthService/Register": self._register,
             "/taskservice.v1.AuthService/Login": self._login,
@@ -118,20 +133,61 @@ class Model(TaskOracles, CredentialOracles):
         self.credentials.append(credential)
         return credential
 
+    def add_key(self, key_id: int, secret: str) -> Credential:
+        """Hold an API key the server issued (its row is in `cred.api_keys`)."""
+        row = self.cred.api_keys[key_id]
+        credential = Credential(
+            f"key {key_id} of user {row.user_id}",
+            (("authorization", f"Bearer {secret}"),),
+            row.user_id,
+            key_id=key_id,
+        )
+        self.credentials.append(credential)
+        return credential
+
     def caller(self, credential: Credential) -> UserRow | None:
-        """The user a credential authenticates as right now, or None."""
+        """The user a credential authenticates as right now, or None.
+
+        For an API key, a copy of its user that is an admin exactly when the key holds the
+        admin-only permission the method being modelled declares: the oracles' admin checks
+        then stand for that method's permission, and every owner check sees a regular user (the
+        keys the fuzz holds never reach other owners' tasks).
+        """
         if credential.user_id is None:
             return None
         user = self.users.get(credential.user_id)
-        if user is None or not user.is_active or user.version != credential.version:
+        if user is None or not user.is_active:
             return None
-        return user
+        if credential.key_id is None:
+            return user if user.version == credential.version else None
+        if credential.key_id not in self.cred.api_keys:
+            return None
+        needed = DECLARED.get(self._method, PUBLIC)
+        admin = needed in ADMINS_ALONE and needed in self._holds(user, credential)
+        return dataclasses.replace(user, is_admin=admin)
+
+    def _holds(self, user: UserRow, credential: Credential) -> frozenset[int]:
+        """What a key credential may do now."""
+        key = self.cred.api_keys[credential.key_id]  # type: ignore[index]
+        if user.kind == USER_KIND_SERVICE:
+            return holds(user.permissions, key.permissions)
+        return holds(ADMIN_ROLE if user.is_admin else USER_ROLE, key.permissions)
 
     def expect(self, method: str, credential: Credential, request: Message) -> Expect:
         """What `request` by `credential` to `method` may be answered."""
         size = request.ByteSize()
         if size > self.max_message_bytes:
             return only(EXHAUSTED, f"request of {size} bytes is over the server's limit")
+        self._method = method
+        needed = DECLARED[method]
+        if credential.key_id is not None and needed != PUBLIC:
+            caller = self.caller(credential)
+            if caller is None:
+                return only(UNAUTHENTICATED, f"{credential.name} does not authenticate")
+            if needed not in self._holds(self.users[caller.id], credential):
+                return only(DENIED, "PERMISSION_MISSING: the key lacks the method's permission")
+            if method in NEEDS_A_LOGIN:
+                return only(DENIED, "API_KEY_NOT_ALLOWED: keys cannot manage keys")
         return self._oracles[method](credential, request)
 
     def _authenticated(self, credential: Credential) -> tuple[UserRow | None, Expect | None]:
@@ -335,6 +391,22 @@ class Model(TaskOracles, CredentialOracles):
             and request.user.is_admin
         ):
             conditions.add(PRECONDITION, "a service account cannot be made an admin")
+        name = request.user.display_name.strip()
+        if "display_name" in paths and (
+            "\x00" in name or not 0 < len(name) <= SERVICE_ACCOUNT_NAME_MAX
+        ):
+            conditions.add(INVALID, "display_name empty, too long or with NUL", "user.display_name")
+        granted = None
+        if "permissions" in paths:
+            if not request.user.permissions:
+                conditions.add(INVALID, "no permissions", "user.permissions")
+            granted = permission_problems(request.user.permissions, conditions, "user.permissions")
+        if (
+            target is not None
+            and target.kind != USER_KIND_SERVICE
+            and paths & SERVICE_ACCOUNT_FIELDS
+        ):
+            conditions.add(PRECONDITION, "display_name or permissions of a person")
         if (
             target is not None
             and email is not None
@@ -352,6 +424,10 @@ class Model(TaskOracles, CredentialOracles):
                 target.is_active = request.user.is_active
             if "is_admin" in paths:
                 target.is_admin = request.user.is_admin
+            if "display_name" in paths:
+                target.display_name = name
+            if granted is not None:
+                target.permissions = granted
             self._check_user(response.user, target)
 
         return conditions.expect(on_ok)

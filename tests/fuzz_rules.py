@@ -8,6 +8,8 @@ server uses.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+import taskservice.v1
 from taskservice.services.validation import normalize_email
 from taskservice.v1 import permissions_pb2, user_pb2
 
@@ -51,7 +54,9 @@ ORDER_FIELDS = ("create_time", "update_time", "due_time", "priority", "title", "
 TASK_FIELDS = frozenset({"title", "description", "status", "due_time", "priority", "labels"})
 #: PatchTask may also name `parent_id` (Task.parent_id's comment; PatchTask's own omits it).
 PATCH_FIELDS = TASK_FIELDS | {"parent_id"}
-USER_FIELDS = frozenset({"email", "is_active", "is_admin"})
+USER_FIELDS = frozenset({"email", "is_active", "is_admin", "display_name", "permissions"})
+#: Of those, the fields only a service account has (UpdateUser on a person: FAILED_PRECONDITION).
+SERVICE_ACCOUNT_FIELDS = frozenset({"display_name", "permissions"})
 #: Permission enum numbers a key or a service account may be given: every value but
 #: PERMISSION_UNSPECIFIED and PERMISSION_PUBLIC (permissions.proto); anything else is refused.
 GRANTABLE_PERMISSIONS = frozenset(
@@ -59,6 +64,62 @@ GRANTABLE_PERMISSIONS = frozenset(
     for value in permissions_pb2.Permission.DESCRIPTOR.values
     if value.name not in {"PERMISSION_UNSPECIFIED", "PERMISSION_PUBLIC"}
 )
+_P = permissions_pb2
+#: What each role holds (security.md's table), as Permission numbers.
+USER_ROLE = frozenset(
+    {
+        _P.PERMISSION_TASKS_READ,
+        _P.PERMISSION_TASKS_WRITE,
+        _P.PERMISSION_USERS_READ,
+        _P.PERMISSION_ACCOUNT_MANAGE,
+        _P.PERMISSION_API_KEYS_MANAGE,
+    }
+)
+ADMIN_ROLE = GRANTABLE_PERMISSIONS
+#: Every owner's tasks include one's own.
+IMPLIED = {
+    _P.PERMISSION_TASKS_READ_ALL: _P.PERMISSION_TASKS_READ,
+    _P.PERMISSION_TASKS_WRITE_ALL: _P.PERMISSION_TASKS_WRITE,
+}
+#: Permissions only an admin's role holds: a key or service account holding the one its method
+#: declares passes that method's admin check.
+ADMINS_ALONE = ADMIN_ROLE - USER_ROLE
+#: Methods a key may never call, whatever it holds (they need a login: API_KEY_NOT_ALLOWED).
+NEEDS_A_LOGIN = frozenset(
+    f"/taskservice.v1.ApiKeyService/{name}"
+    for name in ("CreateApiKey", "ListApiKeys", "DeleteApiKey")
+)
+
+
+def declared_permissions() -> dict[str, int]:
+    """Each RPC's `(taskservice.v1.requires)` option, read from the generated descriptors."""
+    declared = {}
+    for info in pkgutil.iter_modules(taskservice.v1.__path__):
+        if info.name.endswith("_pb2"):
+            module = importlib.import_module(f"taskservice.v1.{info.name}")
+            for service in module.DESCRIPTOR.services_by_name.values():
+                for method in service.methods:
+                    number = method.GetOptions().Extensions[_P.requires]
+                    declared[f"/{service.full_name}/{method.name}"] = number
+    return declared
+
+
+def holds(role_or_granted: Iterable[int], scope: Iterable[int]) -> frozenset[int]:
+    """What a credential may do: its user's role (or a service account's permissions).
+
+    Cut down to its key's `scope` when that is not empty; each side is widened by what it
+    implies first.
+    """
+
+    def widened(numbers: Iterable[int]) -> frozenset[int]:
+        given = frozenset(numbers)
+        return given | {IMPLIED[n] for n in given if n in IMPLIED}
+
+    held = widened(role_or_granted)
+    scope = tuple(scope)
+    return held & widened(scope) if scope else held
+
+
 USER_KIND_HUMAN = user_pb2.USER_KIND_HUMAN
 USER_KIND_SERVICE = user_pb2.USER_KIND_SERVICE
 #: A service account's display name: 1 to 100 characters after trimming, no NUL.
@@ -201,6 +262,8 @@ class Credential:
     #: The user a real token was issued for, and the generation it was issued at.
     user_id: int | None = None
     version: int = 0
+    #: For an API key: its id (it works while the key exists and its user is active).
+    key_id: int | None = None
 
     @property
     def anonymous(self) -> bool:

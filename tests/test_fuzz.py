@@ -56,7 +56,13 @@ from taskservice.db.models import (
 )
 from taskservice.server import Application, build_server
 from taskservice.services.users import NO_PASSWORD
-from taskservice.v1 import permissions_pb2, task_pb2, task_service_pb2, user_service_pb2
+from taskservice.v1 import (
+    api_key_service_pb2,
+    permissions_pb2,
+    task_pb2,
+    task_service_pb2,
+    user_service_pb2,
+)
 from tests.conftest import Stubs
 from tests.fuzz_model import Model
 from tests.fuzz_rules import (
@@ -269,6 +275,20 @@ class Harness:
             ],
         )
         await self.call(Call(create_account, credentials[0], request))
+        # Machine callers: the service account's key, and an admin's key limited to reading
+        # tasks; the model knows what each may call (a missing permission: PERMISSION_DENIED).
+        robot = max(self.model.users)
+        create_key = next(rpc for rpc in RPCS if rpc.method.name == "CreateApiKey")
+        for user_id, scope in (
+            (robot, []),
+            (admin.user.id, [permissions_pb2.PERMISSION_TASKS_READ]),
+        ):
+            key_request = api_key_service_pb2.CreateApiKeyRequest(
+                user_id=user_id, display_name="machine", permissions=scope
+            )
+            created = await self.call(Call(create_key, credentials[0], key_request))
+            assert isinstance(created, api_key_service_pb2.CreateApiKeyResponse)
+            self.model.add_key(created.api_key.id, created.secret)
 
     def pools(self, credential: Credential) -> Pools:
         """What the model has met, seen from the caller, for the strategies to reuse."""
@@ -395,8 +415,8 @@ class Harness:
             await self.call(data.draw(self.calls(), label=f"call {index + 1}"))
         await self.check_rows()
 
-    async def call(self, call: Call) -> None:
-        """Make one call and hold its answer against the model."""
+    async def call(self, call: Call) -> Message | None:
+        """Make one call and hold its answer against the model; the response, if OK."""
         if call.rpc.method.server_streaming:  # WatchTasks' oracle needs the store's revision
             await self.app.database.number_changes()  # every earlier write numbered
             async with self.app.database.rows() as connection:
@@ -415,7 +435,7 @@ class Harness:
             )
         except grpc.aio.AioRpcError as error:
             self._check_error(call, expect, error)
-            return
+            return None
         self.transcript[-1] += " -> OK"
         self.outcomes[call.rpc.method.name, "OK"] += 1
         if OK not in expect.codes:
@@ -433,6 +453,7 @@ class Harness:
             following.CopyFrom(call.request)
             following.page_token = token  # type: ignore[attr-defined]
             self.walks = [*self.walks[-4:], Call(call.rpc, call.credential, following)]
+        return response
 
     def _check_error(self, call: Call, expect: Expect, error: grpc.aio.AioRpcError) -> None:
         code = error.code()

@@ -21,11 +21,12 @@ from taskservice.server import Application
 from taskservice.services.authorization import Permission
 from taskservice.v1 import api_key_service_pb2 as keys_pb
 from taskservice.v1 import audit_service_pb2 as audit_pb
+from taskservice.v1 import auth_service_pb2 as auth_pb
 from taskservice.v1 import permissions_pb2 as perms
 from taskservice.v1 import task_service_pb2 as tasks_pb
 from taskservice.v1 import user_service_pb2 as users_pb
 from tests.conftest import Stubs
-from tests.helpers import Account, bearer, fails, make_admin, register
+from tests.helpers import PASSWORD, Account, bearer, fails, make_admin, register, unique_email
 from tests.http_client import grpc_web, grpc_web_failure
 from tests.test_migrations import _USER, _execute, _fetch
 from tests.test_permissions import _without
@@ -389,3 +390,41 @@ def test_keys_from_before_permissions_stay_unlimited_across_the_migration(
     downgrade(database_url, "0011")  # and back: the key survives without its list
     assert _fetch(database_url, "SELECT id, display_name FROM api_keys") == [(5, "old key")]
     upgrade(database_url)
+
+
+async def test_a_key_limited_to_managing_users_cannot_make_an_administrator(
+    stubs: Stubs, admin: Account, member: Account
+) -> None:
+    """An administrator holds every permission: making one needs them all, not `users.manage`."""
+    _, machine = await _key(stubs, admin, perms.PERMISSION_USERS_MANAGE)
+    promote = users_pb.UpdateUserRequest(
+        user={"id": member.user.id, "is_admin": True}, update_mask={"paths": ["is_admin"]}
+    )
+    _missing(
+        await fails(stubs.users.UpdateUser(promote, metadata=machine.metadata), DENIED),
+        "tasks.read",
+    )
+    created = auth_pb.RegisterRequest(email=unique_email(), password=PASSWORD, is_admin=True)
+    _missing(
+        await fails(stubs.auth.Register(created, metadata=machine.metadata), DENIED),
+        "tasks.read",
+    )
+    # Nothing changed; what the key may do, it still does.
+    got = await stubs.users.GetUser(
+        users_pb.GetUserRequest(id=member.user.id), metadata=admin.metadata
+    )
+    assert got.user.is_admin is False
+    deactivate = users_pb.UpdateUserRequest(
+        user={"id": member.user.id, "is_active": False}, update_mask={"paths": ["is_active"]}
+    )
+    assert (
+        await stubs.users.UpdateUser(deactivate, metadata=machine.metadata)
+    ).user.is_active is False
+    # A service account cannot be granted more than the key that creates it holds either.
+    wider = users_pb.CreateServiceAccountRequest(
+        display_name="wider", permissions=[perms.PERMISSION_AUDIT_READ]
+    )
+    _missing(
+        await fails(stubs.users.CreateServiceAccount(wider, metadata=machine.metadata), DENIED),
+        "audit.read",
+    )

@@ -237,6 +237,14 @@ async def test_anonymous_registrations_are_throttled_per_address(
         pb.RegisterRequest(email=unique_email(), password=PASSWORD),
         metadata=(*admin.metadata, *_from("192.0.2.1")),
     )
+    member = await register(stubs)
+    await _retry_delay(  # a regular user's token does not skip the throttle
+        stubs.auth.Register(
+            pb.RegisterRequest(email=unique_email(), password=PASSWORD),
+            metadata=(*member.metadata, *_from("192.0.2.1")),
+        ),
+        "REGISTRATION_THROTTLED",
+    )
     clock.advance(seconds=WINDOW_SECONDS)
     await anonymous("192.0.2.1")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +35,17 @@ class Credential:
 
 
 def _issue(
-    name: str, issuer: Credential | None = None, *, ca: bool = False, server: bool = False
+    name: str,
+    issuer: Credential | None = None,
+    *,
+    ca: bool = False,
+    server: bool = False,
+    names: Sequence[x509.GeneralName] = (),
 ) -> Credential:
-    """A throwaway EC key and certificate, self-signed or signed by `issuer`."""
+    """A throwaway EC key and certificate, self-signed or signed by `issuer`.
+
+    A server's certificate names localhost; a client's carries `names` (SPIFFE IDs, DNS names).
+    """
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     signer_key = key
@@ -63,6 +71,8 @@ def _issue(
             ),
             critical=False,
         )
+    elif names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
     cert = builder.sign(signer_key, hashes.SHA256())
     return Credential(
         key=key.private_bytes(

@@ -46,4 +46,6 @@ def audit_event_to_proto(row: AuditEvent) -> pb.AuditEvent:
         outcome=row.outcome,
         request_id=row.request_id or "",
         create_time=timestamp(row.create_time),
+        method=row.method or "",
+        permission=row.permission or "",
     )

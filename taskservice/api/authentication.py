@@ -33,6 +33,7 @@ from taskservice.calls.authentication import (
 )
 from taskservice.calls.authentication import current_principal as _principal
 from taskservice.calls.authentication import recheck as recheck
+from taskservice.calls.certificates import CertificateIdentities
 from taskservice.errors import Unauthenticated
 from taskservice.services.auth import AuthService
 from taskservice.services.principal import Principal
@@ -43,11 +44,16 @@ _Resp = TypeVar("_Resp")
 
 
 class AuthInterceptor(HandlerInterceptor):
-    """Resolves `authorization: Bearer <token>` to a Principal before the handler runs."""
+    """Resolves `authorization: Bearer <token>` to a Principal before the handler runs.
 
-    def __init__(self, auth: AuthService) -> None:
+    Under mutual TLS a call without a token may be authenticated by its client certificate,
+    when `identities` maps it (MTLS_IDENTITIES).
+    """
+
+    def __init__(self, auth: AuthService, identities: CertificateIdentities | None = None) -> None:
         super().__init__()
         self._auth = auth
+        self._identities = identities or CertificateIdentities({})
 
     def intercept_handler(
         self, handler: grpc.RpcMethodHandler, method: str
@@ -73,7 +79,8 @@ class AuthInterceptor(HandlerInterceptor):
             request: object, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[object]:
             token = bearer_token(context.invocation_metadata() or ())
-            await authenticate_stream(self._auth, token, method)
+            account = self._certificate_account(context, token)
+            await authenticate_stream(self._auth, token, method, account)
             async for response in inner(request, context):
                 yield response
 
@@ -82,7 +89,13 @@ class AuthInterceptor(HandlerInterceptor):
     def _authenticating(self, inner: UnaryBehavior, method: str, optional: bool) -> UnaryBehavior:
         async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
             token = bearer_token(context.invocation_metadata() or ())
-            principal = await authenticate(self._auth, token, method, optional=optional)
+            principal = await authenticate(
+                self._auth,
+                token,
+                method,
+                optional=optional,
+                certificate_account=self._certificate_account(context, token),
+            )
             reset = _principal.set(principal)
             try:
                 return await inner(request, context)
@@ -90,6 +103,15 @@ class AuthInterceptor(HandlerInterceptor):
                 _principal.reset(reset)
 
         return behavior
+
+    def _certificate_account(
+        self, context: grpc.aio.ServicerContext, token: str | None
+    ) -> int | None:
+        """The account the peer's certificate maps to, read only when it could matter."""
+        if token is not None or not self._identities:
+            return None
+        certificates = context.auth_context().get("x509_pem_cert") or [None]
+        return self._identities.account_of(certificates[0])
 
 
 def bearer_token(metadata: Sequence[Any]) -> str | None:

@@ -27,6 +27,7 @@ from taskservice.calls.errors import (
     malformed_request,
     status_of,
 )
+from taskservice.calls.refusals import RefusalAudit
 
 __all__ = ["ErrorInterceptor", "abort_with_status", "database_unavailable"]
 
@@ -53,9 +54,14 @@ class ErrorInterceptor(HandlerInterceptor):
     has ended the call fails in its core and is logged at ERROR.
     """
 
-    def __init__(self, on_database_error: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        on_database_error: Callable[[], None] = lambda: None,
+        refusals: RefusalAudit | None = None,
+    ) -> None:
         super().__init__()
         self._on_database_error = on_database_error
+        self._refusals = refusals
 
     def intercept_handler(
         self, handler: grpc.RpcMethodHandler, method: str
@@ -120,7 +126,10 @@ class ErrorInterceptor(HandlerInterceptor):
 
     async def _abort(self, context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
         """End the call with the status `taskservice.calls.errors` gives the exception."""
-        await abort_with_status(context, status_of(exc, method, self._on_database_error))
+        status = status_of(exc, method, self._on_database_error)
+        if self._refusals is not None:
+            await self._refusals.after_call(method)
+        await abort_with_status(context, status)
 
 
 def _decode(raw: object, deserialize: Callable[[bytes], object] | None) -> object:

@@ -58,6 +58,8 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
             email=request.user.email,
             is_active=request.user.is_active,
             is_admin=request.user.is_admin,
+            display_name=request.user.display_name,
+            permissions=tuple(PERMISSION_NAMES.get(n, "") for n in request.user.permissions),
         )
         user = await self._users.update_user(principal, request.user.id, changes)
         return pb.UpdateUserResponse(user=user_to_proto(user))

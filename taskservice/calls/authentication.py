@@ -1,8 +1,10 @@
 """Who is calling: the bearer token of a call resolved to a Principal, the same on every edge.
 
-Each edge reads the `authorization` values of its call (gRPC metadata, HTTP headers) and hands
-them here; the Principal found is put in `current_principal` for the handler, which receives it
-through `taskservice.api.authentication.authenticated`.
+Each edge reads the `authorization` values of its call (gRPC metadata, HTTP headers), and under
+mutual TLS the account its client certificate maps to (`taskservice.calls.certificates`), and
+hands them here; a bearer token, when sent, wins over the certificate. The Principal found is
+put in `current_principal` for the handler, which receives it through
+`taskservice.api.authentication.authenticated`.
 """
 
 from __future__ import annotations
@@ -62,25 +64,42 @@ def parse_authorization(values: Sequence[object]) -> str | None:
 
 
 async def authenticate(
-    auth: AuthService, token: str | None, method: str, *, optional: bool
+    auth: AuthService,
+    token: str | None,
+    method: str,
+    *,
+    optional: bool,
+    certificate_account: int | None = None,
 ) -> Principal | None:
-    """The caller for `token`, allowed to call `method`; raise when it is not.
+    """The caller for `token` (else the certificate's account), allowed to call `method`.
 
-    Unauthenticated when a needed token is missing or bad; PermissionDenied when the caller
-    lacks the permission the method declares. The user found is noted on the call for the
-    access log.
+    Unauthenticated when a needed credential is missing or bad; PermissionDenied when the
+    caller lacks the permission the method declares. The user found is noted on the call for
+    the access log.
     """
-    if token is None:
+    check = _credential(auth, token, certificate_account)
+    if check is None:
         if optional:
             return None
         raise missing_token()
-    principal = await _resolve(auth, token)
+    principal = await _resolve(check)
     authorize_method(principal, method)
     return principal
 
 
-async def _resolve(auth: AuthService, token: str) -> Principal:
-    principal = await auth.authenticate(token)
+def _credential(
+    auth: AuthService, token: str | None, certificate_account: int | None
+) -> Callable[[], Awaitable[Principal]] | None:
+    """How to authenticate the call (again, for a stream); None when it sent no credential."""
+    if token is not None:
+        return lambda: auth.authenticate(token)
+    if certificate_account is not None:
+        return lambda: auth.authenticate_certificate(certificate_account)
+    return None
+
+
+async def _resolve(check: Callable[[], Awaitable[Principal]]) -> Principal:
+    principal = await check()
     if (call := current_call()) is not None:
         call.user_id = principal.user_id
     return principal
@@ -93,21 +112,31 @@ def missing_token() -> Unauthenticated:
     )
 
 
-async def authenticate_stream(auth: AuthService, token: str | None, method: str) -> Principal:
-    """Authenticate a server stream as it starts, and let it re-check its token later.
+async def authenticate_stream(
+    auth: AuthService, token: str | None, method: str, certificate_account: int | None = None
+) -> Principal:
+    """Authenticate a server stream as it starts, and let it re-check its credential later.
 
     A stream outlives the checks made when it began: the handler gets, through `recheck()`, the
     means to ask again (token expiry, revocation) as often as it must. The context variables are
     not reset: each stream runs in a task (and context) of its own, and a stream abandoned by
     its transport may be finalized in another context, where a reset would fail.
     """
-    if token is None:
+    check = _credential(auth, token, certificate_account)
+    if check is None:
         raise missing_token()
-    principal = await _resolve(auth, token)
+    principal = await _resolve(check)
     authorize_method(principal, method)
     current_principal.set(principal)
-    current_recheck.set(lambda: auth.authenticate(token))
+    current_recheck.set(check)
     return principal
+
+
+def stream_recheck(
+    auth: AuthService, token: str | None, certificate_account: int | None
+) -> Callable[[], Awaitable[Principal]] | None:
+    """For an edge that authenticates a stream itself: how the stream checks its caller again."""
+    return _credential(auth, token, certificate_account)
 
 
 def recheck() -> Callable[[], Awaitable[Principal]]:

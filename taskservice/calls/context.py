@@ -27,6 +27,8 @@ class CallInfo:
     forwarded_for: tuple[str, ...] = ()
     #: The permission the call was refused for, if it was (for the denials metric).
     denied_permission: str | None = None
+    #: Whether that refusal was PERMISSION_MISSING (the credential lacked it: audited).
+    permission_missing: bool = False
 
 
 #: Generated request ids: a random per-process prefix and a counter, unique without a syscall.

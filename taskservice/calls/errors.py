@@ -22,6 +22,9 @@ from taskservice import errors
 from taskservice.calls.context import current_call
 from taskservice.db import outages
 
+#: The reason of a refusal for a permission the call's credential lacks (audited).
+PERMISSION_MISSING = "PERMISSION_MISSING"
+
 logger = logging.getLogger("taskservice.api.errors")
 
 #: ErrorInfo.domain of every error this service raises.
@@ -119,14 +122,20 @@ def status_of(
     A domain error's own status; anything else as `unexpected_status` says.
     """
     if isinstance(exc, errors.DomainError):
-        if (
-            isinstance(exc, errors.PermissionDenied)
-            and "permission" in exc.metadata
-            and (call := current_call()) is not None
-        ):
-            call.denied_permission = exc.metadata["permission"]
+        note_refusal(exc)
         return to_status(exc)
     return unexpected_status(exc, method, on_database_error)
+
+
+def note_refusal(exc: errors.DomainError) -> None:
+    """Note on the call a refusal that names a permission, for the metric and the audit trail."""
+    if (
+        isinstance(exc, errors.PermissionDenied)
+        and "permission" in exc.metadata
+        and (call := current_call()) is not None
+    ):
+        call.denied_permission = exc.metadata["permission"]
+        call.permission_missing = exc.reason == PERMISSION_MISSING
 
 
 def unexpected_status(

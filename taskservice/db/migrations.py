@@ -30,7 +30,7 @@ FIRST_RETRY_DELAY_SECONDS = 0.1
 MAX_RETRY_DELAY_SECONDS = 1.0
 
 
-class DatabaseUnreachable(Exception):
+class DatabaseNotReady(Exception):
     """The database did not accept a connection in time, or refused it for a lasting reason.
 
     The message is one line, fit for an operator, with the URL's password hidden.
@@ -66,7 +66,7 @@ def wait_for_database(
     hosts, timeouts and a server still starting up are retried with a short backoff until
     `wait_seconds` have passed; each attempt may take up to `connect_timeout`. Errors that waiting
     cannot fix (bad credentials, a missing database) end the wait at once. Either way the failure
-    is a `DatabaseUnreachable`. Runs its own event loop: call it outside one.
+    is a `DatabaseNotReady`. Runs its own event loop: call it outside one.
     """
     asyncio.run(_wait_for_database(make_url(database_url), wait_seconds, connect_timeout))
 
@@ -86,13 +86,13 @@ async def _wait_for_database(url: URL, wait_seconds: float, connect_timeout: flo
             except Exception as exc:
                 reason = _describe(exc)
                 if not _is_transient(exc):
-                    raise DatabaseUnreachable(
+                    raise DatabaseNotReady(
                         f"cannot use the database at {shown_url}: {reason}"
                     ) from exc
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     waited = f" within {wait_seconds:g} s" if wait_seconds > 0 else ""
-                    raise DatabaseUnreachable(
+                    raise DatabaseNotReady(
                         f"the database at {shown_url} did not accept connections{waited}: {reason}"
                     ) from exc
                 if reason != logged_reason:

@@ -375,6 +375,10 @@ class ThrottleCounter(Base):
 AUDIT_EVENT_MAX_LENGTH = 40
 #: Longest audit outcome.
 AUDIT_OUTCOME_MAX_LENGTH = 20
+#: Longest method path an audit event names (`/taskservice.v1.UserService/DeleteUser`).
+AUDIT_METHOD_MAX_LENGTH = 200
+#: Longest permission name an audit event names (`tasks.write_all`).
+AUDIT_PERMISSION_MAX_LENGTH = 40
 
 
 class AuditEvent(Base):
@@ -399,3 +403,6 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(AUDIT_OUTCOME_MAX_LENGTH))
     request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX_LENGTH))
     create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: For a refused call: the method and the permission it lacked; NULL for other events.
+    method: Mapped[str | None] = mapped_column(String(AUDIT_METHOD_MAX_LENGTH))
+    permission: Mapped[str | None] = mapped_column(String(AUDIT_PERMISSION_MAX_LENGTH))

@@ -27,12 +27,16 @@ from taskservice.calls.authentication import (
     current_recheck,
     is_public,
     parse_authorization,
+    stream_recheck,
 )
+from taskservice.calls.certificates import CertificateIdentities
 from taskservice.calls.context import REQUEST_ID_KEY
 from taskservice.calls.errors import database_unavailable, status_of, to_status
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics, MethodObserver, Observation
+from taskservice.calls.refusals import RefusalAudit
 from taskservice.http.errors import code_name, connect_error
+from taskservice.http.peer_certificate import certificate_account
 from taskservice.services.auth import AuthService
 from taskservice.services.principal import Principal
 
@@ -78,11 +82,13 @@ class ObserveAndMapErrors:
         self,
         metrics: CallMetrics,
         on_database_error: Callable[[], None],
+        refusals: RefusalAudit | None = None,
         tracer: Tracer | None = None,
         server_address: str | None = None,
     ) -> None:
         self._metrics = metrics
         self._on_database_error = on_database_error
+        self._refusals = refusals
         self._tracer = tracer
         self._server_address = server_address
         self._observers: dict[tuple[str, str, str], MethodObserver] = {}
@@ -105,6 +111,8 @@ class ObserveAndMapErrors:
             if error is None:
                 return
             mapped = self._mapped(error, method_path(ctx))
+            if self._refusals is not None:
+                await self._refusals.after_call(method_path(ctx))
             code = code_name(mapped.code) if isinstance(mapped, ConnectError) else "UNKNOWN"
             raise mapped from None
         finally:
@@ -159,12 +167,19 @@ class GateAndAuthenticate:
     """Refuse calls while the database is down, then resolve the bearer token to a Principal.
 
     The Principal goes where `@authenticated` servicer methods read it; health stays
-    answerable during an outage, as on the gRPC edge.
+    answerable during an outage, as on the gRPC edge. Without a token, a client certificate
+    that `identities` maps authenticates the call.
     """
 
-    def __init__(self, auth: AuthService, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        auth: AuthService,
+        is_ready: Callable[[], bool],
+        identities: CertificateIdentities | None = None,
+    ) -> None:
         self._auth = auth
         self._is_ready = is_ready
+        self._identities = identities or CertificateIdentities({})
 
     async def on_start(self, ctx: RequestContext) -> _Authenticated | None:
         """Gate and authenticate; raise a domain error to refuse the call."""
@@ -174,14 +189,19 @@ class GateAndAuthenticate:
         if is_public(method):
             return None
         token = parse_authorization(ctx.request_headers.getall("authorization"))
+        account = certificate_account(self._identities, token)
         principal = await authenticate(
-            self._auth, token, method, optional=method in OPTIONAL_AUTH_METHODS
+            self._auth,
+            token,
+            method,
+            optional=method in OPTIONAL_AUTH_METHODS,
+            certificate_account=account,
         )
         recheck_reset = None
-        if token is not None and ctx.method.stream_type == StreamType.SERVER_STREAM:
+        check = stream_recheck(self._auth, token, account)
+        if check is not None and ctx.method.stream_type == StreamType.SERVER_STREAM:
             # A stream outlives this check: it asks again (expiry, revocation) as it goes.
-            auth = self._auth
-            recheck_reset = current_recheck.set(lambda: auth.authenticate(token))
+            recheck_reset = current_recheck.set(check)
         return _Authenticated(current_principal.set(principal), recheck_reset)
 
     async def on_end(

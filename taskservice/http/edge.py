@@ -14,8 +14,10 @@ from typing import Any
 from opentelemetry.trace import Tracer
 
 from taskservice.api.health import HealthMonitor
+from taskservice.calls.certificates import CertificateIdentities
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics
+from taskservice.calls.refusals import RefusalAudit
 from taskservice.calls.spans import server_address
 from taskservice.config import Settings
 from taskservice.http.app import (
@@ -81,6 +83,7 @@ def build_http_app(
     health: HealthMonitor,
     metrics: CallMetrics,
     rest: RestServices,
+    refusals: RefusalAudit | None = None,
     tracer: Tracer | None = None,
 ) -> ASGIApp:
     """The ASGI application: every servicer over Connect and gRPC-Web, and the REST routes.
@@ -89,13 +92,18 @@ def build_http_app(
     traced with `tracer` (None: not traced).
     """
     in_flight = UnaryCallLimit(settings.max_concurrent_rpcs)
+    identities = CertificateIdentities(settings.mtls_identity_accounts)
     address = server_address(settings.http_host)
     interceptors = (
         ObserveAndMapErrors(
-            metrics, on_database_error=health.suspect, tracer=tracer, server_address=address
+            metrics,
+            on_database_error=health.suspect,
+            refusals=refusals,
+            tracer=tracer,
+            server_address=address,
         ),
         ConcurrencyLimit(in_flight),
-        GateAndAuthenticate(auth, is_ready=lambda: health.ready),
+        GateAndAuthenticate(auth, is_ready=lambda: health.ready, identities=identities),
     )
     options = connect_options(interceptors, settings.max_message_bytes)
     apps: list[Any] = [
@@ -111,6 +119,8 @@ def build_http_app(
         on_database_error=health.suspect,
         trusted_proxies=settings.trusted_proxy_networks,
         max_body_bytes=settings.max_message_bytes,
+        identities=identities,
+        refusals=refusals,
         tracer=tracer,
         server_address=address,
     )
@@ -126,12 +136,20 @@ def build_http_server(
     metrics: CallMetrics,
     rest: RestServices,
     reuse_port: bool = False,
+    refusals: RefusalAudit | None = None,
     tracer: Tracer | None = None,
 ) -> HttpServer:
     """The HTTP edge, bound to HTTP_HOST:HTTP_PORT but not yet serving."""
     assert settings.http_port is not None  # noqa: S101 - callers check HTTP_PORT is on
     app = build_http_app(
-        settings, servicers, auth=auth, health=health, metrics=metrics, rest=rest, tracer=tracer
+        settings,
+        servicers,
+        auth=auth,
+        health=health,
+        metrics=metrics,
+        rest=rest,
+        refusals=refusals,
+        tracer=tracer,
     )
     sock = bind_socket(settings.http_host, settings.http_port, reuse_port=reuse_port)
     return HttpServer(app, settings, sock)

@@ -20,6 +20,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from taskservice.config import Settings
+from taskservice.http import peer_certificate
 from taskservice.http.app import ASGIApp
 
 logger = logging.getLogger(__name__)
@@ -92,4 +93,5 @@ def _config(settings: Settings, sock: socket.socket) -> Config:
         if settings.tls_client_ca_file is not None:
             config.ca_certs = str(settings.tls_client_ca_file)
             config.verify_mode = ssl.CERT_REQUIRED
+            peer_certificate.install()  # so MTLS_IDENTITIES can read the certificates
     return config

@@ -3,8 +3,11 @@
 A row is written in the same transaction as the change it records (`record`), so the trail never
 shows a change that was rolled back nor misses one that committed; its log line is written once
 that transaction has committed. Refusals that change nothing (throttled logins and registrations)
-are not stored: they get the log line alone (`log_event`). Neither ever carries a secret: only
-event names, user ids, an outcome and the request id.
+are not stored: they get the log line alone (`log_event`). Calls refused for a permission their
+credential lacks are stored on their own (`record_permission_missing`), at most once per caller,
+method and permission in a window (see `taskservice.calls.refusals`). Neither ever carries a
+secret: only event names, user ids, an outcome, the request id, and for refusals the method and
+permission.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ USER_DEACTIVATED = "user_deactivated"
 USER_ACTIVATED = "user_activated"
 USER_DELETED = "user_deleted"
 TASK_ADMIN_ACTION = "task_admin_action"
+PERMISSION_MISSING = "permission_missing"
 
 SUCCESS = "success"
 FAILURE = "failure"
@@ -115,6 +119,8 @@ class AuditTrail:
         actor_id: int | None,
         target_user_id: int | None,
         outcome: str = SUCCESS,
+        method: str | None = None,
+        permission: str | None = None,
     ) -> None:
         """Add an event to `session`'s transaction; its log line follows the commit."""
         row = AuditEvent(
@@ -124,9 +130,24 @@ class AuditTrail:
             outcome=outcome,
             request_id=self.request_id(),
             create_time=self._clock(),
+            method=method,
+            permission=permission,
         )
         session.add(row)
         event.listen(session.sync_session, "after_commit", lambda _s: _log(row), once=True)
+
+    async def record_permission_missing(self, actor_id: int, method: str, permission: str) -> None:
+        """Store one call refused for lacking `permission` (in a transaction of its own)."""
+        async with self._db.write() as session:
+            self.record(
+                session,
+                PERMISSION_MISSING,
+                actor_id=actor_id,
+                target_user_id=None,
+                outcome=DENIED,
+                method=method,
+                permission=permission,
+            )
 
     async def list_events(
         self, caller: Principal, filter_text: str, requested_size: int, token: str
@@ -160,6 +181,8 @@ def _log(row: AuditEvent) -> None:
         target_user_id=row.target_user_id,
         outcome=row.outcome,
         request_id=row.request_id,
+        method=row.method,
+        permission=row.permission,
     )
 
 
@@ -170,17 +193,17 @@ def log_event(
     target_user_id: int | None,
     outcome: str,
     request_id: str | None,
+    method: str | None = None,
+    permission: str | None = None,
 ) -> None:
     """One structured audit log line (also for events that are not stored)."""
-    audit_logger.info(
-        "%s %s",
-        name,
-        outcome,
-        extra={
-            "event": name,
-            "actor_id": actor_id,
-            "target_user_id": target_user_id,
-            "outcome": outcome,
-            "request_id": request_id,
-        },
-    )
+    extra: dict[str, object] = {
+        "event": name,
+        "actor_id": actor_id,
+        "target_user_id": target_user_id,
+        "outcome": outcome,
+        "request_id": request_id,
+    }
+    if permission is not None:
+        extra.update(grpc_method=method, permission=permission)
+    audit_logger.info("%s %s", name, outcome, extra=extra)

@@ -36,7 +36,14 @@ from taskservice.services import audit
 from taskservice.services.api_keys import ApiKeyService
 from taskservice.services.audit import AuditTrail, log_event
 from taskservice.services.auth_state import AuthStateStore
-from taskservice.services.authorization import Permission, authorize
+from taskservice.services.authorization import (
+    ADMIN_ROLE,
+    Permission,
+    authorize,
+    authorize_granting,
+    may,
+    parse_stored,
+)
 from taskservice.services.clock import Clock
 from taskservice.services.principal import Principal
 from taskservice.services.throttle import Limit, Throttle, account_key, address_key
@@ -131,6 +138,28 @@ class AuthService:
             )
         return Principal(user_id=claims.user_id, is_admin=state.is_admin)
 
+    async def authenticate_certificate(self, user_id: int) -> Principal:
+        """The service account a client certificate is mapped to, if it exists and is active.
+
+        Only service accounts: a certificate mapped to a person (a mistake in MTLS_IDENTITIES)
+        would be a credential no one can revoke by deactivating keys or changing a password, so
+        it authenticates nobody, exactly as a deleted or deactivated account's certificate.
+        The state is read as for every API key call, so a deactivation is seen as soon.
+        """
+        state = await self._states.get(user_id)
+        if state is None or not state.is_active or not state.is_service_account:
+            raise Unauthenticated(
+                "CERTIFICATE_REVOKED",
+                "the account this client certificate maps to is deactivated, deleted "
+                "or not a service account",
+            )
+        return Principal(
+            user_id=user_id,
+            is_admin=False,
+            via_certificate=True,
+            granted=parse_stored(state.permissions),
+        )
+
     async def register(
         self,
         caller: Principal | None,
@@ -141,11 +170,14 @@ class AuthService:
     ) -> SignedIn:
         """Create a user. Only an admin may create an admin; anyone may create a regular user.
 
-        Anonymous registrations are throttled per client address (admins' are not).
+        Registrations are throttled per client address, except those by callers holding
+        `users.manage` (admins).
         """
         if is_admin:  # creating an admin is managing users
             _admin_creation_needs_users_manage(caller)
-        if caller is None and (key := address_key("register", client_address)) is not None:
+        # Only those who may create users anyway skip the throttle; any other token does not.
+        throttled = caller is None or not may(caller, Permission.USERS_MANAGE)
+        if throttled and (key := address_key("register", client_address)) is not None:
             await self._throttled(
                 self._throttle.attempt(
                     [Limit(key, self._policy.max_registrations_per_address)],
@@ -454,7 +486,7 @@ def _user_gone() -> Unauthenticated:
 
 
 def _admin_creation_needs_users_manage(caller: Principal | None) -> None:
-    """Refuse to create an admin unless the caller holds `users.manage`."""
+    """Refuse to create an admin unless the caller holds `users.manage` and all an admin has."""
 
     def refused(metadata: dict[str, str]) -> PermissionDenied:
         return PermissionDenied(
@@ -464,6 +496,7 @@ def _admin_creation_needs_users_manage(caller: Principal | None) -> None:
     if caller is None:
         raise refused({"permission": Permission.USERS_MANAGE.value})
     authorize(caller, Permission.USERS_MANAGE, otherwise=refused)
+    authorize_granting(caller, ADMIN_ROLE)  # an administrator holds every permission
 
 
 def no_password() -> FailedPrecondition:

@@ -172,6 +172,24 @@ def parse_stored(stored: str | None) -> frozenset[Permission] | None:
     return frozenset(Permission(name) for name in stored.split() if name in known)
 
 
+def may_grant(principal: Principal, permissions: Iterable[Permission]) -> bool:
+    """Whether the caller holds every one of `permissions` itself (see `authorize_granting`)."""
+    return frozenset(permissions) <= principal.permissions
+
+
+def authorize_granting(principal: Principal, permissions: Iterable[Permission]) -> None:
+    """Refuse to hand out a permission the caller lacks: nobody grants more than they hold.
+
+    Applies to a service account's permissions and to making an administrator (who holds
+    every permission), so a key scoped to `users.manage` cannot mint a wider credential.
+    The first permission lacking, in the enum's order, is named.
+    """
+    wanted = frozenset(permissions)
+    for permission in Permission:
+        if permission in wanted and permission not in principal.permissions:
+            raise permission_missing(permission)
+
+
 def permission_missing(permission: Permission) -> PermissionDenied:
     """The error for a caller whose credential does not carry `permission`."""
     return PermissionDenied(

@@ -21,6 +21,8 @@ class Principal:
     is_admin: bool
     #: Authenticated by an API key rather than by an access token from a login.
     via_api_key: bool = False
+    #: Authenticated by a client certificate mapped in MTLS_IDENTITIES (service accounts only).
+    via_certificate: bool = False
     #: The permissions the credential was limited to; None: the role's, all of them.
     scope: frozenset[Permission] | None = None
     #: A service account's permissions, standing in for a role; None for people.
@@ -40,8 +42,11 @@ class Principal:
         return self.granted is not None
 
     def require_login_credential(self) -> None:
-        """Refuse the call when it is authenticated by an API key (key management, say)."""
-        if self.via_api_key:
+        """Refuse the call when it is authenticated by an API key (key management, say).
+
+        A client certificate is no login either: it is refused alike.
+        """
+        if self.via_api_key or self.via_certificate:
             raise PermissionDenied(
                 "API_KEY_NOT_ALLOWED", "this method needs an access token from a login, not a key"
             )

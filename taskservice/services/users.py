@@ -26,10 +26,11 @@ from taskservice.services import audit
 from taskservice.services.audit import AuditTrail
 from taskservice.services.auth_state import AuthStateStore
 from taskservice.services.authorization import (
+    ADMIN_ROLE,
     Permission,
     authorize,
+    authorize_granting,
     check_permission_names,
-    permission_missing,
     stored_permissions,
 )
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
@@ -52,7 +53,9 @@ SERVICE_ACCOUNT_EMAIL_DOMAIN = "service-accounts.invalid"
 NO_PASSWORD = "!"  # noqa: S105 - a marker, not a password
 
 #: Fields UpdateUser may change.
-UPDATABLE_USER_FIELDS = frozenset({"email", "is_active", "is_admin"})
+UPDATABLE_USER_FIELDS = frozenset({"email", "is_active", "is_admin", "display_name", "permissions"})
+#: Fields only a service account has, and UpdateUser changes only on one.
+SERVICE_ACCOUNT_FIELDS = frozenset({"display_name", "permissions"})
 #: Fields that exist on a User but are never written by clients.
 READ_ONLY_USER_FIELDS = frozenset({"id", "create_time", "update_time"})
 #: One user's public columns (never the password hash), as a plain row.
@@ -78,6 +81,9 @@ class UserChanges:
     email: str = ""
     is_active: bool = False
     is_admin: bool = False
+    display_name: str = ""
+    #: Permission names (`tasks.read`); "" for a number no permission has.
+    permissions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,8 +161,18 @@ class UserService:
 
     @retries_conflicts
     async def update_user(self, caller: Principal, user_id: int, changes: UserChanges) -> User:
-        """Change the fields in `changes.paths`; demotion and deactivation revoke tokens."""
-        email = _check_changes(changes, id_violation("user.id", user_id))
+        """Change the fields in `changes.paths`; demotion and deactivation revoke tokens.
+
+        A service account's `display_name` and `permissions` may change too (only a service
+        account's), the permissions never to more than the caller holds itself.
+        """
+        email, chosen = _check_changes(changes, id_violation("user.id", user_id))
+        granted = None
+        if chosen is not None:
+            authorize_granting(caller, chosen)
+            granted = stored_permissions(chosen)
+        if "is_admin" in changes.paths and changes.is_admin:
+            authorize_granting(caller, ADMIN_ROLE)  # an administrator holds every permission
         if user_id == caller.user_id and (
             ("is_active" in changes.paths and not changes.is_active)
             or ("is_admin" in changes.paths and not changes.is_admin)
@@ -183,6 +199,13 @@ class UserService:
                     )
                 if may_remove_admin and user.is_admin and user.is_active:
                     _ensure_another_admin(admins, user_id)
+                if changes.paths & SERVICE_ACCOUNT_FIELDS and user.kind != USER_KIND_SERVICE:
+                    raise FailedPrecondition(
+                        "NOT_A_SERVICE_ACCOUNT",
+                        "only a service account has a display_name and permissions",
+                    )
+                if "display_name" in changes.paths:
+                    user.display_name = changes.display_name.strip()
                 if email is not None and email != user.email:
                     if await session.scalar(select(User.id).where(User.email == email)):
                         raise email_taken()
@@ -199,13 +222,17 @@ class UserService:
                     revokes |= not changes.is_admin
                     events.append(audit.USER_ROLE_CHANGED)
                     user.is_admin = changes.is_admin
+                if granted is not None and user.permissions != granted:
+                    # Its permissions are its role: every key and certificate follows at once.
+                    events.append(audit.USER_ROLE_CHANGED)
+                    user.permissions = granted
                 for name in events:
                     self._audit.record(
                         session, name, actor_id=caller.user_id, target_user_id=user_id
                     )
                 if revokes:
                     user.token_version += 1
-                if changes.paths & {"is_active", "is_admin"}:
+                if changes.paths & {"is_active", "is_admin", "permissions"}:
                     await self._states.announce(session, user_id)
         except IntegrityError:  # a concurrent change took the email first
             raise email_taken() from None
@@ -223,21 +250,10 @@ class UserService:
         """
         problems = Violations()
         name = display_name.strip()
-        problems.add(
-            nul_violation("display_name", name),
-            FieldViolation(
-                "display_name", f"must be 1 to {SERVICE_ACCOUNT_NAME_MAX_LENGTH} characters"
-            )
-            if not 0 < len(name) <= SERVICE_ACCOUNT_NAME_MAX_LENGTH
-            else None,
-        )
-        chosen = check_permission_names(permissions, problems)
-        if not permissions:
-            problems.add(FieldViolation("permissions", "name at least one permission"))
+        problems.add(*_display_name_violations("display_name", name))
+        chosen = _permission_choice(permissions, problems, "permissions")
         problems.raise_if_any()
-        for permission in Permission:  # in the enum's order: the first one lacking is named
-            if permission in chosen and permission not in caller.permissions:
-                raise permission_missing(permission)
+        authorize_granting(caller, chosen)
         user = User(
             email=f"service-account-{secrets.token_hex(8)}@{SERVICE_ACCOUNT_EMAIL_DOMAIN}",
             password_hash=NO_PASSWORD,
@@ -283,21 +299,50 @@ class UserService:
         return user
 
 
-def _check_changes(changes: UserChanges, *also: FieldViolation | None) -> str | None:
-    """Validate the update mask and the values it names; return the normalised new email.
+def _display_name_violations(field: str, name: str) -> tuple[FieldViolation | None, ...]:
+    """What is wrong with a service account's (trimmed) display name, if anything."""
+    return (
+        nul_violation(field, name),
+        FieldViolation(field, f"must be 1 to {SERVICE_ACCOUNT_NAME_MAX_LENGTH} characters")
+        if not 0 < len(name) <= SERVICE_ACCOUNT_NAME_MAX_LENGTH
+        else None,
+    )
 
-    Every bad field is reported at once, those in `also` included.
+
+def _permission_choice(
+    names: Sequence[str], problems: Violations, field: str
+) -> frozenset[Permission]:
+    """The permissions a service account is to hold: at least one, each known, none twice."""
+    chosen = check_permission_names(names, problems, field)
+    if not names:
+        problems.add(FieldViolation(field, "name at least one permission"))
+    return chosen
+
+
+def _check_changes(
+    changes: UserChanges, *also: FieldViolation | None
+) -> tuple[str | None, frozenset[Permission] | None]:
+    """Validate the update mask and the values it names.
+
+    Returns the normalised new email and the new permissions, each None when not named. Every
+    bad field is reported at once, those in `also` included.
     """
-    violations: list[FieldViolation | None] = [
+    problems = Violations()
+    problems.add(
         *also,
         *mask_violations(changes.paths, UPDATABLE_USER_FIELDS, READ_ONLY_USER_FIELDS, "User"),
-    ]
+    )
     email = None
     if "email" in changes.paths:
         email, bad_email = email_violation("user.email", changes.email)
-        violations.append(bad_email)
-    raise_if(*violations)
-    return email
+        problems.add(bad_email)
+    if "display_name" in changes.paths:
+        problems.add(*_display_name_violations("user.display_name", changes.display_name.strip()))
+    chosen = None
+    if "permissions" in changes.paths:
+        chosen = _permission_choice(changes.permissions, problems, "user.permissions")
+    problems.raise_if_any()
+    return email, chosen
 
 
 async def _lock_active_admins(session: AsyncSession) -> list[int]:

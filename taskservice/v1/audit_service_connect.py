@@ -53,6 +53,10 @@ class AuditService(Protocol):
     - `api_key_created`, `api_key_revoked`.
     - `user_role_changed`, `user_deactivated`, `user_activated`, `user_deleted`.
     - `task_admin_action` (an admin changed or deleted another user's task; target: the owner).
+    - `permission_missing` (a call refused with PERMISSION_MISSING: actor the caller, with `method`
+      and `permission`; at most one record per caller, method and permission per minute and server
+      process, so a misconfigured client cannot flood the trail; every refusal is still counted in
+      the metric `taskservice_permission_denied_total`).
     Throttled logins, password changes and registrations are logged (`login_throttled`,
     `password_change_throttled`, `registration_throttled`) and
     counted in the metric `taskservice_auth_throttled_total`, but not stored as records: a client being
@@ -133,6 +137,10 @@ class AuditServiceClient(ConnectClient):
     - `api_key_created`, `api_key_revoked`.
     - `user_role_changed`, `user_deactivated`, `user_activated`, `user_deleted`.
     - `task_admin_action` (an admin changed or deleted another user's task; target: the owner).
+    - `permission_missing` (a call refused with PERMISSION_MISSING: actor the caller, with `method`
+      and `permission`; at most one record per caller, method and permission per minute and server
+      process, so a misconfigured client cannot flood the trail; every refusal is still counted in
+      the metric `taskservice_permission_denied_total`).
     Throttled logins, password changes and registrations are logged (`login_throttled`,
     `password_change_throttled`, `registration_throttled`) and
     counted in the metric `taskservice_auth_throttled_total`, but not stored as records: a client being
@@ -219,6 +227,10 @@ class AuditServiceSync(Protocol):
     - `api_key_created`, `api_key_revoked`.
     - `user_role_changed`, `user_deactivated`, `user_activated`, `user_deleted`.
     - `task_admin_action` (an admin changed or deleted another user's task; target: the owner).
+    - `permission_missing` (a call refused with PERMISSION_MISSING: actor the caller, with `method`
+      and `permission`; at most one record per caller, method and permission per minute and server
+      process, so a misconfigured client cannot flood the trail; every refusal is still counted in
+      the metric `taskservice_permission_denied_total`).
     Throttled logins, password changes and registrations are logged (`login_throttled`,
     `password_change_throttled`, `registration_throttled`) and
     counted in the metric `taskservice_auth_throttled_total`, but not stored as records: a client being
@@ -297,6 +309,10 @@ class AuditServiceClientSync(ConnectClientSync):
     - `api_key_created`, `api_key_revoked`.
     - `user_role_changed`, `user_deactivated`, `user_activated`, `user_deleted`.
     - `task_admin_action` (an admin changed or deleted another user's task; target: the owner).
+    - `permission_missing` (a call refused with PERMISSION_MISSING: actor the caller, with `method`
+      and `permission`; at most one record per caller, method and permission per minute and server
+      process, so a misconfigured client cannot flood the trail; every refusal is still counted in
+      the metric `taskservice_permission_denied_total`).
     Throttled logins, password changes and registrations are logged (`login_throttled`,
     `password_change_throttled`, `registration_throttled`) and
     counted in the metric `taskservice_auth_throttled_total`, but not stored as records: a client being

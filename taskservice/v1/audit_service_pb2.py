@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from taskservice.v1 import permissions_pb2 as taskservice_dot_v1_dot_permissions__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"taskservice/v1/audit_service.proto\x12\x0etaskservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a taskservice/v1/permissions.proto\"\xa7\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x03 \x01(\x03\x12\x16\n\x0etarget_user_id\x18\x04 \x01(\x03\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x16ListAuditEventsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x17ListAuditEventsResponse\x12\x30\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x1a.taskservice.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2{\n\x0c\x41uditService\x12k\n\x0fListAuditEvents\x12&.taskservice.v1.ListAuditEventsRequest\x1a\'.taskservice.v1.ListAuditEventsResponse\"\x07\x90\x02\x01\x88\xb5\x18\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"taskservice/v1/audit_service.proto\x12\x0etaskservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a taskservice/v1/permissions.proto\"\xcb\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x03 \x01(\x03\x12\x16\n\x0etarget_user_id\x18\x04 \x01(\x03\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06method\x18\x08 \x01(\t\x12\x12\n\npermission\x18\t \x01(\t\"O\n\x16ListAuditEventsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x17ListAuditEventsResponse\x12\x30\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x1a.taskservice.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2{\n\x0c\x41uditService\x12k\n\x0fListAuditEvents\x12&.taskservice.v1.ListAuditEventsRequest\x1a\'.taskservice.v1.ListAuditEventsResponse\"\x07\x90\x02\x01\x88\xb5\x18\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._loaded_options = None
   _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._serialized_options = b'\220\002\001\210\265\030\t'
   _globals['_AUDITEVENT']._serialized_start=122
-  _globals['_AUDITEVENT']._serialized_end=289
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=291
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=370
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=372
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=472
-  _globals['_AUDITSERVICE']._serialized_start=474
-  _globals['_AUDITSERVICE']._serialized_end=597
+  _globals['_AUDITEVENT']._serialized_end=325
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=327
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=406
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=408
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=508
+  _globals['_AUDITSERVICE']._serialized_start=510
+  _globals['_AUDITSERVICE']._serialized_end=633
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AuditEvent(_message.Message):
-    __slots__ = ("id", "event", "actor_id", "target_user_id", "outcome", "request_id", "create_time")
+    __slots__ = ("id", "event", "actor_id", "target_user_id", "outcome", "request_id", "create_time", "method", "permission")
     ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,8 @@ class AuditEvent(_message.Message):
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PERMISSION_FIELD_NUMBER: _ClassVar[int]
     id: int
     event: str
     actor_id: int
@@ -26,7 +28,9 @@ class AuditEvent(_message.Message):
     outcome: str
     request_id: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[int] = ..., event: _Optional[str] = ..., actor_id: _Optional[int] = ..., target_user_id: _Optional[int] = ..., outcome: _Optional[str] = ..., request_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    method: str
+    permission: str
+    def __init__(self, id: _Optional[int] = ..., event: _Optional[str] = ..., actor_id: _Optional[int] = ..., target_user_id: _Optional[int] = ..., outcome: _Optional[str] = ..., request_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., method: _Optional[str] = ..., permission: _Optional[str] = ...) -> None: ...
 
 class ListAuditEventsRequest(_message.Message):
     __slots__ = ("filter", "page_size", "page_token")

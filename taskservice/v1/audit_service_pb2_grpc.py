@@ -40,6 +40,10 @@ class AuditServiceStub:
     - `api_key_created`, `api_key_revoked`.
     - `user_role_changed`, `user_deactivated`, `user_activated`, `user_deleted`.
     - `task_admin_action` (an admin changed or deleted another user's task; target: the owner).
+    - `permission_missing` (a call refused with PERMISSION_MISSING: actor the caller, with `method`
+    and `permission`; at most one record per caller, method and permission per minute and server
+    process, so a misconfigured client cannot flood the trail; every refusal is still counted in
+    the metric `taskservice_permission_denied_total`).
     Throttled logins, password changes and registrations are logged (`login_throttled`,
     `password_change_throttled`, `registration_throttled`) and
     counted in the metric `taskservice_auth_throttled_total`, but not stored as records: a client being
@@ -83,6 +87,10 @@ class AuditServiceServicer:
     - `api_key_created`, `api_key_revoked`.
     - `user_role_changed`, `user_deactivated`, `user_activated`, `user_deleted`.
     - `task_admin_action` (an admin changed or deleted another user's task; target: the owner).
+    - `permission_missing` (a call refused with PERMISSION_MISSING: actor the caller, with `method`
+    and `permission`; at most one record per caller, method and permission per minute and server
+    process, so a misconfigured client cannot flood the trail; every refusal is still counted in
+    the metric `taskservice_permission_denied_total`).
     Throttled logins, password changes and registrations are logged (`login_throttled`,
     `password_change_throttled`, `registration_throttled`) and
     counted in the metric `taskservice_auth_throttled_total`, but not stored as records: a client being
@@ -142,6 +150,10 @@ class AuditService:
     - `api_key_created`, `api_key_revoked`.
     - `user_role_changed`, `user_deactivated`, `user_activated`, `user_deleted`.
     - `task_admin_action` (an admin changed or deleted another user's task; target: the owner).
+    - `permission_missing` (a call refused with PERMISSION_MISSING: actor the caller, with `method`
+    and `permission`; at most one record per caller, method and permission per minute and server
+    process, so a misconfigured client cannot flood the trail; every refusal is still counted in
+    the metric `taskservice_permission_denied_total`).
     Throttled logins, password changes and registrations are logged (`login_throttled`,
     `password_change_throttled`, `registration_throttled`) and
     counted in the metric `taskservice_auth_throttled_total`, but not stored as records: a client being

@@ -126,7 +126,13 @@ class UserServiceServicer:
 
         Errors:
         - INVALID_ARGUMENT: `user.id` is not positive; `update_mask` is empty or names a path other than
-        `email`, `is_active` and `is_admin`; or the new email is not valid.
+        `email`, `is_active`, `is_admin`, `display_name` and `permissions`; the new email is not valid;
+        the new `display_name` is not 1 to 100 characters after trimming or contains NUL; or the new
+        `permissions` are empty, repeat one, or hold PERMISSION_UNSPECIFIED or PERMISSION_PUBLIC.
+        - PERMISSION_DENIED with reason PERMISSION_MISSING: the new `permissions` hold one the caller
+        lacks (named in the metadata `permission`): nobody grants more than they hold.
+        - FAILED_PRECONDITION with reason NOT_A_SERVICE_ACCOUNT: `display_name` or `permissions` named
+        for a person.
         - NOT_FOUND: no user has this id.
         - ALREADY_EXISTS: another user has the new email.
         - FAILED_PRECONDITION: an admin tried to deactivate or demote themself.

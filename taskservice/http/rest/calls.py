@@ -35,11 +35,19 @@ from starlette.responses import JSONResponse, Response
 
 from taskservice import errors
 from taskservice.calls.authentication import authenticate, parse_authorization
+from taskservice.calls.certificates import CertificateIdentities
 from taskservice.calls.context import REQUEST_ID_KEY
-from taskservice.calls.errors import database_unavailable, status_code, unexpected_status
+from taskservice.calls.errors import (
+    database_unavailable,
+    note_refusal,
+    status_code,
+    unexpected_status,
+)
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics, MethodObserver
+from taskservice.calls.refusals import RefusalAudit
 from taskservice.config import IPNetwork
+from taskservice.http.peer_certificate import certificate_account
 from taskservice.http.rest.bodies import RequestInvalid, from_validation_error, invalid
 from taskservice.services.auth import AuthService
 from taskservice.services.client_address import client_address
@@ -110,16 +118,17 @@ class RestCall:
             raise errors.Unauthenticated("TOKEN_MISSING", "missing access token")
         return self.principal
 
-    async def body(self) -> bytes:
-        """The request body, refused past MAX_MESSAGE_BYTES without reading the rest."""
+    async def body(self, limit: int | None = None) -> bytes:
+        """The request body, refused past MAX_MESSAGE_BYTES (or `limit`) without reading on."""
+        most = self.max_body_bytes if limit is None else min(limit, self.max_body_bytes)
         declared = self.request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared.isdigit() and int(declared) > most:
             raise BodyTooLarge
         chunks: list[bytes] = []
         size = 0
         async for chunk in self.request.stream():
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > most:
                 raise BodyTooLarge
             chunks.append(chunk)
         return b"".join(chunks)
@@ -138,7 +147,10 @@ class RestCall:
             raise invalid(["body"], "Field required", "missing")
         try:
             document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            if b"\\u" in raw:  # an escaped lone surrogate loads, but is no text to store
+                json.dumps(document, ensure_ascii=False).encode()
+        except (ValueError, UnicodeError, RecursionError) as exc:
+            # RecursionError: nesting deeper than the parser's stack (JSON bombs).
             position = exc.pos if isinstance(exc, json.JSONDecodeError) else 0
             raise invalid(["body", position], "JSON decode error", "json_invalid") from None
         return validated(model, document, ["body"])
@@ -186,7 +198,9 @@ def validated(model: type[_Model], document: object, prefix: Sequence[str]) -> _
 
 Handler = Callable[[RestCall], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
-Auth = Literal["required", "optional", "none"]
+#: `lenient`: like `optional`, but a token that fails to authenticate counts as none (the
+#: original's registration ignored tokens, and its frontend sends a stale one along).
+Auth = Literal["required", "optional", "lenient", "none"]
 
 
 class RestCalls:
@@ -202,10 +216,14 @@ class RestCalls:
         on_database_error: Callable[[], None],
         trusted_proxies: Sequence[IPNetwork],
         max_body_bytes: int,
+        identities: CertificateIdentities | None = None,
+        refusals: RefusalAudit | None = None,
         tracer: Tracer | None = None,
         server_address: str | None = None,
     ) -> None:
+        self._refusals = refusals
         self._auth = auth
+        self._identities = identities or CertificateIdentities({})
         self._metrics = metrics
         self._in_flight = in_flight
         self._is_ready = is_ready
@@ -251,6 +269,8 @@ class RestCalls:
                     response = await self._call(request, rpc, handler, auth, gated)
                 except Exception as exc:  # every failure is answered; a bug is also logged
                     code, response = self._failure(exc, rpc, where, texts)
+                    if self._refusals is not None:
+                        await self._refusals.after_call(rpc)
                 response.headers[REQUEST_ID_KEY] = info.request_id
                 return response
             except asyncio.CancelledError:  # the client went away: logged as on the other edges
@@ -271,7 +291,17 @@ class RestCalls:
             principal = None
             if auth != "none":
                 token = parse_authorization(request.headers.getlist("authorization"))
-                principal = await authenticate(self._auth, token, rpc, optional=auth == "optional")
+                try:
+                    principal = await authenticate(
+                        self._auth,
+                        token,
+                        rpc,
+                        optional=auth != "required",
+                        certificate_account=certificate_account(self._identities, token),
+                    )
+                except errors.Unauthenticated:
+                    if auth != "lenient":
+                        raise
             address = client_address(
                 request.client.host if request.client else None,
                 request.headers.getlist("x-forwarded-for"),
@@ -295,6 +325,7 @@ class RestCalls:
         if isinstance(exc, BodyTooLarge):
             return "RESOURCE_EXHAUSTED", _detail(413, "request body too large")
         if isinstance(exc, errors.DomainError):
+            note_refusal(exc)
             return _domain_failure(exc, locations, texts)
         status = unexpected_status(exc, rpc, self._on_database_error)
         code = code_pb2.Code.Name(status.code)
