@@ -32,6 +32,7 @@ from sqlalchemy.engine import URL
 from bench import h2load
 from bench.h2load import Load, Result
 from bench.original import OriginalService
+from bench.otlp_sink import OtlpSink
 from bench.processes import (
     EchoServer,
     FloorServer,
@@ -395,6 +396,25 @@ def server_environment(url: URL, bcrypt_rounds: int) -> dict[str, str]:
     }
 
 
+#: `--tracing` choices (see `with_tracing`).
+TRACING_MODES = ("off", "unconfigured", "sampled")
+
+
+def with_tracing(environment: dict[str, str], mode: str, sink: OtlpSink | None) -> dict[str, str]:
+    """`environment` with the OTEL_* variables of a `--tracing` mode instead of its own."""
+    kept = {name: value for name, value in environment.items() if not name.startswith("OTEL_")}
+    if mode == "off":
+        return {**kept, "OTEL_SDK_DISABLED": "true"}
+    if mode == "unconfigured" or sink is None:
+        return kept
+    return {
+        **kept,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_TRACES_SAMPLER": "always_on",
+    }
+
+
 def migrate(environment: dict[str, str]) -> None:
     """`taskservice migrate`, as an operator runs it; its output only when it fails."""
     migrated = subprocess.run(
@@ -450,6 +470,14 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         metavar="SCENARIO",
         help="measure only these scenarios (by name, e.g. GetTask 'Login storm'), to profile one",
     )
+    parser.add_argument(
+        "--tracing",
+        choices=TRACING_MODES,
+        default="unconfigured",
+        help="off: OTEL_SDK_DISABLED=true; unconfigured: no OTLP endpoint (the default, as "
+        "deployed without a collector); sampled: every call traced and exported to a local "
+        "OTLP receiver in this process",
+    )
     parser.add_argument("--output", type=Path, default=Path("bench-results"))
     parser.add_argument(
         "--original",
@@ -499,7 +527,10 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         environment = server_environment(url, args.bcrypt_rounds)
+        sink = OtlpSink() if args.tracing == "sampled" else None
+        environment = with_tracing(environment, args.tracing, sink)
         print(f"database: {url.render_as_string()} (worker counts {args.workers})", flush=True)
+        print(f"tracing: {args.tracing}", flush=True)
         migrate(environment)
         started = time.monotonic()
         seeded = asyncio.run(seed(url, args.users, args.tasks_per_user, args.bcrypt_rounds))
@@ -541,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
                 floor.stop()
             if original is not None:
                 original.stop()
+            if sink is not None:
+                print(f"spans received: {sink.spans}", flush=True)
+                sink.stop()
     top = max(args.concurrency)
     first = [m for m in measurements if m.workers == args.workers[0]]
     found_targets = targets(measurements, top, database)
@@ -575,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": machine,
                 "workers": args.workers,
                 "runs": args.runs,
+                "tracing": args.tracing,
                 "users": args.users,
                 "tasks": args.users * args.tasks_per_user,
                 "measurements": [asdict(m) for m in measurements],

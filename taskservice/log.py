@@ -8,7 +8,8 @@ call's request id (`request_id`), so an operator can go from a caller's `x-reque
 line it caused (a retried transaction, a database warning) and not only to its access line. The
 formatters read it from the call's context (`taskservice.calls.context.current_call`) when
 the line is written, which is synchronously in the logging call, so nothing that logs needs to
-pass it.
+pass it. Likewise a line made while a traced call's span is recording carries its `trace_id`
+and `span_id` (lowercase hex), so a log line leads to its trace and a trace to its lines.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from taskservice.calls.context import current_call
+from taskservice.tracing.spans import current_ids
 
 #: Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -59,6 +61,8 @@ class JsonFormatter(logging.Formatter):
         )
         if "request_id" not in entry and (call := current_call()) is not None:
             entry["request_id"] = call.request_id
+        if "trace_id" not in entry and (ids := current_ids()) is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _encode(entry)
@@ -81,12 +85,21 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        """The line before any traceback, ending with `[request_id=...]` during a call."""
+        """The line before any traceback, ending with `[request_id=...]` during a call.
+
+        During a traced call's span, `trace_id=... span_id=...` follow the request id.
+        """
         line = super().formatMessage(record)
         request_id = getattr(record, "request_id", None)
         if request_id is None and (call := current_call()) is not None:
             request_id = call.request_id
-        return line if request_id is None else f"{line} [request_id={request_id}]"
+        tags = [] if request_id is None else [f"request_id={request_id}"]
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is not None:
+            tags.append(f"trace_id={trace_id} span_id={getattr(record, 'span_id', '')}")
+        elif (ids := current_ids()) is not None:
+            tags.append(f"trace_id={ids[0]} span_id={ids[1]}")
+        return f"{line} [{' '.join(tags)}]" if tags else line
 
 
 #: Longest an access line made on an event loop waits to be written, in seconds.

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import grpc
@@ -35,8 +35,10 @@ from taskservice.calls.certificates import CertificateIdentities
 from taskservice.calls.context import current_call
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.refusals import RefusalAudit
+from taskservice.calls.spans import server_address
 from taskservice.config import ConfigError, Settings
 from taskservice.db.engine import Database, create_engine, open_fast_reads
+from taskservice.db.spans import instrument_engine
 from taskservice.http.edge import build_http_server
 from taskservice.http.rest.routes import RestServices
 from taskservice.http.server import HttpServer
@@ -53,6 +55,7 @@ from taskservice.services.tasks import TaskService
 from taskservice.services.throttle import Throttle
 from taskservice.services.trash import TrashSweeper
 from taskservice.services.users import UserService
+from taskservice.tracing.provider import Tracing
 from taskservice.v1 import (
     api_key_service_pb2,
     api_key_service_pb2_grpc,
@@ -98,6 +101,7 @@ class Application:
     hasher: PasswordHasher
     metrics: ServerMetrics
     port: int
+    tracing: Tracing = field(default_factory=Tracing)
     tasks: TaskService | None = None
     trash: TrashSweeper | None = None
     feed: ChangeFeed | None = None
@@ -155,6 +159,7 @@ class Application:
         if self.feed is not None:
             await self.feed.stop()
         await self.auth_states.stop()
+        await self.tracing.shutdown()  # the calls' spans are all ended: export them
         self.metrics.close()
         await self.database.close()
         self.hasher.close()
@@ -233,7 +238,14 @@ async def build_server(
     """
     tokens = TokenCodec.from_settings(settings)
     credentials = server_credentials(settings)  # before anything that would need closing
+    # Also before: a wrong OTEL_* setting is refused. Drops are counted in `metrics`, made
+    # below (no span can end before the server is built).
+    tracing = Tracing.from_environment(
+        lambda reason, count: metrics.trace_spans_dropped.labels(reason).inc(count)
+    )
     engine = create_engine(settings)
+    if tracing.enabled:
+        instrument_engine(engine)
     database = Database(engine, await open_fast_reads(settings, engine))
     hasher = PasswordHasher(settings.bcrypt_rounds)
     auth_states = AuthStateStore(database, sole_owner=settings.is_sqlite and settings.workers == 1)
@@ -283,6 +295,7 @@ async def build_server(
         max_streams=settings.watch_max_streams,
         retention=timedelta(hours=settings.watch_retention_hours),
         clock=clock,
+        tracer=tracing.tracer,
     )
 
     monitor = HealthMonitor(HealthServicer(), database.ping, HEALTH_NAMES)
@@ -294,7 +307,7 @@ async def build_server(
         # database is down; then the caller is authenticated. No `maximum_concurrent_rpcs`:
         # it would count watch streams too (see `taskservice.calls.limits`).
         interceptors=[
-            AccessLogInterceptor(metrics),
+            AccessLogInterceptor(metrics, tracing.tracer, server_address(settings.grpc_host)),
             UnaryCallLimitInterceptor(UnaryCallLimit(settings.max_concurrent_rpcs)),
             ErrorInterceptor(on_database_error=monitor.suspect, refusals=refusals),
             AvailabilityInterceptor(monitor),
@@ -331,9 +344,10 @@ async def build_server(
     except RuntimeError:
         await database.close()
         hasher.close()
+        await tracing.shutdown()
         raise RuntimeError(f"cannot listen on {address}: is the port already in use?") from None
     application = Application(
-        settings, server, database, auth_states, monitor, hasher, metrics, port
+        settings, server, database, auth_states, monitor, hasher, metrics, port, tracing
     )
     application.tasks = tasks
     application.trash = TrashSweeper(tasks, also=(auth.purge_expired, audit.purge_expired))
@@ -352,11 +366,13 @@ async def build_server(
                 rest=RestServices(auth, users, tasks, monitor.servicer),
                 reuse_port=reuse_port,
                 refusals=refusals,
+                tracer=tracing.tracer,
             )
         except RuntimeError:
             await server.stop(None)
             await database.close()
             hasher.close()
+            await tracing.shutdown()
             raise
         application.http_port = application.http.port
     if settings.health_port is not None:

@@ -3,7 +3,8 @@
 Outermost interceptor: it gives each call a request id (the caller's `x-request-id` when sane,
 else a new one), returns it in trailing metadata, and, when the call ends, has
 `taskservice.calls.observe` log it and record the metrics (protocol `grpc`). Server streams are
-observed too: one line when the stream ends.
+observed too: one line when the stream ends. When the server traces, the W3C trace headers in
+the call's metadata go to the observation, which continues the caller's trace.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+from opentelemetry.trace import Tracer
 
 from taskservice.api.handlers import (
     HandlerInterceptor,
@@ -23,14 +25,27 @@ from taskservice.api.handlers import (
 from taskservice.api.metrics import ServerMetrics
 from taskservice.calls.context import REQUEST_ID_KEY
 from taskservice.calls.observe import MethodObserver, Observation
+from taskservice.tracing.provider import PROPAGATION_KEYS
 
 
 class AccessLogInterceptor(HandlerInterceptor):
-    """Request ids, the access log and the per-call metrics."""
+    """Request ids, the access log, the per-call metrics and (if tracing) the server span."""
 
-    def __init__(self, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        metrics: ServerMetrics,
+        tracer: Tracer | None = None,
+        server_address: str | None = None,
+    ) -> None:
         super().__init__()
         self._metrics = metrics
+        self._tracer = tracer
+        self._server_address = server_address
+
+    def _observer(self, method: str, call_type: str) -> MethodObserver:
+        return MethodObserver(
+            self._metrics, method, call_type, "grpc", self._tracer, self._server_address
+        )
 
     def intercept_handler(
         self, handler: grpc.RpcMethodHandler, method: str
@@ -40,12 +55,12 @@ class AccessLogInterceptor(HandlerInterceptor):
         Bidirectional streams (reflection) are not access-logged.
         """
         if handler.unary_stream is not None:
-            return wrap_unary_stream(
-                handler, lambda inner: _observed_stream(inner, method, self._metrics)
-            )
+            observer = self._observer(method, "server_stream")
+            return wrap_unary_stream(handler, lambda inner: _observed_stream(inner, observer))
         if handler.unary_unary is None:
             return handler
-        return wrap_unary_unary(handler, lambda inner: _observed(inner, method, self._metrics))
+        observer = self._observer(method, "unary")
+        return wrap_unary_unary(handler, lambda inner: _observed(inner, observer))
 
 
 def _caller_request_id(context: grpc.aio.ServicerContext) -> str | None:
@@ -53,6 +68,14 @@ def _caller_request_id(context: grpc.aio.ServicerContext) -> str | None:
         if entry.key == REQUEST_ID_KEY and isinstance(entry.value, str):
             return entry.value
     return None
+
+
+def _trace_headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {
+        entry.key: entry.value
+        for entry in context.invocation_metadata() or ()
+        if entry.key in PROPAGATION_KEYS and isinstance(entry.value, str)
+    }
 
 
 class _Call:
@@ -65,7 +88,9 @@ class _Call:
         # Read now: a stream abandoned by gRPC (cancelled while it was sending) is finalized
         # later, when its call is gone and asking the context would crash in gRPC's core.
         self.peer = context.peer()
-        self.observation: Observation = observer.begin(_caller_request_id(context))
+        self.observation: Observation = observer.begin(
+            _caller_request_id(context), _trace_headers(context) if observer.traced else None
+        )
         context.set_trailing_metadata(((REQUEST_ID_KEY, self.observation.info.request_id),))
         self.code = grpc.StatusCode.OK
 
@@ -81,9 +106,7 @@ class _Call:
             self.code = self.context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
 
 
-def _observed(inner: UnaryBehavior, method: str, metrics: ServerMetrics) -> UnaryBehavior:
-    observer = MethodObserver(metrics, method, "unary", "grpc")
-
+def _observed(inner: UnaryBehavior, observer: MethodObserver) -> UnaryBehavior:
     async def behavior(request: object, context: grpc.aio.ServicerContext) -> object:
         call = _Call(observer, context)
         try:
@@ -97,9 +120,7 @@ def _observed(inner: UnaryBehavior, method: str, metrics: ServerMetrics) -> Unar
     return behavior
 
 
-def _observed_stream(inner: StreamBehavior, method: str, metrics: ServerMetrics) -> StreamBehavior:
-    observer = MethodObserver(metrics, method, "server_stream", "grpc")
-
+def _observed_stream(inner: StreamBehavior, observer: MethodObserver) -> StreamBehavior:
     async def behavior(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
         call = _Call(observer, context)
         try:

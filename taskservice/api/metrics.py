@@ -4,8 +4,11 @@ Names follow go-grpc-prometheus / grpc-ecosystem, which dashboards and alerts al
 `grpc_server_started_total`, `grpc_server_handled_total` (by code) and the
 `grpc_server_handling_seconds` histogram, labelled by type, service and method, and by
 `protocol` (`grpc`, `connect`, `grpc-web`): the HTTP edge serves the same methods. Pool gauges are
-read from the engine at scrape time, so they cost nothing per call. Each server has a registry
-of its own (tests run many in one process); `METRICS_PORT` serves it over HTTP at `/metrics`.
+read from the engine at scrape time, so they cost nothing per call. When the server traces,
+latency observations carry the call's trace id as an exemplar, shown when the scraper asks for
+the OpenMetrics format (the exposition negotiates it by the `Accept` header). Each server has a
+registry of its own (tests run many in one process); `METRICS_PORT` serves it over HTTP at
+`/metrics`.
 """
 
 from __future__ import annotations
@@ -57,6 +60,13 @@ class ServerMetrics:
             "taskservice_permission_denied_total",
             "Calls refused for a permission the caller lacks, by method and permission.",
             ("grpc_service", "grpc_method", "permission"),
+            registry=self.registry,
+        )
+        self.trace_spans_dropped = Counter(
+            "taskservice_trace_spans_dropped",
+            "Finished spans that never reached the trace collector, by reason "
+            "(queue_full, export_failed, shutdown).",
+            ("reason",),
             registry=self.registry,
         )
         self.registry.register(_PoolCollector(engine))

@@ -437,6 +437,11 @@ class Database:
             yield session
         self._committed()
 
+    @property
+    def numbers_changes(self) -> bool:
+        """Whether `number_changes` has anything to do here (PostgreSQL)."""
+        return self._autocommit
+
     async def number_changes(self) -> int:
         """On PostgreSQL, give revisions to every committed task change that has none yet.
 

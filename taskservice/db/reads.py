@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskservice.db.outages import is_outage, nothing_done
+from taskservice.db.spans import POSTGRESQL, StatementSpan
 
 #: What a `Prepared` may hold: a statement that returns rows.
 Statement = Select[Any] | Insert | Update
@@ -320,7 +321,8 @@ class AsyncpgReader(RowReader):
         arguments = compiled.arguments(values or {})
         while True:
             try:
-                records = await self._connection.fetch(compiled.sql, *arguments)  # type: ignore[union-attr]
+                with StatementSpan(POSTGRESQL, compiled.sql):
+                    records = await self._connection.fetch(compiled.sql, *arguments)  # type: ignore[union-attr]
             except asyncpg.IntegrityConstraintViolationError as error:
                 # What services catch, whichever path ran the statement.
                 raise IntegrityError(compiled.sql, arguments, error) from error

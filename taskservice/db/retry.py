@@ -33,6 +33,7 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy.exc import DBAPIError
 
 from taskservice.db.outages import describe, nothing_done
+from taskservice.tracing.spans import child_span
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +76,17 @@ async def run_retrying_conflicts(operation: str, unit: Callable[[], Awaitable[_T
     in the transaction PostgreSQL aborted. `operation` names it in the log, which gets one INFO
     line per retry with the attempt and SQLSTATE (never statement parameters). After
     MAX_ATTEMPTS runs the last conflict is raised for the caller to see.
+
+    When the call is traced, each run is a span named after `operation` with its `attempt`
+    (`taskservice.attempt`, 1 for the first run) and the run's statements under it: a retried
+    transaction shows as consecutive runs, the failed ones marked with the error's type.
     """
     attempt = 1
     rerouted = False
     while True:
         try:
-            return await unit()
+            with child_span(operation, {"taskservice.attempt": attempt}):
+                return await unit()
         except DBAPIError as error:
             state = conflict_sqlstate(error)
             if state is None:

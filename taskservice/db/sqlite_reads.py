@@ -36,6 +36,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
 from taskservice.db.reads import Compiled, Prepared, RowReader
+from taskservice.db.spans import SQLITE, StatementSpan
 
 #: A read handed to the thread: where its answer goes, the statement, its arguments.
 _Job = tuple[asyncio.Future[list[Any]], Compiled, Sequence[Any]]
@@ -89,7 +90,8 @@ class SqliteReads:
         future: asyncio.Future[list[Any]] = self._loop.create_future()
         self._jobs.put((future, compiled, compiled.arguments(values)))
         try:
-            return await future
+            with StatementSpan(SQLITE, compiled.sql):
+                return await future
         except asyncio.CancelledError:
             self._interrupt(future)
             raise

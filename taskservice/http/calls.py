@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from connectrpc.errors import ConnectError
 from connectrpc.method import StreamType
 from connectrpc.request import RequestContext
+from opentelemetry.trace import Tracer
 
 from taskservice import errors
 from taskservice.api.peer import FORWARDED_FOR_KEY
@@ -82,16 +83,21 @@ class ObserveAndMapErrors:
         metrics: CallMetrics,
         on_database_error: Callable[[], None],
         refusals: RefusalAudit | None = None,
+        tracer: Tracer | None = None,
+        server_address: str | None = None,
     ) -> None:
         self._metrics = metrics
         self._on_database_error = on_database_error
         self._refusals = refusals
+        self._tracer = tracer
+        self._server_address = server_address
         self._observers: dict[tuple[str, str, str], MethodObserver] = {}
 
     async def on_start(self, ctx: RequestContext) -> _Started:
         """Number the call and start observing it."""
         observer = self._observer(ctx)
-        observation = observer.begin(ctx.request_headers.get(REQUEST_ID_KEY))
+        headers = ctx.request_headers
+        observation = observer.begin(headers.get(REQUEST_ID_KEY), headers)
         if ctx.client_address is not None:  # "address:port", the address maybe IPv6
             observation.info.peer_ip = ctx.client_address.rpartition(":")[0]
         observation.info.forwarded_for = tuple(ctx.request_headers.getall(FORWARDED_FOR_KEY))
@@ -123,7 +129,9 @@ class ObserveAndMapErrors:
         key = (method, call_type, protocol_of(ctx))
         observer = self._observers.get(key)
         if observer is None:
-            observer = MethodObserver(self._metrics, method, call_type, key[2])
+            observer = MethodObserver(
+                self._metrics, method, call_type, key[2], self._tracer, self._server_address
+            )
             self._observers[key] = observer
         return observer
 

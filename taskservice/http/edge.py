@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry.trace import Tracer
+
 from taskservice.api.health import HealthMonitor
 from taskservice.calls.certificates import CertificateIdentities
 from taskservice.calls.limits import UnaryCallLimit
 from taskservice.calls.observe import CallMetrics
 from taskservice.calls.refusals import RefusalAudit
+from taskservice.calls.spans import server_address
 from taskservice.config import Settings
 from taskservice.http.app import (
     ASGIApp,
@@ -81,15 +84,24 @@ def build_http_app(
     metrics: CallMetrics,
     rest: RestServices,
     refusals: RefusalAudit | None = None,
+    tracer: Tracer | None = None,
 ) -> ASGIApp:
     """The ASGI application: every servicer over Connect and gRPC-Web, and the REST routes.
 
-    Both share the port's MAX_CONCURRENT_RPCS, its outage gate and its CORS policy.
+    Both share the port's MAX_CONCURRENT_RPCS, its outage gate and its CORS policy, and are
+    traced with `tracer` (None: not traced).
     """
     in_flight = UnaryCallLimit(settings.max_concurrent_rpcs)
     identities = CertificateIdentities(settings.mtls_identity_accounts)
+    address = server_address(settings.http_host)
     interceptors = (
-        ObserveAndMapErrors(metrics, on_database_error=health.suspect, refusals=refusals),
+        ObserveAndMapErrors(
+            metrics,
+            on_database_error=health.suspect,
+            refusals=refusals,
+            tracer=tracer,
+            server_address=address,
+        ),
         ConcurrencyLimit(in_flight),
         GateAndAuthenticate(auth, is_ready=lambda: health.ready, identities=identities),
     )
@@ -109,6 +121,8 @@ def build_http_app(
         max_body_bytes=settings.max_message_bytes,
         identities=identities,
         refusals=refusals,
+        tracer=tracer,
+        server_address=address,
     )
     return with_cors(Router(apps, build_rest_app(calls, rest)), settings.cors_origins)
 
@@ -123,6 +137,7 @@ def build_http_server(
     rest: RestServices,
     reuse_port: bool = False,
     refusals: RefusalAudit | None = None,
+    tracer: Tracer | None = None,
 ) -> HttpServer:
     """The HTTP edge, bound to HTTP_HOST:HTTP_PORT but not yet serving."""
     assert settings.http_port is not None  # noqa: S101 - callers check HTTP_PORT is on
@@ -134,6 +149,7 @@ def build_http_server(
         metrics=metrics,
         rest=rest,
         refusals=refusals,
+        tracer=tracer,
     )
     sock = bind_socket(settings.http_host, settings.http_port, reuse_port=reuse_port)
     return HttpServer(app, settings, sock)

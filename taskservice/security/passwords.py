@@ -27,6 +27,8 @@ from typing import TypeVar
 
 import bcrypt
 
+from taskservice.tracing.spans import child_span
+
 _T = TypeVar("_T")
 
 #: How much lower than the event loop's the hashing threads' CPU priority is.
@@ -63,7 +65,7 @@ class PasswordHasher:
         if b"\x00" in encoded:
             raise ValueError("password contains NUL")
         salt = bcrypt.gensalt(self.rounds)
-        digest = await self._run(bcrypt.hashpw, encoded, salt)
+        digest = await self._run("bcrypt hash", bcrypt.hashpw, encoded, salt)
         return digest.decode()
 
     async def verify(self, password: str, password_hash: str | None) -> bool:
@@ -81,19 +83,24 @@ class PasswordHasher:
             encoded.replace(b"\x00", b"")[:BCRYPT_MAX_PASSWORD_BYTES] if refused else encoded
         )
         try:
-            matches = await self._run(bcrypt.checkpw, candidate, target)
+            matches = await self._run("bcrypt check", bcrypt.checkpw, candidate, target)
         except ValueError:
             # A stored hash bcrypt cannot read is corrupt data, not a wrong password: the
             # operator must hear of it (the user can never log in). The check still fails, and
             # still costs one full computation, like any other failure.
             logger.error("a stored password hash is not a valid bcrypt hash; the check fails")
-            await self._run(bcrypt.checkpw, candidate, self._dummy_hash)
+            await self._run("bcrypt check", bcrypt.checkpw, candidate, self._dummy_hash)
             return False
         return matches and password_hash is not None and not refused
 
-    async def _run(self, function: Callable[..., _T], *args: object) -> _T:
+    async def _run(self, span: str, function: Callable[..., _T], *args: object) -> _T:
+        """Run one bcrypt computation on the hashing threads, in a span named `span` if traced.
+
+        The span (its time includes any wait for a free thread) carries the cost factor only.
+        """
         self.computations += 1
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        with child_span(span, {"taskservice.bcrypt.rounds": self.rounds}):
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     def close(self) -> None:
         """Stop the worker threads once pending hashes are done."""

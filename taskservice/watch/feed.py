@@ -36,6 +36,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from itertools import chain
 
+from opentelemetry.context import Context
+from opentelemetry.trace import Tracer
+
 from taskservice.db.engine import Database
 from taskservice.db.notifications import PgListener
 from taskservice.db.outages import describe, is_outage, log_round_failure
@@ -144,8 +147,10 @@ class ChangeFeed:
         max_streams: int,
         retention: timedelta,
         clock: Callable[[], datetime] = utcnow,
+        tracer: Tracer | None = None,
     ) -> None:
         self.database = database
+        self._tracer = tracer
         self._buffer_events = buffer_events
         self._max_streams = max_streams
         self._retention = retention
@@ -341,6 +346,29 @@ class ChangeFeed:
         for subscription in self._by_owner.get(item.owner_id, ()):
             subscription.offer(item)
 
+    async def _number_changes(self, *, traced: bool) -> int:
+        """Number committed changes (PostgreSQL); a round that numbered some is a trace of its own.
+
+        Only rounds woken by a commit are traced, and only when they numbered something: a
+        poll's round, or one that found another server got there first, would be a trace a
+        second saying nothing. The span is made once the round is over, timed from its start.
+        """
+        if not traced or self._tracer is None or not self.database.numbers_changes:
+            return await self.database.number_changes()
+        started = time.time_ns()
+        numbered = await self.database.number_changes()
+        if numbered:
+            self._tracer.start_span(
+                "change feed numbering",
+                context=Context(),  # a root: no call is in progress
+                start_time=started,
+                attributes={
+                    "db.system.name": "postgresql",
+                    "taskservice.changes": numbered,
+                },
+            ).end()
+        return numbered
+
     async def _run(self) -> None:
         failing = False
         next_poll = time.monotonic() + POLL_INTERVAL_SECONDS
@@ -357,7 +385,7 @@ class ChangeFeed:
                 # wedge the feed, holding its reading lock while streams wait for nothing.
                 async with asyncio.timeout(ROUND_TIMEOUT_SECONDS):
                     # Every server's feeds read them after the NOTIFY this sends.
-                    numbered = await self.database.number_changes()
+                    numbered = await self._number_changes(traced=not polling)
                     if polling or self._count:  # idle, the next poll keeps the revision current
                         await self.catch_up()
                     if polling and self._count:

@@ -27,6 +27,7 @@ from taskservice.services.authorization import Permission, authorize, may_for_ev
 from taskservice.services.filtering import Filter, matches, parse
 from taskservice.services.principal import Principal
 from taskservice.services.task_lists import TASK_FILTER_SCHEMA
+from taskservice.tracing.spans import add_event
 from taskservice.watch import changes
 from taskservice.watch.changes import Change, TaskSnapshot
 from taskservice.watch.feed import ChangeFeed, Subscription, compacted
@@ -142,6 +143,7 @@ class Watches:
         recheck: Callable[[], Awaitable[Principal]],
     ) -> AsyncIterator[Change | Bookmark]:
         known = await changes.revisions(self._feed.database)
+        resuming = start_revision != 0
         if start_revision == 0:
             start_revision = known.current
         elif start_revision > known.current:
@@ -152,6 +154,8 @@ class Watches:
             )
         if start_revision < known.compacted:
             raise compacted(known.compacted)
+        if resuming:
+            add_event("resume", {"taskservice.start_revision": start_revision})
         position = start_revision
         checked = time.monotonic()  # when the token was last confirmed (at the stream's start)
         next_check = checked + AUTH_RECHECK_SECONDS
@@ -168,6 +172,7 @@ class Watches:
                 next_check = time.monotonic() + AUTH_RECHECK_SECONDS
         if not subscription.buffer:  # nothing after live_from is waiting: the feed's revision
             position = max(position, self._feed.revision)  # is as far as this stream has got
+        add_event("bookmark", {"taskservice.revision": position})
         yield Bookmark(position)
         next_bookmark = time.monotonic() + self._bookmark_seconds
         while True:
@@ -182,6 +187,7 @@ class Watches:
             if now >= next_bookmark:
                 if not subscription.buffer:  # everything up to the feed's revision was sent
                     position = max(position, self._feed.revision)
+                    add_event("bookmark", {"taskservice.revision": position})
                     yield Bookmark(position)
                 next_bookmark = time.monotonic() + self._bookmark_seconds
             timeout = min(next_check, next_bookmark) - time.monotonic()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from google.rpc import code_pb2
+from opentelemetry.trace import Tracer
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -217,6 +218,8 @@ class RestCalls:
         max_body_bytes: int,
         identities: CertificateIdentities | None = None,
         refusals: RefusalAudit | None = None,
+        tracer: Tracer | None = None,
+        server_address: str | None = None,
     ) -> None:
         self._refusals = refusals
         self._auth = auth
@@ -227,6 +230,8 @@ class RestCalls:
         self._on_database_error = on_database_error
         self._trusted = tuple(trusted_proxies)
         self._max_body_bytes = max_body_bytes
+        self._tracer = tracer
+        self._server_address = server_address
 
     def endpoint(
         self,
@@ -244,12 +249,14 @@ class RestCalls:
         request (`["body", "title"]`), for 422 items; `details` overrides `ORIGINAL_DETAILS`
         for this route. An ungated route (health) is answered while the database is down.
         """
-        observer = MethodObserver(self._metrics, rpc, "unary", PROTOCOL)
+        observer = MethodObserver(
+            self._metrics, rpc, "unary", PROTOCOL, self._tracer, self._server_address
+        )
         where = dict(locations or {})
         texts = {**ORIGINAL_DETAILS, **(details or {})}
 
         async def run(request: Request) -> Response:
-            observation = observer.begin(request.headers.get(REQUEST_ID_KEY))
+            observation = observer.begin(request.headers.get(REQUEST_ID_KEY), request.headers)
             info = observation.info
             peer = None
             if request.client is not None:
