@@ -155,6 +155,9 @@ def task_fields(task: TaskRecord) -> dict[str, Any]:
         "labels": task.labels,
         "parent_id": task.parent_id or 0,
         "position": encode_position(task.position),
+        "task_list_id": task.task_list_id,
+        "creator_id": task.creator_id,
+        "assignee_id": task.assignee_id or 0,
     }
     if task.due_time is not None:
         fields["due_time"] = time_fields(task.due_time)

@@ -55,6 +55,7 @@ from taskservice.services.filtering import Filter, canonical, parse
 from taskservice.services.labels import label_key, normalize_labels
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
 from taskservice.services.principal import Principal
+from taskservice.services.shared_lists import personal_list_id
 from taskservice.services.task_lists import (
     TASK_FILTER_SCHEMA,
     Ordering,
@@ -210,6 +211,7 @@ class TaskService:
             "complete_time": utcnow() if status is TaskStatus.DONE else None,
             "parent_id": task_tree.parent_key(values.parent_id),
             "position": task_tree.first_position(utcnow()),
+            "creator_id": caller.user_id,
         }
         try:
             if not (request_id or checked.labels or values.parent_id or owner != caller.user_id):
@@ -229,7 +231,10 @@ class TaskService:
                 if values.parent_id:
                     parent = await _visible(session, caller, values.parent_id, lock=True)
                     await task_tree.check_parent(session, None, owner, parent, "task.parent_id")
-                task = Task(**row)
+                list_id = await session.scalar(select(personal_list_id(owner)))
+                if list_id is None:  # the owner was deleted while the task was being created
+                    raise _owner_gone(caller, owner)
+                task = Task(**row, task_list_id=list_id)
                 session.add(task)
                 self._audit_admin_action(session, caller, owner)
                 await session.flush()
@@ -761,18 +766,23 @@ _BATCH_VISIBLE = {
 }
 
 
-#: CreateTask without an idempotency key: insert and return the row in one statement.
-_INSERT_TASK = Prepared(
-    insert(Task)
-    .values(
-        {
-            column: bindparam(column.key, type_=column.type)
-            for column in Task.__table__.columns
-            if column.key not in ("id", "delete_time", "purge_time", "trash_root_id")
-        }
-    )
-    .returning(*Task.__table__.columns)
-)
+def _insert_task() -> Prepared:
+    """CreateTask without an idempotency key: insert and return the row in one statement.
+
+    The task goes to its owner's personal list, found by a subquery of the same statement.
+    """
+    values: dict[Any, Any] = {
+        column: bindparam(column.key, type_=column.type)
+        for column in Task.__table__.columns
+        if column.key
+        not in ("id", "delete_time", "purge_time", "trash_root_id", "task_list_id", "assignee_id")
+    }
+    values[Task.__table__.c.task_list_id] = personal_list_id(values[Task.__table__.c.owner_id])
+    return Prepared(insert(Task).values(values).returning(*Task.__table__.columns))
+
+
+#: CreateTask without an idempotency key, in its owner's personal list.
+_INSERT_TASK = _insert_task()
 
 
 #: What `_patch_in_one_statement` may write: columns of the task row alone.

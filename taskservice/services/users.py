@@ -34,6 +34,7 @@ from taskservice.services.authorization import (
 )
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
 from taskservice.services.principal import Principal
+from taskservice.services.shared_lists import add_personal_list
 from taskservice.services.validation import (
     Violations,
     email_violation,
@@ -250,6 +251,7 @@ class UserService:
         async with self._db.write() as session:
             session.add(user)
             await session.flush()
+            await add_personal_list(session, user.id)
             self._audit.record(
                 session, audit.USER_REGISTERED, actor_id=caller.user_id, target_user_id=user.id
             )
@@ -355,6 +357,8 @@ async def ensure_admin(
     try:
         async with database.write() as session:
             session.add(user)
+            await session.flush()
+            await add_personal_list(session, user.id)
     except IntegrityError:
         raise email_taken() from None
     return user, True

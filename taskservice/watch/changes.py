@@ -42,6 +42,9 @@ class TaskSnapshot:
     purge_time: datetime | None
     parent_id: int | None
     position: int
+    task_list_id: int
+    creator_id: int
+    assignee_id: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,10 @@ def snapshot(text: str | None) -> TaskSnapshot | None:
         purge_time=_time(row["purge_time"]),
         parent_id=row["parent_id"],
         position=row["position"],
+        # Changes recorded before lists existed (revision 0014) name none of these.
+        task_list_id=row.get("task_list_id") or 0,
+        creator_id=row.get("creator_id") or row["owner_id"],
+        assignee_id=row.get("assignee_id"),
     )
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from taskservice.db.models import TaskPriority
+from taskservice.db.models import TaskChangeType, TaskPriority
 from taskservice.db.outages import DatabaseUnreachable, is_outage
 from taskservice.errors import InvalidArgument, OutOfRange, PermissionDenied
 from taskservice.services.authorization import Permission, authorize, may_for_every_owner
@@ -80,6 +80,8 @@ def _accepts(owner_id: int | None, parsed: Filter) -> Callable[[Change], bool]:
     """
 
     def accepts(change: Change) -> bool:
+        if change.type >= TaskChangeType.ACCESS_GRANTED:
+            return False  # access changes are not yet sent
         if owner_id is not None and change.owner_id != owner_id:
             return False
         return parsed.expression is None or any(
