@@ -48,6 +48,7 @@ from taskservice.services.auth import AuthPolicy, AuthService
 from taskservice.services.auth_state import AuthStateStore
 from taskservice.services.clock import Clock, system_clock
 from taskservice.services.pagination import PageTokens
+from taskservice.services.shared_lists import TaskListService
 from taskservice.services.tasks import TaskService
 from taskservice.services.throttle import Throttle
 from taskservice.services.trash import TrashSweeper
@@ -279,6 +280,9 @@ async def build_server(
         timedelta(days=settings.trash_retention_days),
         audit_trail=audit,
     )
+    task_lists = TaskListService(
+        database, page_tokens, timedelta(days=settings.trash_retention_days)
+    )
     feed = ChangeFeed(
         database,
         buffer_events=settings.watch_buffer_events,
@@ -313,7 +317,7 @@ async def build_server(
         "AuditService": AuditServicer(audit),
         "UserService": UserServicer(users),
         "TaskService": TaskServicer(tasks, watches),
-        "TaskListService": TaskListServicer(),
+        "TaskListService": TaskListServicer(task_lists),
     }
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(servicers["AuthService"], server)
     api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(servicers["ApiKeyService"], server)

@@ -9,7 +9,11 @@ Memberships that give or take access (a row of `task_list_members` inserted or d
 services or by a cascade from a purged list or a deleted user) are recorded in `task_changes`
 too, as access changes (types 6 and 7, `task_id` 0, `owner_id` the user, `task_list_id` the
 list), with revisions like every change, so a watch knows at which revision a user gained or
-lost a list.
+lost a list. A user's own membership of their personal list is not: it begins with the user
+and ends with them, so it never changes what their streams may see.
+
+Every user has a personal list from the moment they exist, whoever inserts them: an AFTER INSERT
+trigger on `users` makes it, with the user as its OWNER.
 
 A writer that names no list for a new task (a tool that predates lists, or SQL typed by hand)
 puts it in its owner's personal list, with its owner as its creator: a BEFORE INSERT trigger
@@ -108,9 +112,17 @@ def _sqlite_task_triggers(columns: Sequence[str]) -> tuple[str, ...]:
     )
 
 
+#: Whether a membership row is a user's own membership of their personal list.
+_OWN_PERSONAL = (
+    "EXISTS (SELECT 1 FROM task_lists WHERE task_lists.id = {row}.task_list_id "
+    "AND task_lists.personal AND task_lists.owner_id = {row}.user_id)"
+)
+
+
 def _sqlite_member_trigger(name: str, event: str, row: str, kind: int) -> str:
     return f"""
     CREATE TRIGGER {name} AFTER {event} ON task_list_members
+    WHEN NOT {_OWN_PERSONAL.format(row=row)}
     BEGIN
       UPDATE task_revision SET revision = revision + 1 WHERE id = 1;
       INSERT INTO task_changes (revision, task_id, owner_id, type, before, after, create_time,
@@ -153,7 +165,20 @@ _SQLITE_DEFAULTS_UP = (
     END
     """,  # noqa: S608
 )
-_SQLITE_DEFAULTS_DOWN = ("DROP TRIGGER tasks_default_list",)
+_SQLITE_DEFAULTS_UP += (
+    """
+    CREATE TRIGGER users_personal_list AFTER INSERT ON users
+    BEGIN
+      INSERT INTO task_lists (owner_id, creator_id, title, description, personal, version,
+                              create_time, update_time)
+      VALUES (NEW.id, NEW.id, 'My Tasks', '', 1, 1, NEW.create_time, NEW.create_time);
+      INSERT INTO task_list_members (task_list_id, user_id, role, create_time)
+      SELECT id, NEW.id, 3, NEW.create_time FROM task_lists
+      WHERE owner_id = NEW.id AND personal;
+    END
+    """,
+)
+_SQLITE_DEFAULTS_DOWN = ("DROP TRIGGER users_personal_list", "DROP TRIGGER tasks_default_list")
 
 _POSTGRES_DEFAULTS_UP = (
     """
@@ -176,7 +201,30 @@ _POSTGRES_DEFAULTS_UP = (
     EXECUTE FUNCTION tasks_default_list()
     """,
 )
+_POSTGRES_DEFAULTS_UP += (
+    """
+    CREATE FUNCTION users_personal_list() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+      list_id BIGINT;
+    BEGIN
+      INSERT INTO task_lists (owner_id, creator_id, title, description, personal, version,
+                              create_time, update_time)
+      VALUES (NEW.id, NEW.id, 'My Tasks', '', true, 1, NEW.create_time, NEW.create_time)
+      RETURNING id INTO list_id;
+      INSERT INTO task_list_members (task_list_id, user_id, role, create_time)
+      VALUES (list_id, NEW.id, 3, NEW.create_time);
+      RETURN NEW;
+    END
+    $$
+    """,
+    """
+    CREATE TRIGGER users_personal_list AFTER INSERT ON users
+    FOR EACH ROW EXECUTE FUNCTION users_personal_list()
+    """,
+)
 _POSTGRES_DEFAULTS_DOWN = (
+    "DROP TRIGGER users_personal_list ON users",
+    "DROP FUNCTION users_personal_list()",
     "DROP TRIGGER tasks_default_list ON tasks",
     "DROP FUNCTION tasks_default_list()",
 )
@@ -184,9 +232,14 @@ _POSTGRES_DEFAULTS_DOWN = (
 _POSTGRES_MEMBER_UP = (
     # Recorded unnumbered, like task changes: task_changes_assign() (0009) numbers them in
     # commit order.
-    """
+    f"""
     CREATE FUNCTION task_list_members_record() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
+      IF TG_OP = 'INSERT' AND {_OWN_PERSONAL.format(row="NEW")} THEN
+        RETURN NEW;
+      ELSIF TG_OP = 'DELETE' AND {_OWN_PERSONAL.format(row="OLD")} THEN
+        RETURN OLD;
+      END IF;
       IF TG_OP = 'INSERT' THEN
         INSERT INTO task_changes (task_id, owner_id, type, before, after, create_time,
                                   task_list_id)
@@ -198,7 +251,7 @@ _POSTGRES_MEMBER_UP = (
       RETURN OLD;
     END
     $$
-    """,
+    """,  # noqa: S608 - built from constants, never from input
     """
     CREATE TRIGGER task_list_members_record_insert AFTER INSERT ON task_list_members
     FOR EACH ROW EXECUTE FUNCTION task_list_members_record()

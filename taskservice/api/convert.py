@@ -131,6 +131,8 @@ def task_values(task: task_pb2.Task, fields: frozenset[str] | None = None) -> Ta
         priority=priority,
         labels=tuple(task.labels),
         parent_id=task.parent_id,
+        task_list_id=task.task_list_id,
+        assignee_id=task.assignee_id,
         violations=tuple(v for v in violations if v is not None),
     )
 

@@ -141,8 +141,6 @@ class TaskListRole(enum.IntEnum):
 TASK_LIST_TITLE_MAX_LENGTH = 100
 #: Longest task list description.
 TASK_LIST_DESCRIPTION_MAX_LENGTH = 2_000
-#: The title a personal list starts with.
-PERSONAL_LIST_TITLE = "My Tasks"
 
 
 class TaskList(Base):
@@ -341,6 +339,8 @@ class TaskChangeType(enum.IntEnum):
     # triggers (migration 0014).
     ACCESS_GRANTED = 6
     ACCESS_REVOKED = 7
+    # Never stored: how a member's stream sees a task that moved to a list they may not see.
+    HIDDEN = 8
 
 
 class TaskRevision(Base):

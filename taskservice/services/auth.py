@@ -39,7 +39,6 @@ from taskservice.services.auth_state import AuthStateStore
 from taskservice.services.authorization import Permission, authorize
 from taskservice.services.clock import Clock
 from taskservice.services.principal import Principal
-from taskservice.services.shared_lists import add_personal_list
 from taskservice.services.throttle import Limit, Throttle, account_key, address_key
 from taskservice.services.users import email_taken
 from taskservice.services.validation import (
@@ -165,7 +164,6 @@ class AuthService:
                     raise email_taken()
                 session.add(user)
                 await session.flush()
-                await add_personal_list(session, user.id)
                 refresh = self._start_family(session, user)
                 self._audit.record(
                     session,

@@ -57,6 +57,8 @@ class Change:
     type: TaskChangeType
     before: TaskSnapshot | None
     after: TaskSnapshot | None
+    #: For an access change, the list; None for a change of a task.
+    task_list_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +117,17 @@ def snapshot(text: str | None) -> TaskSnapshot | None:
     )
 
 
-def change(row: Row[tuple[int, int, int, int, str | None, str | None]]) -> Change:
+def change(row: Row[tuple[int, int, int, int, str | None, str | None, int | None]]) -> Change:
     """A `task_changes` row as a Change."""
-    revision, task_id, owner_id, kind, before, after = row
+    revision, task_id, owner_id, kind, before, after, task_list_id = row
     return Change(
-        revision, task_id, owner_id, TaskChangeType(kind), snapshot(before), snapshot(after)
+        revision,
+        task_id,
+        owner_id,
+        TaskChangeType(kind),
+        snapshot(before),
+        snapshot(after),
+        task_list_id,
     )
 
 
@@ -140,6 +148,7 @@ _PAGE = Prepared(
         TaskChange.type,
         TaskChange.before,
         TaskChange.after,
+        TaskChange.task_list_id,
     )
     .where(TaskChange.revision > bindparam("after"))
     .where(TaskChange.revision <= bindparam("until"))
