@@ -482,3 +482,46 @@ async def test_sharing_and_assigning_over_connect(stubs: Stubs, http: httpx.Asyn
         http, f"{LISTS}/GetTaskList", {"id": list_id}, **auth_headers((await register(stubs)).token)
     )
     assert connect_failure(hidden).code == "NOT_FOUND"
+
+
+async def test_a_member_removed_while_patching_never_writes_after_the_removal(
+    stubs: Stubs, lists: task_list_service_pb2_grpc.TaskListServiceStub, team: Team
+) -> None:
+    task = await _task(stubs, team.owner, task_list_id=team.task_list.id)
+
+    async def patch_until_refused() -> list[str]:
+        outcomes: list[str] = []
+        for n in range(5000):  # until refused: the removal comes within a few calls
+            if outcomes and outcomes[-1] == "NOT_FOUND":
+                break
+            try:
+                await stubs.tasks.PatchTask(
+                    pb.PatchTaskRequest(
+                        task=task_pb2.Task(id=task.id, title=f"edit {n}"),
+                        update_mask=FieldMask(paths=["title"]),
+                    ),
+                    metadata=team.editor.metadata,
+                )
+                outcomes.append("OK")
+            except grpc.aio.AioRpcError as error:
+                outcomes.append(error.code().name)
+        return outcomes
+
+    async def remove_then_read() -> str:
+        await asyncio.sleep(0)  # let the patches start
+        await lists.RemoveTaskListMember(
+            lsvc.RemoveTaskListMemberRequest(
+                task_list_id=team.task_list.id, user_id=team.editor.user.id
+            ),
+            metadata=team.owner.metadata,
+        )
+        got = await stubs.tasks.GetTask(pb.GetTaskRequest(id=task.id), metadata=team.owner.metadata)
+        return got.task.etag
+
+    outcomes, etag_at_removal = await asyncio.gather(patch_until_refused(), remove_then_read())
+    # Writes succeed up to the removal, then every one is NOT_FOUND; none lands after it.
+    assert set(outcomes) <= {"OK", "NOT_FOUND"}
+    assert outcomes[-1] == "NOT_FOUND"
+    assert "OK" not in outcomes[outcomes.index("NOT_FOUND") :]
+    final = await stubs.tasks.GetTask(pb.GetTaskRequest(id=task.id), metadata=team.owner.metadata)
+    assert final.task.etag == etag_at_removal
