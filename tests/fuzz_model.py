@@ -74,6 +74,7 @@ class Model(TaskOracles, ListOracles, CredentialOracles):
         self.lists: dict[int, ListRow] = {}
         self.list_keys: dict[tuple[int, str], int] = {}
         self.personal_lists: dict[int, int] = {}
+        self.list_pages: dict[str, tuple[int, int, bool, int]] = {}
         self.cred = CredentialState()
         self._oracles: dict[str, Callable[[Credential, Any], Expect]] = {
             "/taskservice.v1.AuthService/Register": self._register,

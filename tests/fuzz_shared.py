@@ -56,6 +56,8 @@ class ListOracles:
     list_keys: dict[tuple[int, str], int]
     personal_lists: dict[int, int]
     request_ids: list[str]
+    #: ListTaskLists' tokens: (caller, member, show_deleted, last list id on the page).
+    list_pages: dict[str, tuple[int, int, bool, int]]
 
     def _authenticated(self, credential: Credential) -> tuple[UserRow | None, Expect | None]:
         raise NotImplementedError
@@ -128,15 +130,21 @@ class ListOracles:
         member = request.member_id if named and request.member_id > 0 else caller.id
         if member != caller.id and not caller.is_admin:
             conditions.add(DENIED, "a regular user listing another user's lists")
+        after = 0
         if request.page_token:
-            # The fuzz reuses ListTasks' tokens and broken ones: never one issued here.
-            conditions.add(INVALID, "not a ListTaskLists page token", "page_token")
+            issued = self.list_pages.get(request.page_token)
+            if issued is None or issued[:3] != (caller.id, member, request.show_deleted):
+                conditions.add(INVALID, "not a ListTaskLists page token", "page_token")
+            else:
+                after = issued[3]
 
         def on_ok(response: Any) -> None:
             known = sorted(
-                row.id for row in self.lists.values() if row.owner_id == member and not row.personal
+                row.id
+                for row in self.lists.values()
+                if row.owner_id == member and not row.personal and row.id > after
             )
-            exists = member in self.users
+            exists = member in self.users and self.personal_lists.get(member, after + 1) > after
             total = len(known) + (1 if exists else 0)
             size = effective_page_size(request.page_size)
             got = list(response.task_lists)
@@ -154,6 +162,13 @@ class ListOracles:
                 row = ListRow(item.id, member, PERSONAL_LIST_TITLE, "", True, item.etag)
                 _check_list(item, row)
                 self.lists[item.id] = row
+            if response.next_page_token and got:
+                self.list_pages[response.next_page_token] = (
+                    caller.id,
+                    member,
+                    request.show_deleted,
+                    got[-1].id,
+                )
 
         return conditions.expect(on_ok)
 
