@@ -29,6 +29,7 @@ from taskservice.api.health import LIVENESS, READINESS, HealthMonitor, HealthSer
 from taskservice.api.limits import UnaryCallLimitInterceptor
 from taskservice.api.metrics import ServerMetrics
 from taskservice.api.reflection import enable_reflection
+from taskservice.api.task_list_servicer import TaskListServicer
 from taskservice.api.task_servicer import TaskServicer
 from taskservice.api.user_servicer import UserServicer
 from taskservice.calls.certificates import CertificateIdentities
@@ -51,6 +52,7 @@ from taskservice.services.auth import AuthPolicy, AuthService
 from taskservice.services.auth_state import AuthStateStore
 from taskservice.services.clock import Clock, system_clock
 from taskservice.services.pagination import PageTokens
+from taskservice.services.shared_lists import TaskListService
 from taskservice.services.tasks import TaskService
 from taskservice.services.throttle import Throttle
 from taskservice.services.trash import TrashSweeper
@@ -63,6 +65,8 @@ from taskservice.v1 import (
     audit_service_pb2_grpc,
     auth_service_pb2,
     auth_service_pb2_grpc,
+    task_list_service_pb2,
+    task_list_service_pb2_grpc,
     task_service_pb2,
     task_service_pb2_grpc,
     user_service_pb2,
@@ -78,6 +82,7 @@ SERVICE_NAMES: tuple[str, ...] = (
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     user_service_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
     task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
+    task_list_service_pb2.DESCRIPTOR.services_by_name["TaskListService"].full_name,
     api_key_service_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
     audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
@@ -289,6 +294,9 @@ async def build_server(
         timedelta(days=settings.trash_retention_days),
         audit_trail=audit,
     )
+    task_lists = TaskListService(
+        database, page_tokens, timedelta(days=settings.trash_retention_days)
+    )
     feed = ChangeFeed(
         database,
         buffer_events=settings.watch_buffer_events,
@@ -325,12 +333,16 @@ async def build_server(
         "AuditService": AuditServicer(audit),
         "UserService": UserServicer(users),
         "TaskService": TaskServicer(tasks, watches),
+        "TaskListService": TaskListServicer(task_lists),
     }
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(servicers["AuthService"], server)
     api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(servicers["ApiKeyService"], server)
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(servicers["AuditService"], server)
     user_service_pb2_grpc.add_UserServiceServicer_to_server(servicers["UserService"], server)
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(servicers["TaskService"], server)
+    task_list_service_pb2_grpc.add_TaskListServiceServicer_to_server(
+        servicers["TaskListService"], server
+    )
     enable_reflection(
         server, (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     )

@@ -5,7 +5,7 @@ answer OK when none applies and otherwise one of their codes (the order in which
 them is its own business), naming only fields the model also finds bad. An OK answer is checked
 against the request and the model, then applied to it, so that after the run every row can be
 compared with the last OK answer about it. Task rules live in `fuzz_tasks`, list rules in
-`fuzz_lists`, shared vocabulary and limits in `fuzz_rules`.
+`fuzz_lists`, task list rules in `fuzz_shared`, shared vocabulary and limits in `fuzz_rules`.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from tests.fuzz_rules import (
     password_problem,
     permission_problems,
 )
+from tests.fuzz_shared import ListOracles, ListRow
 from tests.fuzz_tasks import TaskOracles
 
 #: Each method's declared permission; PUBLIC for those that need no credential.
@@ -59,7 +60,7 @@ DECLARED = declared_permissions()
 PUBLIC = permissions_pb2.PERMISSION_PUBLIC
 
 
-class Model(TaskOracles, CredentialOracles):
+class Model(TaskOracles, ListOracles, CredentialOracles):
     """Every row and credential of one example, and the oracle of every RPC."""
 
     def __init__(
@@ -82,6 +83,11 @@ class Model(TaskOracles, CredentialOracles):
         self.gone_user_ids: list[int] = []
         self.gone_task_ids: list[int] = []
         self.current_revision = 1
+        #: Task lists the model has met, CreateTaskList's keys, and each user's personal list.
+        self.lists: dict[int, ListRow] = {}
+        self.list_keys: dict[tuple[int, str], int] = {}
+        self.personal_lists: dict[int, int] = {}
+        self.list_pages: dict[str, tuple[int, int, bool, int]] = {}
         self.cred = CredentialState()
         #: The method being modelled (what a key's caller view is for).
         self._method = ""
@@ -96,6 +102,7 @@ class Model(TaskOracles, CredentialOracles):
             "/taskservice.v1.UserService/DeleteUser": self._delete_user,
             "/taskservice.v1.UserService/CreateServiceAccount": self._create_service_account,
             **self.task_oracles(),
+            **self.list_oracles(),
             **self.credential_oracles(),
         }
 
@@ -451,6 +458,7 @@ class Model(TaskOracles, CredentialOracles):
             for task in [t for t in self.tasks.values() if t.owner_id == request.id]:
                 self._forget_task(task.id)
             self.keys = {k: v for k, v in self.keys.items() if k[0] != request.id}
+            self.forget_lists_of(request.id)
             self.forget_user_credentials(request.id)
 
         return conditions.expect(on_ok)

@@ -53,7 +53,12 @@ FILTER_MAX_LENGTH = 2000
 ORDER_FIELDS = ("create_time", "update_time", "due_time", "priority", "title", "position")
 TASK_FIELDS = frozenset({"title", "description", "status", "due_time", "priority", "labels"})
 #: PatchTask may also name `parent_id` (Task.parent_id's comment; PatchTask's own omits it).
-PATCH_FIELDS = TASK_FIELDS | {"parent_id"}
+PATCH_FIELDS = TASK_FIELDS | {"parent_id", "assignee_id"}
+#: TaskList's limits (task_list.proto).
+LIST_TITLE_MAX = 100
+LIST_DESCRIPTION_MAX = 2000
+#: The title a personal list starts with.
+PERSONAL_LIST_TITLE = "My Tasks"
 USER_FIELDS = frozenset({"email", "is_active", "is_admin", "display_name", "permissions"})
 #: Of those, the fields only a service account has (UpdateUser on a person: FAILED_PRECONDITION).
 SERVICE_ACCOUNT_FIELDS = frozenset({"display_name", "permissions"})
@@ -178,6 +183,10 @@ class TaskRow:
     #: The task whose DeleteTask trashed this one (itself, or an ancestor), while in the trash.
     trash_root: int | None = None
     etags: list[str] = field(default_factory=list)
+    #: Its list (learned from the answer that created it), its creator, its assignee (0: none).
+    task_list_id: int = 0
+    creator_id: int = 0
+    assignee_id: int = 0
 
     @property
     def deleted(self) -> bool:
@@ -203,6 +212,9 @@ class TaskRow:
             self.complete_time,
             self.delete_time,
             self.purge_time,
+            self.task_list_id,
+            self.creator_id,
+            self.assignee_id,
         )
 
 
@@ -230,6 +242,9 @@ def wire_task(message: Message) -> tuple[object, ...]:
         time("complete_time"),
         time("delete_time"),
         time("purge_time"),
+        m.task_list_id,  # type: ignore[attr-defined]
+        m.creator_id,  # type: ignore[attr-defined]
+        m.assignee_id,  # type: ignore[attr-defined]
     )
 
 
@@ -250,6 +265,9 @@ TASK_WIRE_FIELDS = (
     "complete_time",
     "delete_time",
     "purge_time",
+    "task_list_id",
+    "creator_id",
+    "assignee_id",
 )
 
 

@@ -607,6 +607,12 @@ def _int_values(
         # Mostly from now (0) or a recent revision, so that streams open; sometimes anything.
         return mostly(st.integers(0, 20), ints(bounds))
     me = [pools.caller_id] if pools.caller_id is not None else []
+    if name == "task_list_id" or (
+        name == "id" and (service_name == "TaskListService" or parent.name == "TaskList")
+    ):
+        return missing_list_ids(bounds)
+    if name in {"assignee_id", "member_id"}:
+        return st.one_of(st.just(0), ids(bounds, me, pools.user_ids, pools.gone_user_ids))
     if name == "id" and parent.name == "DeleteApiKeyRequest":
         return ids(bounds, pools.own_api_key_ids, pools.api_key_ids, ())
     if name == "id" and parent.name.startswith("Undelete"):
@@ -621,6 +627,19 @@ def _int_values(
     if name in {"parent_id", "previous_id"}:
         return _tree_ids(name, bounds, pools, siblings)
     return ints(bounds)
+
+
+def missing_list_ids(bounds: tuple[int, int]) -> st.SearchStrategy[int]:
+    """A task list id naming no list: 0 (mostly: "none"), negative, or beyond any id handed out.
+
+    The fuzz never names a real list, so a call about one has one documented answer; lists'
+    members, roles and trash are tested by tests/test_shared_lists*.py.
+    """
+    low, high = bounds
+    return mostly(
+        st.just(0),
+        st.one_of(st.integers(max(low, -5), -1), st.integers(2**40, min(high, 2**62))),
+    )
 
 
 def _tree_ids(

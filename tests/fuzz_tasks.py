@@ -68,6 +68,8 @@ class TaskOracles:
     title_order_exact: bool
     #: The store's revision, read by the harness right before each WatchTasks call.
     current_revision: int
+    #: Each user's personal list, learned from the first answer that shows it.
+    personal_lists: dict[int, int]
 
     def _authenticated(self, credential: Credential) -> tuple[UserRow | None, Expect | None]:
         raise NotImplementedError
@@ -297,21 +299,32 @@ class TaskOracles:
         conditions = Conditions()
         task = request.task
         owner = task.owner_id or caller.id
-        if owner != caller.id and not caller.is_admin:
+        # With a list named, the owner is that list's (owner_id may only repeat it).
+        if owner != caller.id and not caller.is_admin and not task.task_list_id:
             conditions.add(DENIED, "a regular user creating for another owner")
         labels = self._value_conditions(task, TASK_FIELDS | {"parent_id"}, conditions)
+        if task.task_list_id < 0:
+            conditions.add(INVALID, "negative task_list_id", "task.task_list_id")
+        if task.assignee_id < 0:
+            conditions.add(INVALID, "negative assignee_id", "task.assignee_id")
         if len(request.request_id) > REQUEST_ID_MAX:
             conditions.add(INVALID, "request_id too long", "request_id")
         if "\x00" in request.request_id:
             conditions.add(INVALID, "request_id contains NUL", "request_id")
         key = (caller.id, request.request_id)
         earlier = self.tasks.get(self.keys.get(key, 0)) if request.request_id else None
+        if earlier is None and task.task_list_id > 0:
+            # The fuzz names only lists that do not exist (see fuzz_strategies).
+            conditions.add(NOT_FOUND, f"no task list {task.task_list_id}")
         if earlier is None and owner not in self.users:
             conditions.add(NOT_FOUND, f"owner {owner} does not exist")
         elif earlier is None:
             self._parent_conditions(
                 caller, None, owner, task.parent_id, "task.parent_id", conditions
             )
+            # A personal list's only member is its user: the one possible assignee.
+            if task.assignee_id > 0 and task.assignee_id != owner:
+                conditions.add(PRECONDITION, "the assignee is not a member of the list")
 
         def on_ok(response: Any) -> None:
             message = response.task
@@ -334,12 +347,20 @@ class TaskOracles:
                 create_time=pair(message.create_time),
                 update_time=pair(message.update_time),
                 complete_time=None,
+                creator_id=caller.id,
+                assignee_id=task.assignee_id,
             )
             learn = self._apply_values(row, task, TASK_FIELDS, labels) | {"position"}
+            learn.add("task_list_id")
             if row.status == DONE:
                 learn.add("complete_time")
             self.tasks[row.id] = row
             self._learn(row, message, learn)
+            personal = self.personal_lists.setdefault(owner, row.task_list_id)
+            check(
+                row.task_list_id == personal,
+                f"task {row.id} in list {row.task_list_id}, not {owner}'s personal {personal}",
+            )
             self._first_among_siblings(row)
             if request.request_id:
                 self.keys[key] = row.id
@@ -457,9 +478,23 @@ class TaskOracles:
             self._parent_conditions(
                 caller, row, row.owner_id, task.parent_id, "task.parent_id", conditions
             )
+        if "assignee_id" in fields and task.assignee_id < 0:
+            conditions.add(INVALID, "negative assignee_id", "task.assignee_id")
+        elif (
+            row is not None
+            and "assignee_id" in fields
+            and task.assignee_id
+            not in (
+                0,
+                row.owner_id,
+            )
+        ):
+            conditions.add(PRECONDITION, "the assignee is not a member of the list")
 
         def on_ok(response: Any) -> None:
             assert row is not None
+            if "assignee_id" in fields:
+                row.assignee_id = task.assignee_id
             learn = self._apply_values(row, task, fields, labels)
             self._learn(row, response.task, learn)
             if reparents:
@@ -527,9 +562,14 @@ class TaskOracles:
             conditions.add(INVALID, "negative parent_id", "parent_id")
         if request.previous_id < 0:
             conditions.add(INVALID, "negative previous_id", "previous_id")
+        if request.HasField("task_list_id") and request.task_list_id <= 0:
+            conditions.add(INVALID, "task_list_id not positive", "task_list_id")
         row = self._write_conditions(caller, request.id, request.etag, conditions, "id")
         if row is not None and row.deleted:
             conditions.add(PRECONDITION, "the task is in the trash")
+        if row is not None and request.HasField("task_list_id") and request.task_list_id > 0:
+            # The fuzz names only lists that do not exist (see fuzz_strategies).
+            conditions.add(NOT_FOUND, f"no task list {request.task_list_id}")
         if row is not None and request.parent_id >= 0:
             self._parent_conditions(
                 caller, row, row.owner_id, request.parent_id, "parent_id", conditions

@@ -131,6 +131,8 @@ def task_values(task: task_pb2.Task, fields: frozenset[str] | None = None) -> Ta
         priority=priority,
         labels=tuple(task.labels),
         parent_id=task.parent_id,
+        task_list_id=task.task_list_id,
+        assignee_id=task.assignee_id,
         violations=tuple(v for v in violations if v is not None),
     )
 
@@ -155,6 +157,9 @@ def task_fields(task: TaskRecord) -> dict[str, Any]:
         "labels": task.labels,
         "parent_id": task.parent_id or 0,
         "position": encode_position(task.position),
+        "task_list_id": task.task_list_id,
+        "creator_id": task.creator_id,
+        "assignee_id": task.assignee_id or 0,
     }
     if task.due_time is not None:
         fields["due_time"] = time_fields(task.due_time)

@@ -125,7 +125,12 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     ) -> pb.MoveTaskResponse:
         """Put a task (and its subtree) under a parent, after a sibling."""
         task = await self._tasks.move_task(
-            principal, request.id, request.parent_id, request.previous_id, request.etag
+            principal,
+            request.id,
+            request.parent_id,
+            request.previous_id,
+            request.etag,
+            request.task_list_id if request.HasField("task_list_id") else None,
         )
         return pb.MoveTaskResponse(task=task_fields(task))
 
@@ -166,6 +171,11 @@ _CHANGE_TYPES = {
     TaskChangeType.DELETED: pb.TASK_CHANGE_TYPE_DELETED,
     TaskChangeType.UNDELETED: pb.TASK_CHANGE_TYPE_UNDELETED,
     TaskChangeType.PURGED: pb.TASK_CHANGE_TYPE_PURGED,
+    TaskChangeType.HIDDEN: pb.TASK_CHANGE_TYPE_HIDDEN,
+}
+_ACCESS_TYPES = {
+    TaskChangeType.ACCESS_GRANTED: pb.TASK_LIST_ACCESS_CHANGE_TYPE_GRANTED,
+    TaskChangeType.ACCESS_REVOKED: pb.TASK_LIST_ACCESS_CHANGE_TYPE_REVOKED,
 }
 
 
@@ -180,22 +190,31 @@ class _WatchResponses:
     """
 
     def __init__(self) -> None:
-        self._by_revision: OrderedDict[int, pb.WatchTasksResponse] = OrderedDict()
+        # By revision and type: a member's stream may see a change in its hidden form.
+        self._by_revision: OrderedDict[tuple[int, int], pb.WatchTasksResponse] = OrderedDict()
 
     def get(self, item: Change | Bookmark) -> pb.WatchTasksResponse:
         """The response for a change (shared) or a bookmark (new, it is cheap)."""
         if isinstance(item, Bookmark):
             return pb.WatchTasksResponse(revision=item.revision)
-        response = self._by_revision.get(item.revision)
+        key = (item.revision, item.type)
+        response = self._by_revision.get(key)
         if response is None:
             response = _change_response(item)
-            self._by_revision[item.revision] = response
+            self._by_revision[key] = response
             if len(self._by_revision) > WATCH_RESPONSES_KEPT:
                 self._by_revision.popitem(last=False)
         return response
 
 
 def _change_response(item: Change) -> pb.WatchTasksResponse:
+    if item.type in _ACCESS_TYPES:
+        return pb.WatchTasksResponse(
+            revision=item.revision,
+            access_change=pb.TaskListAccessChange(
+                type=_ACCESS_TYPES[item.type], task_list_id=item.task_list_id or 0
+            ),
+        )
     task = task_to_proto(item.after) if item.after is not None else task_pb2.Task(id=item.task_id)
     return pb.WatchTasksResponse(
         revision=item.revision,

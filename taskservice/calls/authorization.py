@@ -23,6 +23,7 @@ from taskservice.v1 import (
     audit_service_pb2,
     auth_service_pb2,
     permissions_pb2,
+    task_list_service_pb2,
     task_service_pb2,
     user_service_pb2,
 )
@@ -32,6 +33,7 @@ SERVICE_MODULES: tuple[ModuleType, ...] = (
     auth_service_pb2,
     user_service_pb2,
     task_service_pb2,
+    task_list_service_pb2,
     api_key_service_pb2,
     audit_service_pb2,
 )

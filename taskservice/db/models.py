@@ -43,6 +43,8 @@ DESCRIPTION_MAX_LENGTH = 10_000
 LABELS_MAX_COUNT = 20
 #: Longest label, after trimming.
 LABEL_MAX_LENGTH = 50
+#: Longest idempotency key accepted on CreateTask and CreateTaskList.
+REQUEST_ID_MAX_LENGTH = 128
 #: Room for a label's case-folded key: folding can lengthen a label ("ß" -> "ss").
 LABEL_KEY_MAX_LENGTH = 4 * LABEL_MAX_LENGTH
 
@@ -120,8 +122,89 @@ class User(Base):
     )
 
     tasks: Mapped[list[Task]] = relationship(
-        back_populates="owner", cascade="all, delete-orphan", passive_deletes=True
+        back_populates="owner",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        foreign_keys="Task.owner_id",
     )
+
+
+class TaskListRole(enum.IntEnum):
+    """A member's role on a task list; stored as this number (the proto's TaskListRole)."""
+
+    VIEWER = 1
+    EDITOR = 2
+    OWNER = 3
+
+
+#: Longest task list title, after trimming.
+TASK_LIST_TITLE_MAX_LENGTH = 100
+#: Longest task list description.
+TASK_LIST_DESCRIPTION_MAX_LENGTH = 2_000
+
+
+class TaskList(Base):
+    """A list of tasks its members share; every task is in exactly one.
+
+    `owner_id` is the list's primary owner (its longest-standing OWNER member), copied onto each
+    of its tasks' `owner_id` so that owner-scoped reads keep their indexes. Every user has one
+    personal list (`personal`), at most one: a partial unique index holds that. Deleted with its
+    primary owner (the services hand a shared list to the next owner first).
+    """
+
+    __tablename__ = "task_lists"
+    __table_args__ = (
+        Index("ix_task_lists_owner_id", "owner_id"),
+        Index("ix_task_lists_purge_time", "purge_time"),
+        Index(
+            "ux_task_lists_personal_owner_id",
+            "owner_id",
+            unique=True,
+            postgresql_where=text("personal"),
+            sqlite_where=text("personal"),
+        ),
+        # CreateTaskList's idempotency keys (AIP-155), per creator; NULLs never collide.
+        Index("ux_task_lists_creator_id_request_id", "creator_id", "request_id", unique=True),
+        # Never reuse a purged list's id (SQLite would): clients and tasks name lists by id.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id", ondelete="CASCADE"))
+    creator_id: Mapped[int] = mapped_column(BigIntId)
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX_LENGTH))
+    title: Mapped[str] = mapped_column(String(TASK_LIST_TITLE_MAX_LENGTH))
+    description: Mapped[str] = mapped_column(Text, default="")
+    personal: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=_same_as_create_time, onupdate=utcnow
+    )
+    delete_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    purge_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TaskListMember(Base):
+    """One user's role on one list. Removed with the list or the user.
+
+    The (user_id, task_list_id) index is the one every access check seeks: a read of tasks joins
+    the caller's memberships in the same statement.
+    """
+
+    __tablename__ = "task_list_members"
+    __table_args__ = (
+        Index("ix_task_list_members_user_id_task_list_id", "user_id", "task_list_id"),
+    )
+
+    task_list_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("task_lists.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[int] = mapped_column(SmallInteger)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Task(Base):
@@ -145,6 +228,10 @@ class Task(Base):
         Index("ix_tasks_owner_id_due_time_id", "owner_id", "due_time", "id"),
         Index("ix_tasks_owner_id_priority_id", "owner_id", "priority", "id"),
         Index("ix_tasks_owner_id_update_time_id", "owner_id", "update_time", "id"),
+        # A list's tasks, newest first, and its sibling lists in manual order.
+        Index("ix_tasks_task_list_id_id", "task_list_id", "id"),
+        Index("ix_tasks_task_list_id_parent_id_position", "task_list_id", "parent_id", "position"),
+        Index("ix_tasks_assignee_id", "assignee_id"),
         # Never reuse a deleted task's id (SQLite would): etags and clients name tasks by id.
         {"sqlite_autoincrement": True},
     )
@@ -187,8 +274,18 @@ class Task(Base):
         BigIntId, ForeignKey("tasks.id", ondelete="CASCADE")
     )
     position: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The list the task is in (purged with it), who created the task (no foreign key: the
+    # record outlives its user), and the member it is assigned to (unassigned when that user is
+    # deleted; the services unassign members who leave).
+    task_list_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("task_lists.id", ondelete="CASCADE")
+    )
+    creator_id: Mapped[int] = mapped_column(BigIntId)
+    assignee_id: Mapped[int | None] = mapped_column(
+        BigIntId, ForeignKey("users.id", ondelete="SET NULL")
+    )
 
-    owner: Mapped[User] = relationship(back_populates="tasks")
+    owner: Mapped[User] = relationship(back_populates="tasks", foreign_keys=[owner_id])
 
 
 class TaskLabel(Base):
@@ -209,10 +306,6 @@ class TaskLabel(Base):
     )
     key: Mapped[str] = mapped_column(String(LABEL_KEY_MAX_LENGTH), primary_key=True)
     owner_id: Mapped[int] = mapped_column(BigIntId)
-
-
-#: Longest idempotency key accepted on CreateTask.
-REQUEST_ID_MAX_LENGTH = 128
 
 
 class TaskCreateRequest(Base):
@@ -241,6 +334,13 @@ class TaskChangeType(enum.IntEnum):
     DELETED = 3  # moved to the trash
     UNDELETED = 4
     PURGED = 5
+    # Not changes of a task: a user gained or lost access to a list (`task_changes.owner_id` is
+    # the user, `task_list_id` the list, `task_id` 0), written by the `task_list_members`
+    # triggers (migration 0014).
+    ACCESS_GRANTED = 6
+    ACCESS_REVOKED = 7
+    # Never stored: how a member's stream sees a task that moved to a list they may not see.
+    HIDDEN = 8
 
 
 class TaskRevision(Base):
@@ -287,6 +387,8 @@ class TaskChange(Base):
     task_id: Mapped[int] = mapped_column(BigIntId)
     owner_id: Mapped[int] = mapped_column(BigIntId)
     type: Mapped[int] = mapped_column(SmallInteger)
+    #: For an access change, the list; NULL for a change of a task (its row says its list).
+    task_list_id: Mapped[int | None] = mapped_column(BigIntId)
     before: Mapped[str | None] = mapped_column(Text)
     after: Mapped[str | None] = mapped_column(Text)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -33,6 +33,9 @@ class TaskRecord(Protocol):
     parent_id: int | None
     position: int
     purge_time: datetime | None
+    task_list_id: int
+    creator_id: int
+    assignee_id: int | None
 
 
 class UserRecord(Protocol):

@@ -44,6 +44,8 @@ from taskservice.v1 import (
     audit_service_pb2,
     auth_service_connect,
     auth_service_pb2,
+    task_list_service_connect,
+    task_list_service_pb2,
     task_service_connect,
     task_service_pb2,
     user_service_connect,
@@ -71,6 +73,10 @@ SERVICES: Mapping[str, tuple[Any, Any]] = {
     "TaskService": (
         task_service_connect.TaskServiceASGIApplication,
         task_service_pb2.DESCRIPTOR.services_by_name["TaskService"],
+    ),
+    "TaskListService": (
+        task_list_service_connect.TaskListServiceASGIApplication,
+        task_list_service_pb2.DESCRIPTOR.services_by_name["TaskListService"],
     ),
 }
 

@@ -5,6 +5,12 @@ which RPC needs which is declared there too, and checked once per call in
 `taskservice.calls.authorization`. The services call `authorize` (or `may`, to choose a query)
 for what only they can know: whose resource the call is about.
 
+Shared resources (a task list and its tasks) are decided by `authorize_in_list`: the caller's
+permissions *and* its role on the list (VIEWER reads, EDITOR writes tasks, OWNER manages), one
+function for every read, write, batch, filter, page and stream. The queries that find a list or
+a task join the caller's membership in the same statement and hand the role found (None: not a
+member) to it.
+
 Why two outcomes for a missing permission: a caller whose *role* lacks it (a regular user calling
 an admin-only method, or naming another owner) is refused exactly as before permissions existed
 (ADMIN_REQUIRED, OWNER_NOT_ALLOWED, or NOT_FOUND where existence must not leak), so existing
@@ -16,9 +22,11 @@ PERMISSION_MISSING. Every refusal names the permission in the error's metadata.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from taskservice.db.models import TaskListRole
 from taskservice.errors import DomainError, FieldViolation, PermissionDenied
 
 if TYPE_CHECKING:
@@ -196,4 +204,65 @@ def permission_missing(permission: Permission) -> PermissionDenied:
         "PERMISSION_MISSING",
         f"the credential of this call lacks the permission {permission.value!r}",
         {"permission": permission.value},
+    )
+
+
+@dataclass(frozen=True)
+class ListAction:
+    """What a call does with a list or its tasks: the permission and the list role it needs."""
+
+    permission: Permission
+    role: TaskListRole
+
+
+#: Reading a list, its members and its tasks: any member.
+READ_LIST = ListAction(Permission.TASKS_READ, TaskListRole.VIEWER)
+#: Creating, changing, moving, trashing and restoring a list's tasks: EDITOR or OWNER.
+WRITE_TASKS = ListAction(Permission.TASKS_WRITE, TaskListRole.EDITOR)
+#: Renaming, trashing and restoring a list and managing its members: OWNER.
+MANAGE_LIST = ListAction(Permission.TASKS_WRITE, TaskListRole.OWNER)
+
+
+def authorize_in_list(
+    principal: Principal,
+    action: ListAction,
+    role: int | None,
+    *,
+    not_found: Callable[[], DomainError],
+) -> None:
+    """Refuse `action` on a list (or a task in it) unless the caller may do it there.
+
+    `role` is the caller's role on the list, None when not a member. A member whose role is
+    enough acts with the permission for its own resources; anyone else needs the `_all`
+    variant (an admin, member or not). A caller who may not even see the list gets
+    `not_found()`, exactly what a missing id gets; one who may see it (a member, or a key
+    reading every list) but not act is told what it lacks: the role (TASK_LIST_ROLE_REQUIRED)
+    or the permission (PERMISSION_MISSING).
+    """
+    if role is not None and role >= action.role and action.permission in principal.permissions:
+        return
+    every = ANY_OWNER[action.permission]
+    if every in principal.permissions:
+        return
+    if role is None:
+        if Permission.TASKS_READ_ALL in principal.permissions:
+            raise permission_missing(every)
+        raise not_found()
+    if role < action.role:
+        raise role_required(TaskListRole(action.role))
+    raise permission_missing(action.permission)
+
+
+def may_see_every_list(principal: Principal) -> bool:
+    """Whether the caller sees every list, member or not (to choose a query's shape)."""
+    return Permission.TASKS_READ_ALL in principal.permissions
+
+
+def role_required(role: TaskListRole) -> PermissionDenied:
+    """The error for a member whose role on the list is too low for the call."""
+    name = f"TASK_LIST_ROLE_{role.name}"
+    return PermissionDenied(
+        "TASK_LIST_ROLE_REQUIRED",
+        f"this needs the {role.name} role on the task list",
+        {"role": name},
     )

@@ -19,7 +19,7 @@ def label_key(label: str) -> str:
     return label.casefold()
 
 
-def _has_control_character(text: str) -> bool:
+def has_control_character(text: str) -> bool:
     """C0 controls, DEL and C1 controls: the characters Unicode files under "Cc"."""
     return any(unicodedata.category(character) == "Cc" for character in text)
 
@@ -39,7 +39,7 @@ def normalize_labels(labels: Iterable[str], field: str) -> tuple[list[str], list
                     f"{field}[{index}]", f"1 to {LABEL_MAX_LENGTH} characters after trimming"
                 )
             )
-        elif _has_control_character(label):
+        elif has_control_character(label):
             violations.append(
                 FieldViolation(f"{field}[{index}]", "must not contain control characters")
             )

@@ -4,8 +4,9 @@ Positions are integers, smaller first, shown to clients as opaque fixed-width st
 takes minus the current time in microseconds, which puts it first among its siblings without
 reading or locking them (creates stay one statement). A move takes the midpoint of its new
 neighbours; when two neighbours leave no room, the sibling list is renumbered. Moves lock the
-list they write (the parent's row, or the owner's row for the top level), so concurrent moves in
-one list queue up and never compute the same position.
+sibling list they write (the parent's row, or the task list's row for the top level), so
+concurrent moves in one sibling list queue up and never compute the same position. A subtask is
+always in its parent's task list.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskservice.db.models import Task, User
+from taskservice.db.models import Task, TaskList
 from taskservice.errors import FailedPrecondition, InvalidArgument
 
 #: Deepest a task may sit: a top-level task is at depth 1, its subtasks at 2, and so on.
@@ -41,13 +42,13 @@ def parent_key(parent_id: int) -> int | None:
 
 
 async def check_parent(
-    session: AsyncSession, task: Task | None, owner_id: int, parent: Task | None, field: str
+    session: AsyncSession, task: Task | None, list_id: int, parent: Task | None, field: str
 ) -> None:
-    """Refuse a parent of another owner, in the trash, too deep, or inside `task` itself."""
+    """Refuse a parent in another list, in the trash, too deep, or inside `task` itself."""
     if parent is None:
         return
-    if parent.owner_id != owner_id:
-        raise InvalidArgument.field(field, "the parent must have the same owner as the task")
+    if parent.task_list_id != list_id:
+        raise InvalidArgument.field(field, "the parent must be in the same list as the task")
     if parent.delete_time is not None:
         raise FailedPrecondition("TASK_DELETED", "the parent task is in the trash")
     ancestors = await _ancestors(session, parent)
@@ -92,21 +93,22 @@ async def subtree_ids(session: AsyncSession, task_id: int) -> list[int]:
     return found
 
 
-async def lock_siblings(session: AsyncSession, owner_id: int, parent: Task | None) -> None:
+async def lock_siblings(session: AsyncSession, list_id: int, parent: Task | None) -> None:
     """Queue the writers of one sibling list.
 
     A parent's subtasks queue on the parent's row, which the caller has locked already; the top
-    level queues on the owner's row, locked so that task inserts (which only key-share it) pass.
+    level queues on the task list's row, locked so that task inserts (which only key-share it)
+    pass.
     """
     if parent is None and session.bind.dialect.name == "postgresql":
         await session.execute(
-            select(User.id).where(User.id == owner_id).with_for_update(key_share=True)
+            select(TaskList.id).where(TaskList.id == list_id).with_for_update(key_share=True)
         )
 
 
-def _siblings(owner_id: int, parent_id: int | None, moving: int) -> list[object]:
+def _siblings(list_id: int, parent_id: int | None, moving: int) -> list[object]:
     return [
-        Task.owner_id == owner_id,
+        Task.task_list_id == list_id,
         Task.parent_id.is_(None) if parent_id is None else Task.parent_id == parent_id,
         Task.delete_time.is_(None),
         Task.id != moving,
@@ -121,7 +123,7 @@ async def position_after(
     now: datetime,
 ) -> int:
     """The position that puts `task` right after `previous` (None: first) among its siblings."""
-    where = _siblings(task.owner_id, parent_id, task.id)
+    where = _siblings(task.task_list_id, parent_id, task.id)
     if previous is None:
         first = await session.scalar(select(func.min(Task.position)).where(*where))
         front = first_position(now)

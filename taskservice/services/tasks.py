@@ -1,7 +1,9 @@
-"""Tasks: owner-scoped CRUD, full and partial updates with etags, idempotent creation, lists.
+"""Tasks: CRUD in task lists, full and partial updates with etags, idempotent creation, lists.
 
-Visibility: a regular user only ever sees their own tasks. Another user's task is reported as
-NOT_FOUND with the very message of a missing task, so ids reveal nothing about other users' data.
+Visibility: every task is in a list, and the caller's role on that list decides what they may do
+with it (`authorize_in_list`, with the role read in the statement that reads the task). A task of
+a list the caller is not a member of is reported as NOT_FOUND with the very message of a missing
+task, so ids reveal nothing about other users' data.
 Writes lock the task row (PostgreSQL `FOR UPDATE`, SQLite `BEGIN IMMEDIATE`) and change only the
 columns they set, so concurrent patches of different fields both survive.
 """
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, case, delete, insert, null, select, update
+from sqlalchemy import Select, and_, bindparam, case, delete, insert, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,6 +28,9 @@ from taskservice.db.models import (
     Task,
     TaskCreateRequest,
     TaskLabel,
+    TaskList,
+    TaskListMember,
+    TaskListRole,
     TaskPriority,
     TaskRevision,
     TaskStatus,
@@ -47,14 +52,24 @@ from taskservice.errors import (
 from taskservice.services import audit, task_tree
 from taskservice.services.audit import AuditTrail
 from taskservice.services.authorization import (
+    WRITE_TASKS,
+    ListAction,
     Permission,
     authorize,
+    authorize_in_list,
     may_for_every_owner,
 )
 from taskservice.services.filtering import Filter, canonical, parse
 from taskservice.services.labels import label_key, normalize_labels
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
 from taskservice.services.principal import Principal
+from taskservice.services.shared_lists import (
+    check_list_live,
+    find_list,
+    list_not_found,
+    lock_membership,
+    personal_list_id,
+)
 from taskservice.services.task_lists import (
     TASK_FILTER_SCHEMA,
     Ordering,
@@ -78,11 +93,16 @@ from taskservice.watch.changes import CURRENT_REVISION
 WRITABLE_TASK_FIELDS = frozenset(
     {"title", "description", "status", "due_time", "priority", "labels", "parent_id"}
 )
+#: Fields PatchTask may name: UpdateTask's and the assignee (which UpdateTask leaves alone, so
+#: clients that predate it never clear it).
+PATCHABLE_TASK_FIELDS = WRITABLE_TASK_FIELDS | {"assignee_id"}
 #: Fields of a Task that clients never write.
 READ_ONLY_TASK_FIELDS = frozenset(
     {
         "id",
         "owner_id",
+        "task_list_id",
+        "creator_id",
         "create_time",
         "update_time",
         "etag",
@@ -111,6 +131,10 @@ class TaskValues:
     priority: TaskPriority = TaskPriority.UNSPECIFIED
     labels: tuple[str, ...] = ()
     parent_id: int = 0
+    #: The list to create the task in (0: its parent's, or the owner's personal list).
+    task_list_id: int = 0
+    #: The member the task is assigned to (0: nobody).
+    assignee_id: int = 0
     violations: tuple[FieldViolation, ...] = ()
 
 
@@ -183,19 +207,27 @@ class TaskService:
         With a `request_id`, at most one task is created per caller and key.
         """
         owner = owner_id or caller.user_id
-        authorize(
-            caller,
-            Permission.TASKS_WRITE,
-            owner,
-            otherwise=_owner_not_allowed("you may only create tasks for yourself"),
-        )
+        in_named_list = bool(values.task_list_id or values.parent_id)
+        if not values.task_list_id:
+            authorize(
+                caller,
+                Permission.TASKS_WRITE,
+                owner,
+                otherwise=_owner_not_allowed("you may only create tasks for yourself"),
+            )
         checked = _check_values(
             values,
-            set(WRITABLE_TASK_FIELDS),
+            set(PATCHABLE_TASK_FIELDS),
             also=[
                 FieldViolation("request_id", f"at most {REQUEST_ID_MAX_LENGTH} characters")
                 if len(request_id) > REQUEST_ID_MAX_LENGTH
-                else nul_violation("request_id", request_id)
+                else nul_violation("request_id", request_id),
+                FieldViolation("task.task_list_id", "must be 0 (personal list) or a list id")
+                if values.task_list_id < 0
+                else None,
+                FieldViolation("task.assignee_id", "must be 0 (nobody) or a user id")
+                if values.assignee_id < 0
+                else None,
             ],
         )
         status = values.status or TaskStatus.TODO
@@ -210,9 +242,16 @@ class TaskService:
             "complete_time": utcnow() if status is TaskStatus.DONE else None,
             "parent_id": task_tree.parent_key(values.parent_id),
             "position": task_tree.first_position(utcnow()),
+            "creator_id": caller.user_id,
         }
         try:
-            if not (request_id or checked.labels or values.parent_id or owner != caller.user_id):
+            if not (
+                request_id
+                or checked.labels
+                or in_named_list
+                or values.assignee_id
+                or owner != caller.user_id
+            ):
                 # One INSERT, atomic by itself: no transaction around it (a missing owner fails
                 # the foreign key, handled below like the keyed path's check).
                 now = utcnow()
@@ -222,16 +261,25 @@ class TaskService:
             async with self._db.write() as session:
                 if request_id and (earlier := await _by_request(session, caller, request_id)):
                     return earlier
-                if owner != caller.user_id and not await _lock_caller_and_owner(
-                    session, caller, owner
-                ):
-                    raise NotFound("OWNER_NOT_FOUND", "no user has this owner_id")
-                if values.parent_id:
-                    parent = await _visible(session, caller, values.parent_id, lock=True)
-                    await task_tree.check_parent(session, None, owner, parent, "task.parent_id")
-                task = Task(**row)
+                if in_named_list:
+                    task_list, admin = await self._destination(session, caller, values, owner_id)
+                    owner = row["owner_id"] = task_list.owner_id
+                    list_id = task_list.id
+                else:
+                    if owner != caller.user_id and not await _lock_caller_and_owner(
+                        session, caller, owner
+                    ):
+                        raise NotFound("OWNER_NOT_FOUND", "no user has this owner_id")
+                    admin = owner != caller.user_id
+                    found = await session.scalar(select(personal_list_id(owner)))
+                    if found is None:  # the owner was deleted while the task was being created
+                        raise _owner_gone(caller, owner)
+                    list_id = found
+                await _check_assignee(session, list_id, values.assignee_id)
+                task = Task(**row, task_list_id=list_id, assignee_id=values.assignee_id or None)
                 session.add(task)
-                self._audit_admin_action(session, caller, owner)
+                if admin:
+                    self._audit_admin_action(session, caller, owner)
                 await session.flush()
                 session.add_all(_label_rows(task, checked.labels))
                 if request_id:
@@ -252,12 +300,37 @@ class TaskService:
             raise
         return task
 
+    async def _destination(
+        self, session: AsyncSession, caller: Principal, values: TaskValues, owner_id: int
+    ) -> tuple[TaskList, bool]:
+        """The list a new task goes to (named, or its parent's), checked and locked.
+
+        With whether the caller acts there with admin rights rather than a member's role.
+        """
+        parent = None
+        if values.parent_id:
+            parent, _ = await _visible_with_role(session, caller, values.parent_id, lock=True)
+        if values.task_list_id:
+            task_list, role = await find_list(session, caller, values.task_list_id, WRITE_TASKS)
+            field = "task.owner_id"
+        else:
+            assert parent is not None  # noqa: S101 - in_named_list: a list or a parent
+            task_list, role = await find_list(session, caller, parent.task_list_id, WRITE_TASKS)
+            field = "task.parent_id"
+        await lock_membership(session, caller, task_list.id, role, not_found=list_not_found)
+        check_list_live(task_list)
+        if owner_id and owner_id != task_list.owner_id:
+            raise InvalidArgument.field(field, "the task's owner is its list's owner")
+        if parent is not None:
+            await task_tree.check_parent(session, None, task_list.id, parent, "task.parent_id")
+        return task_list, not _acts_as_member(role, WRITE_TASKS)
+
     async def get_task(self, caller: Principal, task_id: int) -> tuple[TaskRecord, int]:
         """One task the caller may see, and the revision it was read at (same statement)."""
         require_id("id", task_id)
         async with self._db.reads() as reader:
-            any_owner = may_for_every_owner(caller, Permission.TASKS_READ)
-            task = await reader.first(_GET[any_owner], _visible_parameters(caller, task_id))
+            every_list = may_for_every_owner(caller, Permission.TASKS_READ)
+            task = await reader.first(_GET[every_list], _visible_parameters(caller, task_id))
         if task is None:
             raise _task_not_found()
         return task, task.revision
@@ -283,7 +356,7 @@ class TaskService:
             async with self._db.rows() as connection:
                 return [], int(await connection.scalar(select(CURRENT_REVISION)) or 0)
         query = _BATCH_VISIBLE[may_for_every_owner(caller, Permission.TASKS_READ)]
-        parameters = {"task_ids": sorted(set(task_ids)), "owner_id": caller.user_id}
+        parameters = {"task_ids": sorted(set(task_ids)), "caller_id": caller.user_id}
         async with self._db.rows() as connection:
             found = {task.id: task for task in (await connection.execute(query, parameters))}
         for task_id in task_ids:
@@ -300,8 +373,7 @@ class TaskService:
             values, set(WRITABLE_TASK_FIELDS), also=[id_violation("task.id", task_id)]
         )
         async with self._db.write() as session:
-            task = await _visible(session, caller, task_id, lock=True)
-            self._audit_admin_action(session, caller, task.owner_id)
+            task = await self._writable(session, caller, task_id)
             _check_etag(task, expected_etag)
             _check_live(task)
             await self._reparent(session, caller, task, values.parent_id)
@@ -319,7 +391,15 @@ class TaskService:
     ) -> Task:
         """Change only the fields named in `paths`."""
         checked = _check_values(
-            values, set(paths), mask=paths, also=[id_violation("task.id", task_id)]
+            values,
+            set(paths),
+            mask=paths,
+            also=[
+                id_violation("task.id", task_id),
+                FieldViolation("task.assignee_id", "must be 0 (nobody) or a user id")
+                if "assignee_id" in paths and values.assignee_id < 0
+                else None,
+            ],
         )
         if (
             patched := await self._patch_in_one_statement(
@@ -328,13 +408,22 @@ class TaskService:
         ) is not None:
             return patched
         async with self._db.write() as session:
-            task = await _visible(session, caller, task_id, lock=True)
-            self._audit_admin_action(session, caller, task.owner_id)
+            task = await self._writable(session, caller, task_id)
             _check_etag(task, expected_etag)
             _check_live(task)
             if "parent_id" in paths:
                 await self._reparent(session, caller, task, values.parent_id)
+            if "assignee_id" in paths:
+                await _check_assignee(session, task.task_list_id, values.assignee_id)
+                task.assignee_id = values.assignee_id or None
             await _apply(session, task, values, checked, paths)
+        return task
+
+    async def _writable(self, session: AsyncSession, caller: Principal, task_id: int) -> Task:
+        """A task to write, locked, if the caller may (auditing an admin's write)."""
+        task, role = await _visible_with_role(session, caller, task_id, lock=True)
+        if not _acts_as_member(role, WRITE_TASKS):
+            self._audit_admin_action(session, caller, task.owner_id)
         return task
 
     async def _patch_in_one_statement(
@@ -354,7 +443,9 @@ class TaskService:
         needs more than one statement (labels, a new parent): the transaction then runs, and
         reports the precise error (NOT_FOUND, TASK_DELETED, ETAG_MISMATCH) or applies a patch
         that raced with another write. An admin's patch of another user's task, which the audit
-        trail records, always misses here (the WHERE clause names the caller as owner).
+        trail records, always misses here (the WHERE clause names the caller's memberships with
+        an EDITOR or OWNER role, key-share locked so that a concurrent removal of the member waits
+        for the patch or the patch misses).
         """
         if not paths <= _ONE_STATEMENT_FIELDS:
             return None
@@ -388,8 +479,7 @@ class TaskService:
         """Move a task the caller may see to the trash, until its purge time."""
         require_id("id", task_id)
         async with self._db.write() as session:
-            task = await _visible(session, caller, task_id, lock=True)
-            self._audit_admin_action(session, caller, task.owner_id)
+            task = await self._writable(session, caller, task_id)
             _check_etag(task, expected_etag)
             _check_live(task)
             now = utcnow()
@@ -413,11 +503,17 @@ class TaskService:
         """Bring a task back from the trash, with what its DeleteTask trashed with it."""
         require_id("id", task_id)
         async with self._db.write() as session:
-            task = await _visible(session, caller, task_id, lock=True)
-            self._audit_admin_action(session, caller, task.owner_id)
+            task = await self._writable(session, caller, task_id)
             _check_etag(task, expected_etag)
             if task.delete_time is None:
                 raise FailedPrecondition("TASK_NOT_DELETED", "the task is not in the trash")
+            if await session.scalar(
+                select(TaskList.delete_time).where(TaskList.id == task.task_list_id)
+            ):
+                raise FailedPrecondition(
+                    "TASK_LIST_DELETED",
+                    "the task went to the trash with its list; undelete the list",
+                )
             parent = await session.get(Task, task.parent_id) if task.parent_id else None
             if task.trash_root_id != task.id or (
                 parent is not None and parent.delete_time is not None
@@ -448,10 +544,17 @@ class TaskService:
         parent_id: int,
         previous_id: int,
         expected_etag: str,
+        task_list_id: int | None = None,
     ) -> Task:
-        """Put a task (with its subtree) under `parent_id`, right after sibling `previous_id`."""
+        """Put a task (with its subtree) under `parent_id`, right after sibling `previous_id`.
+
+        In list `task_list_id` (None: the one it is in).
+        """
         raise_if(
             id_violation("id", task_id),
+            FieldViolation("task_list_id", "must be a list id")
+            if task_list_id is not None and task_list_id <= 0
+            else None,
             FieldViolation("parent_id", "must be 0 (top level) or a task id")
             if parent_id < 0
             else None,
@@ -460,20 +563,21 @@ class TaskService:
             else None,
         )
         async with self._db.write() as session:
-            task = await _visible(session, caller, task_id, lock=True)
-            self._audit_admin_action(session, caller, task.owner_id)
+            task = await self._writable(session, caller, task_id)
             _check_etag(task, expected_etag)
             _check_live(task)
+            if task_list_id is not None and task_list_id != task.task_list_id:
+                await self._move_to_list(session, caller, task, task_list_id)
             parent = await _visible(session, caller, parent_id, lock=True) if parent_id else None
-            await task_tree.check_parent(session, task, task.owner_id, parent, "parent_id")
-            await task_tree.lock_siblings(session, task.owner_id, parent)
+            await task_tree.check_parent(session, task, task.task_list_id, parent, "parent_id")
+            await task_tree.lock_siblings(session, task.task_list_id, parent)
             previous = None
             if previous_id:
                 previous = await session.get(Task, previous_id)
                 if (
                     previous is None
                     or previous.id == task.id
-                    or previous.owner_id != task.owner_id
+                    or previous.task_list_id != task.task_list_id
                     or previous.parent_id != task_tree.parent_key(parent_id)
                     or previous.delete_time is not None
                 ):
@@ -487,6 +591,40 @@ class TaskService:
             task.version += 1
         return task
 
+    async def _move_to_list(
+        self, session: AsyncSession, caller: Principal, task: Task, list_id: int
+    ) -> None:
+        """Move a locked task's live subtree to another list: EDITOR on both lists.
+
+        The subtree takes the list's owner; assignees who are not members of it are unassigned.
+        """
+        destination, role = await find_list(session, caller, list_id, WRITE_TASKS)
+        await lock_membership(session, caller, destination.id, role, not_found=list_not_found)
+        check_list_live(destination)
+        if not _acts_as_member(role, WRITE_TASKS):
+            self._audit_admin_action(session, caller, destination.owner_id)
+        subtree = await task_tree.subtree_ids(session, task.id)
+        members = select(TaskListMember.user_id).where(TaskListMember.task_list_id == list_id)
+        await session.execute(
+            update(Task)
+            .where(Task.id.in_(subtree))
+            .values(
+                task_list_id=list_id,
+                owner_id=destination.owner_id,
+                assignee_id=case((Task.assignee_id.in_(members), Task.assignee_id), else_=null()),
+                version=Task.version + 1,
+                update_time=utcnow(),
+            ),
+            execution_options={"synchronize_session": False},
+        )
+        await session.execute(
+            update(TaskLabel)
+            .where(TaskLabel.task_id.in_(subtree))
+            .values(owner_id=destination.owner_id),
+            execution_options={"synchronize_session": False},
+        )
+        await session.refresh(task)
+
     async def _reparent(
         self, session: AsyncSession, caller: Principal, task: Task, parent_id: int
     ) -> None:
@@ -494,8 +632,8 @@ class TaskService:
         if task_tree.parent_key(parent_id) == task.parent_id:
             return
         parent = await _visible(session, caller, parent_id, lock=True) if parent_id else None
-        await task_tree.check_parent(session, task, task.owner_id, parent, "task.parent_id")
-        await task_tree.lock_siblings(session, task.owner_id, parent)
+        await task_tree.check_parent(session, task, task.task_list_id, parent, "task.parent_id")
+        await task_tree.lock_siblings(session, task.task_list_id, parent)
         task.position = await task_tree.position_after(
             session, task, task_tree.parent_key(parent_id), None, utcnow()
         )
@@ -531,8 +669,8 @@ class TaskService:
                 owner_id,
                 otherwise=_owner_not_allowed("you may only list your own tasks"),
             )
-        elif not may_for_every_owner(caller, Permission.TASKS_READ):
-            owner_id = caller.user_id
+        member_id = None if may_for_every_owner(caller, Permission.TASKS_READ) else caller.user_id
+        scope_owner = owner_id if owner_id is not None else member_id
         problems = Violations()
         problems.add(*violations, page_size_violation(requested_size))
         parsed = problems.check(lambda: _parse_filter(filter_text))
@@ -545,7 +683,8 @@ class TaskService:
             "list": "tasks",
             "caller": caller.user_id,
             "status": status.value if status else None,
-            "owner": owner_id,
+            # Spelled as before lists existed (a regular user's own id), so older tokens open.
+            "owner": scope_owner,
         }
         # Added only when not the default, so tokens issued before these fields existed still
         # open with the very scope they were sealed with.
@@ -558,8 +697,16 @@ class TaskService:
         if parsed.expression is None and ordering.is_default and not show_deleted:
             after = problems.check(lambda: self._page_tokens.open(token, scope))
             problems.raise_if_any()
-            query = _LISTS[owner_id is not None, status is not None, after is not None]
-            parameters = {"owner_id": owner_id, "status": status, "after": after, "limit": size + 1}
+            query = _LISTS[
+                owner_id is not None, member_id is not None, status is not None, after is not None
+            ]
+            parameters = {
+                "owner_id": owner_id,
+                "member_id": member_id,
+                "status": status,
+                "after": after,
+                "limit": size + 1,
+            }
             async with self._db.reads() as reader:
                 revision = await reader.scalar(_REVISION)
                 tasks: list[TaskRecord] = await reader.all(query, parameters)
@@ -576,6 +723,7 @@ class TaskService:
             scope.get("filter"),
             ordering.name,
             owner_id is not None,
+            member_id is not None,
             status is not None,
             show_deleted,
             seek.found,
@@ -584,10 +732,21 @@ class TaskService:
         statements = _VIEWS.get(
             shape,
             lambda: _view_statements(
-                parsed, ordering, seek, owner_id is not None, status is not None, show_deleted
+                parsed,
+                ordering,
+                seek,
+                owner_id is not None,
+                member_id is not None,
+                status is not None,
+                show_deleted,
             ),
         )
-        parameters = {"owner_id": owner_id, "status": status, "limit": size + 1}
+        parameters = {
+            "owner_id": owner_id,
+            "member_id": member_id,
+            "status": status,
+            "limit": size + 1,
+        }
         parameters.update(seek.parameters())
         tasks = []
         async with self._db.reads() as reader:
@@ -654,7 +813,7 @@ def _check_values(
     violations: list[FieldViolation | None] = [*also, *values.violations]
     if mask is not None:
         violations.extend(
-            mask_violations(mask, WRITABLE_TASK_FIELDS, READ_ONLY_TASK_FIELDS, "Task")
+            mask_violations(mask, PATCHABLE_TASK_FIELDS, READ_ONLY_TASK_FIELDS, "Task")
         )
     title = values.title.strip()
     if "title" in fields and not 1 <= len(title) <= TITLE_MAX_LENGTH:
@@ -689,11 +848,16 @@ async def purge_expired_tasks(database: Database, now: datetime) -> int:
     not be counted, depending on the database).
 
     Their idempotency keys go with them (the foreign key cascades), so a request_id that created
-    a purged task may create a new one.
+    a purged task may create a new one. Trashed task lists whose purge time has come go too,
+    with their members and every task still in them (the foreign keys cascade).
     """
     async with database.write() as session:
         result = await session.execute(
             delete(Task).where(Task.purge_time <= now),
+            execution_options={"synchronize_session": False},
+        )
+        await session.execute(
+            delete(TaskList).where(TaskList.purge_time <= now),
             execution_options={"synchronize_session": False},
         )
     return result.rowcount  # type: ignore[attr-defined,no-any-return]
@@ -712,32 +876,47 @@ def _check_etag(task: Task, expected: str) -> None:
         raise Aborted("ETAG_MISMATCH", "the task changed since this etag; read it again")
 
 
-def _visible_query(*, any_owner: bool, lock: bool) -> Select[tuple[Task]]:
-    query = select(Task).where(Task.id == bindparam("task_id"))
-    if not any_owner:
-        query = query.where(Task.owner_id == bindparam("owner_id"))
-    return query.with_for_update() if lock else query
+#: The caller's membership of a task's list: what every read of tasks joins.
+_MEMBERSHIP = and_(
+    TaskListMember.task_list_id == Task.task_list_id,
+    TaskListMember.user_id == bindparam("caller_id"),
+)
 
 
-#: The four shapes of `_visible`'s query, built once: building and hashing a statement on every
+def _member_query(*, every_list: bool) -> Select[tuple[Task]]:
+    """Tasks the caller may see: in its lists (joined in the same statement), or any."""
+    query = select(Task)
+    return query if every_list else query.join(TaskListMember, _MEMBERSHIP)
+
+
+def _visible_query(*, lock: bool) -> Select[tuple[Task, int | None]]:
+    """A task with the caller's role on its list (None: not a member), to authorize a write."""
+    query = (
+        select(Task, TaskListMember.role)
+        .outerjoin(TaskListMember, _MEMBERSHIP)
+        .where(Task.id == bindparam("task_id"))
+    )
+    return query.with_for_update(of=Task.__table__) if lock else query
+
+
+#: The two shapes of `_visible`'s query, built once: building and hashing a statement on every
 #: call cost as much CPU as running it (by profile).
-_VISIBLE = {
-    (any_owner, lock): _visible_query(any_owner=any_owner, lock=lock)
-    for any_owner in (False, True)
-    for lock in (False, True)
-}
+_VISIBLE = {lock: _visible_query(lock=lock) for lock in (False, True)}
 
 
 #: Most ids one BatchGetTasks may ask for.
 BATCH_GET_MAX_IDS = 100
 
 
-#: GetTask's two query shapes, each reading the store's revision in the same statement.
+#: GetTask's two query shapes (every list for admins, the caller's lists otherwise), each
+#: reading the store's revision in the same statement.
 _GET = {
-    any_owner: Prepared(
-        _visible_query(any_owner=any_owner, lock=False).add_columns(CURRENT_REVISION)
+    every_list: Prepared(
+        _member_query(every_list=every_list)
+        .add_columns(CURRENT_REVISION)
+        .where(Task.id == bindparam("task_id"))
     )
-    for any_owner in (False, True)
+    for every_list in (False, True)
 }
 #: The store's revision alone. ListTasks reads it before its page (the page may take two
 #: statements, or find no row to carry it), so changes after it may already show in the page.
@@ -745,14 +924,11 @@ _REVISION = Prepared(select(TaskRevision.revision).where(TaskRevision.id == 1))
 
 
 def _batch_visible_query(*, any_owner: bool) -> Select[tuple[Task]]:
-    query = (
-        select(Task)
+    return (
+        _member_query(every_list=any_owner)
         .add_columns(CURRENT_REVISION)
         .where(Task.id.in_(bindparam("task_ids", expanding=True)))
     )
-    if not any_owner:
-        query = query.where(Task.owner_id == bindparam("owner_id"))
-    return query
 
 
 #: BatchGetTasks' two query shapes (any owner for admins, the caller's own otherwise).
@@ -761,18 +937,23 @@ _BATCH_VISIBLE = {
 }
 
 
-#: CreateTask without an idempotency key: insert and return the row in one statement.
-_INSERT_TASK = Prepared(
-    insert(Task)
-    .values(
-        {
-            column: bindparam(column.key, type_=column.type)
-            for column in Task.__table__.columns
-            if column.key not in ("id", "delete_time", "purge_time", "trash_root_id")
-        }
-    )
-    .returning(*Task.__table__.columns)
-)
+def _insert_task() -> Prepared:
+    """CreateTask without an idempotency key: insert and return the row in one statement.
+
+    The task goes to its owner's personal list, found by a subquery of the same statement.
+    """
+    values: dict[Any, Any] = {
+        column: bindparam(column.key, type_=column.type)
+        for column in Task.__table__.columns
+        if column.key
+        not in ("id", "delete_time", "purge_time", "trash_root_id", "task_list_id", "assignee_id")
+    }
+    values[Task.__table__.c.task_list_id] = personal_list_id(values[Task.__table__.c.owner_id])
+    return Prepared(insert(Task).values(values).returning(*Task.__table__.columns))
+
+
+#: CreateTask without an idempotency key, in its owner's personal list.
+_INSERT_TASK = _insert_task()
 
 
 #: What `_patch_in_one_statement` may write: columns of the task row alone.
@@ -805,7 +986,17 @@ def _patch_statement(fields: frozenset[str], done: bool | None, match_version: b
     statement = (
         update(table)
         .where(table.c.id == bindparam("match_id", type_=table.c.id.type))
-        .where(table.c.owner_id == bindparam("match_owner", type_=table.c.owner_id.type))
+        .where(
+            table.c.task_list_id.in_(
+                select(TaskListMember.task_list_id)
+                .where(
+                    TaskListMember.user_id
+                    == bindparam("match_owner", type_=TaskListMember.user_id.type),
+                    TaskListMember.role >= TaskListRole.EDITOR,
+                )
+                .with_for_update(read=True, key_share=True)
+            )
+        )
         .where(table.c.delete_time.is_(None))
         .values(assignments)
         .returning(*table.columns)
@@ -841,7 +1032,16 @@ def _text_bytes(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
-def _list_query(*, by_owner: bool, by_status: bool, after: bool) -> Select[tuple[Task]]:
+def _in_member_lists(member: Any) -> Any:
+    """Tasks of the lists `member` (a bound parameter) is a member of."""
+    return Task.task_list_id.in_(
+        select(TaskListMember.task_list_id).where(TaskListMember.user_id == member)
+    )
+
+
+def _list_query(
+    *, by_owner: bool, by_member: bool, by_status: bool, after: bool
+) -> Select[tuple[Task]]:
     query = (
         select(Task)
         .where(Task.delete_time.is_(None))
@@ -850,6 +1050,8 @@ def _list_query(*, by_owner: bool, by_status: bool, after: bool) -> Select[tuple
     )
     if by_owner:
         query = query.where(Task.owner_id == bindparam("owner_id"))
+    if by_member:
+        query = query.where(_in_member_lists(bindparam("member_id")))
     if by_status:
         query = query.where(Task.status == bindparam("status"))
     if after:
@@ -857,12 +1059,14 @@ def _list_query(*, by_owner: bool, by_status: bool, after: bool) -> Select[tuple
     return query
 
 
-#: ListTasks' eight query shapes (owner filter, status filter, page token), built once.
+#: ListTasks' query shapes (owner filter, the caller's lists, status filter, page token),
+#: built once.
 _LISTS = {
-    (by_owner, by_status, after): Prepared(
-        _list_query(by_owner=by_owner, by_status=by_status, after=after)
+    (by_owner, by_member, by_status, after): Prepared(
+        _list_query(by_owner=by_owner, by_member=by_member, by_status=by_status, after=after)
     )
     for by_owner in (False, True)
+    for by_member in (False, True)
     for by_status in (False, True)
     for after in (False, True)
 }
@@ -877,6 +1081,7 @@ def _view_statements(
     ordering: Ordering,
     seek: Seek,
     by_owner: bool,
+    by_member: bool,
     by_status: bool,
     show_deleted: bool,
 ) -> list[Prepared]:
@@ -895,6 +1100,8 @@ def _view_statements(
         base = base.where(Task.delete_time.is_(None))
     if by_owner:
         base = base.where(Task.owner_id == bindparam("owner_id"))
+    if by_member:
+        base = base.where(_in_member_lists(bindparam("member_id")))
     if by_status:
         base = base.where(Task.status == bindparam("status", type_=Task.status.type))
     if rest.expression is not None:
@@ -906,20 +1113,51 @@ def _view_statements(
 
 
 async def _visible(session: AsyncSession, caller: Principal, task_id: int, *, lock: bool) -> Task:
-    """A task to write, if the caller may see it; NOT_FOUND alike for missing and foreign tasks.
-
-    A caller that may read every owner's tasks but not write them (a key limited to
-    `tasks.read_all`) sees another's task and is refused with PERMISSION_MISSING, not NOT_FOUND:
-    a caller that can see a task learns nothing from being told it may not change it.
-    """
-    any_owner = may_for_every_owner(caller, Permission.TASKS_READ) or may_for_every_owner(
-        caller, Permission.TASKS_WRITE
-    )
-    task = await session.scalar(_VISIBLE[any_owner, lock], _visible_parameters(caller, task_id))
-    if task is None:
-        raise _task_not_found()
-    authorize(caller, Permission.TASKS_WRITE, task.owner_id)
+    """A task to write, if the caller may; see `_visible_with_role`."""
+    task, _ = await _visible_with_role(session, caller, task_id, lock=lock)
     return task
+
+
+async def _visible_with_role(
+    session: AsyncSession,
+    caller: Principal,
+    task_id: int,
+    *,
+    lock: bool,
+    action: ListAction = WRITE_TASKS,
+) -> tuple[Task, int | None]:
+    """A task the caller may do `action` to, and the caller's role on its list.
+
+    NOT_FOUND alike for missing tasks and tasks of lists the caller may not see. A member who
+    may see it but whose role is too low is told the role needed; a caller that may read every
+    list's tasks but not write them (a key limited to `tasks.read_all`) is refused with
+    PERMISSION_MISSING: a caller that can see a task learns nothing from being told it may not
+    change it. Locking, the caller's membership is key-share locked too, so that a concurrent
+    removal of the member waits for this write (or this write finds the member gone).
+    """
+    found = (await session.execute(_VISIBLE[lock], _visible_parameters(caller, task_id))).first()
+    if found is None:
+        raise _task_not_found()
+    task, role = found
+    authorize_in_list(caller, action, role, not_found=_task_not_found)
+    if lock:
+        await lock_membership(session, caller, task.task_list_id, role, not_found=_task_not_found)
+    return task, role
+
+
+def _acts_as_member(role: int | None, action: ListAction) -> bool:
+    """Whether a caller with `role` does `action` as a member (not with admin rights)."""
+    return role is not None and role >= action.role
+
+
+async def _check_assignee(session: AsyncSession, list_id: int, assignee_id: int) -> None:
+    """Refuse an assignee who is not a member of the list (0: nobody, always fine)."""
+    if not assignee_id:
+        return
+    if await session.get(TaskListMember, (list_id, assignee_id)) is None:
+        raise FailedPrecondition(
+            "ASSIGNEE_NOT_MEMBER", "a task may only be assigned to a member of its list"
+        )
 
 
 def _owner_not_allowed(message: str) -> Callable[[dict[str, str]], PermissionDenied]:
@@ -932,7 +1170,7 @@ def _owner_not_allowed(message: str) -> Callable[[dict[str, str]], PermissionDen
 
 
 def _visible_parameters(caller: Principal, task_id: int) -> dict[str, int]:
-    return {"task_id": task_id, "owner_id": caller.user_id}
+    return {"task_id": task_id, "caller_id": caller.user_id}
 
 
 def _owner_gone(caller: Principal, owner: int) -> NotFound | Unauthenticated:

@@ -36,6 +36,7 @@ from taskservice.services.authorization import (
 )
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
 from taskservice.services.principal import Principal
+from taskservice.services.shared_lists import hand_over_lists
 from taskservice.services.validation import (
     Violations,
     email_violation,
@@ -288,6 +289,7 @@ class UserService:
                 raise _user_not_found()
             if user.is_admin and user.is_active:
                 _ensure_another_admin(admins, user_id)
+            await hand_over_lists(session, user_id)
             await session.execute(delete(User).where(User.id == user_id))
             self._audit.record(
                 session, audit.USER_DELETED, actor_id=caller.user_id, target_user_id=user_id

@@ -39,16 +39,23 @@ _GZIP_COMPRESSION = GzipCompression()
 
 class TaskService(Protocol):
     """
-    Manages tasks. Every method needs an access token. Regular users work with their own tasks only;
-    admins work with every task.
+    Manages tasks. Every method needs an access token. Every task is in a task list (TaskList), and
+    the caller's role on that list decides what they may do with it (see TaskListService): a VIEWER
+    reads it, an EDITOR or OWNER also creates, changes, moves, trashes and restores it. Regular users
+    work with the tasks of the lists they are members of (at least their personal list, where their
+    tasks have always been); admins work with every task.
 
-    Visibility: a regular user asking for another user's task gets NOT_FOUND, exactly as for a task
-    that does not exist, with the same message. This deliberately departs from AIP-211 (which would
-    answer PERMISSION_DENIED) so that task ids reveal nothing about other users' data.
+    Visibility: a regular user asking for a task of a list they are not a member of gets NOT_FOUND,
+    exactly as for a task that does not exist, with the same message. This deliberately departs from
+    AIP-211 (which would answer PERMISSION_DENIED) so that task ids reveal nothing about other users'
+    data. A member who may see a task but whose role is too low for a write (a VIEWER) gets
+    PERMISSION_DENIED with `google.rpc.ErrorInfo` reason TASK_LIST_ROLE_REQUIRED and metadata `role`
+    naming the role needed (`TASK_LIST_ROLE_EDITOR`).
 
     Parents: wherever a request names a parent task (`task.parent_id` on CreateTask, UpdateTask and
     PatchTask; `parent_id` on MoveTask), a parent the caller cannot see is NOT_FOUND like any other
-    task; a parent of another owner is INVALID_ARGUMENT on that field; a parent in the trash is
+    task; a parent in another list than the task (or than MoveTask's destination list) is
+    INVALID_ARGUMENT on that field; a parent in the trash is
     FAILED_PRECONDITION with reason TASK_DELETED; a parent that is the task itself or one of its
     subtasks is FAILED_PRECONDITION with reason PARENT_CYCLE; nesting deeper than 5 levels is
     FAILED_PRECONDITION with reason MAX_DEPTH_EXCEEDED.
@@ -65,7 +72,8 @@ class TaskService(Protocol):
     async def list_tasks(self, request: ListTasksRequest, ctx: RequestContext[ListTasksRequest, ListTasksResponse], /) -> ListTasksResponse:
         """
         Lists tasks, newest first unless `order_by` says otherwise, one page at a time. Regular users
-        list their own tasks; admins list every task, or one owner's with `owner_id`. `filter` narrows
+        list the tasks of every list they are a member of; admins list every task, or one owner's with
+        `owner_id`. One list's tasks: `filter = "task_list_id = 7"`. `filter` narrows
         the list (AIP-160). Pages are keyset-based for every ordering: a page walk returns every task
         that existed when it began, and whose sort key did not change during the walk, exactly once
         and in order, even while tasks are being added.
@@ -81,7 +89,8 @@ class TaskService(Protocol):
 
     async def create_task(self, request: CreateTaskRequest, ctx: RequestContext[CreateTaskRequest, CreateTaskResponse], /) -> CreateTaskResponse:
         """
-        Creates a task owned by the caller, or by `task.owner_id` when an admin sets it.
+        Creates a task in `task.task_list_id`, or in the caller's personal list (in `task.owner_id`'s
+        when an admin sets it); `creator_id` is the caller. Needs EDITOR or OWNER on the list.
 
         With `request_id` set, the call is idempotent: a retry with the same `request_id` by the same
         caller returns the task created the first time (as it is now) instead of creating another,
@@ -92,10 +101,16 @@ class TaskService(Protocol):
         - INVALID_ARGUMENT: the title is empty or longer than 200 characters after trimming; the
           description is longer than 10,000 characters; the status or priority is not a known value; a
           label breaks the limits documented on `Task.labels`; `request_id` is longer than 128
-          characters.
-        - PERMISSION_DENIED: a regular user set `task.owner_id` to another user's id.
+          characters; `task.task_list_id` is negative, or set together with a `task.parent_id` in
+          another list; `task.owner_id` is set together with `task.task_list_id` and is not that
+          list's owner.
+        - PERMISSION_DENIED: a regular user set `task.owner_id` to another user's id (without
+          `task.task_list_id`); with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - NOT_FOUND: an admin set `task.owner_id` to a user that does not exist, or that was deleted
-          while the task was being created. (A caller deleted meanwhile gets UNAUTHENTICATED.)
+          while the task was being created. (A caller deleted meanwhile gets UNAUTHENTICATED.) Or
+          `task.task_list_id` names no list the caller is a member of.
+        - FAILED_PRECONDITION with reason TASK_LIST_DELETED: the list is in the trash; with reason
+          ASSIGNEE_NOT_MEMBER: `task.assignee_id` is not a member of the list.
         - ABORTED with reason CONCURRENT_TRANSACTION: rarely, when an admin creates a task for another
           user, the database still aborted the call for colliding with concurrent changes to the same
           users after the server had retried it a few times. Nothing was created; the call is safe to
@@ -109,7 +124,7 @@ class TaskService(Protocol):
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -121,7 +136,8 @@ class TaskService(Protocol):
 
         Errors:
         - INVALID_ARGUMENT: more than 100 ids, or an id that is not positive (named as `ids[i]`).
-        - NOT_FOUND: an id names no task, or (for a regular user) another user's task; the message
+        - NOT_FOUND: an id names no task, or (for a regular user) a task of a list they are not a
+          member of; the message
           names the first such id in request order.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
@@ -131,11 +147,13 @@ class TaskService(Protocol):
         Replaces a task: every writable field (`title`, `description`, `status`, `due_time`,
         `priority`, `labels`) takes the request's value, so an omitted description, due time, priority
         or label list is cleared and an unspecified status becomes TASK_STATUS_TODO. Output-only fields
-        in the request are ignored.
+        in the request are ignored, and so are `task_list_id` and `assignee_id` (PatchTask changes the
+        assignee; MoveTask the list). Needs EDITOR or OWNER on the task's list.
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive, or a field value breaks its limits.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `task.etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash.
         """
@@ -143,18 +161,21 @@ class TaskService(Protocol):
 
     async def patch_task(self, request: PatchTaskRequest, ctx: RequestContext[PatchTaskRequest, PatchTaskResponse], /) -> PatchTaskResponse:
         """
-        Changes only the fields named in `update_mask`.
+        Changes only the fields named in `update_mask`. Needs EDITOR or OWNER on the task's list.
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive; `update_mask` is empty or names a path other than
-          `title`, `description`, `status`, `due_time`, `priority`, `labels` and `parent_id`
-          (output-only paths such as `id`, `owner_id`, `create_time`, `update_time`, `complete_time`
-          and `etag` included); a changed field breaks its limits; or
+          `title`, `description`, `status`, `due_time`, `priority`, `labels`, `parent_id` and
+          `assignee_id` (output-only paths such as `id`, `owner_id`, `task_list_id`, `creator_id`,
+          `create_time`, `update_time`, `complete_time` and `etag` included); a changed field breaks
+          its limits; or
           `status` is in the mask with TASK_STATUS_UNSPECIFIED. A `due_time` in the mask but unset in
-          `task` clears the due time.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+          `task` clears the due time. `assignee_id` in the mask with 0 unassigns the task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `task.etag` is set and is not the task's current etag; nothing changed.
-        - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash.
+        - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash; with reason
+          ASSIGNEE_NOT_MEMBER: `assignee_id` is not a member of the task's list (nothing changed).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -169,8 +190,9 @@ class TaskService(Protocol):
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) another user's
-          task.
+        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) a task of a
+          list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason TASK_DELETED: the task is already in the trash.
         """
@@ -183,11 +205,13 @@ class TaskService(Protocol):
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) another user's
-          task.
+        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) a task of a
+          list they are not a member of.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - FAILED_PRECONDITION with reason TASK_NOT_DELETED: the task is not in the trash; with reason
-          PARENT_DELETED: it went to the trash with its parent, which is still there.
+          PARENT_DELETED: it went to the trash with its parent, which is still there; with reason
+          TASK_LIST_DELETED: it went to the trash with its list (UndeleteTaskList brings it back).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -197,15 +221,22 @@ class TaskService(Protocol):
         sibling `previous_id` (0: first), and returns it (a custom method, AIP-136). Concurrent moves in
         one sibling list queue up: no two siblings ever get the same position.
 
+        With `task_list_id` set to another list, the whole subtree moves to that list (and takes its
+        owner as `owner_id`): the caller needs EDITOR or OWNER on both lists, and tasks assigned to a
+        user who is not a member of the destination are unassigned. Every task moved is a recorded
+        change.
+
         Errors:
-        - INVALID_ARGUMENT: `id` is not positive; `parent_id` or `previous_id` is negative; the parent
-          has another owner than the task; `previous_id` is not a live task under `parent_id` of the same
-          owner, or is the task itself.
-        - NOT_FOUND: the task or the parent does not exist, or (for a regular user) is another user's.
+        - INVALID_ARGUMENT: `id` is not positive; `parent_id`, `previous_id` or `task_list_id` is
+          negative; the parent is in another list than the destination; `previous_id` is not a live
+          task under `parent_id` in the destination list, or is the task itself.
+        - NOT_FOUND: the task, the parent or the destination list does not exist, or (for a regular
+          user) is in a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of either list.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason PARENT_CYCLE: the parent is the task or one of its
           subtasks; MAX_DEPTH_EXCEEDED: the subtree would nest deeper than 5 levels; TASK_DELETED: the
-          task or the parent is in the trash.
+          task or the parent is in the trash; TASK_LIST_DELETED: the destination list is in the trash.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -216,7 +247,8 @@ class TaskService(Protocol):
 
         Every committed change of a task (create, update, patch, move, trash, undelete, purge, and
         the purges of subtasks and of a deleted user's tasks) advances the store-wide revision by
-        one. Revisions start at 1 (an empty store), so a revision a client was given is never 0.
+        one, and so does every change of a list's membership that gives or takes a user's access
+        (AddTaskListMember, RemoveTaskListMember, LeaveTaskList, and a list purged for good). Revisions start at 1 (an empty store), so a revision a client was given is never 0.
         Revisions follow commit order: a transaction that commits later has the later revision,
         whichever began first.
         A stream first replays the history after `start_revision`, then sends a bookmark (so even a
@@ -233,9 +265,27 @@ class TaskService(Protocol):
         streams every change is then seen exactly once. To mirror tasks, list them (ListTasks'
         `revision`), then watch from that revision.
 
-        Authorization is checked on every change: a regular user sees only their own tasks, an admin
-        every task or one owner's. The caller's access token is re-checked every 2 seconds: when it
-        expires or is revoked the stream ends with UNAUTHENTICATED.
+        Authorization is checked on every change, against the lists the caller was a member of at the
+        revision of that change: a regular user sees the changes of the tasks of their lists, an admin
+        every task or one owner's. A task that moves from a list the caller may see to one they may
+        not arrives once more, as TASK_CHANGE_TYPE_HIDDEN with only its `id`; one that moves the other
+        way arrives as TASK_CHANGE_TYPE_UPDATED with the whole task. Trashing or restoring a list
+        arrives as the changes of its tasks (TASK_CHANGE_TYPE_DELETED, TASK_CHANGE_TYPE_UNDELETED);
+        its members keep their access.
+
+        Access that follows membership: when the caller is added to a list or leaves it (or is
+        removed, or the list is purged), the stream sends, at that revision, a response with
+        `access_change` (and no `change`) naming the list. To keep a mirror exact:
+        - TASK_LIST_ACCESS_CHANGE_TYPE_GRANTED: list that list's tasks (ListTasks with
+          `filter = "task_list_id = N"`) and merge them in, while applying the stream's later changes
+          as usual; the stream sends every change of the list after this revision.
+        - TASK_LIST_ACCESS_CHANGE_TYPE_REVOKED: drop every task whose `task_list_id` is that list. No
+          change of the list follows it on this stream, including changes committed earlier that the
+          stream had not yet sent: revocation is immediate.
+        A role change (UpdateTaskListMember) changes no visibility and sends nothing. Clients built
+        before lists existed see an access change as a bookmark at its revision, which is harmless.
+        The caller's access token is re-checked every 2 seconds: when it expires or is revoked the
+        stream ends with UNAUTHENTICATED.
 
         Limits: each stream buffers at most 1,000 changes (WATCH_BUFFER_EVENTS) a slow client has not
         read yet; a server serves at most 10,000 streams (WATCH_MAX_STREAMS); history is kept for 24
@@ -399,16 +449,23 @@ class TaskServiceASGIApplication(ConnectASGIApplication[TaskService]):
 
 class TaskServiceClient(ConnectClient):
     """
-    Manages tasks. Every method needs an access token. Regular users work with their own tasks only;
-    admins work with every task.
+    Manages tasks. Every method needs an access token. Every task is in a task list (TaskList), and
+    the caller's role on that list decides what they may do with it (see TaskListService): a VIEWER
+    reads it, an EDITOR or OWNER also creates, changes, moves, trashes and restores it. Regular users
+    work with the tasks of the lists they are members of (at least their personal list, where their
+    tasks have always been); admins work with every task.
 
-    Visibility: a regular user asking for another user's task gets NOT_FOUND, exactly as for a task
-    that does not exist, with the same message. This deliberately departs from AIP-211 (which would
-    answer PERMISSION_DENIED) so that task ids reveal nothing about other users' data.
+    Visibility: a regular user asking for a task of a list they are not a member of gets NOT_FOUND,
+    exactly as for a task that does not exist, with the same message. This deliberately departs from
+    AIP-211 (which would answer PERMISSION_DENIED) so that task ids reveal nothing about other users'
+    data. A member who may see a task but whose role is too low for a write (a VIEWER) gets
+    PERMISSION_DENIED with `google.rpc.ErrorInfo` reason TASK_LIST_ROLE_REQUIRED and metadata `role`
+    naming the role needed (`TASK_LIST_ROLE_EDITOR`).
 
     Parents: wherever a request names a parent task (`task.parent_id` on CreateTask, UpdateTask and
     PatchTask; `parent_id` on MoveTask), a parent the caller cannot see is NOT_FOUND like any other
-    task; a parent of another owner is INVALID_ARGUMENT on that field; a parent in the trash is
+    task; a parent in another list than the task (or than MoveTask's destination list) is
+    INVALID_ARGUMENT on that field; a parent in the trash is
     FAILED_PRECONDITION with reason TASK_DELETED; a parent that is the task itself or one of its
     subtasks is FAILED_PRECONDITION with reason PARENT_CYCLE; nesting deeper than 5 levels is
     FAILED_PRECONDITION with reason MAX_DEPTH_EXCEEDED.
@@ -456,7 +513,8 @@ class TaskServiceClient(ConnectClient):
     ) -> ListTasksResponse:
         """
         Lists tasks, newest first unless `order_by` says otherwise, one page at a time. Regular users
-        list their own tasks; admins list every task, or one owner's with `owner_id`. `filter` narrows
+        list the tasks of every list they are a member of; admins list every task, or one owner's with
+        `owner_id`. One list's tasks: `filter = "task_list_id = 7"`. `filter` narrows
         the list (AIP-160). Pages are keyset-based for every ordering: a page walk returns every task
         that existed when it began, and whose sort key did not change during the walk, exactly once
         and in order, even while tasks are being added.
@@ -490,7 +548,8 @@ class TaskServiceClient(ConnectClient):
         timeout_ms: int | None = None,
     ) -> CreateTaskResponse:
         """
-        Creates a task owned by the caller, or by `task.owner_id` when an admin sets it.
+        Creates a task in `task.task_list_id`, or in the caller's personal list (in `task.owner_id`'s
+        when an admin sets it); `creator_id` is the caller. Needs EDITOR or OWNER on the list.
 
         With `request_id` set, the call is idempotent: a retry with the same `request_id` by the same
         caller returns the task created the first time (as it is now) instead of creating another,
@@ -501,10 +560,16 @@ class TaskServiceClient(ConnectClient):
         - INVALID_ARGUMENT: the title is empty or longer than 200 characters after trimming; the
           description is longer than 10,000 characters; the status or priority is not a known value; a
           label breaks the limits documented on `Task.labels`; `request_id` is longer than 128
-          characters.
-        - PERMISSION_DENIED: a regular user set `task.owner_id` to another user's id.
+          characters; `task.task_list_id` is negative, or set together with a `task.parent_id` in
+          another list; `task.owner_id` is set together with `task.task_list_id` and is not that
+          list's owner.
+        - PERMISSION_DENIED: a regular user set `task.owner_id` to another user's id (without
+          `task.task_list_id`); with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - NOT_FOUND: an admin set `task.owner_id` to a user that does not exist, or that was deleted
-          while the task was being created. (A caller deleted meanwhile gets UNAUTHENTICATED.)
+          while the task was being created. (A caller deleted meanwhile gets UNAUTHENTICATED.) Or
+          `task.task_list_id` names no list the caller is a member of.
+        - FAILED_PRECONDITION with reason TASK_LIST_DELETED: the list is in the trash; with reason
+          ASSIGNEE_NOT_MEMBER: `task.assignee_id` is not a member of the list.
         - ABORTED with reason CONCURRENT_TRANSACTION: rarely, when an admin creates a task for another
           user, the database still aborted the call for colliding with concurrent changes to the same
           users after the server had retried it a few times. Nothing was created; the call is safe to
@@ -536,7 +601,7 @@ class TaskServiceClient(ConnectClient):
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
         """
         return await self.execute_unary(
             request=request,
@@ -567,7 +632,8 @@ class TaskServiceClient(ConnectClient):
 
         Errors:
         - INVALID_ARGUMENT: more than 100 ids, or an id that is not positive (named as `ids[i]`).
-        - NOT_FOUND: an id names no task, or (for a regular user) another user's task; the message
+        - NOT_FOUND: an id names no task, or (for a regular user) a task of a list they are not a
+          member of; the message
           names the first such id in request order.
         """
         return await self.execute_unary(
@@ -595,11 +661,13 @@ class TaskServiceClient(ConnectClient):
         Replaces a task: every writable field (`title`, `description`, `status`, `due_time`,
         `priority`, `labels`) takes the request's value, so an omitted description, due time, priority
         or label list is cleared and an unspecified status becomes TASK_STATUS_TODO. Output-only fields
-        in the request are ignored.
+        in the request are ignored, and so are `task_list_id` and `assignee_id` (PatchTask changes the
+        assignee; MoveTask the list). Needs EDITOR or OWNER on the task's list.
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive, or a field value breaks its limits.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `task.etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash.
         """
@@ -624,18 +692,21 @@ class TaskServiceClient(ConnectClient):
         timeout_ms: int | None = None,
     ) -> PatchTaskResponse:
         """
-        Changes only the fields named in `update_mask`.
+        Changes only the fields named in `update_mask`. Needs EDITOR or OWNER on the task's list.
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive; `update_mask` is empty or names a path other than
-          `title`, `description`, `status`, `due_time`, `priority`, `labels` and `parent_id`
-          (output-only paths such as `id`, `owner_id`, `create_time`, `update_time`, `complete_time`
-          and `etag` included); a changed field breaks its limits; or
+          `title`, `description`, `status`, `due_time`, `priority`, `labels`, `parent_id` and
+          `assignee_id` (output-only paths such as `id`, `owner_id`, `task_list_id`, `creator_id`,
+          `create_time`, `update_time`, `complete_time` and `etag` included); a changed field breaks
+          its limits; or
           `status` is in the mask with TASK_STATUS_UNSPECIFIED. A `due_time` in the mask but unset in
-          `task` clears the due time.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+          `task` clears the due time. `assignee_id` in the mask with 0 unassigns the task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `task.etag` is set and is not the task's current etag; nothing changed.
-        - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash.
+        - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash; with reason
+          ASSIGNEE_NOT_MEMBER: `assignee_id` is not a member of the task's list (nothing changed).
         """
         return await self.execute_unary(
             request=request,
@@ -667,8 +738,9 @@ class TaskServiceClient(ConnectClient):
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) another user's
-          task.
+        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) a task of a
+          list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason TASK_DELETED: the task is already in the trash.
         """
@@ -698,11 +770,13 @@ class TaskServiceClient(ConnectClient):
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) another user's
-          task.
+        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) a task of a
+          list they are not a member of.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - FAILED_PRECONDITION with reason TASK_NOT_DELETED: the task is not in the trash; with reason
-          PARENT_DELETED: it went to the trash with its parent, which is still there.
+          PARENT_DELETED: it went to the trash with its parent, which is still there; with reason
+          TASK_LIST_DELETED: it went to the trash with its list (UndeleteTaskList brings it back).
         """
         return await self.execute_unary(
             request=request,
@@ -729,15 +803,22 @@ class TaskServiceClient(ConnectClient):
         sibling `previous_id` (0: first), and returns it (a custom method, AIP-136). Concurrent moves in
         one sibling list queue up: no two siblings ever get the same position.
 
+        With `task_list_id` set to another list, the whole subtree moves to that list (and takes its
+        owner as `owner_id`): the caller needs EDITOR or OWNER on both lists, and tasks assigned to a
+        user who is not a member of the destination are unassigned. Every task moved is a recorded
+        change.
+
         Errors:
-        - INVALID_ARGUMENT: `id` is not positive; `parent_id` or `previous_id` is negative; the parent
-          has another owner than the task; `previous_id` is not a live task under `parent_id` of the same
-          owner, or is the task itself.
-        - NOT_FOUND: the task or the parent does not exist, or (for a regular user) is another user's.
+        - INVALID_ARGUMENT: `id` is not positive; `parent_id`, `previous_id` or `task_list_id` is
+          negative; the parent is in another list than the destination; `previous_id` is not a live
+          task under `parent_id` in the destination list, or is the task itself.
+        - NOT_FOUND: the task, the parent or the destination list does not exist, or (for a regular
+          user) is in a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of either list.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason PARENT_CYCLE: the parent is the task or one of its
           subtasks; MAX_DEPTH_EXCEEDED: the subtree would nest deeper than 5 levels; TASK_DELETED: the
-          task or the parent is in the trash.
+          task or the parent is in the trash; TASK_LIST_DELETED: the destination list is in the trash.
         """
         return await self.execute_unary(
             request=request,
@@ -765,7 +846,8 @@ class TaskServiceClient(ConnectClient):
 
         Every committed change of a task (create, update, patch, move, trash, undelete, purge, and
         the purges of subtasks and of a deleted user's tasks) advances the store-wide revision by
-        one. Revisions start at 1 (an empty store), so a revision a client was given is never 0.
+        one, and so does every change of a list's membership that gives or takes a user's access
+        (AddTaskListMember, RemoveTaskListMember, LeaveTaskList, and a list purged for good). Revisions start at 1 (an empty store), so a revision a client was given is never 0.
         Revisions follow commit order: a transaction that commits later has the later revision,
         whichever began first.
         A stream first replays the history after `start_revision`, then sends a bookmark (so even a
@@ -782,9 +864,27 @@ class TaskServiceClient(ConnectClient):
         streams every change is then seen exactly once. To mirror tasks, list them (ListTasks'
         `revision`), then watch from that revision.
 
-        Authorization is checked on every change: a regular user sees only their own tasks, an admin
-        every task or one owner's. The caller's access token is re-checked every 2 seconds: when it
-        expires or is revoked the stream ends with UNAUTHENTICATED.
+        Authorization is checked on every change, against the lists the caller was a member of at the
+        revision of that change: a regular user sees the changes of the tasks of their lists, an admin
+        every task or one owner's. A task that moves from a list the caller may see to one they may
+        not arrives once more, as TASK_CHANGE_TYPE_HIDDEN with only its `id`; one that moves the other
+        way arrives as TASK_CHANGE_TYPE_UPDATED with the whole task. Trashing or restoring a list
+        arrives as the changes of its tasks (TASK_CHANGE_TYPE_DELETED, TASK_CHANGE_TYPE_UNDELETED);
+        its members keep their access.
+
+        Access that follows membership: when the caller is added to a list or leaves it (or is
+        removed, or the list is purged), the stream sends, at that revision, a response with
+        `access_change` (and no `change`) naming the list. To keep a mirror exact:
+        - TASK_LIST_ACCESS_CHANGE_TYPE_GRANTED: list that list's tasks (ListTasks with
+          `filter = "task_list_id = N"`) and merge them in, while applying the stream's later changes
+          as usual; the stream sends every change of the list after this revision.
+        - TASK_LIST_ACCESS_CHANGE_TYPE_REVOKED: drop every task whose `task_list_id` is that list. No
+          change of the list follows it on this stream, including changes committed earlier that the
+          stream had not yet sent: revocation is immediate.
+        A role change (UpdateTaskListMember) changes no visibility and sends nothing. Clients built
+        before lists existed see an access change as a bookmark at its revision, which is harmless.
+        The caller's access token is re-checked every 2 seconds: when it expires or is revoked the
+        stream ends with UNAUTHENTICATED.
 
         Limits: each stream buffers at most 1,000 changes (WATCH_BUFFER_EVENTS) a slow client has not
         read yet; a server serves at most 10,000 streams (WATCH_MAX_STREAMS); history is kept for 24
@@ -823,16 +923,23 @@ class TaskServiceClient(ConnectClient):
 
 class TaskServiceSync(Protocol):
     """
-    Manages tasks. Every method needs an access token. Regular users work with their own tasks only;
-    admins work with every task.
+    Manages tasks. Every method needs an access token. Every task is in a task list (TaskList), and
+    the caller's role on that list decides what they may do with it (see TaskListService): a VIEWER
+    reads it, an EDITOR or OWNER also creates, changes, moves, trashes and restores it. Regular users
+    work with the tasks of the lists they are members of (at least their personal list, where their
+    tasks have always been); admins work with every task.
 
-    Visibility: a regular user asking for another user's task gets NOT_FOUND, exactly as for a task
-    that does not exist, with the same message. This deliberately departs from AIP-211 (which would
-    answer PERMISSION_DENIED) so that task ids reveal nothing about other users' data.
+    Visibility: a regular user asking for a task of a list they are not a member of gets NOT_FOUND,
+    exactly as for a task that does not exist, with the same message. This deliberately departs from
+    AIP-211 (which would answer PERMISSION_DENIED) so that task ids reveal nothing about other users'
+    data. A member who may see a task but whose role is too low for a write (a VIEWER) gets
+    PERMISSION_DENIED with `google.rpc.ErrorInfo` reason TASK_LIST_ROLE_REQUIRED and metadata `role`
+    naming the role needed (`TASK_LIST_ROLE_EDITOR`).
 
     Parents: wherever a request names a parent task (`task.parent_id` on CreateTask, UpdateTask and
     PatchTask; `parent_id` on MoveTask), a parent the caller cannot see is NOT_FOUND like any other
-    task; a parent of another owner is INVALID_ARGUMENT on that field; a parent in the trash is
+    task; a parent in another list than the task (or than MoveTask's destination list) is
+    INVALID_ARGUMENT on that field; a parent in the trash is
     FAILED_PRECONDITION with reason TASK_DELETED; a parent that is the task itself or one of its
     subtasks is FAILED_PRECONDITION with reason PARENT_CYCLE; nesting deeper than 5 levels is
     FAILED_PRECONDITION with reason MAX_DEPTH_EXCEEDED.
@@ -849,7 +956,8 @@ class TaskServiceSync(Protocol):
     def list_tasks(self, request: ListTasksRequest, ctx: RequestContext[ListTasksRequest, ListTasksResponse], /) -> ListTasksResponse:
         """
         Lists tasks, newest first unless `order_by` says otherwise, one page at a time. Regular users
-        list their own tasks; admins list every task, or one owner's with `owner_id`. `filter` narrows
+        list the tasks of every list they are a member of; admins list every task, or one owner's with
+        `owner_id`. One list's tasks: `filter = "task_list_id = 7"`. `filter` narrows
         the list (AIP-160). Pages are keyset-based for every ordering: a page walk returns every task
         that existed when it began, and whose sort key did not change during the walk, exactly once
         and in order, even while tasks are being added.
@@ -865,7 +973,8 @@ class TaskServiceSync(Protocol):
 
     def create_task(self, request: CreateTaskRequest, ctx: RequestContext[CreateTaskRequest, CreateTaskResponse], /) -> CreateTaskResponse:
         """
-        Creates a task owned by the caller, or by `task.owner_id` when an admin sets it.
+        Creates a task in `task.task_list_id`, or in the caller's personal list (in `task.owner_id`'s
+        when an admin sets it); `creator_id` is the caller. Needs EDITOR or OWNER on the list.
 
         With `request_id` set, the call is idempotent: a retry with the same `request_id` by the same
         caller returns the task created the first time (as it is now) instead of creating another,
@@ -876,10 +985,16 @@ class TaskServiceSync(Protocol):
         - INVALID_ARGUMENT: the title is empty or longer than 200 characters after trimming; the
           description is longer than 10,000 characters; the status or priority is not a known value; a
           label breaks the limits documented on `Task.labels`; `request_id` is longer than 128
-          characters.
-        - PERMISSION_DENIED: a regular user set `task.owner_id` to another user's id.
+          characters; `task.task_list_id` is negative, or set together with a `task.parent_id` in
+          another list; `task.owner_id` is set together with `task.task_list_id` and is not that
+          list's owner.
+        - PERMISSION_DENIED: a regular user set `task.owner_id` to another user's id (without
+          `task.task_list_id`); with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - NOT_FOUND: an admin set `task.owner_id` to a user that does not exist, or that was deleted
-          while the task was being created. (A caller deleted meanwhile gets UNAUTHENTICATED.)
+          while the task was being created. (A caller deleted meanwhile gets UNAUTHENTICATED.) Or
+          `task.task_list_id` names no list the caller is a member of.
+        - FAILED_PRECONDITION with reason TASK_LIST_DELETED: the list is in the trash; with reason
+          ASSIGNEE_NOT_MEMBER: `task.assignee_id` is not a member of the list.
         - ABORTED with reason CONCURRENT_TRANSACTION: rarely, when an admin creates a task for another
           user, the database still aborted the call for colliding with concurrent changes to the same
           users after the server had retried it a few times. Nothing was created; the call is safe to
@@ -893,7 +1008,7 @@ class TaskServiceSync(Protocol):
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -905,7 +1020,8 @@ class TaskServiceSync(Protocol):
 
         Errors:
         - INVALID_ARGUMENT: more than 100 ids, or an id that is not positive (named as `ids[i]`).
-        - NOT_FOUND: an id names no task, or (for a regular user) another user's task; the message
+        - NOT_FOUND: an id names no task, or (for a regular user) a task of a list they are not a
+          member of; the message
           names the first such id in request order.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
@@ -915,11 +1031,13 @@ class TaskServiceSync(Protocol):
         Replaces a task: every writable field (`title`, `description`, `status`, `due_time`,
         `priority`, `labels`) takes the request's value, so an omitted description, due time, priority
         or label list is cleared and an unspecified status becomes TASK_STATUS_TODO. Output-only fields
-        in the request are ignored.
+        in the request are ignored, and so are `task_list_id` and `assignee_id` (PatchTask changes the
+        assignee; MoveTask the list). Needs EDITOR or OWNER on the task's list.
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive, or a field value breaks its limits.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `task.etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash.
         """
@@ -927,18 +1045,21 @@ class TaskServiceSync(Protocol):
 
     def patch_task(self, request: PatchTaskRequest, ctx: RequestContext[PatchTaskRequest, PatchTaskResponse], /) -> PatchTaskResponse:
         """
-        Changes only the fields named in `update_mask`.
+        Changes only the fields named in `update_mask`. Needs EDITOR or OWNER on the task's list.
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive; `update_mask` is empty or names a path other than
-          `title`, `description`, `status`, `due_time`, `priority`, `labels` and `parent_id`
-          (output-only paths such as `id`, `owner_id`, `create_time`, `update_time`, `complete_time`
-          and `etag` included); a changed field breaks its limits; or
+          `title`, `description`, `status`, `due_time`, `priority`, `labels`, `parent_id` and
+          `assignee_id` (output-only paths such as `id`, `owner_id`, `task_list_id`, `creator_id`,
+          `create_time`, `update_time`, `complete_time` and `etag` included); a changed field breaks
+          its limits; or
           `status` is in the mask with TASK_STATUS_UNSPECIFIED. A `due_time` in the mask but unset in
-          `task` clears the due time.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+          `task` clears the due time. `assignee_id` in the mask with 0 unassigns the task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `task.etag` is set and is not the task's current etag; nothing changed.
-        - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash.
+        - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash; with reason
+          ASSIGNEE_NOT_MEMBER: `assignee_id` is not a member of the task's list (nothing changed).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -953,8 +1074,9 @@ class TaskServiceSync(Protocol):
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) another user's
-          task.
+        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) a task of a
+          list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason TASK_DELETED: the task is already in the trash.
         """
@@ -967,11 +1089,13 @@ class TaskServiceSync(Protocol):
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) another user's
-          task.
+        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) a task of a
+          list they are not a member of.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - FAILED_PRECONDITION with reason TASK_NOT_DELETED: the task is not in the trash; with reason
-          PARENT_DELETED: it went to the trash with its parent, which is still there.
+          PARENT_DELETED: it went to the trash with its parent, which is still there; with reason
+          TASK_LIST_DELETED: it went to the trash with its list (UndeleteTaskList brings it back).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -981,15 +1105,22 @@ class TaskServiceSync(Protocol):
         sibling `previous_id` (0: first), and returns it (a custom method, AIP-136). Concurrent moves in
         one sibling list queue up: no two siblings ever get the same position.
 
+        With `task_list_id` set to another list, the whole subtree moves to that list (and takes its
+        owner as `owner_id`): the caller needs EDITOR or OWNER on both lists, and tasks assigned to a
+        user who is not a member of the destination are unassigned. Every task moved is a recorded
+        change.
+
         Errors:
-        - INVALID_ARGUMENT: `id` is not positive; `parent_id` or `previous_id` is negative; the parent
-          has another owner than the task; `previous_id` is not a live task under `parent_id` of the same
-          owner, or is the task itself.
-        - NOT_FOUND: the task or the parent does not exist, or (for a regular user) is another user's.
+        - INVALID_ARGUMENT: `id` is not positive; `parent_id`, `previous_id` or `task_list_id` is
+          negative; the parent is in another list than the destination; `previous_id` is not a live
+          task under `parent_id` in the destination list, or is the task itself.
+        - NOT_FOUND: the task, the parent or the destination list does not exist, or (for a regular
+          user) is in a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of either list.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason PARENT_CYCLE: the parent is the task or one of its
           subtasks; MAX_DEPTH_EXCEEDED: the subtree would nest deeper than 5 levels; TASK_DELETED: the
-          task or the parent is in the trash.
+          task or the parent is in the trash; TASK_LIST_DELETED: the destination list is in the trash.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1000,7 +1131,8 @@ class TaskServiceSync(Protocol):
 
         Every committed change of a task (create, update, patch, move, trash, undelete, purge, and
         the purges of subtasks and of a deleted user's tasks) advances the store-wide revision by
-        one. Revisions start at 1 (an empty store), so a revision a client was given is never 0.
+        one, and so does every change of a list's membership that gives or takes a user's access
+        (AddTaskListMember, RemoveTaskListMember, LeaveTaskList, and a list purged for good). Revisions start at 1 (an empty store), so a revision a client was given is never 0.
         Revisions follow commit order: a transaction that commits later has the later revision,
         whichever began first.
         A stream first replays the history after `start_revision`, then sends a bookmark (so even a
@@ -1017,9 +1149,27 @@ class TaskServiceSync(Protocol):
         streams every change is then seen exactly once. To mirror tasks, list them (ListTasks'
         `revision`), then watch from that revision.
 
-        Authorization is checked on every change: a regular user sees only their own tasks, an admin
-        every task or one owner's. The caller's access token is re-checked every 2 seconds: when it
-        expires or is revoked the stream ends with UNAUTHENTICATED.
+        Authorization is checked on every change, against the lists the caller was a member of at the
+        revision of that change: a regular user sees the changes of the tasks of their lists, an admin
+        every task or one owner's. A task that moves from a list the caller may see to one they may
+        not arrives once more, as TASK_CHANGE_TYPE_HIDDEN with only its `id`; one that moves the other
+        way arrives as TASK_CHANGE_TYPE_UPDATED with the whole task. Trashing or restoring a list
+        arrives as the changes of its tasks (TASK_CHANGE_TYPE_DELETED, TASK_CHANGE_TYPE_UNDELETED);
+        its members keep their access.
+
+        Access that follows membership: when the caller is added to a list or leaves it (or is
+        removed, or the list is purged), the stream sends, at that revision, a response with
+        `access_change` (and no `change`) naming the list. To keep a mirror exact:
+        - TASK_LIST_ACCESS_CHANGE_TYPE_GRANTED: list that list's tasks (ListTasks with
+          `filter = "task_list_id = N"`) and merge them in, while applying the stream's later changes
+          as usual; the stream sends every change of the list after this revision.
+        - TASK_LIST_ACCESS_CHANGE_TYPE_REVOKED: drop every task whose `task_list_id` is that list. No
+          change of the list follows it on this stream, including changes committed earlier that the
+          stream had not yet sent: revocation is immediate.
+        A role change (UpdateTaskListMember) changes no visibility and sends nothing. Clients built
+        before lists existed see an access change as a bookmark at its revision, which is harmless.
+        The caller's access token is re-checked every 2 seconds: when it expires or is revoked the
+        stream ends with UNAUTHENTICATED.
 
         Limits: each stream buffers at most 1,000 changes (WATCH_BUFFER_EVENTS) a slow client has not
         read yet; a server serves at most 10,000 streams (WATCH_MAX_STREAMS); history is kept for 24
@@ -1181,16 +1331,23 @@ class TaskServiceWSGIApplication(ConnectWSGIApplication):
 
 class TaskServiceClientSync(ConnectClientSync):
     """
-    Manages tasks. Every method needs an access token. Regular users work with their own tasks only;
-    admins work with every task.
+    Manages tasks. Every method needs an access token. Every task is in a task list (TaskList), and
+    the caller's role on that list decides what they may do with it (see TaskListService): a VIEWER
+    reads it, an EDITOR or OWNER also creates, changes, moves, trashes and restores it. Regular users
+    work with the tasks of the lists they are members of (at least their personal list, where their
+    tasks have always been); admins work with every task.
 
-    Visibility: a regular user asking for another user's task gets NOT_FOUND, exactly as for a task
-    that does not exist, with the same message. This deliberately departs from AIP-211 (which would
-    answer PERMISSION_DENIED) so that task ids reveal nothing about other users' data.
+    Visibility: a regular user asking for a task of a list they are not a member of gets NOT_FOUND,
+    exactly as for a task that does not exist, with the same message. This deliberately departs from
+    AIP-211 (which would answer PERMISSION_DENIED) so that task ids reveal nothing about other users'
+    data. A member who may see a task but whose role is too low for a write (a VIEWER) gets
+    PERMISSION_DENIED with `google.rpc.ErrorInfo` reason TASK_LIST_ROLE_REQUIRED and metadata `role`
+    naming the role needed (`TASK_LIST_ROLE_EDITOR`).
 
     Parents: wherever a request names a parent task (`task.parent_id` on CreateTask, UpdateTask and
     PatchTask; `parent_id` on MoveTask), a parent the caller cannot see is NOT_FOUND like any other
-    task; a parent of another owner is INVALID_ARGUMENT on that field; a parent in the trash is
+    task; a parent in another list than the task (or than MoveTask's destination list) is
+    INVALID_ARGUMENT on that field; a parent in the trash is
     FAILED_PRECONDITION with reason TASK_DELETED; a parent that is the task itself or one of its
     subtasks is FAILED_PRECONDITION with reason PARENT_CYCLE; nesting deeper than 5 levels is
     FAILED_PRECONDITION with reason MAX_DEPTH_EXCEEDED.
@@ -1238,7 +1395,8 @@ class TaskServiceClientSync(ConnectClientSync):
     ) -> ListTasksResponse:
         """
         Lists tasks, newest first unless `order_by` says otherwise, one page at a time. Regular users
-        list their own tasks; admins list every task, or one owner's with `owner_id`. `filter` narrows
+        list the tasks of every list they are a member of; admins list every task, or one owner's with
+        `owner_id`. One list's tasks: `filter = "task_list_id = 7"`. `filter` narrows
         the list (AIP-160). Pages are keyset-based for every ordering: a page walk returns every task
         that existed when it began, and whose sort key did not change during the walk, exactly once
         and in order, even while tasks are being added.
@@ -1272,7 +1430,8 @@ class TaskServiceClientSync(ConnectClientSync):
         timeout_ms: int | None = None,
     ) -> CreateTaskResponse:
         """
-        Creates a task owned by the caller, or by `task.owner_id` when an admin sets it.
+        Creates a task in `task.task_list_id`, or in the caller's personal list (in `task.owner_id`'s
+        when an admin sets it); `creator_id` is the caller. Needs EDITOR or OWNER on the list.
 
         With `request_id` set, the call is idempotent: a retry with the same `request_id` by the same
         caller returns the task created the first time (as it is now) instead of creating another,
@@ -1283,10 +1442,16 @@ class TaskServiceClientSync(ConnectClientSync):
         - INVALID_ARGUMENT: the title is empty or longer than 200 characters after trimming; the
           description is longer than 10,000 characters; the status or priority is not a known value; a
           label breaks the limits documented on `Task.labels`; `request_id` is longer than 128
-          characters.
-        - PERMISSION_DENIED: a regular user set `task.owner_id` to another user's id.
+          characters; `task.task_list_id` is negative, or set together with a `task.parent_id` in
+          another list; `task.owner_id` is set together with `task.task_list_id` and is not that
+          list's owner.
+        - PERMISSION_DENIED: a regular user set `task.owner_id` to another user's id (without
+          `task.task_list_id`); with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - NOT_FOUND: an admin set `task.owner_id` to a user that does not exist, or that was deleted
-          while the task was being created. (A caller deleted meanwhile gets UNAUTHENTICATED.)
+          while the task was being created. (A caller deleted meanwhile gets UNAUTHENTICATED.) Or
+          `task.task_list_id` names no list the caller is a member of.
+        - FAILED_PRECONDITION with reason TASK_LIST_DELETED: the list is in the trash; with reason
+          ASSIGNEE_NOT_MEMBER: `task.assignee_id` is not a member of the list.
         - ABORTED with reason CONCURRENT_TRANSACTION: rarely, when an admin creates a task for another
           user, the database still aborted the call for colliding with concurrent changes to the same
           users after the server had retried it a few times. Nothing was created; the call is safe to
@@ -1318,7 +1483,7 @@ class TaskServiceClientSync(ConnectClientSync):
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
         """
         return self.execute_unary(
             request=request,
@@ -1349,7 +1514,8 @@ class TaskServiceClientSync(ConnectClientSync):
 
         Errors:
         - INVALID_ARGUMENT: more than 100 ids, or an id that is not positive (named as `ids[i]`).
-        - NOT_FOUND: an id names no task, or (for a regular user) another user's task; the message
+        - NOT_FOUND: an id names no task, or (for a regular user) a task of a list they are not a
+          member of; the message
           names the first such id in request order.
         """
         return self.execute_unary(
@@ -1377,11 +1543,13 @@ class TaskServiceClientSync(ConnectClientSync):
         Replaces a task: every writable field (`title`, `description`, `status`, `due_time`,
         `priority`, `labels`) takes the request's value, so an omitted description, due time, priority
         or label list is cleared and an unspecified status becomes TASK_STATUS_TODO. Output-only fields
-        in the request are ignored.
+        in the request are ignored, and so are `task_list_id` and `assignee_id` (PatchTask changes the
+        assignee; MoveTask the list). Needs EDITOR or OWNER on the task's list.
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive, or a field value breaks its limits.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `task.etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash.
         """
@@ -1406,18 +1574,21 @@ class TaskServiceClientSync(ConnectClientSync):
         timeout_ms: int | None = None,
     ) -> PatchTaskResponse:
         """
-        Changes only the fields named in `update_mask`.
+        Changes only the fields named in `update_mask`. Needs EDITOR or OWNER on the task's list.
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive; `update_mask` is empty or names a path other than
-          `title`, `description`, `status`, `due_time`, `priority`, `labels` and `parent_id`
-          (output-only paths such as `id`, `owner_id`, `create_time`, `update_time`, `complete_time`
-          and `etag` included); a changed field breaks its limits; or
+          `title`, `description`, `status`, `due_time`, `priority`, `labels`, `parent_id` and
+          `assignee_id` (output-only paths such as `id`, `owner_id`, `task_list_id`, `creator_id`,
+          `create_time`, `update_time`, `complete_time` and `etag` included); a changed field breaks
+          its limits; or
           `status` is in the mask with TASK_STATUS_UNSPECIFIED. A `due_time` in the mask but unset in
-          `task` clears the due time.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+          `task` clears the due time. `assignee_id` in the mask with 0 unassigns the task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `task.etag` is set and is not the task's current etag; nothing changed.
-        - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash.
+        - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash; with reason
+          ASSIGNEE_NOT_MEMBER: `assignee_id` is not a member of the task's list (nothing changed).
         """
         return self.execute_unary(
             request=request,
@@ -1449,8 +1620,9 @@ class TaskServiceClientSync(ConnectClientSync):
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) another user's
-          task.
+        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) a task of a
+          list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason TASK_DELETED: the task is already in the trash.
         """
@@ -1480,11 +1652,13 @@ class TaskServiceClientSync(ConnectClientSync):
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) another user's
-          task.
+        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) a task of a
+          list they are not a member of.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - FAILED_PRECONDITION with reason TASK_NOT_DELETED: the task is not in the trash; with reason
-          PARENT_DELETED: it went to the trash with its parent, which is still there.
+          PARENT_DELETED: it went to the trash with its parent, which is still there; with reason
+          TASK_LIST_DELETED: it went to the trash with its list (UndeleteTaskList brings it back).
         """
         return self.execute_unary(
             request=request,
@@ -1511,15 +1685,22 @@ class TaskServiceClientSync(ConnectClientSync):
         sibling `previous_id` (0: first), and returns it (a custom method, AIP-136). Concurrent moves in
         one sibling list queue up: no two siblings ever get the same position.
 
+        With `task_list_id` set to another list, the whole subtree moves to that list (and takes its
+        owner as `owner_id`): the caller needs EDITOR or OWNER on both lists, and tasks assigned to a
+        user who is not a member of the destination are unassigned. Every task moved is a recorded
+        change.
+
         Errors:
-        - INVALID_ARGUMENT: `id` is not positive; `parent_id` or `previous_id` is negative; the parent
-          has another owner than the task; `previous_id` is not a live task under `parent_id` of the same
-          owner, or is the task itself.
-        - NOT_FOUND: the task or the parent does not exist, or (for a regular user) is another user's.
+        - INVALID_ARGUMENT: `id` is not positive; `parent_id`, `previous_id` or `task_list_id` is
+          negative; the parent is in another list than the destination; `previous_id` is not a live
+          task under `parent_id` in the destination list, or is the task itself.
+        - NOT_FOUND: the task, the parent or the destination list does not exist, or (for a regular
+          user) is in a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of either list.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason PARENT_CYCLE: the parent is the task or one of its
           subtasks; MAX_DEPTH_EXCEEDED: the subtree would nest deeper than 5 levels; TASK_DELETED: the
-          task or the parent is in the trash.
+          task or the parent is in the trash; TASK_LIST_DELETED: the destination list is in the trash.
         """
         return self.execute_unary(
             request=request,
@@ -1547,7 +1728,8 @@ class TaskServiceClientSync(ConnectClientSync):
 
         Every committed change of a task (create, update, patch, move, trash, undelete, purge, and
         the purges of subtasks and of a deleted user's tasks) advances the store-wide revision by
-        one. Revisions start at 1 (an empty store), so a revision a client was given is never 0.
+        one, and so does every change of a list's membership that gives or takes a user's access
+        (AddTaskListMember, RemoveTaskListMember, LeaveTaskList, and a list purged for good). Revisions start at 1 (an empty store), so a revision a client was given is never 0.
         Revisions follow commit order: a transaction that commits later has the later revision,
         whichever began first.
         A stream first replays the history after `start_revision`, then sends a bookmark (so even a
@@ -1564,9 +1746,27 @@ class TaskServiceClientSync(ConnectClientSync):
         streams every change is then seen exactly once. To mirror tasks, list them (ListTasks'
         `revision`), then watch from that revision.
 
-        Authorization is checked on every change: a regular user sees only their own tasks, an admin
-        every task or one owner's. The caller's access token is re-checked every 2 seconds: when it
-        expires or is revoked the stream ends with UNAUTHENTICATED.
+        Authorization is checked on every change, against the lists the caller was a member of at the
+        revision of that change: a regular user sees the changes of the tasks of their lists, an admin
+        every task or one owner's. A task that moves from a list the caller may see to one they may
+        not arrives once more, as TASK_CHANGE_TYPE_HIDDEN with only its `id`; one that moves the other
+        way arrives as TASK_CHANGE_TYPE_UPDATED with the whole task. Trashing or restoring a list
+        arrives as the changes of its tasks (TASK_CHANGE_TYPE_DELETED, TASK_CHANGE_TYPE_UNDELETED);
+        its members keep their access.
+
+        Access that follows membership: when the caller is added to a list or leaves it (or is
+        removed, or the list is purged), the stream sends, at that revision, a response with
+        `access_change` (and no `change`) naming the list. To keep a mirror exact:
+        - TASK_LIST_ACCESS_CHANGE_TYPE_GRANTED: list that list's tasks (ListTasks with
+          `filter = "task_list_id = N"`) and merge them in, while applying the stream's later changes
+          as usual; the stream sends every change of the list after this revision.
+        - TASK_LIST_ACCESS_CHANGE_TYPE_REVOKED: drop every task whose `task_list_id` is that list. No
+          change of the list follows it on this stream, including changes committed earlier that the
+          stream had not yet sent: revocation is immediate.
+        A role change (UpdateTaskListMember) changes no visibility and sends nothing. Clients built
+        before lists existed see an access change as a bookmark at its revision, which is harmless.
+        The caller's access token is re-checked every 2 seconds: when it expires or is revoked the
+        stream ends with UNAUTHENTICATED.
 
         Limits: each stream buffers at most 1,000 changes (WATCH_BUFFER_EVENTS) a slow client has not
         read yet; a server serves at most 10,000 streams (WATCH_MAX_STREAMS); history is kept for 24

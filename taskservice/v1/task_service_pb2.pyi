@@ -10,6 +10,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TaskListAccessChangeType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_LIST_ACCESS_CHANGE_TYPE_UNSPECIFIED: _ClassVar[TaskListAccessChangeType]
+    TASK_LIST_ACCESS_CHANGE_TYPE_GRANTED: _ClassVar[TaskListAccessChangeType]
+    TASK_LIST_ACCESS_CHANGE_TYPE_REVOKED: _ClassVar[TaskListAccessChangeType]
+
 class TaskChangeType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TASK_CHANGE_TYPE_UNSPECIFIED: _ClassVar[TaskChangeType]
@@ -18,12 +24,17 @@ class TaskChangeType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_CHANGE_TYPE_DELETED: _ClassVar[TaskChangeType]
     TASK_CHANGE_TYPE_UNDELETED: _ClassVar[TaskChangeType]
     TASK_CHANGE_TYPE_PURGED: _ClassVar[TaskChangeType]
+    TASK_CHANGE_TYPE_HIDDEN: _ClassVar[TaskChangeType]
+TASK_LIST_ACCESS_CHANGE_TYPE_UNSPECIFIED: TaskListAccessChangeType
+TASK_LIST_ACCESS_CHANGE_TYPE_GRANTED: TaskListAccessChangeType
+TASK_LIST_ACCESS_CHANGE_TYPE_REVOKED: TaskListAccessChangeType
 TASK_CHANGE_TYPE_UNSPECIFIED: TaskChangeType
 TASK_CHANGE_TYPE_CREATED: TaskChangeType
 TASK_CHANGE_TYPE_UPDATED: TaskChangeType
 TASK_CHANGE_TYPE_DELETED: TaskChangeType
 TASK_CHANGE_TYPE_UNDELETED: TaskChangeType
 TASK_CHANGE_TYPE_PURGED: TaskChangeType
+TASK_CHANGE_TYPE_HIDDEN: TaskChangeType
 
 class ListTasksRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "status", "owner_id", "filter", "order_by", "show_deleted")
@@ -136,16 +147,18 @@ class DeleteTaskResponse(_message.Message):
     def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...
 
 class MoveTaskRequest(_message.Message):
-    __slots__ = ("id", "parent_id", "previous_id", "etag")
+    __slots__ = ("id", "parent_id", "previous_id", "etag", "task_list_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_ID_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    TASK_LIST_ID_FIELD_NUMBER: _ClassVar[int]
     id: int
     parent_id: int
     previous_id: int
     etag: str
-    def __init__(self, id: _Optional[int] = ..., parent_id: _Optional[int] = ..., previous_id: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
+    task_list_id: int
+    def __init__(self, id: _Optional[int] = ..., parent_id: _Optional[int] = ..., previous_id: _Optional[int] = ..., etag: _Optional[str] = ..., task_list_id: _Optional[int] = ...) -> None: ...
 
 class MoveTaskResponse(_message.Message):
     __slots__ = ("task",)
@@ -178,12 +191,22 @@ class WatchTasksRequest(_message.Message):
     def __init__(self, start_revision: _Optional[int] = ..., filter: _Optional[str] = ..., owner_id: _Optional[int] = ...) -> None: ...
 
 class WatchTasksResponse(_message.Message):
-    __slots__ = ("revision", "change")
+    __slots__ = ("revision", "change", "access_change")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     CHANGE_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_CHANGE_FIELD_NUMBER: _ClassVar[int]
     revision: int
     change: TaskChange
-    def __init__(self, revision: _Optional[int] = ..., change: _Optional[_Union[TaskChange, _Mapping]] = ...) -> None: ...
+    access_change: TaskListAccessChange
+    def __init__(self, revision: _Optional[int] = ..., change: _Optional[_Union[TaskChange, _Mapping]] = ..., access_change: _Optional[_Union[TaskListAccessChange, _Mapping]] = ...) -> None: ...
+
+class TaskListAccessChange(_message.Message):
+    __slots__ = ("type", "task_list_id")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TASK_LIST_ID_FIELD_NUMBER: _ClassVar[int]
+    type: TaskListAccessChangeType
+    task_list_id: int
+    def __init__(self, type: _Optional[_Union[TaskListAccessChangeType, str]] = ..., task_list_id: _Optional[int] = ...) -> None: ...
 
 class TaskChange(_message.Message):
     __slots__ = ("type", "task")

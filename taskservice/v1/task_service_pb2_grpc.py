@@ -26,16 +26,23 @@ if _version_not_supported:
 
 
 class TaskServiceStub:
-    """Manages tasks. Every method needs an access token. Regular users work with their own tasks only;
-    admins work with every task.
+    """Manages tasks. Every method needs an access token. Every task is in a task list (TaskList), and
+    the caller's role on that list decides what they may do with it (see TaskListService): a VIEWER
+    reads it, an EDITOR or OWNER also creates, changes, moves, trashes and restores it. Regular users
+    work with the tasks of the lists they are members of (at least their personal list, where their
+    tasks have always been); admins work with every task.
 
-    Visibility: a regular user asking for another user's task gets NOT_FOUND, exactly as for a task
-    that does not exist, with the same message. This deliberately departs from AIP-211 (which would
-    answer PERMISSION_DENIED) so that task ids reveal nothing about other users' data.
+    Visibility: a regular user asking for a task of a list they are not a member of gets NOT_FOUND,
+    exactly as for a task that does not exist, with the same message. This deliberately departs from
+    AIP-211 (which would answer PERMISSION_DENIED) so that task ids reveal nothing about other users'
+    data. A member who may see a task but whose role is too low for a write (a VIEWER) gets
+    PERMISSION_DENIED with `google.rpc.ErrorInfo` reason TASK_LIST_ROLE_REQUIRED and metadata `role`
+    naming the role needed (`TASK_LIST_ROLE_EDITOR`).
 
     Parents: wherever a request names a parent task (`task.parent_id` on CreateTask, UpdateTask and
     PatchTask; `parent_id` on MoveTask), a parent the caller cannot see is NOT_FOUND like any other
-    task; a parent of another owner is INVALID_ARGUMENT on that field; a parent in the trash is
+    task; a parent in another list than the task (or than MoveTask's destination list) is
+    INVALID_ARGUMENT on that field; a parent in the trash is
     FAILED_PRECONDITION with reason TASK_DELETED; a parent that is the task itself or one of its
     subtasks is FAILED_PRECONDITION with reason PARENT_CYCLE; nesting deeper than 5 levels is
     FAILED_PRECONDITION with reason MAX_DEPTH_EXCEEDED.
@@ -109,16 +116,23 @@ class TaskServiceStub:
 
 
 class TaskServiceServicer:
-    """Manages tasks. Every method needs an access token. Regular users work with their own tasks only;
-    admins work with every task.
+    """Manages tasks. Every method needs an access token. Every task is in a task list (TaskList), and
+    the caller's role on that list decides what they may do with it (see TaskListService): a VIEWER
+    reads it, an EDITOR or OWNER also creates, changes, moves, trashes and restores it. Regular users
+    work with the tasks of the lists they are members of (at least their personal list, where their
+    tasks have always been); admins work with every task.
 
-    Visibility: a regular user asking for another user's task gets NOT_FOUND, exactly as for a task
-    that does not exist, with the same message. This deliberately departs from AIP-211 (which would
-    answer PERMISSION_DENIED) so that task ids reveal nothing about other users' data.
+    Visibility: a regular user asking for a task of a list they are not a member of gets NOT_FOUND,
+    exactly as for a task that does not exist, with the same message. This deliberately departs from
+    AIP-211 (which would answer PERMISSION_DENIED) so that task ids reveal nothing about other users'
+    data. A member who may see a task but whose role is too low for a write (a VIEWER) gets
+    PERMISSION_DENIED with `google.rpc.ErrorInfo` reason TASK_LIST_ROLE_REQUIRED and metadata `role`
+    naming the role needed (`TASK_LIST_ROLE_EDITOR`).
 
     Parents: wherever a request names a parent task (`task.parent_id` on CreateTask, UpdateTask and
     PatchTask; `parent_id` on MoveTask), a parent the caller cannot see is NOT_FOUND like any other
-    task; a parent of another owner is INVALID_ARGUMENT on that field; a parent in the trash is
+    task; a parent in another list than the task (or than MoveTask's destination list) is
+    INVALID_ARGUMENT on that field; a parent in the trash is
     FAILED_PRECONDITION with reason TASK_DELETED; a parent that is the task itself or one of its
     subtasks is FAILED_PRECONDITION with reason PARENT_CYCLE; nesting deeper than 5 levels is
     FAILED_PRECONDITION with reason MAX_DEPTH_EXCEEDED.
@@ -135,7 +149,8 @@ class TaskServiceServicer:
 
     def ListTasks(self, request, context):
         """Lists tasks, newest first unless `order_by` says otherwise, one page at a time. Regular users
-        list their own tasks; admins list every task, or one owner's with `owner_id`. `filter` narrows
+        list the tasks of every list they are a member of; admins list every task, or one owner's with
+        `owner_id`. One list's tasks: `filter = "task_list_id = 7"`. `filter` narrows
         the list (AIP-160). Pages are keyset-based for every ordering: a page walk returns every task
         that existed when it began, and whose sort key did not change during the walk, exactly once
         and in order, even while tasks are being added.
@@ -152,7 +167,8 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateTask(self, request, context):
-        """Creates a task owned by the caller, or by `task.owner_id` when an admin sets it.
+        """Creates a task in `task.task_list_id`, or in the caller's personal list (in `task.owner_id`'s
+        when an admin sets it); `creator_id` is the caller. Needs EDITOR or OWNER on the list.
 
         With `request_id` set, the call is idempotent: a retry with the same `request_id` by the same
         caller returns the task created the first time (as it is now) instead of creating another,
@@ -163,10 +179,16 @@ class TaskServiceServicer:
         - INVALID_ARGUMENT: the title is empty or longer than 200 characters after trimming; the
         description is longer than 10,000 characters; the status or priority is not a known value; a
         label breaks the limits documented on `Task.labels`; `request_id` is longer than 128
-        characters.
-        - PERMISSION_DENIED: a regular user set `task.owner_id` to another user's id.
+        characters; `task.task_list_id` is negative, or set together with a `task.parent_id` in
+        another list; `task.owner_id` is set together with `task.task_list_id` and is not that
+        list's owner.
+        - PERMISSION_DENIED: a regular user set `task.owner_id` to another user's id (without
+        `task.task_list_id`); with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - NOT_FOUND: an admin set `task.owner_id` to a user that does not exist, or that was deleted
-        while the task was being created. (A caller deleted meanwhile gets UNAUTHENTICATED.)
+        while the task was being created. (A caller deleted meanwhile gets UNAUTHENTICATED.) Or
+        `task.task_list_id` names no list the caller is a member of.
+        - FAILED_PRECONDITION with reason TASK_LIST_DELETED: the list is in the trash; with reason
+        ASSIGNEE_NOT_MEMBER: `task.assignee_id` is not a member of the list.
         - ABORTED with reason CONCURRENT_TRANSACTION: rarely, when an admin creates a task for another
         user, the database still aborted the call for colliding with concurrent changes to the same
         users after the server had retried it a few times. Nothing was created; the call is safe to
@@ -181,7 +203,7 @@ class TaskServiceServicer:
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,7 +216,8 @@ class TaskServiceServicer:
 
         Errors:
         - INVALID_ARGUMENT: more than 100 ids, or an id that is not positive (named as `ids[i]`).
-        - NOT_FOUND: an id names no task, or (for a regular user) another user's task; the message
+        - NOT_FOUND: an id names no task, or (for a regular user) a task of a list they are not a
+        member of; the message
         names the first such id in request order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -205,11 +228,13 @@ class TaskServiceServicer:
         """Replaces a task: every writable field (`title`, `description`, `status`, `due_time`,
         `priority`, `labels`) takes the request's value, so an omitted description, due time, priority
         or label list is cleared and an unspecified status becomes TASK_STATUS_TODO. Output-only fields
-        in the request are ignored.
+        in the request are ignored, and so are `task_list_id` and `assignee_id` (PatchTask changes the
+        assignee; MoveTask the list). Needs EDITOR or OWNER on the task's list.
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive, or a field value breaks its limits.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `task.etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash.
         """
@@ -218,18 +243,21 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PatchTask(self, request, context):
-        """Changes only the fields named in `update_mask`.
+        """Changes only the fields named in `update_mask`. Needs EDITOR or OWNER on the task's list.
 
         Errors:
         - INVALID_ARGUMENT: `task.id` is not positive; `update_mask` is empty or names a path other than
-        `title`, `description`, `status`, `due_time`, `priority`, `labels` and `parent_id`
-        (output-only paths such as `id`, `owner_id`, `create_time`, `update_time`, `complete_time`
-        and `etag` included); a changed field breaks its limits; or
+        `title`, `description`, `status`, `due_time`, `priority`, `labels`, `parent_id` and
+        `assignee_id` (output-only paths such as `id`, `owner_id`, `task_list_id`, `creator_id`,
+        `create_time`, `update_time`, `complete_time` and `etag` included); a changed field breaks
+        its limits; or
         `status` is in the mask with TASK_STATUS_UNSPECIFIED. A `due_time` in the mask but unset in
-        `task` clears the due time.
-        - NOT_FOUND: no such task, or (for a regular user) another user's task.
+        `task` clears the due time. `assignee_id` in the mask with 0 unassigns the task.
+        - NOT_FOUND: no such task, or (for a regular user) a task of a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `task.etag` is set and is not the task's current etag; nothing changed.
-        - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash.
+        - FAILED_PRECONDITION with reason TASK_DELETED: the task is in the trash; with reason
+        ASSIGNEE_NOT_MEMBER: `assignee_id` is not a member of the task's list (nothing changed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -245,8 +273,9 @@ class TaskServiceServicer:
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) another user's
-        task.
+        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) a task of a
+        list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason TASK_DELETED: the task is already in the trash.
         """
@@ -260,11 +289,13 @@ class TaskServiceServicer:
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
-        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) another user's
-        task.
+        - NOT_FOUND: no such task (never created, or purged), or (for a regular user) a task of a
+        list they are not a member of.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of the list.
         - FAILED_PRECONDITION with reason TASK_NOT_DELETED: the task is not in the trash; with reason
-        PARENT_DELETED: it went to the trash with its parent, which is still there.
+        PARENT_DELETED: it went to the trash with its parent, which is still there; with reason
+        TASK_LIST_DELETED: it went to the trash with its list (UndeleteTaskList brings it back).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -275,15 +306,22 @@ class TaskServiceServicer:
         sibling `previous_id` (0: first), and returns it (a custom method, AIP-136). Concurrent moves in
         one sibling list queue up: no two siblings ever get the same position.
 
+        With `task_list_id` set to another list, the whole subtree moves to that list (and takes its
+        owner as `owner_id`): the caller needs EDITOR or OWNER on both lists, and tasks assigned to a
+        user who is not a member of the destination are unassigned. Every task moved is a recorded
+        change.
+
         Errors:
-        - INVALID_ARGUMENT: `id` is not positive; `parent_id` or `previous_id` is negative; the parent
-        has another owner than the task; `previous_id` is not a live task under `parent_id` of the same
-        owner, or is the task itself.
-        - NOT_FOUND: the task or the parent does not exist, or (for a regular user) is another user's.
+        - INVALID_ARGUMENT: `id` is not positive; `parent_id`, `previous_id` or `task_list_id` is
+        negative; the parent is in another list than the destination; `previous_id` is not a live
+        task under `parent_id` in the destination list, or is the task itself.
+        - NOT_FOUND: the task, the parent or the destination list does not exist, or (for a regular
+        user) is in a list they are not a member of.
+        - PERMISSION_DENIED with reason TASK_LIST_ROLE_REQUIRED: the caller is a VIEWER of either list.
         - ABORTED: `etag` is set and is not the task's current etag; nothing changed.
         - FAILED_PRECONDITION with reason PARENT_CYCLE: the parent is the task or one of its
         subtasks; MAX_DEPTH_EXCEEDED: the subtree would nest deeper than 5 levels; TASK_DELETED: the
-        task or the parent is in the trash.
+        task or the parent is in the trash; TASK_LIST_DELETED: the destination list is in the trash.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -295,7 +333,8 @@ class TaskServiceServicer:
 
         Every committed change of a task (create, update, patch, move, trash, undelete, purge, and
         the purges of subtasks and of a deleted user's tasks) advances the store-wide revision by
-        one. Revisions start at 1 (an empty store), so a revision a client was given is never 0.
+        one, and so does every change of a list's membership that gives or takes a user's access
+        (AddTaskListMember, RemoveTaskListMember, LeaveTaskList, and a list purged for good). Revisions start at 1 (an empty store), so a revision a client was given is never 0.
         Revisions follow commit order: a transaction that commits later has the later revision,
         whichever began first.
         A stream first replays the history after `start_revision`, then sends a bookmark (so even a
@@ -312,9 +351,27 @@ class TaskServiceServicer:
         streams every change is then seen exactly once. To mirror tasks, list them (ListTasks'
         `revision`), then watch from that revision.
 
-        Authorization is checked on every change: a regular user sees only their own tasks, an admin
-        every task or one owner's. The caller's access token is re-checked every 2 seconds: when it
-        expires or is revoked the stream ends with UNAUTHENTICATED.
+        Authorization is checked on every change, against the lists the caller was a member of at the
+        revision of that change: a regular user sees the changes of the tasks of their lists, an admin
+        every task or one owner's. A task that moves from a list the caller may see to one they may
+        not arrives once more, as TASK_CHANGE_TYPE_HIDDEN with only its `id`; one that moves the other
+        way arrives as TASK_CHANGE_TYPE_UPDATED with the whole task. Trashing or restoring a list
+        arrives as the changes of its tasks (TASK_CHANGE_TYPE_DELETED, TASK_CHANGE_TYPE_UNDELETED);
+        its members keep their access.
+
+        Access that follows membership: when the caller is added to a list or leaves it (or is
+        removed, or the list is purged), the stream sends, at that revision, a response with
+        `access_change` (and no `change`) naming the list. To keep a mirror exact:
+        - TASK_LIST_ACCESS_CHANGE_TYPE_GRANTED: list that list's tasks (ListTasks with
+        `filter = "task_list_id = N"`) and merge them in, while applying the stream's later changes
+        as usual; the stream sends every change of the list after this revision.
+        - TASK_LIST_ACCESS_CHANGE_TYPE_REVOKED: drop every task whose `task_list_id` is that list. No
+        change of the list follows it on this stream, including changes committed earlier that the
+        stream had not yet sent: revocation is immediate.
+        A role change (UpdateTaskListMember) changes no visibility and sends nothing. Clients built
+        before lists existed see an access change as a bookmark at its revision, which is harmless.
+        The caller's access token is re-checked every 2 seconds: when it expires or is revoked the
+        stream ends with UNAUTHENTICATED.
 
         Limits: each stream buffers at most 1,000 changes (WATCH_BUFFER_EVENTS) a slow client has not
         read yet; a server serves at most 10,000 streams (WATCH_MAX_STREAMS); history is kept for 24
@@ -403,16 +460,23 @@ def add_TaskServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TaskService:
-    """Manages tasks. Every method needs an access token. Regular users work with their own tasks only;
-    admins work with every task.
+    """Manages tasks. Every method needs an access token. Every task is in a task list (TaskList), and
+    the caller's role on that list decides what they may do with it (see TaskListService): a VIEWER
+    reads it, an EDITOR or OWNER also creates, changes, moves, trashes and restores it. Regular users
+    work with the tasks of the lists they are members of (at least their personal list, where their
+    tasks have always been); admins work with every task.
 
-    Visibility: a regular user asking for another user's task gets NOT_FOUND, exactly as for a task
-    that does not exist, with the same message. This deliberately departs from AIP-211 (which would
-    answer PERMISSION_DENIED) so that task ids reveal nothing about other users' data.
+    Visibility: a regular user asking for a task of a list they are not a member of gets NOT_FOUND,
+    exactly as for a task that does not exist, with the same message. This deliberately departs from
+    AIP-211 (which would answer PERMISSION_DENIED) so that task ids reveal nothing about other users'
+    data. A member who may see a task but whose role is too low for a write (a VIEWER) gets
+    PERMISSION_DENIED with `google.rpc.ErrorInfo` reason TASK_LIST_ROLE_REQUIRED and metadata `role`
+    naming the role needed (`TASK_LIST_ROLE_EDITOR`).
 
     Parents: wherever a request names a parent task (`task.parent_id` on CreateTask, UpdateTask and
     PatchTask; `parent_id` on MoveTask), a parent the caller cannot see is NOT_FOUND like any other
-    task; a parent of another owner is INVALID_ARGUMENT on that field; a parent in the trash is
+    task; a parent in another list than the task (or than MoveTask's destination list) is
+    INVALID_ARGUMENT on that field; a parent in the trash is
     FAILED_PRECONDITION with reason TASK_DELETED; a parent that is the task itself or one of its
     subtasks is FAILED_PRECONDITION with reason PARENT_CYCLE; nesting deeper than 5 levels is
     FAILED_PRECONDITION with reason MAX_DEPTH_EXCEEDED.

@@ -102,7 +102,10 @@ class UserService(Protocol):
 
     async def delete_user(self, request: DeleteUserRequest, ctx: RequestContext[DeleteUserRequest, DeleteUserResponse], /) -> DeleteUserResponse:
         """
-        Deletes a user and, in the same transaction, every task they own. Admin only.
+        Deletes a user and, in the same transaction, every task they own. Admin only. A shared task
+        list they are the primary owner of passes first, with its tasks, to its next owner (see
+        TaskList.owner_id); a list with no other owner is deleted with them. Their memberships end
+        and tasks assigned to them are unassigned.
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
@@ -390,7 +393,10 @@ class UserServiceClient(ConnectClient):
         timeout_ms: int | None = None,
     ) -> DeleteUserResponse:
         """
-        Deletes a user and, in the same transaction, every task they own. Admin only.
+        Deletes a user and, in the same transaction, every task they own. Admin only. A shared task
+        list they are the primary owner of passes first, with its tasks, to its next owner (see
+        TaskList.owner_id); a list with no other owner is deleted with them. Their memberships end
+        and tasks assigned to them are unassigned.
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
@@ -510,7 +516,10 @@ class UserServiceSync(Protocol):
 
     def delete_user(self, request: DeleteUserRequest, ctx: RequestContext[DeleteUserRequest, DeleteUserResponse], /) -> DeleteUserResponse:
         """
-        Deletes a user and, in the same transaction, every task they own. Admin only.
+        Deletes a user and, in the same transaction, every task they own. Admin only. A shared task
+        list they are the primary owner of passes first, with its tasks, to its next owner (see
+        TaskList.owner_id); a list with no other owner is deleted with them. Their memberships end
+        and tasks assigned to them are unassigned.
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.
@@ -796,7 +805,10 @@ class UserServiceClientSync(ConnectClientSync):
         timeout_ms: int | None = None,
     ) -> DeleteUserResponse:
         """
-        Deletes a user and, in the same transaction, every task they own. Admin only.
+        Deletes a user and, in the same transaction, every task they own. Admin only. A shared task
+        list they are the primary owner of passes first, with its tasks, to its next owner (see
+        TaskList.owner_id); a list with no other owner is deleted with them. Their memberships end
+        and tasks assigned to them are unassigned.
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.

@@ -146,7 +146,10 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteUser(self, request, context):
-        """Deletes a user and, in the same transaction, every task they own. Admin only.
+        """Deletes a user and, in the same transaction, every task they own. Admin only. A shared task
+        list they are the primary owner of passes first, with its tasks, to its next owner (see
+        TaskList.owner_id); a list with no other owner is deleted with them. Their memberships end
+        and tasks assigned to them are unassigned.
 
         Errors:
         - INVALID_ARGUMENT: `id` is not positive.

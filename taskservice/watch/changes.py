@@ -42,6 +42,9 @@ class TaskSnapshot:
     purge_time: datetime | None
     parent_id: int | None
     position: int
+    task_list_id: int
+    creator_id: int
+    assignee_id: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,8 @@ class Change:
     type: TaskChangeType
     before: TaskSnapshot | None
     after: TaskSnapshot | None
+    #: For an access change, the list; None for a change of a task.
+    task_list_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,14 +110,24 @@ def snapshot(text: str | None) -> TaskSnapshot | None:
         purge_time=_time(row["purge_time"]),
         parent_id=row["parent_id"],
         position=row["position"],
+        # Changes recorded before lists existed (revision 0014) name none of these.
+        task_list_id=row.get("task_list_id") or 0,
+        creator_id=row.get("creator_id") or row["owner_id"],
+        assignee_id=row.get("assignee_id"),
     )
 
 
-def change(row: Row[tuple[int, int, int, int, str | None, str | None]]) -> Change:
+def change(row: Row[tuple[int, int, int, int, str | None, str | None, int | None]]) -> Change:
     """A `task_changes` row as a Change."""
-    revision, task_id, owner_id, kind, before, after = row
+    revision, task_id, owner_id, kind, before, after, task_list_id = row
     return Change(
-        revision, task_id, owner_id, TaskChangeType(kind), snapshot(before), snapshot(after)
+        revision,
+        task_id,
+        owner_id,
+        TaskChangeType(kind),
+        snapshot(before),
+        snapshot(after),
+        task_list_id,
     )
 
 
@@ -133,6 +148,7 @@ _PAGE = Prepared(
         TaskChange.type,
         TaskChange.before,
         TaskChange.after,
+        TaskChange.task_list_id,
     )
     .where(TaskChange.revision > bindparam("after"))
     .where(TaskChange.revision <= bindparam("until"))

@@ -7,8 +7,11 @@ skipping anything at or below the last revision it sent: no gap, no duplicate. R
 dense, so a hole in the history can only be compaction, reported as REVISION_COMPACTED.
 
 Every change is matched against the owner scope (by the feed's index) and the filter, before or
-after the change, so a task leaving the view is seen leaving it. The caller's token is checked
-again every AUTH_RECHECK_SECONDS, so an expired or revoked token ends the stream within seconds.
+after the change, so a task leaving the view is seen leaving it. A regular user's stream also
+follows their memberships (`taskservice.watch.access`): it sends a change of a task when the user
+was a member of its list at that revision, and the user's own access changes. The caller's
+token is checked again every AUTH_RECHECK_SECONDS, so an expired or revoked token ends the stream
+within seconds.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from taskservice.services.principal import Principal
 from taskservice.services.task_lists import TASK_FILTER_SCHEMA
 from taskservice.tracing.spans import add_event
 from taskservice.watch import changes
+from taskservice.watch.access import ListAccess, is_access
 from taskservice.watch.changes import Change, TaskSnapshot
 from taskservice.watch.feed import ChangeFeed, Subscription, compacted
 
@@ -65,6 +69,9 @@ def record(task: TaskSnapshot) -> dict[str, object]:
         "labels": task.labels,
         "owner_id": task.owner_id,
         "parent_id": task.parent_id or 0,
+        "task_list_id": task.task_list_id,
+        "assignee_id": task.assignee_id,
+        "creator_id": task.creator_id,
         "title": task.title,
         "due_time": task.due_time,
         "create_time": task.create_time,
@@ -73,14 +80,22 @@ def record(task: TaskSnapshot) -> dict[str, object]:
     }
 
 
-def _accepts(owner_id: int | None, parsed: Filter) -> Callable[[Change], bool]:
+def _accepts(
+    owner_id: int | None, parsed: Filter, access: ListAccess | None = None
+) -> Callable[[Change], bool]:
     """Whether a stream sends a change: its owner's (any for None), matching before or after.
 
     The owner is checked here even though the feed offers live changes by owner: history is
-    read from the table for every owner.
+    read from the table for every owner. With `access` (a regular user's stream), only the
+    user's own access changes pass (and are recorded), and changes of tasks of lists the user
+    may see.
     """
 
     def accepts(change: Change) -> bool:
+        if is_access(change):
+            return access is not None and access.record(change)
+        if access is not None and access.loaded and access.sees(change) is None:
+            return False
         if owner_id is not None and change.owner_id != owner_id:
             return False
         return parsed.expression is None or any(
@@ -107,10 +122,13 @@ class Watches:
         recheck: Callable[[], Awaitable[Principal]],
     ) -> AsyncIterator[Change | Bookmark]:
         """The stream's changes and bookmarks, until the caller stops or an error ends it."""
-        if owner_id is None and not may_for_every_owner(caller, Permission.TASKS_READ):
-            owner_id = caller.user_id
-        _authorize_watch(caller, owner_id)
+        access = None
         watched = owner_id
+        if not may_for_every_owner(caller, Permission.TASKS_READ):
+            access = ListAccess(caller.user_id)
+            if owner_id is None:
+                watched = caller.user_id
+        _authorize_watch(caller, watched)
 
         async def recheck_access() -> Principal:
             # The caller's rights may shrink while the stream runs (an API key's user demoted
@@ -129,9 +147,12 @@ class Watches:
         if problems:
             raise InvalidArgument([v for problem in problems for v in problem.violations])
         await self._feed.current()
-        subscription = self._feed.subscribe(owner_id, _accepts(owner_id, parsed))
+        # A member's stream reads every owner's changes: its lists may be anyone's.
+        subscription = self._feed.subscribe(
+            owner_id if access is None else None, _accepts(owner_id, parsed, access)
+        )
         try:
-            async for item in self._stream(subscription, start_revision, recheck_access):
+            async for item in self._stream(subscription, start_revision, recheck_access, access):
                 yield item
         finally:
             self._feed.unsubscribe(subscription)
@@ -141,6 +162,7 @@ class Watches:
         subscription: Subscription,
         start_revision: int,
         recheck: Callable[[], Awaitable[Principal]],
+        access: ListAccess | None = None,
     ) -> AsyncIterator[Change | Bookmark]:
         known = await changes.revisions(self._feed.database)
         resuming = start_revision != 0
@@ -156,6 +178,8 @@ class Watches:
             raise compacted(known.compacted)
         if resuming:
             add_event("resume", {"taskservice.start_revision": start_revision})
+        if access is not None:
+            await access.load(self._feed.database, start_revision)
         position = start_revision
         checked = time.monotonic()  # when the token was last confirmed (at the stream's start)
         next_check = checked + AUTH_RECHECK_SECONDS
@@ -164,8 +188,8 @@ class Watches:
             if not batch or batch[0].revision != position + 1:
                 raise compacted((await changes.revisions(self._feed.database)).compacted)
             for item in batch:
-                if subscription.accepts(item):
-                    yield item
+                if subscription.accepts(item) and (sent := _as_sent(item, access)) is not None:
+                    yield sent
                 position = item.revision
             if time.monotonic() >= next_check:
                 checked = await _recheck(recheck, checked)
@@ -178,7 +202,8 @@ class Watches:
         while True:
             for item in subscription.take():
                 if item.revision > position:
-                    yield item
+                    if (sent := _as_sent(item, access)) is not None:
+                        yield sent
                     position = item.revision
             now = time.monotonic()
             if now >= next_check:
@@ -195,6 +220,18 @@ class Watches:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await subscription.signal.wait()
+
+
+def _as_sent(change: Change, access: ListAccess | None) -> Change | None:
+    """What the stream sends for an accepted change, decided again as it is sent.
+
+    For a member's stream the lists may have changed since the change was buffered: a list the
+    user lost since is not sent any more (revocation is immediate), and a task that left the
+    user's lists goes as TASK_CHANGE_TYPE_HIDDEN.
+    """
+    if access is None or is_access(change):
+        return change
+    return access.sees(change)
 
 
 async def _recheck(recheck: Callable[[], Awaitable[Principal]], checked: float) -> float:
