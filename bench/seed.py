@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import bcrypt
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from taskservice.db.models import Task, TaskLabel, TaskStatus, User
+from taskservice.db.models import Task, TaskLabel, TaskList, TaskStatus, User
 from taskservice.services.labels import label_key
 
 PASSWORD = "bench-password-1"  # noqa: S105 - a throwaway database's test accounts
@@ -158,12 +158,19 @@ async def seed(url: URL, users: int, tasks_per_user: int, bcrypt_rounds: int) ->
                     )
                 ).scalars()
             )
+            # Each user's personal list (made with the user): where their tasks live.
+            lists = await connection.execute(
+                select(TaskList.owner_id, TaskList.id).where(TaskList.personal)
+            )
+            personal = {owner_id: list_id for owner_id, list_id in lists}
             rows = []
             for n in range(users * tasks_per_user):
                 created = now - timedelta(minutes=users * tasks_per_user - n)
                 rows.append(
                     {
                         "owner_id": user_ids[n % users],
+                        "task_list_id": personal[user_ids[n % users]],
+                        "creator_id": user_ids[n % users],
                         "title": " ".join(rng.choices(_WORDS, k=rng.randint(2, 6))).capitalize(),
                         "description": " ".join(rng.choices(_WORDS, k=rng.randint(0, 30))),
                         "status": rng.choice(list(TaskStatus)),
