@@ -102,18 +102,19 @@ async def test_the_fast_reads_return_exactly_what_sqlalchemy_returns(
     lookup = key.secret.split("_")[1]
     owner = account.user.id
     reads: list[tuple[Prepared, dict[str, object]]] = [
-        (tasks._GET[False], {"task_id": found[0].id, "owner_id": owner}),
-        (tasks._GET[True], {"task_id": found[1].id, "owner_id": 0}),
-        (tasks._GET[False], {"task_id": found[0].id, "owner_id": owner + 1}),  # none
+        (tasks._GET[False], {"task_id": found[0].id, "caller_id": owner}),
+        (tasks._GET[True], {"task_id": found[1].id, "caller_id": 0}),
+        (tasks._GET[False], {"task_id": found[0].id, "caller_id": owner + 1}),  # none
         (tasks._REVISION, {}),
         (users._USER_BY_ID, {"user_id": owner}),
         (auth_state._STATE, {"user_id": owner}),
         (api_keys._KEY_BY_LOOKUP, {"lookup": lookup}),
         (changes._PAGE, {"after": 0, "until": 2**63 - 1, "limit": 10}),
     ]
-    for (by_owner, by_status, after), read in tasks._LISTS.items():
+    for (by_owner, by_member, by_status, after), read in tasks._LISTS.items():
         values = {
             "owner_id": owner if by_owner else None,
+            "member_id": owner if by_member else None,
             "status": tasks.TaskStatus.DONE if by_status else None,
             "after": found[-1].id + 1 if after else None,
             "limit": 10,
@@ -132,6 +133,7 @@ async def test_the_fast_reads_return_exactly_what_sqlalchemy_returns(
             task_lists.parse_order_by(order_by),
             seek,
             by_owner=True,
+            by_member=False,
             by_status=False,
             show_deleted=True,
         )
@@ -147,13 +149,13 @@ async def test_the_fast_reads_return_exactly_what_sqlalchemy_returns(
             assert _shape(fast) == _shape(slow), read.statement
     # Every kind of read found something, and the rows hold what the API showed.
     async with app.database.reads() as reader:
-        task = await reader.first(tasks._GET[False], {"task_id": found[0].id, "owner_id": owner})
+        task = await reader.first(tasks._GET[False], {"task_id": found[0].id, "caller_id": owner})
         assert (task.title, task.labels, task.status) == ("parent ✓", ["Home", "ärger"], "todo")
         assert task.due_time == datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
         # In UTC itself, whatever the driver returned.
         assert task.due_time.tzinfo is UTC
         assert task.create_time.tzinfo is UTC
-        foreign = {"task_id": found[0].id, "owner_id": 0}
+        foreign = {"task_id": found[0].id, "caller_id": 0}
         assert await reader.first(tasks._GET[False], foreign) is None
         assert (await reader.first(api_keys._KEY_BY_LOOKUP, {"lookup": lookup})).user_id == owner
 
@@ -359,6 +361,7 @@ async def test_a_prepared_insert_breaking_a_constraint_raises_integrity_error(
         "complete_time": None,
         "parent_id": None,
         "position": 0,
+        "creator_id": 987_654_321,
         "version": 1,
         "create_time": now,
         "update_time": now,
