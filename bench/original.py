@@ -26,7 +26,7 @@ import asyncpg
 import bcrypt
 from sqlalchemy.engine import URL
 
-from bench.processes import free_port
+from bench.ports import free_port
 from bench.seed import PASSWORD, recreate_postgres_database
 
 #: The seeded users' emails: user<n>@ this domain.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.echo_server import CALLS_PATH as ECHO_CALLS_PATH
 from bench.floor_server import CALLS_PATH as FLOOR_CALLS_PATH
+from bench.ports import free_port
 
 #: (method, grpc code) -> calls handled, summed over the workers.
 Handled = Counter[tuple[str, str]]
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class TaskService:
