@@ -20,15 +20,25 @@ _handed_out: set[int] = set()
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now and no caller here was given."""
+    return free_ports(1)
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive such ports (a server with workers on PORT + slot)."""
     for _ in range(200):
-        port = random.randint(LOW, HIGH)  # noqa: S311 - not a secret
-        if port in _handed_out:
+        first = random.randint(LOW, HIGH - count + 1)  # noqa: S311 - not a secret
+        ports = range(first, first + count)
+        if _handed_out.intersection(ports) or not all(map(_nothing_listens, ports)):
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise RuntimeError(f"no free port between {LOW} and {HIGH}")
+        _handed_out.update(ports)
+        return first
+    raise RuntimeError(f"no {count} free consecutive ports between {LOW} and {HIGH}")
+
+
+def _nothing_listens(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.echo_server import CALLS_PATH as ECHO_CALLS_PATH
 from bench.floor_server import CALLS_PATH as FLOOR_CALLS_PATH
-from bench.ports import free_port
+from bench.ports import free_port, free_ports
 
 #: (method, grpc code) -> calls handled, summed over the workers.
 Handled = Counter[tuple[str, str]]
@@ -33,7 +33,7 @@ class TaskService:
         self.port = free_port()
         self.http_port = free_port()
         self.workers = workers
-        base = free_port()  # worker `slot` serves metrics on METRICS_PORT + slot
+        base = free_ports(workers)  # worker `slot` serves metrics on METRICS_PORT + slot
         self._metrics_ports = [base + slot for slot in range(workers)]
         env = {
             **environment,
@@ -57,23 +57,40 @@ class TaskService:
         self.http_target = f"127.0.0.1:{self.http_port}"
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Block until readiness reports SERVING (the database is reachable)."""
+        """Block until readiness reports SERVING and every worker serves its metrics.
+
+        Readiness comes from whichever worker takes the connection: with several, the others may
+        still be starting, and a measurement must not begin (nor a worker's counters be read)
+        before each one is up.
+        """
         deadline = time.monotonic() + timeout
         request = health_pb2.HealthCheckRequest(service="readiness")
         with grpc.insecure_channel(self.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            while True:
+            while not (self._serving(health, request) and self._metrics_answer()):
                 if self.process.poll() is not None:
                     raise RuntimeError(f"taskservice exited {self.process.returncode} at start")
-                try:
-                    status = health.Check(request, timeout=1).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
                 if time.monotonic() > deadline:
                     raise RuntimeError("taskservice did not become ready")
                 time.sleep(0.1)
+
+    @staticmethod
+    def _serving(
+        health: health_pb2_grpc.HealthStub, request: health_pb2.HealthCheckRequest
+    ) -> bool:
+        try:
+            return health.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+    def _metrics_answer(self) -> bool:
+        for port in self._metrics_ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1):
+                    pass
+            except OSError:
+                return False
+        return True
 
     def handled(self) -> Handled:
         """Calls completed so far, by method and status code (`grpc_server_handled_total`)."""
