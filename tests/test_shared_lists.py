@@ -16,9 +16,11 @@ from taskservice.v1 import task_list_pb2 as lists_pb
 from taskservice.v1 import task_list_service_pb2 as lsvc
 from taskservice.v1 import task_list_service_pb2_grpc, task_pb2
 from taskservice.v1 import task_service_pb2 as pb
+from taskservice.v1 import user_service_pb2 as users_pb
 from tests.conftest import Stubs
 from tests.helpers import Account, fails, make_admin, register
 from tests.http_client import auth_headers, connect_failure, connect_json
+from tests.watching import read_until
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -250,6 +252,47 @@ async def test_assignees_must_be_members_and_removal_unassigns_them(
     await fails(
         stubs.tasks.GetTask(pb.GetTaskRequest(id=task.id), metadata=team.viewer.metadata), NOT_FOUND
     )
+
+
+async def test_deleting_an_assignee_unassigns_their_tasks_as_a_recorded_change(
+    app: Application, stubs: Stubs, team: Team
+) -> None:
+    """A deleted user's assignments in lists that outlive them are cleared like a removal's.
+
+    Each task gets a new etag, and its list's members see the change on their streams.
+    """
+    admin = await make_admin(app, stubs)
+    task = await _task(stubs, team.editor, task_list_id=team.task_list.id)
+    assigned = await stubs.tasks.PatchTask(
+        pb.PatchTaskRequest(
+            task=task_pb2.Task(id=task.id, assignee_id=team.viewer.user.id),
+            update_mask=FieldMask(paths=["assignee_id"]),
+        ),
+        metadata=team.editor.metadata,
+    )
+    listed = await stubs.tasks.ListTasks(pb.ListTasksRequest(), metadata=team.editor.metadata)
+    stream = stubs.tasks.WatchTasks(
+        pb.WatchTasksRequest(start_revision=listed.revision), metadata=team.editor.metadata
+    )
+    try:
+        await stubs.users.DeleteUser(
+            users_pb.DeleteUserRequest(id=team.viewer.user.id), metadata=admin.metadata
+        )
+        after = await stubs.tasks.GetTask(
+            pb.GetTaskRequest(id=task.id), metadata=team.editor.metadata
+        )
+        assert after.task.assignee_id == 0
+        assert after.task.etag != assigned.task.etag
+        seen = await read_until(
+            stream,
+            lambda responses: any(
+                r.change.task.id == task.id and r.change.task.assignee_id == 0 for r in responses
+            ),
+        )
+        # (The assignment itself may come first: a change is numbered just after its commit.)
+        assert seen[-1].change.task == after.task
+    finally:
+        stream.cancel()
 
 
 async def test_a_list_keeps_an_owner_and_its_first_owner_owns_its_tasks(

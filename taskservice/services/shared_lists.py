@@ -589,7 +589,7 @@ async def hand_over_lists(session: AsyncSession, user_id: int) -> None:
 
     The list's tasks go with it. A list with no other owner goes with the user (the foreign
     keys cascade), as their personal list does; their memberships of other lists go too, and
-    their assignments are cleared.
+    their assignments there are cleared, each a recorded change.
     """
     owned = await session.scalars(
         select(TaskList)
@@ -601,6 +601,18 @@ async def hand_over_lists(session: AsyncSession, user_id: int) -> None:
         if membership is not None:
             await session.delete(membership)
         await _settle_owner(session, task_list)
+    # Their assignments in the lists that outlive them are cleared as a removal clears them
+    # (a new version, so a new etag and a recorded change), not left to the foreign key's
+    # SET NULL, which would change the tasks behind their etags.
+    await session.execute(
+        update(Task)
+        .where(
+            Task.assignee_id == user_id,
+            Task.task_list_id.not_in(select(TaskList.id).where(TaskList.owner_id == user_id)),
+        )
+        .values(assignee_id=None, version=Task.version + 1, update_time=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def _member(membership: TaskListMember, email: str) -> Member:
