@@ -6,8 +6,10 @@ r"""Mirror a user's tasks into a dict with ListTasks + WatchTasks, surviving ser
 The pattern (Kubernetes' list-then-watch):
 
 1. list every task and note the list's `revision`;
-2. watch from that revision, applying each change to the dict (a purged or trashed task leaves
-   it; every other change carries the whole task, so applying one twice is harmless);
+2. watch from that revision, applying each change to the dict (a purged or trashed task, or
+   one moved to a list the user may not see, leaves it; every other change carries the whole
+   task, so applying one twice is harmless); when the user gains access to a shared list, list
+   that list's tasks into the dict, and when they lose it, drop them;
 3. remember the `revision` of every response, bookmarks included; when the stream breaks
    (the server restarts: UNAVAILABLE; the mirror fell behind: RESOURCE_EXHAUSTED), watch again
    from that revision: no change is lost or seen twice;
@@ -46,6 +48,7 @@ RESUMABLE = {
 LEAVING = {
     task_service_pb2.TASK_CHANGE_TYPE_DELETED,
     task_service_pb2.TASK_CHANGE_TYPE_PURGED,
+    task_service_pb2.TASK_CHANGE_TYPE_HIDDEN,
 }
 
 
@@ -102,11 +105,19 @@ class Mirror:
         self._metadata = (("authorization", f"Bearer {response.access_token}"),)
 
     async def _list(self) -> None:
+        tasks, revision = await self._list_tasks()
+        self.tasks, self.lists = tasks, self.lists + 1
+        self._moved_to(revision)
+
+    async def _list_tasks(self, filter_text: str = "") -> tuple[dict[int, task_pb2.Task], int]:
+        """Every live task (matching `filter_text`), and the revision to watch from."""
         tasks: dict[int, task_pb2.Task] = {}
         revision, token = 0, ""
         while True:
             page = await self._tasks.ListTasks(
-                task_service_pb2.ListTasksRequest(page_size=1000, page_token=token),
+                task_service_pb2.ListTasksRequest(
+                    page_size=1000, page_token=token, filter=filter_text
+                ),
                 metadata=self._metadata,
                 wait_for_ready=True,
             )
@@ -114,9 +125,7 @@ class Mirror:
             tasks.update((task.id, task) for task in page.tasks)
             token = page.next_page_token
             if not token:
-                break
-        self.tasks, self.lists = tasks, self.lists + 1
-        self._moved_to(revision)
+                return tasks, revision
 
     async def _watch(self) -> None:
         stream = self._tasks.WatchTasks(
@@ -127,7 +136,23 @@ class Mirror:
         async for response in stream:
             if response.HasField("change"):
                 self._apply(response.change)
+            elif response.HasField("access_change"):
+                await self._access(response.access_change)
             self._moved_to(response.revision)
+
+    async def _access(self, access: task_service_pb2.TaskListAccessChange) -> None:
+        """Membership of a list changed: take in its tasks, or drop them.
+
+        The listing happens after the grant, and the stream goes on with every change of the
+        list after it, so whatever the listing misses or shows early, the stream puts right.
+        """
+        list_id = access.task_list_id
+        if access.type == task_service_pb2.TASK_LIST_ACCESS_CHANGE_TYPE_GRANTED:
+            listed, _ = await self._list_tasks(f"task_list_id = {list_id}")
+            self.tasks.update(listed)
+        elif access.type == task_service_pb2.TASK_LIST_ACCESS_CHANGE_TYPE_REVOKED:
+            for task_id in [i for i, task in self.tasks.items() if task.task_list_id == list_id]:
+                del self.tasks[task_id]
 
     def _apply(self, change: task_service_pb2.TaskChange) -> None:
         if change.type in LEAVING:
