@@ -49,18 +49,23 @@ def settings(database_url: str) -> Settings:
 
 
 async def _caught_up(mirror: object, stubs: Stubs, account: Account) -> dict[int, task_pb2.Task]:
-    """Wait until the mirror has reached the store's revision; return the store's live tasks."""
-    listed = await stubs.tasks.ListTasks(
-        pb.ListTasksRequest(page_size=1000), metadata=account.metadata
-    )
-    current = (
-        await stubs.tasks.BatchGetTasks(pb.BatchGetTasksRequest(), metadata=account.metadata)
-    ).revision
+    """Wait until the mirror holds what ListTasks lists now; return that.
+
+    The test makes no change while it waits. A change is numbered just after its commit (on
+    PostgreSQL), so the store's revision may not cover the last write yet: rather than wait for
+    one revision, wait (within the deadline) until the mirror has passed the listing's revision
+    and equals it, listing again whenever the mirror moves.
+    """
     async with asyncio.timeout(DEADLINE):
-        while mirror.revision < current:  # type: ignore[attr-defined]
+        while True:
+            listed = await stubs.tasks.ListTasks(
+                pb.ListTasksRequest(page_size=1000), metadata=account.metadata
+            )
+            expected = {task.id: task for task in listed.tasks}
+            if mirror.revision >= listed.revision and mirror.tasks == expected:  # type: ignore[attr-defined]
+                return expected
             mirror.moved.clear()  # type: ignore[attr-defined]
             await mirror.moved.wait()  # type: ignore[attr-defined]
-    return {task.id: task for task in listed.tasks}
 
 
 async def test_the_example_mirror_stays_correct_across_a_server_restart(tmp_path: Path) -> None:
