@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import httpx
 import jwt
 import pytest
@@ -19,7 +20,15 @@ from openapi_spec_validator import validate
 
 from taskservice.http.rest.routes import MAX_LIMIT, MAX_SKIP
 from taskservice.server import Application, build_server
-from taskservice.v1 import audit_service_pb2, task_service_pb2, user_service_pb2
+from taskservice.v1 import (
+    audit_service_pb2,
+    task_list_pb2,
+    task_list_service_pb2_grpc,
+    task_pb2,
+    task_service_pb2,
+    user_service_pb2,
+)
+from taskservice.v1 import task_list_service_pb2 as lsvc
 from tests.conftest import Stubs, make_settings
 from tests.helpers import PASSWORD, bearer, make_admin, register, unique_email
 from tests.proxy import TcpProxy
@@ -326,6 +335,71 @@ async def test_an_admin_lists_every_task_with_its_owner(
     assert owners == {"first's": first["user_id"], "second's": second["user_id"]}
     mine = await http.get(f"{API}/tasks/", headers=auth(first["access_token"]))
     assert [task["title"] for task in mine.json()] == ["first's"]
+
+
+async def test_a_shared_lists_member_lists_and_edits_its_tasks_with_their_owner(
+    http: httpx.AsyncClient, stubs: Stubs, channel: grpc.aio.Channel
+) -> None:
+    """A member of someone else's shared list sees its tasks over REST.
+
+    They are owned by the list's owner (whom the member sees among the list's members); an
+    editor changes them, a viewer may not.
+    """
+    lists = task_list_service_pb2_grpc.TaskListServiceStub(channel)
+    owner, member, viewer = [await register(stubs) for _ in range(3)]
+    shared = (
+        await lists.CreateTaskList(
+            lsvc.CreateTaskListRequest(task_list=task_list_pb2.TaskList(title="Team")),
+            metadata=owner.metadata,
+        )
+    ).task_list
+    await lists.AddTaskListMember(
+        lsvc.AddTaskListMemberRequest(
+            task_list_id=shared.id,
+            member=task_list_pb2.TaskListMember(
+                user_id=member.user.id, role=task_list_pb2.TASK_LIST_ROLE_EDITOR
+            ),
+        ),
+        metadata=owner.metadata,
+    )
+    await lists.AddTaskListMember(
+        lsvc.AddTaskListMemberRequest(
+            task_list_id=shared.id,
+            member=task_list_pb2.TaskListMember(
+                user_id=viewer.user.id, role=task_list_pb2.TASK_LIST_ROLE_VIEWER
+            ),
+        ),
+        metadata=owner.metadata,
+    )
+    theirs = await stubs.tasks.CreateTask(
+        task_service_pb2.CreateTaskRequest(
+            task=task_pb2.Task(title="team task", task_list_id=shared.id)
+        ),
+        metadata=owner.metadata,
+    )
+    mine = await create_task(http, member.token, title="my own")
+    owner_json = {
+        "id": owner.user.id,
+        "email": owner.user.email,
+        "is_active": True,
+        "is_admin": False,
+    }
+    listed = await http.get(f"{API}/tasks/", headers=auth(member.token))
+    assert listed.status_code == 200, listed.text
+    owners = {task["title"]: task["owner"] for task in listed.json()}
+    assert owners == {"team task": owner_json, "my own": mine["owner"]}
+    url = f"{API}/tasks/{theirs.task.id}"
+    got = await http.get(url, headers=auth(member.token))
+    assert got.status_code == 200, got.text
+    assert got.json()["owner"] == owner_json
+    edited = await http.put(url, json={"status": "done"}, headers=auth(member.token))
+    assert edited.status_code == 200, edited.text
+    assert (edited.json()["status"], edited.json()["owner"]) == ("done", owner_json)
+    seen = await http.get(url, headers=auth(viewer.token))
+    assert (seen.status_code, seen.json()["status"]) == (200, "done")
+    refused = await http.put(url, json={"status": "todo"}, headers=auth(viewer.token))
+    assert refused.status_code == 403
+    assert refused.json() == {"detail": "this needs the EDITOR role on the task list"}
 
 
 async def test_a_task_shows_its_owner_as_they_are_now(

@@ -15,6 +15,7 @@ from taskservice.db.models import (
     SERVICE_ACCOUNT_NAME_MAX_LENGTH,
     USER_KIND_HUMAN,
     USER_KIND_SERVICE,
+    TaskListMember,
     User,
 )
 from taskservice.db.reads import Prepared
@@ -151,14 +152,25 @@ class UserService:
 
         For views that show each task's owner (the REST task list) without a read per row: a
         caller who may read or write every owner's tasks may see who owns them (a write answers
-        with the task written, owner included).
+        with the task written, owner included). Anyone else who may read tasks sees the users
+        they share a list with (whom ListTaskListMembers shows them too), and no one else: the
+        owner of a shared list's task is its list's owner, a fellow member.
         """
-        if not may_for_every_owner(caller, Permission.TASKS_WRITE):
-            authorize(caller, Permission.TASKS_READ_ALL)
         wanted = sorted(set(user_ids))
+        query = select(*_USER_COLUMNS).where(User.id.in_(wanted))
+        if not may_for_every_owner(caller, Permission.TASKS_WRITE) and not may_for_every_owner(
+            caller, Permission.TASKS_READ
+        ):
+            authorize(caller, Permission.TASKS_READ, caller.user_id)
+            my_lists = select(TaskListMember.task_list_id).where(
+                TaskListMember.user_id == caller.user_id
+            )
+            fellows = select(TaskListMember.user_id).where(
+                TaskListMember.task_list_id.in_(my_lists)
+            )
+            query = query.where(User.id.in_(fellows))
         if not wanted:
             return {}
-        query = select(*_USER_COLUMNS).where(User.id.in_(wanted))
         async with self._db.read() as session:
             rows = (await session.execute(query)).all()
         return {row.id: row for row in rows}
