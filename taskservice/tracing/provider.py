@@ -42,6 +42,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
 from taskservice.config import ConfigError
 
@@ -184,9 +185,26 @@ def _resource() -> Resource:
         version = "unknown"
     detected = Resource.create({SERVICE_VERSION: version})
     name = str(detected.attributes.get(SERVICE_NAME, ""))
-    if name and not name.startswith("unknown_service"):
-        return detected
-    return detected.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    if not name or name.startswith("unknown_service"):
+        detected = detected.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    return HashedResource(detected.attributes, detected.schema_url)
+
+
+class HashedResource(Resource):
+    """The SDK's Resource, hashed once instead of once per exported span.
+
+    The OTLP encoder groups each batch's spans by resource, hashing every span's resource, and
+    the SDK's `Resource.__hash__` JSON-encodes all its attributes each time: about a fifth of
+    the encoder's CPU per span. A server's resource never changes after it is built, so its
+    hash (the SDK's own, hence consistent with `Resource.__eq__`) is computed once.
+    """
+
+    def __init__(self, attributes: Attributes, schema_url: str | None = None) -> None:
+        super().__init__(attributes, schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 class CountingBatchProcessor(SpanProcessor):
