@@ -156,9 +156,17 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             request.filter,
             request.owner_id if request.HasField("owner_id") else None,
             recheck(),
+            request.max_changes_per_response,
         )
+        batching = request.max_changes_per_response > 1
         async for item in stream:
-            yield self._responses.get(item)
+            if isinstance(item, Bookmark):
+                yield pb.WatchTasksResponse(revision=item.revision)
+            elif batching:
+                yield self._responses.batch(item)
+            else:
+                for change in item:  # lists of one: the stream sends what it is given
+                    yield self._responses.get(change)
 
 
 #: Change responses kept for sharing between streams: well over what a burst of changes
@@ -186,37 +194,66 @@ class _WatchResponses:
     watchers, converting the task to protobuf per stream cost more than everything else the
     fan-out does. The newest WATCH_RESPONSES_KEPT responses are kept (by revision; the same
     revision is always the same change), and nobody mutates them: gRPC only serializes what it
-    is given.
+    is given. For streams that batch, each change's event is kept the same way, and so is the
+    response of that one event (what a stream that keeps up sends).
     """
 
     def __init__(self) -> None:
         # By revision and type: a member's stream may see a change in its hidden form.
         self._by_revision: OrderedDict[tuple[int, int], pb.WatchTasksResponse] = OrderedDict()
+        self._events: OrderedDict[tuple[int, int], pb.WatchTasksEvent] = OrderedDict()
+        self._single: OrderedDict[tuple[int, int], pb.WatchTasksResponse] = OrderedDict()
 
-    def get(self, item: Change | Bookmark) -> pb.WatchTasksResponse:
-        """The response for a change (shared) or a bookmark (new, it is cheap)."""
-        if isinstance(item, Bookmark):
-            return pb.WatchTasksResponse(revision=item.revision)
+    def get(self, item: Change) -> pb.WatchTasksResponse:
+        """The response of one change, in `change` or `access_change` (shared)."""
         key = (item.revision, item.type)
         response = self._by_revision.get(key)
         if response is None:
-            response = _change_response(item)
-            self._by_revision[key] = response
-            if len(self._by_revision) > WATCH_RESPONSES_KEPT:
-                self._by_revision.popitem(last=False)
+            response = pb.WatchTasksResponse(**_change_fields(item))
+            _keep(self._by_revision, key, response)
         return response
 
-
-def _change_response(item: Change) -> pb.WatchTasksResponse:
-    if item.type in _ACCESS_TYPES:
+    def batch(self, items: list[Change]) -> pb.WatchTasksResponse:
+        """The response of changes in `events`: shared when it is one change, else new."""
+        if len(items) == 1:
+            key = (items[0].revision, items[0].type)
+            response = self._single.get(key)
+            if response is None:
+                response = pb.WatchTasksResponse(
+                    revision=items[0].revision, events=[self._event(items[0])]
+                )
+                _keep(self._single, key, response)
+            return response
         return pb.WatchTasksResponse(
-            revision=item.revision,
-            access_change=pb.TaskListAccessChange(
+            revision=items[-1].revision, events=[self._event(item) for item in items]
+        )
+
+    def _event(self, item: Change) -> pb.WatchTasksEvent:
+        key = (item.revision, item.type)
+        event = self._events.get(key)
+        if event is None:
+            event = pb.WatchTasksEvent(**_change_fields(item))
+            _keep(self._events, key, event)
+        return event
+
+
+def _keep(kept: OrderedDict[tuple[int, int], object], key: tuple[int, int], value: object) -> None:
+    kept[key] = value
+    if len(kept) > WATCH_RESPONSES_KEPT:
+        kept.popitem(last=False)
+
+
+def _change_fields(item: Change) -> dict[str, object]:
+    """A change as the fields of a WatchTasksResponse or WatchTasksEvent."""
+    if item.type in _ACCESS_TYPES:
+        return {
+            "revision": item.revision,
+            "access_change": pb.TaskListAccessChange(
                 type=_ACCESS_TYPES[item.type], task_list_id=item.task_list_id or 0
             ),
-        )
+        }
     task = task_to_proto(item.after) if item.after is not None else task_pb2.Task(id=item.task_id)
-    return pb.WatchTasksResponse(
-        revision=item.revision,
-        change=pb.TaskChange(type=_CHANGE_TYPES[item.type], task=task),
-    )
+    return {
+        "revision": item.revision,
+        "change": pb.TaskChange(type=_CHANGE_TYPES[item.type], task=task),
+    }

@@ -181,16 +181,30 @@ class UndeleteTaskResponse(_message.Message):
     def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...
 
 class WatchTasksRequest(_message.Message):
-    __slots__ = ("start_revision", "filter", "owner_id")
+    __slots__ = ("start_revision", "filter", "owner_id", "max_changes_per_response")
     START_REVISION_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHANGES_PER_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     start_revision: int
     filter: str
     owner_id: int
-    def __init__(self, start_revision: _Optional[int] = ..., filter: _Optional[str] = ..., owner_id: _Optional[int] = ...) -> None: ...
+    max_changes_per_response: int
+    def __init__(self, start_revision: _Optional[int] = ..., filter: _Optional[str] = ..., owner_id: _Optional[int] = ..., max_changes_per_response: _Optional[int] = ...) -> None: ...
 
 class WatchTasksResponse(_message.Message):
+    __slots__ = ("revision", "change", "access_change", "events")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    change: TaskChange
+    access_change: TaskListAccessChange
+    events: _containers.RepeatedCompositeFieldContainer[WatchTasksEvent]
+    def __init__(self, revision: _Optional[int] = ..., change: _Optional[_Union[TaskChange, _Mapping]] = ..., access_change: _Optional[_Union[TaskListAccessChange, _Mapping]] = ..., events: _Optional[_Iterable[_Union[WatchTasksEvent, _Mapping]]] = ...) -> None: ...
+
+class WatchTasksEvent(_message.Message):
     __slots__ = ("revision", "change", "access_change")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     CHANGE_FIELD_NUMBER: _ClassVar[int]

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
+import math
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from itertools import chain
@@ -59,6 +61,8 @@ POLL_INTERVAL_SECONDS = 1.0
 NUMBERING_GAP_SECONDS = 0.005
 #: Longest one round of numbering and reading may take before it is abandoned, in seconds.
 ROUND_TIMEOUT_SECONDS = 10.0
+#: Streams woken in one step of the event loop when changes reach many (see `_wake_all`).
+WAKE_SLICE = 100
 #: Pause between compactions, in seconds: a quarter of the retention, within these bounds.
 MIN_COMPACTION_INTERVAL_SECONDS = 1.0
 MAX_COMPACTION_INTERVAL_SECONDS = 300.0
@@ -89,7 +93,26 @@ def shutting_down() -> Unavailable:
 
 
 class Subscription:
-    """One stream's place in the feed: what it may see, and its bounded buffer."""
+    """One stream's place in the feed: what it may see, and its bounded buffer.
+
+    Kept small, as a server holds one per open stream (10,000 by default): slots, a list as the
+    buffer (a deque costs 600 bytes even empty), and a bare future while the stream waits
+    rather than an Event with its own deque of waiters. Nothing here runs a timer: the feed
+    wakes a stream when a change is buffered, when it is ended, and at the time it asked for
+    (`wake_at`, from one heap for every stream).
+    """
+
+    __slots__ = (
+        "accepts",
+        "buffer",
+        "capacity",
+        "due",
+        "ended",
+        "feed",
+        "live_from",
+        "owner_id",
+        "waiter",
+    )
 
     def __init__(
         self,
@@ -104,35 +127,57 @@ class Subscription:
         self.capacity = capacity
         #: The feed's revision when this subscription began: later changes come live.
         self.live_from = feed.revision
-        self.buffer: deque[Change] = deque()
+        self.buffer: list[Change] = []
         self.ended: DomainError | None = None
-        self.signal = asyncio.Event()
+        #: While the stream waits: the future that wakes it.
+        self.waiter: asyncio.Future[None] | None = None
+        #: When the stream wants waking with nothing buffered (monotonic seconds; inf: never).
+        self.due = math.inf
 
-    def offer(self, change: Change) -> None:
-        """Buffer the change if this stream sees it; end the stream when the buffer is full."""
+    def offer(self, change: Change) -> bool:
+        """Buffer the change if this stream sees it; end the stream when the buffer is full.
+
+        Returns whether the stream has a waiter to wake (the feed wakes them in one pass).
+        """
         if self.ended is not None or not self.accepts(change):
-            return
+            return False
         if len(self.buffer) >= self.capacity:
             self.feed.too_slow_total += 1
             self.end(too_slow())
-            return
+            return False
         self.buffer.append(change)
-        self.signal.set()
+        return self.waiter is not None
 
     def end(self, error: DomainError) -> None:
         """End the stream with `error` at its next step; its buffer is dropped now."""
         if self.ended is None:
             self.ended = error
             self.buffer.clear()
-        self.signal.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Resume the stream if it waits."""
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Wait until a change is buffered, the stream is ended, or its due time has come."""
+        if self.buffer or self.ended is not None:
+            return
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
 
     def take(self) -> list[Change]:
         """Every buffered change, oldest first; raises the stream's end once it has one."""
         if self.ended is not None:
             raise self.ended
-        taken = list(self.buffer)
-        self.buffer.clear()
-        self.signal.clear()
+        taken = self.buffer
+        if taken:
+            self.buffer = []
         return taken
 
 
@@ -163,6 +208,11 @@ class ChangeFeed:
         self._every_owner: set[Subscription] = set()
         self._count = 0
         self._wake = asyncio.Event()
+        #: (due time, sequence, subscription): when streams asked to be woken (`wake_at`).
+        self._due: list[tuple[float, int, Subscription]] = []
+        self._due_sequence = itertools.count()
+        self._due_timer: asyncio.TimerHandle | None = None
+        self._due_timer_when = math.inf
         self._reading = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -224,6 +274,9 @@ class ChangeFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+            self._due_timer = None
         if self._listener is not None:
             await self._listener.stop()
 
@@ -264,6 +317,7 @@ class ChangeFeed:
             group = self._by_owner.get(subscription.owner_id, set())
         if subscription in group:
             group.discard(subscription)
+            subscription.due = math.inf  # its entry in the heap of due times is skipped
             self._count -= 1
             if subscription.owner_id is not None and not group:
                 del self._by_owner[subscription.owner_id]
@@ -290,16 +344,19 @@ class ChangeFeed:
                 self._synced = True
                 return 0
             read = 0
+            woken: dict[Subscription, None] = {}
             while True:
                 batch = await changes.page(self.database, self.revision)
                 for item in batch:
                     if item.revision != self.revision + 1:
                         self._gap(item.revision)
-                    self._offer(item)
+                    self._offer(item, woken)
                     self.revision = item.revision
                 read += len(batch)
                 if len(batch) < changes.PAGE_SIZE:
-                    return read
+                    break
+            await self._wake_all(woken)
+            return read
 
     async def _check_not_behind_store(self) -> None:
         """End every live stream if the store's revision went back below the feed's.
@@ -340,11 +397,60 @@ class ChangeFeed:
         for subscription in list(chain(self._every_owner, *self._by_owner.values())):
             subscription.end(compacted(found - 1))
 
-    def _offer(self, item: Change) -> None:
+    def _offer(self, item: Change, woken: dict[Subscription, None]) -> None:
+        """Offer a change to the streams that may see it; note those to wake in `woken`."""
         for subscription in self._every_owner:
-            subscription.offer(item)
+            if subscription.offer(item):
+                woken[subscription] = None
         for subscription in self._by_owner.get(item.owner_id, ()):
-            subscription.offer(item)
+            if subscription.offer(item):
+                woken[subscription] = None
+
+    async def _wake_all(self, woken: dict[Subscription, None]) -> None:
+        """Wake the streams given changes, WAKE_SLICE at a time with the loop's I/O between.
+
+        Each stream woken sends on its next step; waking a thousand at once would queue a
+        thousand sends ahead of any call that arrives meanwhile (a write waits for the whole
+        fan-out). A slice at a time, calls arriving get their turn between slices, and each
+        stream is woken once however many changes this round gave it.
+        """
+        pending = list(woken)
+        for start in range(0, len(pending), WAKE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for subscription in pending[start : start + WAKE_SLICE]:
+                subscription.wake()
+
+    def wake_at(self, subscription: Subscription, when: float) -> None:
+        """Wake `subscription` at monotonic time `when` (for its bookmark or token check).
+
+        One heap and one timer for every stream: an idle stream holds no timer of its own.
+        Only the latest time asked for counts; earlier entries are skipped when they come due.
+        """
+        subscription.due = when
+        heapq.heappush(self._due, (when, next(self._due_sequence), subscription))
+        if self._due_timer is None or when < self._due_timer_when:
+            self._schedule_due(when)
+
+    def _schedule_due(self, when: float) -> None:
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._due_timer_when = when
+        self._due_timer = loop.call_at(
+            loop.time() + max(0.0, when - time.monotonic()), self._wake_due
+        )
+
+    def _wake_due(self) -> None:
+        self._due_timer = None
+        now = time.monotonic()
+        due = self._due
+        while due and due[0][0] <= now:
+            when, _, subscription = heapq.heappop(due)
+            if subscription.due == when:
+                subscription.wake()
+        if due:
+            self._schedule_due(due[0][0])
 
     async def _number_changes(self, *, traced: bool) -> int:
         """Number committed changes (PostgreSQL); a round that numbered some is a trace of its own.

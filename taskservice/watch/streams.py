@@ -49,6 +49,8 @@ AUTH_RECHECK_SECONDS = 2.0
 OUTAGE_TOLERANCE_SECONDS = 30.0
 #: Longest one check of the token may take; a database that does not answer by then is away.
 RECHECK_TIMEOUT_SECONDS = 5.0
+#: Most changes one response may carry, whatever a client asks (max_changes_per_response).
+MAX_CHANGES_PER_RESPONSE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +122,14 @@ class Watches:
         filter_text: str,
         owner_id: int | None,
         recheck: Callable[[], Awaitable[Principal]],
-    ) -> AsyncIterator[Change | Bookmark]:
-        """The stream's changes and bookmarks, until the caller stops or an error ends it."""
+        max_changes: int = 1,
+    ) -> AsyncIterator[list[Change] | Bookmark]:
+        """The stream's changes and bookmarks, until the caller stops or an error ends it.
+
+        Changes come in lists of at most `max_changes` (0 counts as 1), in revision order: a
+        list holds what was waiting when the stream sent, so a stream that keeps up sends lists
+        of one, and one that is behind catches up in fewer, larger responses.
+        """
         access = None
         watched = owner_id
         if not may_for_every_owner(caller, Permission.TASKS_READ):
@@ -140,6 +148,10 @@ class Watches:
         problems = []
         if start_revision < 0:
             problems.append(InvalidArgument.field("start_revision", "must not be negative"))
+        if max_changes < 0:
+            problems.append(
+                InvalidArgument.field("max_changes_per_response", "must not be negative")
+            )
         try:
             parsed = parse(filter_text, TASK_FILTER_SCHEMA, "filter")
         except InvalidArgument as error:
@@ -152,8 +164,16 @@ class Watches:
             owner_id if access is None else None, _accepts(owner_id, parsed, access)
         )
         try:
-            async for item in self._stream(subscription, start_revision, recheck_access, access):
-                yield item
+            batches = self._stream(
+                subscription,
+                start_revision,
+                recheck_access,
+                access,
+                min(max(max_changes, 1), MAX_CHANGES_PER_RESPONSE),
+            )
+            async with contextlib.aclosing(batches):
+                async for item in batches:
+                    yield item
         finally:
             self._feed.unsubscribe(subscription)
 
@@ -162,8 +182,9 @@ class Watches:
         subscription: Subscription,
         start_revision: int,
         recheck: Callable[[], Awaitable[Principal]],
-        access: ListAccess | None = None,
-    ) -> AsyncIterator[Change | Bookmark]:
+        access: ListAccess | None,
+        max_changes: int,
+    ) -> AsyncIterator[list[Change] | Bookmark]:
         known = await changes.revisions(self._feed.database)
         resuming = start_revision != 0
         if start_revision == 0:
@@ -187,10 +208,16 @@ class Watches:
             batch = await changes.page(self._feed.database, position, subscription.live_from)
             if not batch or batch[0].revision != position + 1:
                 raise compacted((await changes.revisions(self._feed.database)).compacted)
+            ready = []
             for item in batch:
                 if subscription.accepts(item) and (sent := _as_sent(item, access)) is not None:
-                    yield sent
+                    ready.append(sent)
+                    if len(ready) == max_changes:
+                        yield ready
+                        ready = []
                 position = item.revision
+            if ready:
+                yield ready
             if time.monotonic() >= next_check:
                 checked = await _recheck(recheck, checked)
                 next_check = time.monotonic() + AUTH_RECHECK_SECONDS
@@ -199,13 +226,23 @@ class Watches:
         add_event("bookmark", {"taskservice.revision": position})
         yield Bookmark(position)
         next_bookmark = time.monotonic() + self._bookmark_seconds
+        self._feed.wake_at(subscription, min(next_check, next_bookmark))
         while True:
+            ready = []
             for item in subscription.take():
                 if item.revision > position:
                     if (sent := _as_sent(item, access)) is not None:
-                        yield sent
+                        ready.append(sent)
+                        if len(ready) == max_changes:
+                            yield ready
+                            ready = []
                     position = item.revision
+            if ready:
+                yield ready
             now = time.monotonic()
+            if now < min(next_check, next_bookmark):
+                await subscription.wait()  # a change, the stream's end, or its due time
+                continue
             if now >= next_check:
                 checked = await _recheck(recheck, checked)
                 next_check = time.monotonic() + AUTH_RECHECK_SECONDS
@@ -215,11 +252,7 @@ class Watches:
                     add_event("bookmark", {"taskservice.revision": position})
                     yield Bookmark(position)
                 next_bookmark = time.monotonic() + self._bookmark_seconds
-            timeout = min(next_check, next_bookmark) - time.monotonic()
-            if timeout > 0 and not subscription.signal.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await subscription.signal.wait()
+            self._feed.wake_at(subscription, min(next_check, next_bookmark))
 
 
 def _as_sent(change: Change, access: ListAccess | None) -> Change | None:
