@@ -30,11 +30,26 @@ EDGE_RATE_BOUND = 0.70
 #: The REST scenarios `--original` also measures against the original backend.
 ORIGINAL_SCENARIOS = ["REST GetTask (HTTP/1.1)", "REST CreateTask (HTTP/1.1)"]
 
-LISTS = ["ListTasks first page", "ListTasks deep page", "ListTasks deep page, admin", *LIST_VIEWS]
-READS = ["GetTask", "GetMe", *LISTS]
+#: Each shared-list scenario (a list of 10 members, called by an EDITOR) and the same call on a
+#: personal list: its CPU per call may be at most SHARED_CPU_BOUND times the personal list's.
+SHARED_PAIRS: dict[str, str] = {
+    "GetTask, shared list (10 members)": "GetTask",
+    "ListTasks first page, shared list (10 members)": "ListTasks first page",
+}
+SHARED_CPU_BOUND = 1.10
+
+LISTS = [
+    "ListTasks first page",
+    "ListTasks first page, shared list (10 members)",
+    "ListTasks deep page",
+    "ListTasks deep page, admin",
+    *LIST_VIEWS,
+]
+READS = ["GetTask", "GetTask, shared list (10 members)", "GetMe", *LISTS]
 #: On PostgreSQL: the most server CPU per call each scenario may cost, in floors.
 FLOOR_BOUNDS: dict[str, float] = {
     "GetTask": 1.25,
+    "GetTask, shared list (10 members)": 1.25,
     "GetMe": 1.25,
     "CreateTask": 1.5,
     "PatchTask": 1.5,
@@ -260,6 +275,15 @@ def targets(
                 EDGE_RATE_BOUND,
             )
         )
+    checks.extend(
+        (
+            f"{shared} / {personal}, CPU per call",
+            lambda shared=shared, personal=personal: _cpu(at[shared]) / _cpu(at[personal]),  # type: ignore[misc]
+            "<=",
+            SHARED_CPU_BOUND,
+        )
+        for shared, personal in SHARED_PAIRS.items()
+    )
     for workers in sorted({m.workers for m in measurements} - {first}):
         more = {
             m.scenario: m
