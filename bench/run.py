@@ -556,8 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         seeded = asyncio.run(seed(url, args.users, args.tasks_per_user, args.bcrypt_rounds))
         print(
-            f"seeded {args.users} users and {args.users * args.tasks_per_user} tasks "
-            f"in {time.monotonic() - started:.1f} s",
+            f"seeded {args.users} users and {seeded.tasks} tasks (a shared list's "
+            f"{seeded.shared_tasks} among them) in {time.monotonic() - started:.1f} s",
             flush=True,
         )
         floor_database = _floor_database(args, url)

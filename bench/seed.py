@@ -130,17 +130,13 @@ def _task_row(
 
 
 async def _seed_shared_list(
-    connection: AsyncConnection,
-    password_hash: str,
-    tasks: int,
-    rng: random.Random,
-    now: datetime,
-) -> tuple[int, list[str]]:
-    """A shared list of SHARED_MEMBERS members of their own, holding `tasks` tasks.
+    connection: AsyncConnection, password_hash: str
+) -> tuple[int, int, list[str]]:
+    """A shared list of SHARED_MEMBERS members of their own: its id, its owner's, the emails.
 
     Its members are users of their own (so every other user's lists, and the scenarios reading
     them, stay as they were): member 0 its OWNER, the others EDITORs and VIEWERs, SHARED_CALLER
-    an EDITOR. Its tasks are the OWNER's (a task's owner is its list's), made by them.
+    an EDITOR. Its tasks are seeded with the users' (see `seed`).
     """
     emails = [shared_member_email(i) for i in range(SHARED_MEMBERS)]
     member_ids = list(
@@ -170,12 +166,7 @@ async def _seed_shared_list(
             for user_id, role in zip(member_ids, roles, strict=True)
         ],
     )
-    rows = [
-        _task_row(rng, owner_id, list_id, now - timedelta(minutes=tasks - n)) for n in range(tasks)
-    ]
-    for start in range(0, len(rows), _CHUNK):
-        await _insert_tasks(connection, rows[start : start + _CHUNK])
-    return list_id, emails
+    return list_id, owner_id, emails
 
 
 async def _insert_tasks(connection: AsyncConnection, rows: list[dict[str, object]]) -> None:
@@ -262,21 +253,26 @@ async def seed(url: URL, users: int, tasks_per_user: int, bcrypt_rounds: int) ->
                 select(TaskList.owner_id, TaskList.id).where(TaskList.personal)
             )
             personal = {owner_id: list_id for owner_id, list_id in lists}
+            shared_list_id, shared_owner, member_emails = await _seed_shared_list(
+                connection, password_hash
+            )
+            # The shared list holds as many tasks as a user's personal list, made in the same
+            # rounds as the users' (one more task per round, from an rng of its own so that the
+            # users' tasks stay as they were): its pages and tasks lie among the others' as a
+            # personal list's do, and the shared-list scenarios compare like with like.
+            shared_rng = random.Random(9)  # noqa: S311 - reproducible fake data, not security
             rows = []
             for n in range(users * tasks_per_user):
                 created = now - timedelta(minutes=users * tasks_per_user - n)
                 owner_id = user_ids[n % users]
                 rows.append(_task_row(rng, owner_id, personal[owner_id], created))
-                if len(rows) == _CHUNK:
+                if n % users == users - 1:
+                    rows.append(_task_row(shared_rng, shared_owner, shared_list_id, created))
+                if len(rows) >= _CHUNK:
                     await _insert_tasks(connection, rows)
                     rows = []
             if rows:
                 await _insert_tasks(connection, rows)
-            # As many tasks as one user's personal list: the shared-list scenarios read pages
-            # and tasks of a list of the same size.
-            shared_list_id, member_emails = await _seed_shared_list(
-                connection, password_hash, tasks_per_user, rng, now
-            )
         if engine.dialect.name == "postgresql":
             await _settle(engine)
     finally:
