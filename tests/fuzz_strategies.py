@@ -434,7 +434,7 @@ def permission_lists() -> st.SearchStrategy[list[int]]:
 def filters(pools: Pools) -> st.SearchStrategy[str]:
     """None, or a documented filter over the example's tasks; rarely a broken one."""
     documented = documented_filters(
-        pools.labels, pools.titles, pools.times, pools.user_ids, pools.task_ids
+        pools.labels, pools.titles, pools.times, pools.user_ids, pools.task_ids, pools.list_ids
     )
     # Mostly none, so lists run long enough for page walks; a filter narrows them.
     return mostly(mostly(st.just(""), documented), broken_filters(documented))
