@@ -16,6 +16,7 @@ from taskservice.v1 import task_list_pb2 as lists_pb
 from taskservice.v1 import task_list_service_pb2 as lsvc
 from taskservice.v1 import task_list_service_pb2_grpc, task_pb2
 from taskservice.v1 import task_service_pb2 as pb
+from taskservice.v1 import user_service_pb2 as user_pb
 from tests.conftest import Stubs
 from tests.helpers import Account, fails, make_admin, register
 from tests.http_client import auth_headers, connect_failure, connect_json
@@ -23,6 +24,7 @@ from tests.http_client import auth_headers, connect_failure, connect_json
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+ABORTED = grpc.StatusCode.ABORTED
 VIEWER = lists_pb.TASK_LIST_ROLE_VIEWER
 EDITOR = lists_pb.TASK_LIST_ROLE_EDITOR
 OWNER = lists_pb.TASK_LIST_ROLE_OWNER
@@ -250,6 +252,27 @@ async def test_assignees_must_be_members_and_removal_unassigns_them(
     await fails(
         stubs.tasks.GetTask(pb.GetTaskRequest(id=task.id), metadata=team.viewer.metadata), NOT_FOUND
     )
+
+
+async def test_deleting_an_assignee_unassigns_their_tasks_with_a_new_etag(
+    app: Application, stubs: Stubs, team: Team
+) -> None:
+    """A deleted user's tasks elsewhere are unassigned as a write: the old etag stops working."""
+    task = await _task(
+        stubs, team.editor, task_list_id=team.task_list.id, assignee_id=team.viewer.user.id
+    )
+    admin = await make_admin(app, stubs)
+    await stubs.users.DeleteUser(
+        user_pb.DeleteUserRequest(id=team.viewer.user.id), metadata=admin.metadata
+    )
+    after = await stubs.tasks.GetTask(pb.GetTaskRequest(id=task.id), metadata=team.editor.metadata)
+    assert after.task.assignee_id == 0
+    assert after.task.etag != task.etag
+    stale = pb.PatchTaskRequest(
+        task=task_pb2.Task(id=task.id, title="stale", etag=task.etag),
+        update_mask=FieldMask(paths=["title"]),
+    )
+    await fails(stubs.tasks.PatchTask(stale, metadata=team.editor.metadata), ABORTED)
 
 
 async def test_a_list_keeps_an_owner_and_its_first_owner_owns_its_tasks(
