@@ -465,7 +465,14 @@ class Model(ListOracles, TaskOracles, CredentialOracles):
             self.keys = {k: v for k, v in self.keys.items() if k[0] != request.id}
             self.forget_user_credentials(request.id)
             kept = tuple(task_id for task_id in changed if task_id in self.tasks)
-            return Resync(kept, frozenset({"etag", "update_time"}))
+            before = {task_id: self.tasks[task_id].etag for task_id in kept}
+
+            def rewritten() -> None:
+                # Handed on or unassigned, each is a write: its old etag no longer holds.
+                same = [task_id for task_id in kept if self.tasks[task_id].etag == before[task_id]]
+                check(not same, f"tasks {same} changed without a new etag")
+
+            return Resync(kept, frozenset({"etag", "update_time"}), then=rewritten)
 
         return conditions.expect(on_ok)
 

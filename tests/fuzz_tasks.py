@@ -429,8 +429,26 @@ class TaskOracles:
     def _named_destination(
         self, caller: UserRow, task: Any, conditions: Conditions
     ) -> ListRow | None:
-        """CreateTask's list when the request names one (or a parent, whose list it is)."""
+        """CreateTask's list when the request names one (or a parent, whose list it is).
+
+        The server checks the owner against the list before the parent's list: when both are
+        wrong, INVALID_ARGUMENT names `owner_id`'s field, and may name the parent too.
+        """
         parent = self.visible(caller, task.parent_id) if task.parent_id > 0 else None
+        destination: ListRow | None = None
+        if task.task_list_id > 0:
+            destination = self.role_conditions(
+                caller, task.task_list_id, EDITOR, conditions, "task list"
+            )
+            field_name = "task.owner_id"
+        elif parent is not None:
+            destination = self.lists[parent.task_list_id]
+            field_name = "task.parent_id"
+        if destination is not None:
+            if destination.deleted:
+                conditions.add(PRECONDITION, "TASK_LIST_DELETED: the list is in the trash")
+            if task.owner_id and task.owner_id != destination.owner_id:
+                conditions.add(INVALID, "owner_id is not the list's owner", field_name, late=True)
         if task.parent_id > 0:
             self._parent_conditions(
                 caller,
@@ -440,22 +458,6 @@ class TaskOracles:
                 "task.parent_id",
                 conditions,
             )
-        if task.task_list_id > 0:
-            destination = self.role_conditions(
-                caller, task.task_list_id, EDITOR, conditions, "task list"
-            )
-            field_name = "task.owner_id"
-        elif parent is not None:
-            destination = self.lists[parent.task_list_id]
-            field_name = "task.parent_id"
-        else:
-            return None
-        if destination is None:
-            return None
-        if destination.deleted:
-            conditions.add(PRECONDITION, "TASK_LIST_DELETED: the list is in the trash")
-        if task.owner_id and task.owner_id != destination.owner_id:
-            conditions.add(INVALID, "owner_id is not the list's owner", field_name, late=True)
         return destination
 
     def _get_task(self, credential: Credential, request: Any) -> Expect:
