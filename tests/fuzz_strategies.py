@@ -589,6 +589,9 @@ def _field_values(
         numbers = [value.number for value in field_descriptor.enum_type.values]
         unknown = [max(numbers) + 1, 99, -1, *INT32]
         named_values = st.sampled_from([n for n in numbers if n] or numbers)
+        if field_descriptor.enum_type.name == "TaskListRole":
+            # A role is required wherever it is asked for: unset is a mistake, drawn rarely.
+            return mostly(named_values, st.sampled_from([0, *unknown]))
         if parent.name.endswith("Request"):
             # On a request (a list's filter), unset means "any": the common, meaningful value.
             return mostly(mostly(st.just(0), named_values), st.sampled_from(unknown))
