@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     first = [m for m in measurements if m.workers == args.workers[0]]
     found_targets = targets(measurements, top, database)
     found_edges = edges(first, top, EDGE_PAIRS)
-    shared_lists = edges(first, top, SHARED_PAIRS)
+    shared_lists = edges(first, top, SHARED_PAIRS, paired=True)
     originals = edges(first, top, {name: f"original {name}" for name in ORIGINAL_SCENARIOS})
     print(f"\nmachine: {machine['cpu']}, {machine['cpus']} cores; commit {machine['commit']}")
     print(f"{args.runs} run(s), medians; CPU ms = server user+system CPU per call")
