@@ -45,6 +45,7 @@ from bench.processes import (
 from bench.report import (
     EDGE_PAIRS,
     ORIGINAL_SCENARIOS,
+    SHARED_PAIRS,
     STORM,
     Measurement,
     edge_line,
@@ -64,7 +65,15 @@ from bench.scenarios import (
     login_storm,
     view_request,
 )
-from bench.seed import ADMIN_EMAIL, PASSWORD, Seeded, recreate_postgres_database, seed, user_email
+from bench.seed import (
+    ADMIN_EMAIL,
+    PASSWORD,
+    SHARED_CALLER,
+    Seeded,
+    recreate_postgres_database,
+    seed,
+    user_email,
+)
 from taskservice.config import normalize_database_url
 from taskservice.v1 import (
     auth_service_pb2,
@@ -329,7 +338,7 @@ def find_fixture(target: str, seeded: Seeded, tasks_per_user: int) -> Fixture:
             task_service_pb2.ListTasksRequest(page_size=max(1, tasks_per_user - 50)), metadata=user
         ).next_page_token
         # The admin's page 50 tasks before the end of every task: walk there 1000 at a time.
-        remaining = len(seeded.user_ids) * tasks_per_user
+        remaining = len(seeded.user_ids) * tasks_per_user + seeded.shared_tasks
         admin_deep, token = "", ""
         while remaining > 1000:
             page = tasks.ListTasks(
@@ -345,7 +354,19 @@ def find_fixture(target: str, seeded: Seeded, tasks_per_user: int) -> Fixture:
                 task_service_pb2.ListTasksRequest(page_size=max(1, remaining - 50)), metadata=admin
             ).next_page_token
         views = {name: _deep_token(tasks, user, name) for name in LIST_VIEWS}
+        # A member (an EDITOR) of the shared list, in no other list with tasks: their first
+        # page is the shared list's, as user 0's is their personal list's.
+        member_token = login(seeded.shared_member_emails[SHARED_CALLER])
+        member = (("authorization", f"Bearer {member_token}"),)
+        shared = tasks.ListTasks(task_service_pb2.ListTasksRequest(page_size=1000), metadata=member)
+        shared_ids = [task.id for task in shared.tasks]
+        if not shared_ids or {task.task_list_id for task in shared.tasks} != {
+            seeded.shared_list_id
+        }:
+            raise RunFailed(f"the shared list's member sees {len(shared_ids)} tasks of other lists")
     return Fixture(
+        shared_member_token=member_token,
+        shared_task_id=shared_ids[len(shared_ids) // 2],
         view_deep_page_tokens=views,
         user_token=user_token,
         login_email=user_email(1),
@@ -535,8 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         seeded = asyncio.run(seed(url, args.users, args.tasks_per_user, args.bcrypt_rounds))
         print(
-            f"seeded {args.users} users and {args.users * args.tasks_per_user} tasks "
-            f"in {time.monotonic() - started:.1f} s",
+            f"seeded {args.users} users and {seeded.tasks} tasks (a shared list's "
+            f"{seeded.shared_tasks} among them) in {time.monotonic() - started:.1f} s",
             flush=True,
         )
         floor_database = _floor_database(args, url)
@@ -579,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     first = [m for m in measurements if m.workers == args.workers[0]]
     found_targets = targets(measurements, top, database)
     found_edges = edges(first, top, EDGE_PAIRS)
+    shared_lists = edges(first, top, SHARED_PAIRS, paired=True)
     originals = edges(first, top, {name: f"original {name}" for name in ORIGINAL_SCENARIOS})
     print(f"\nmachine: {machine['cpu']}, {machine['cpus']} cores; commit {machine['commit']}")
     print(f"{args.runs} run(s), medians; CPU ms = server user+system CPU per call")
@@ -592,6 +614,10 @@ def main(argv: list[str] | None = None) -> int:
     if found_edges:
         print(f"\nHTTP/1.1 edges against native gRPC (concurrency {top}):")
         for edge in found_edges:
+            print(edge_line(edge))
+    if shared_lists:
+        print(f"\na shared list of 10 members against a personal list (concurrency {top}):")
+        for edge in shared_lists:
             print(edge_line(edge))
     if originals:
         print(f"\ntaskservice's REST API against the original backend (concurrency {top}):")
@@ -615,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
                 "measurements": [asdict(m) for m in measurements],
                 "targets": found_targets,
                 "edges": found_edges,
+                "shared_lists": shared_lists,
                 "original": originals,
             },
             indent=2,

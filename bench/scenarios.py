@@ -43,6 +43,9 @@ class Fixture:
     admin_deep_page_token: str
     #: Deep-page tokens of the filtered and ordered list scenarios, by LIST_VIEWS name.
     view_deep_page_tokens: dict[str, str]
+    #: An EDITOR of the seeded shared list (10 members), and a task of that list.
+    shared_member_token: str
+    shared_task_id: int
 
 
 #: Filtered and ordered lists users keep open, each served by an index (docs/benchmarks.md):
@@ -238,6 +241,27 @@ SCENARIOS = [
                 f"{TASKS}ListTasks",
                 task_service_pb2.ListTasksRequest(page_size=50),
                 f.user_token,
+            )
+        ),
+        calls_factor=0.5,
+    ),
+    Scenario(
+        "GetTask, shared list (10 members)",
+        _with_fixture(
+            lambda f: (
+                f"{TASKS}GetTask",
+                task_service_pb2.GetTaskRequest(id=f.shared_task_id),
+                f.shared_member_token,
+            )
+        ),
+    ),
+    Scenario(
+        "ListTasks first page, shared list (10 members)",
+        _with_fixture(
+            lambda f: (
+                f"{TASKS}ListTasks",
+                task_service_pb2.ListTasksRequest(page_size=50),
+                f.shared_member_token,
             )
         ),
         calls_factor=0.5,

@@ -3,9 +3,10 @@
 Documented filters follow ListTasksRequest.filter's comment only (fields, operators, values,
 NOT / - / AND / OR / juxtaposition / parentheses, quoting) and stay inside its limits; each is
 registered in `fuzz_lists.DOCUMENTED_FILTERS`, so the model requires the server to accept it.
-Values come from the example's own tasks (their labels, titles, times, owners and parents) so
-that filters select some tasks and not others. Broken filters probe every documented limit and
-mistake; whether the server accepts those is its parser's word, but never INTERNAL.
+Values come from the example's own tasks (their labels, titles, times, owners, assignees,
+creators, parents and lists) so that filters select some tasks and not others. Broken filters
+probe every documented limit and mistake; whether the server accepts those is its parser's word,
+but never INTERNAL.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _PRIORITIES = (
 )
 _ORDERED = ("=", "!=", "<", "<=", ">", ">=")
 _TIME_FIELDS = ("due_time", "create_time", "update_time", "complete_time")
+#: Integer fields: users (the owner, the assignee, the creator), the parent task, the list.
+_ID_FIELDS = ("owner_id", "parent_id", "task_list_id", "assignee_id", "creator_id")
 
 
 def quote(text: str) -> str:
@@ -75,11 +78,10 @@ def _comparison(
     times: Sequence[Pair],
     user_ids: Sequence[int],
     task_ids: Sequence[int],
+    list_ids: Sequence[int],
 ) -> str:
     field = draw(
-        st.sampled_from(
-            ["status", "priority", "labels", "owner_id", "parent_id", "title", *_TIME_FIELDS]
-        )
+        st.sampled_from(["status", "priority", "labels", *_ID_FIELDS, "title", *_TIME_FIELDS])
     )
     if field == "status":
         return f"status {draw(st.sampled_from(['=', '!=']))} {draw(st.sampled_from(_STATUSES))}"
@@ -93,8 +95,16 @@ def _comparison(
         label = draw(st.sampled_from(list(labels)))
         label = draw(st.sampled_from([label, label.upper(), label.swapcase()]))
         return f"labels:{quote(label)}"
-    if field in ("owner_id", "parent_id"):
-        pool = list(user_ids if field == "owner_id" else [0, *task_ids])
+    if field == "assignee_id" and draw(st.integers(0, 3)) == 0:
+        return "assignee_id:*"
+    if field in _ID_FIELDS:
+        pool = list(
+            [0, *task_ids]
+            if field == "parent_id"
+            else [0, *list_ids]
+            if field == "task_list_id"
+            else [0, *user_ids]
+        )
         value = draw(st.one_of(st.sampled_from(pool), st.sampled_from([-(2**63), 2**63 - 1, -1])))
         return f"{field} {draw(st.sampled_from(_ORDERED))} {value}"
     if field == "title":
@@ -159,9 +169,10 @@ def documented_filters(
     times: Sequence[Pair],
     user_ids: Sequence[int],
     task_ids: Sequence[int],
+    list_ids: Sequence[int] = (),
 ) -> st.SearchStrategy[str]:
     """Filters the comment documents as valid, registered as such."""
-    comparison = _comparison(labels, titles, times, user_ids, task_ids)
+    comparison = _comparison(labels, titles, times, user_ids, task_ids, list_ids)
     return _expression(comparison).map(_register)
 
 

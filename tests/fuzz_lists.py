@@ -104,6 +104,9 @@ def record(task: TaskRow) -> dict[str, object]:
         "labels": task.labels,
         "owner_id": task.owner_id,
         "parent_id": task.parent_id,
+        "task_list_id": task.task_list_id,
+        "assignee_id": task.assignee_id or None,
+        "creator_id": task.creator_id,
         "title": task.title,
         "due_time": to_datetime(task.due_time) if task.due_time else None,
         "create_time": to_datetime(task.create_time),
@@ -156,11 +159,12 @@ def list_tasks_conditions(
     title_order_exact: bool,
 ) -> ListRequest | None:
     """ListTasks' documented errors; what the request means when it is valid."""
+    # A regular user lists the tasks of their lists (the caller's scope), of one owner's lists
+    # with `owner_id` (themself only); tokens name the scope's owner either way.
     owner = request.owner_id if request.HasField("owner_id") else None
     if owner is not None and owner != caller.id and not caller.is_admin:
         conditions.add(DENIED, "a regular user naming another owner_id")
-    if not caller.is_admin:
-        owner = caller.id
+    scope_owner = owner if owner is not None else (None if caller.is_admin else caller.id)
     if request.page_size < 0:
         conditions.add(INVALID, "negative page_size", "page_size")
     if request.status not in STATUSES and request.status != 0:
@@ -175,7 +179,7 @@ def list_tasks_conditions(
         "tasks",
         caller.id,
         request.status,
-        owner,
+        scope_owner,
         canonical(parsed) if parsed.expression is not None else None,
         ordering.name,
         ordering.descending,

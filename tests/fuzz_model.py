@@ -40,6 +40,7 @@ from tests.fuzz_rules import (
     Credential,
     Expect,
     IssuedPage,
+    Resync,
     TaskRow,
     UserRow,
     check,
@@ -60,7 +61,7 @@ DECLARED = declared_permissions()
 PUBLIC = permissions_pb2.PERMISSION_PUBLIC
 
 
-class Model(TaskOracles, ListOracles, CredentialOracles):
+class Model(ListOracles, TaskOracles, CredentialOracles):
     """Every row and credential of one example, and the oracle of every RPC."""
 
     def __init__(
@@ -88,6 +89,8 @@ class Model(TaskOracles, ListOracles, CredentialOracles):
         self.list_keys: dict[tuple[int, str], int] = {}
         self.personal_lists: dict[int, int] = {}
         self.list_pages: dict[str, tuple[int, int, bool, int]] = {}
+        self.member_pages: dict[str, tuple[int, int, int]] = {}
+        self.joins = 0
         self.cred = CredentialState()
         #: The method being modelled (what a key's caller view is for).
         self._method = ""
@@ -452,14 +455,24 @@ class Model(TaskOracles, ListOracles, CredentialOracles):
         elif request.id not in self.users:
             conditions.add(NOT_FOUND, "no such user")
 
-        def on_ok(response: Any) -> None:
+        def on_ok(response: Any) -> Resync:
             del self.users[request.id]
             self.gone_user_ids.append(request.id)
-            for task in [t for t in self.tasks.values() if t.owner_id == request.id]:
+            # Shared lists they owned go to their next OWNER (tasks too); the rest go with them.
+            gone, changed = self.forget_lists_of(request.id)
+            for task in [t for t in self.tasks.values() if t.task_list_id in gone]:
                 self._forget_task(task.id)
             self.keys = {k: v for k, v in self.keys.items() if k[0] != request.id}
-            self.forget_lists_of(request.id)
             self.forget_user_credentials(request.id)
+            kept = tuple(task_id for task_id in changed if task_id in self.tasks)
+            before = {task_id: self.tasks[task_id].etag for task_id in kept}
+
+            def rewritten() -> None:
+                # Handed on or unassigned, each is a write: its old etag no longer holds.
+                same = [task_id for task_id in kept if self.tasks[task_id].etag == before[task_id]]
+                check(not same, f"tasks {same} changed without a new etag")
+
+            return Resync(kept, frozenset({"etag", "update_time"}), then=rewritten)
 
         return conditions.expect(on_ok)
 

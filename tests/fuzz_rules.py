@@ -187,6 +187,10 @@ class TaskRow:
     task_list_id: int = 0
     creator_id: int = 0
     assignee_id: int = 0
+    #: Every list it has been in (WatchTasks may deliver its changes to their members).
+    past_lists: set[int] = field(default_factory=set)
+    #: Every owner it has had (a list handed on, or a move, changes it).
+    past_owners: set[int] = field(default_factory=set)
 
     @property
     def deleted(self) -> bool:
@@ -327,8 +331,9 @@ class Expect:
     bad_fields: frozenset[str] = frozenset()
     may_name: frozenset[str] = frozenset()
     on_ok: Callable[[Message], Resync | None] | None = None
-    #: NOT_FOUND would be for a task that is missing or another user's: the two must read alike.
-    hides_task: bool = False
+    #: NOT_FOUND would be for a task (or list) that is missing or the caller may not see: the two
+    #: must read alike ("task" or "list"; None when NOT_FOUND may be for something else too).
+    hidden: str | None = None
     #: Text a NOT_FOUND message must hold (BatchGetTasks names the first id it could not return).
     not_found_names: str | None = None
 
@@ -349,7 +354,7 @@ class Conditions:
         self.fields: set[str] = set()
         self.maybe: set[str] = set()
         self.reasons: list[str] = []
-        self.hides_task = False
+        self.hidden: set[str] = set()
         self.not_found_names: str | None = None
         #: Codes that may answer although the contract does not require them (OK stays allowed).
         self.perhaps_codes: set[grpc.StatusCode] = set()
@@ -386,7 +391,12 @@ class Conditions:
     def task_not_found(self, what: str = "task") -> None:
         """NOT_FOUND for a task that is missing or the caller may not see, told apart by nothing."""
         self.add(NOT_FOUND, f"no such {what}, or another user's")
-        self.hides_task = True
+        self.hidden.add("task")
+
+    def list_not_found(self, list_id: int) -> None:
+        """NOT_FOUND for a list that is missing or the caller may not see, told apart by nothing."""
+        self.add(NOT_FOUND, f"no task list {list_id} the caller may see")
+        self.hidden.add("list")
 
     def expect(self, on_ok: Callable[[Message], Resync | None]) -> Expect:
         """OK (checked by `on_ok`) when nothing applies, else one of the collected codes."""
@@ -402,7 +412,7 @@ class Conditions:
             self.reasons,
             frozenset(self.fields),
             frozenset(self.maybe),
-            hides_task=self.hides_task,
+            hidden=next(iter(self.hidden)) if len(self.hidden) == 1 else None,
             not_found_names=self.not_found_names,
         )
 

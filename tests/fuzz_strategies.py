@@ -15,6 +15,7 @@ the database; failures shrink towards the good values, leaving only the bad ones
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -166,8 +167,8 @@ class Pools:
     etag_of: Mapping[int, str]
     #: Password of each user's (normalised) email, for a `password` next to that `email`.
     password_of: Mapping[str, str]
-    #: Owner of each task; each owner's live tasks; live tasks by (owner, parent) sibling list.
-    owner_of: Mapping[int, int]
+    #: List of each task; each list's live tasks; live tasks by (list, parent) sibling list.
+    list_of: Mapping[int, int]
     live_of: Mapping[int, Sequence[int]]
     children: Mapping[tuple[int, int], Sequence[int]]
     #: Labels, titles and times the tasks hold, for filters that select some of them.
@@ -181,6 +182,14 @@ class Pools:
     #: API keys: the caller's own, and everyone's, for DeleteApiKey's `id`.
     own_api_key_ids: Sequence[int] = ()
     api_key_ids: Sequence[int] = ()
+    #: Task lists: the caller's, every one the example met, the caller's personal list, and each
+    #: list's members.
+    own_list_ids: Sequence[int] = ()
+    list_ids: Sequence[int] = ()
+    personal_list: int | None = None
+    members_of: Mapping[int, Sequence[int]] = dataclasses.field(default_factory=dict)
+    #: Each list's current etag, for an `etag` next to that list's `id`.
+    list_etag_of: Mapping[int, str] = dataclasses.field(default_factory=dict)
 
 
 def ints(bounds: tuple[int, int]) -> st.SearchStrategy[int]:
@@ -425,7 +434,7 @@ def permission_lists() -> st.SearchStrategy[list[int]]:
 def filters(pools: Pools) -> st.SearchStrategy[str]:
     """None, or a documented filter over the example's tasks; rarely a broken one."""
     documented = documented_filters(
-        pools.labels, pools.titles, pools.times, pools.user_ids, pools.task_ids
+        pools.labels, pools.titles, pools.times, pools.user_ids, pools.task_ids, pools.list_ids
     )
     # Mostly none, so lists run long enough for page walks; a filter narrows them.
     return mostly(mostly(st.just(""), documented), broken_filters(documented))
@@ -548,6 +557,12 @@ def _message(draw: st.DrawFn, message: Descriptor, pools: Pools, service_name: s
             value = draw(values)
             setattr(instance, field_descriptor.name, value)
             siblings[field_descriptor.name] = value
+    if message.name == "AddTaskListMemberRequest" and draw(mostly(st.just(True), st.just(False))):
+        # One of `member.user_id` and `email`, as the comment asks, most of the time.
+        if instance.member.user_id:  # type: ignore[attr-defined]
+            instance.email = ""  # type: ignore[attr-defined]
+        elif not instance.email:  # type: ignore[attr-defined]
+            instance.email = draw(emails(pools.emails))  # type: ignore[attr-defined]
     return instance
 
 
@@ -574,6 +589,9 @@ def _field_values(
         numbers = [value.number for value in field_descriptor.enum_type.values]
         unknown = [max(numbers) + 1, 99, -1, *INT32]
         named_values = st.sampled_from([n for n in numbers if n] or numbers)
+        if field_descriptor.enum_type.name == "TaskListRole":
+            # A role is required wherever it is asked for: unset is a mistake, drawn rarely.
+            return mostly(named_values, st.sampled_from([0, *unknown]))
         if parent.name.endswith("Request"):
             # On a request (a list's filter), unset means "any": the common, meaningful value.
             return mostly(mostly(st.just(0), named_values), st.sampled_from(unknown))
@@ -583,6 +601,13 @@ def _field_values(
         return st.booleans()
     if kind in _INT_RANGES:
         return _int_values(name, _INT_RANGES[kind], parent, pools, service_name, siblings)
+    if (
+        kind == FieldDescriptor.TYPE_STRING
+        and name == "etag"
+        and (service_name == "TaskListService" or parent.name == "TaskList")
+    ):
+        current = list(pools.list_etag_of.values())
+        return etags(current, [], [], pools.list_etag_of.get(siblings.get("id", 0)))  # type: ignore[arg-type]
     if kind == FieldDescriptor.TYPE_STRING:
         hint = STRING_HINTS.get(name)
         return hint(pools, siblings) if hint is not None else mostly(plain_text(), nasty_text())
@@ -607,10 +632,19 @@ def _int_values(
         # Mostly from now (0) or a recent revision, so that streams open; sometimes anything.
         return mostly(st.integers(0, 20), ints(bounds))
     me = [pools.caller_id] if pools.caller_id is not None else []
+    if name == "task_list_id" and parent.name == "Task":
+        # 0 (the personal list, or the parent's) as often as a list.
+        return st.one_of(st.just(0), list_ids(bounds, pools))
     if name == "task_list_id" or (
         name == "id" and (service_name == "TaskListService" or parent.name == "TaskList")
     ):
-        return missing_list_ids(bounds)
+        return list_ids(bounds, pools)
+    if name == "user_id" and parent.name in {
+        "UpdateTaskListMemberRequest",
+        "RemoveTaskListMemberRequest",
+    }:
+        members = pools.members_of.get(siblings.get("task_list_id", 0), ())  # type: ignore[call-overload]
+        return ids(bounds, members, pools.user_ids, pools.gone_user_ids)
     if name in {"assignee_id", "member_id"}:
         return st.one_of(st.just(0), ids(bounds, me, pools.user_ids, pools.gone_user_ids))
     if name == "id" and parent.name == "DeleteApiKeyRequest":
@@ -629,17 +663,20 @@ def _int_values(
     return ints(bounds)
 
 
-def missing_list_ids(bounds: tuple[int, int]) -> st.SearchStrategy[int]:
-    """A task list id naming no list: 0 (mostly: "none"), negative, or beyond any id handed out.
+def list_ids(bounds: tuple[int, int], pools: Pools) -> st.SearchStrategy[int]:
+    """Mostly the caller's lists, else any the example met; rarely an id naming no list.
 
-    The fuzz never names a real list, so a call about one has one documented answer; lists'
-    members, roles and trash are tested by tests/test_shared_lists*.py.
+    Never an id the model has not met: a personal list of a user the model has not yet seen
+    one of would be a list it cannot tell about.
     """
     low, high = bounds
-    return mostly(
-        st.just(0),
-        st.one_of(st.integers(max(low, -5), -1), st.integers(2**40, min(high, 2**62))),
+    missing = st.one_of(
+        st.just(0), st.integers(max(low, -5), -1), st.integers(2**40, min(high, 2**62))
     )
+    good = mostly(
+        known(pools.own_list_ids, known(pools.list_ids, missing)), known(pools.list_ids, missing)
+    )
+    return mostly(good, missing)
 
 
 def _tree_ids(
@@ -647,15 +684,20 @@ def _tree_ids(
 ) -> st.SearchStrategy[int]:
     """A parent among the owner's live tasks, or a sibling of the destination list; 0 often.
 
-    The owner is the named task's (UpdateTask, PatchTask, MoveTask), else `owner_id`, else the
-    caller; the destination list is the one under the `parent_id` drawn just before.
+    The list is the one named (MoveTask's destination, CreateTask's list), else the named
+    task's, else the caller's personal list; the destination sibling list is the one under the
+    `parent_id` drawn just before.
     """
     task_id = siblings.get("id", 0)
-    owner = pools.owner_of.get(task_id) or siblings.get("owner_id") or pools.caller_id  # type: ignore[call-overload]
+    where = (
+        siblings.get("task_list_id")
+        or pools.list_of.get(task_id)  # type: ignore[call-overload]
+        or pools.personal_list
+    )
     if name == "parent_id":
-        good: Sequence[int] = pools.live_of.get(owner, ())  # type: ignore[call-overload]
+        good: Sequence[int] = pools.live_of.get(where, ())  # type: ignore[arg-type]
     else:
-        good = pools.children.get((owner, siblings.get("parent_id", 0)), ())  # type: ignore[call-overload]
+        good = pools.children.get((where, siblings.get("parent_id", 0)), ())  # type: ignore[arg-type]
     return st.one_of(
         st.just(0),
         ids(bounds, [t for t in good if t != task_id], pools.task_ids, pools.gone_task_ids),

@@ -1,9 +1,13 @@
 """TaskService's oracles: what each task RPC must answer, restated from the proto comments.
 
-Covered: visibility (another user's task reads like a missing one), validation of every writable
-field, etags, idempotent creation, subtasks (a parent visible, of the same owner, live, no cycle,
-at most 5 levels), manual order (a new or re-parented task goes first among its siblings, a
-moved one right after `previous_id`), the trash (DeleteTask takes the live subtree, UndeleteTask
+Covered: access through lists (a task of a list the caller is not a member of reads like a
+missing one; a VIEWER reads, an EDITOR or OWNER also writes; an admin reaches every task),
+validation of every writable field, etags, idempotent creation, tasks created in a named list or
+under a parent (in the parent's list), assignees (members of the task's list only), moves to
+another list (the live subtree goes, takes the list's owner, and loses assignees who are not
+members there), subtasks (a parent visible and writable, in the same list, live, no cycle, at
+most 5 levels), manual order (a new or re-parented task goes first among its siblings, a moved
+one right after `previous_id`), the trash (DeleteTask takes the live subtree, UndeleteTask
 brings back what its DeleteTask took), complete_time following the DONE status, and lists.
 
 Side effects that no answer shows (the subtree's new etags, siblings renumbered by a move) are
@@ -50,6 +54,7 @@ from tests.fuzz_rules import (
     timestamp_problem,
     wire_task,
 )
+from tests.fuzz_shared import EDITOR, ListRow
 
 #: What a write may change besides the fields it names.
 _WRITE_LEARNS = ("etag", "update_time")
@@ -68,8 +73,27 @@ class TaskOracles:
     title_order_exact: bool
     #: The store's revision, read by the harness right before each WatchTasks call.
     current_revision: int
-    #: Each user's personal list, learned from the first answer that shows it.
+    #: Each user's personal list, learned from the first answer that shows it; every list.
     personal_lists: dict[int, int]
+    lists: dict[int, ListRow]
+
+    def role(self, caller: UserRow, list_id: int) -> int | None:
+        """The caller's role on a list (see `ListOracles.role`)."""
+        raise NotImplementedError
+
+    def member_lists(self, user_id: int) -> set[int]:
+        """The lists a user is a member of (see `ListOracles`)."""
+        raise NotImplementedError
+
+    def learn_personal_list(self, user_id: int, list_id: int, etag: str = "") -> ListRow:
+        """Record a user's personal list (see `ListOracles`)."""
+        raise NotImplementedError
+
+    def role_conditions(
+        self, caller: UserRow, list_id: int, needed: int, conditions: Conditions, what: str
+    ) -> ListRow | None:
+        """The caller's access to a list (see `ListOracles`)."""
+        raise NotImplementedError
 
     def _authenticated(self, credential: Credential) -> tuple[UserRow | None, Expect | None]:
         raise NotImplementedError
@@ -93,11 +117,19 @@ class TaskOracles:
     # --- the tree ------------------------------------------------------------------------------
 
     def visible(self, caller: UserRow, task_id: int) -> TaskRow | None:
-        """The task if the caller may see it (in the trash or not): admins see all."""
+        """The task if the caller may see it (in the trash or not): members, and admins."""
         task = self.tasks.get(task_id)
-        if task is None or not (caller.is_admin or task.owner_id == caller.id):
+        if task is None or self.role(caller, task.task_list_id) is None:
             return None
         return task
+
+    def _writable(
+        self, caller: UserRow, task: TaskRow, conditions: Conditions, what: str = "task"
+    ) -> None:
+        """PERMISSION_DENIED (TASK_LIST_ROLE_REQUIRED) for a VIEWER of a visible task's list."""
+        role = self.role(caller, task.task_list_id)
+        if role is not None and role < EDITOR:
+            conditions.add(DENIED, f"TASK_LIST_ROLE_REQUIRED: a VIEWER writing {what} {task.id}")
 
     def _ancestors(self, task: TaskRow) -> list[int]:
         """The ids above `task`, nearest first (trashed ones too)."""
@@ -122,32 +154,39 @@ class TaskOracles:
             level = [t.id for t in below]
         return found
 
-    def siblings(self, owner_id: int, parent_id: int, but: int) -> list[TaskRow]:
-        """The live tasks of one sibling list (an owner's top level, or a parent's subtasks)."""
+    def siblings(self, list_id: int, parent_id: int, but: int) -> list[TaskRow]:
+        """The live tasks of one sibling list (a list's top level, or a parent's subtasks)."""
         return [
             t
             for t in self.tasks.values()
-            if t.owner_id == owner_id and t.parent_id == parent_id and not t.deleted and t.id != but
+            if t.task_list_id == list_id
+            and t.parent_id == parent_id
+            and not t.deleted
+            and t.id != but
         ]
 
     def _parent_conditions(
         self,
         caller: UserRow,
         task: TaskRow | None,
-        owner_id: int,
+        list_id: int | None,
         parent_id: int,
         field: str,
         conditions: Conditions,
     ) -> None:
-        """The documented rules for a parent (TaskService's comment, "Parents:")."""
+        """The documented rules for a parent (TaskService's comment, "Parents:").
+
+        `list_id` is the list the task is (or goes) in; None: wherever the parent is.
+        """
         if parent_id <= 0:
             return
         parent = self.visible(caller, parent_id)
         if parent is None:
             conditions.task_not_found("parent task")
             return
-        if parent.owner_id != owner_id:
-            conditions.add(INVALID, "the parent has another owner", field, late=True)
+        self._writable(caller, parent, conditions, "under parent")
+        if list_id is not None and parent.task_list_id != list_id:
+            conditions.add(INVALID, "the parent is in another list", field, late=True)
         if parent.deleted:
             conditions.add(PRECONDITION, "the parent is in the trash")
         ancestors = self._ancestors(parent)
@@ -158,7 +197,7 @@ class TaskOracles:
 
     def _first_among_siblings(self, row: TaskRow) -> None:
         """A new or re-parented task goes first among its siblings (Task.parent_id, .position)."""
-        others = self.siblings(row.owner_id, row.parent_id, row.id)
+        others = self.siblings(row.task_list_id, row.parent_id, row.id)
         check(
             all(row.position <= other.position for other in others),
             f"task {row.id} at {row.position} is not first among "
@@ -263,7 +302,9 @@ class TaskOracles:
         row = self.visible(caller, task_id)
         if row is None:
             conditions.task_not_found()
-        elif etag and etag != row.etag:
+            return None
+        self._writable(caller, row, conditions)
+        if etag and etag != row.etag:
             conditions.add(ABORTED, "stale etag")
         return row
 
@@ -281,7 +322,11 @@ class TaskOracles:
         def on_ok(response: Any) -> None:
             check(listing is not None, "OK for a list the model could not read")
             assert listing is not None
-            ids = check_page(listing, list(self.tasks.values()), response, request.page_size)
+            scope = None if caller.is_admin else self.member_lists(caller.id)
+            candidates = [
+                task for task in self.tasks.values() if scope is None or task.task_list_id in scope
+            ]
+            ids = check_page(listing, candidates, response, request.page_size)
             for message in response.tasks:
                 self._check_task(message, self.tasks[message.id])
             if response.next_page_token:
@@ -313,18 +358,25 @@ class TaskOracles:
             conditions.add(INVALID, "request_id contains NUL", "request_id")
         key = (caller.id, request.request_id)
         earlier = self.tasks.get(self.keys.get(key, 0)) if request.request_id else None
-        if earlier is None and task.task_list_id > 0:
-            # The fuzz names only lists that do not exist (see fuzz_strategies).
-            conditions.add(NOT_FOUND, f"no task list {task.task_list_id}")
-        if earlier is None and owner not in self.users:
+        destination: ListRow | None = None
+        if earlier is None and (task.task_list_id > 0 or task.parent_id > 0):
+            destination = self._named_destination(caller, task, conditions)
+        elif earlier is None and owner not in self.users:
             conditions.add(NOT_FOUND, f"owner {owner} does not exist")
-        elif earlier is None:
-            self._parent_conditions(
-                caller, None, owner, task.parent_id, "task.parent_id", conditions
-            )
-            # A personal list's only member is its user: the one possible assignee.
-            if task.assignee_id > 0 and task.assignee_id != owner:
-                conditions.add(PRECONDITION, "the assignee is not a member of the list")
+        elif earlier is None and task.task_list_id == 0 and task.parent_id == 0:
+            known = self.personal_lists.get(owner)
+            destination = self.lists.get(known) if known is not None else None
+            # A personal list the model has not met yet has its user as its only member.
+            members = destination.members if destination is not None else {owner: 3}
+            if task.assignee_id > 0 and task.assignee_id not in members:
+                conditions.add(PRECONDITION, "ASSIGNEE_NOT_MEMBER of the personal list")
+        if (
+            destination is not None
+            and min(task.task_list_id, task.parent_id) >= 0
+            and task.assignee_id > 0
+            and task.assignee_id not in destination.members
+        ):
+            conditions.add(PRECONDITION, "ASSIGNEE_NOT_MEMBER of the list")
 
         def on_ok(response: Any) -> None:
             message = response.task
@@ -332,9 +384,18 @@ class TaskOracles:
                 self._check_task(message, earlier)
                 return
             check(message.id > 0 and message.id not in self.tasks, f"new task id {message.id}")
+            named = task.task_list_id > 0 or task.parent_id > 0
+            if not named:
+                self.learn_personal_list(owner, message.task_list_id)
+            where = destination if named else self.lists[self.personal_lists[owner]]
+            assert where is not None
+            check(
+                message.task_list_id == where.id,
+                f"task {message.id} in list {message.task_list_id}, not {where.id}",
+            )
             row = TaskRow(
                 id=message.id,
-                owner_id=owner,
+                owner_id=where.owner_id,
                 title="",
                 description="",
                 status=TODO,
@@ -347,26 +408,57 @@ class TaskOracles:
                 create_time=pair(message.create_time),
                 update_time=pair(message.update_time),
                 complete_time=None,
+                task_list_id=where.id,
                 creator_id=caller.id,
                 assignee_id=task.assignee_id,
             )
+            row.past_lists.add(where.id)
+            row.past_owners.add(where.owner_id)
             learn = self._apply_values(row, task, TASK_FIELDS, labels) | {"position"}
-            learn.add("task_list_id")
             if row.status == DONE:
                 learn.add("complete_time")
             self.tasks[row.id] = row
             self._learn(row, message, learn)
-            personal = self.personal_lists.setdefault(owner, row.task_list_id)
-            check(
-                row.task_list_id == personal,
-                f"task {row.id} in list {row.task_list_id}, not {owner}'s personal {personal}",
-            )
             self._first_among_siblings(row)
             if request.request_id:
                 self.keys[key] = row.id
                 self.request_ids.append(request.request_id)
 
         return conditions.expect(on_ok)
+
+    def _named_destination(
+        self, caller: UserRow, task: Any, conditions: Conditions
+    ) -> ListRow | None:
+        """CreateTask's list when the request names one (or a parent, whose list it is).
+
+        The server checks the owner against the list before the parent's list: when both are
+        wrong, INVALID_ARGUMENT names `owner_id`'s field, and may name the parent too.
+        """
+        parent = self.visible(caller, task.parent_id) if task.parent_id > 0 else None
+        destination: ListRow | None = None
+        if task.task_list_id > 0:
+            destination = self.role_conditions(
+                caller, task.task_list_id, EDITOR, conditions, "task list"
+            )
+            field_name = "task.owner_id"
+        elif parent is not None:
+            destination = self.lists[parent.task_list_id]
+            field_name = "task.parent_id"
+        if destination is not None:
+            if destination.deleted:
+                conditions.add(PRECONDITION, "TASK_LIST_DELETED: the list is in the trash")
+            if task.owner_id and task.owner_id != destination.owner_id:
+                conditions.add(INVALID, "owner_id is not the list's owner", field_name, late=True)
+        if task.parent_id > 0:
+            self._parent_conditions(
+                caller,
+                None,
+                task.task_list_id if task.task_list_id > 0 else None,
+                task.parent_id,
+                "task.parent_id",
+                conditions,
+            )
+        return destination
 
     def _get_task(self, credential: Credential, request: Any) -> Expect:
         caller, refused = self._authenticated(credential)
@@ -407,12 +499,29 @@ class TaskOracles:
                 )
                 return
             check(start < response.revision <= current, f"a change at {response.revision}")
-            task = response.change.task
-            if response.change.type != 5:  # PURGED carries the id only
-                watched = owner if owner is not None else (None if caller.is_admin else caller.id)
+            if response.HasField("access_change"):  # the caller gained or lost a list
+                listed = response.access_change.task_list_id
+                row = self.lists.get(listed)
                 check(
-                    watched is None or task.owner_id == watched,
+                    row is None or caller.id in row.ever,
+                    f"an access change of list {listed} to a user never its member",
+                )
+                return
+            task = response.change.task
+            known = self.tasks.get(task.id)
+            if response.change.type != 5 and owner is not None:  # PURGED carries the id only
+                owners = known.past_owners if known is not None else set()
+                check(
+                    task.owner_id == owner or owner in owners or task.id in self.gone_task_ids,
                     f"a change of user {task.owner_id}'s task",
+                )
+            elif response.change.type != 5 and not caller.is_admin:
+                # The lists the caller was ever a member of (the model knows no history).
+                ever = {row.id for row in self.lists.values() if caller.id in row.ever}
+                past = known.past_lists if known is not None else set()
+                check(
+                    task.task_list_id in ever or past & ever or task.id in self.gone_task_ids,
+                    f"a change of task {task.id} in list {task.task_list_id}, never the caller's",
                 )
 
         return conditions.expect(on_ok)
@@ -476,7 +585,7 @@ class TaskOracles:
         reparents = row is not None and "parent_id" in fields and task.parent_id != row.parent_id
         if row is not None and reparents:
             self._parent_conditions(
-                caller, row, row.owner_id, task.parent_id, "task.parent_id", conditions
+                caller, row, row.task_list_id, task.parent_id, "task.parent_id", conditions
             )
         if "assignee_id" in fields and task.assignee_id < 0:
             conditions.add(INVALID, "negative assignee_id", "task.assignee_id")
@@ -484,12 +593,9 @@ class TaskOracles:
             row is not None
             and "assignee_id" in fields
             and task.assignee_id
-            not in (
-                0,
-                row.owner_id,
-            )
+            and task.assignee_id not in self.lists[row.task_list_id].members
         ):
-            conditions.add(PRECONDITION, "the assignee is not a member of the list")
+            conditions.add(PRECONDITION, "ASSIGNEE_NOT_MEMBER of the task's list")
 
         def on_ok(response: Any) -> None:
             assert row is not None
@@ -541,7 +647,9 @@ class TaskOracles:
         elif row is not None:
             parent = self.tasks.get(row.parent_id)
             if row.trash_root != row.id or (parent is not None and parent.deleted):
-                conditions.add(PRECONDITION, "trashed with its parent, which is still there")
+                conditions.add(PRECONDITION, "trashed with its parent or list, still there")
+            if self.lists[row.task_list_id].deleted:
+                conditions.add(PRECONDITION, "TASK_LIST_DELETED: its list is in the trash")
 
         def on_ok(response: Any) -> Resync:
             assert row is not None
@@ -567,18 +675,28 @@ class TaskOracles:
         row = self._write_conditions(caller, request.id, request.etag, conditions, "id")
         if row is not None and row.deleted:
             conditions.add(PRECONDITION, "the task is in the trash")
-        if row is not None and request.HasField("task_list_id") and request.task_list_id > 0:
-            # The fuzz names only lists that do not exist (see fuzz_strategies).
-            conditions.add(NOT_FOUND, f"no task list {request.task_list_id}")
-        if row is not None and request.parent_id >= 0:
+        destination = None if row is None else self.lists[row.task_list_id]
+        moving = (
+            row is not None
+            and request.HasField("task_list_id")
+            and request.task_list_id > 0
+            and request.task_list_id != row.task_list_id
+        )
+        if moving:
+            destination = self.role_conditions(
+                caller, request.task_list_id, EDITOR, conditions, "task list"
+            )
+            if destination is not None and destination.deleted:
+                conditions.add(PRECONDITION, "TASK_LIST_DELETED: the destination is in the trash")
+        if row is not None and destination is not None and request.parent_id >= 0:
             self._parent_conditions(
-                caller, row, row.owner_id, request.parent_id, "parent_id", conditions
+                caller, row, destination.id, request.parent_id, "parent_id", conditions
             )
             previous = self.tasks.get(request.previous_id)
             if request.previous_id > 0 and (
                 previous is None
                 or previous is row
-                or previous.owner_id != row.owner_id
+                or previous.task_list_id != destination.id
                 or previous.parent_id != request.parent_id
                 or previous.deleted
             ):
@@ -586,13 +704,22 @@ class TaskOracles:
 
         def on_ok(response: Any) -> Resync:
             assert row is not None
+            assert destination is not None
+            taken = self._live_subtree(row)[1:] if moving else []
+            for task in [row, *taken]:
+                task.task_list_id = destination.id
+                task.owner_id = destination.owner_id
+                task.past_lists.add(destination.id)
+                task.past_owners.add(destination.owner_id)
+                if task.assignee_id not in destination.members:
+                    task.assignee_id = 0
             row.parent_id = request.parent_id
             self._learn(row, response.task, {*_WRITE_LEARNS, "position"})
-            others = self.siblings(row.owner_id, row.parent_id, row.id)
+            others = self.siblings(row.task_list_id, row.parent_id, row.id)
             before = [t.id for t in sorted(others, key=lambda t: (t.position, t.id))]
 
             def placed() -> None:
-                now = sorted(self.siblings(row.owner_id, row.parent_id, row.id), key=_place)
+                now = sorted(self.siblings(row.task_list_id, row.parent_id, row.id), key=_place)
                 check(
                     [t.id for t in now] == before,
                     f"a move reordered the siblings: {before} became {[t.id for t in now]}",
@@ -605,7 +732,9 @@ class TaskOracles:
                 )
 
             return Resync(
-                tuple(t.id for t in others), frozenset({*_WRITE_LEARNS, "position"}), placed
+                tuple(t.id for t in [*others, *taken]),
+                frozenset({*_WRITE_LEARNS, "position"}),
+                placed,
             )
 
         return conditions.expect(on_ok)

@@ -211,6 +211,13 @@ def test_make_bench_runs_end_to_end(tmp_path: Path) -> None:
         "Connect JSON GetTask (HTTP/1.1) / gRPC GetTask, CPU per call",
         "REST GetTask (HTTP/1.1) / gRPC GetTask, calls/s",
         "REST CreateTask (HTTP/1.1) / gRPC CreateTask, calls/s",
+        "GetTask, shared list (10 members) / GetTask, CPU per call",
+        "ListTasks first page, shared list (10 members) / ListTasks first page, CPU per call",
+    }
+    shared = {e["scenario"]: e["versus"] for e in result["shared_lists"]}
+    assert shared == {
+        "GetTask, shared list (10 members)": "GetTask",
+        "ListTasks first page, shared list (10 members)": "ListTasks first page",
     }
     edges = {e["scenario"]: e for e in result["edges"]}
     for name, grpc_name in (

@@ -1,17 +1,20 @@
 """Fuzz every RPC over the real server, on SQLite and on PostgreSQL.
 
-Each Hypothesis example starts from empty tables with an admin, two regular users, a service
-account and a few tasks (one a subtask), then makes a sequence of calls to methods drawn from
-every service in the generated descriptors, as callers drawn from those users, users it
-registers, revoked tokens, anonymous callers and forged tokens; now and then it goes on with a
-page walk it began.
+Each Hypothesis example starts from empty tables with an admin, three regular users, a service
+account, a few tasks (one a subtask) and a list Alice shares (Bob an EDITOR, Carol and the
+service account VIEWERs, a task of Bob's assigned to Alice), then makes a sequence of calls to
+methods drawn from every service in the generated descriptors, as callers drawn from those users,
+users it registers, API keys, revoked tokens, anonymous callers and forged tokens; now and then
+it goes on with a page walk it began.
 Requests are type-valid but extreme (tests/fuzz_strategies.py, tests/fuzz_filters.py); the
-model (tests/fuzz_model.py, fuzz_tasks.py, fuzz_lists.py) says which answers the proto comments
-allow. A call fails the run when it gets INTERNAL, UNKNOWN or any code the model does not allow,
-when an INVALID_ARGUMENT names a field the model finds fine or leaves out one it finds bad, or
-when an OK answer disagrees with the model; side effects no answer shows (a trashed subtree,
-renumbered siblings) are read back and may change nothing else. After the calls every row in
-the database must agree with the last OK answer about it: failed calls wrote nothing.
+model (tests/fuzz_model.py, fuzz_tasks.py, fuzz_lists.py, fuzz_shared.py) knows every list's
+members and roles and says which answers the proto comments allow each caller. A call fails the
+run when it gets INTERNAL, UNKNOWN or any code the model does not allow, when an
+INVALID_ARGUMENT names a field the model finds fine or leaves out one it finds bad, or when an
+OK answer disagrees with the model; side effects no answer shows (a trashed subtree, renumbered
+siblings, tasks unassigned or handed to a list's next owner) are read back and may change
+nothing else. After the calls every row in the database (users, tasks, lists and their members)
+must agree with the last OK answer about it: failed calls wrote nothing.
 
 `make test` runs a small fixed budget, derandomized, so CI is deterministic. `make fuzz` runs
 FUZZ_EXAMPLES examples from a random FUZZ_SEED it prints; `make fuzz FUZZ_SEED=<seed>` repeats one.
@@ -51,6 +54,8 @@ from taskservice.db.models import (
     Task,
     TaskCreateRequest,
     TaskLabel,
+    TaskList,
+    TaskListMember,
     ThrottleCounter,
     User,
 )
@@ -59,6 +64,8 @@ from taskservice.services.users import NO_PASSWORD
 from taskservice.v1 import (
     api_key_service_pb2,
     permissions_pb2,
+    task_list_pb2,
+    task_list_service_pb2,
     task_pb2,
     task_service_pb2,
     user_service_pb2,
@@ -90,7 +97,7 @@ CALL_TIMEOUT_SECONDS = 60.0
 #: Codes that are never a right answer to any request.
 NEVER = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 #: Methods drawn more often than others: they make the rows the rest work on.
-WEIGHTS = {"CreateTask": 3, "Register": 2}
+WEIGHTS = {"CreateTask": 3, "Register": 2, "AddTaskListMember": 2}
 #: Tasks every example starts with: (owner's index among admin, alice, bob; title; parent's
 #: index in this list or None). Alice's second task is a subtask of her first.
 SEED_TASKS = (
@@ -99,6 +106,8 @@ SEED_TASKS = (
     (1, "alice's subtask", 1),
     (2, "bob's task", None),
 )
+#: The title of the list Alice shares in every example.
+SEED_LIST_TITLE = "the team's list"
 #: The display name of the service account every example starts with.
 SEED_SERVICE_ACCOUNT = "the report robot"
 #: Database collations in which titles sort by code point, as the model sorts them.
@@ -226,12 +235,14 @@ class Harness:
             self.title_order_exact = collation in CODE_POINT_COLLATIONS
 
     async def reset(self) -> None:
-        """Empty tables, then an admin and two regular users, as the model knows them."""
+        """Empty tables, then an admin and three regular users, as the model knows them."""
         async with self.app.database.write() as session:
             for table in (
                 TaskCreateRequest,
                 TaskLabel,
                 Task,
+                TaskListMember,
+                TaskList,
                 ApiKey,
                 RefreshToken,
                 AuditEvent,
@@ -248,6 +259,7 @@ class Harness:
             admin,
             await register(self.stubs, "alice@example.com"),
             await register(self.stubs, "bob@example.com"),
+            await register(self.stubs, "carol@example.com"),
         ]
         credentials = []
         for account in accounts:
@@ -289,17 +301,64 @@ class Harness:
             created = await self.call(Call(create_key, credentials[0], key_request))
             assert isinstance(created, api_key_service_pb2.CreateApiKeyResponse)
             self.model.add_key(created.api_key.id, created.secret)
+        await self._share_a_list(credentials, robot)
+
+    async def _share_a_list(self, credentials: list[Credential], robot: int) -> None:
+        """Alice's shared list: Bob an EDITOR (by email), Carol and the robot VIEWERs (by id).
+
+        Bob makes a task there, assigned to Alice, so that the first calls already meet a list
+        with members of every role; all through the same checked path as every other call.
+        """
+        rpc = {r.method.name: r for r in RPCS}
+        alice, bob = credentials[1], credentials[2]
+        created = await self.call(
+            Call(
+                rpc["CreateTaskList"],
+                alice,
+                task_list_service_pb2.CreateTaskListRequest(
+                    task_list=task_list_pb2.TaskList(title=SEED_LIST_TITLE)
+                ),
+            )
+        )
+        assert isinstance(created, task_list_service_pb2.CreateTaskListResponse)
+        list_id = created.task_list.id
+        carol = credentials[3].user_id or 0
+        for member, email, role in (
+            (0, "bob@example.com", task_list_pb2.TASK_LIST_ROLE_EDITOR),
+            (carol, "", task_list_pb2.TASK_LIST_ROLE_VIEWER),
+            (robot, "", task_list_pb2.TASK_LIST_ROLE_VIEWER),
+        ):
+            added = await self.call(
+                Call(
+                    rpc["AddTaskListMember"],
+                    alice,
+                    task_list_service_pb2.AddTaskListMemberRequest(
+                        task_list_id=list_id,
+                        member=task_list_pb2.TaskListMember(user_id=member, role=role),
+                        email=email,
+                    ),
+                )
+            )
+            assert added is not None
+        task = task_pb2.Task(
+            title="the team's task", task_list_id=list_id, assignee_id=alice.user_id or 0
+        )
+        made = await self.call(
+            Call(rpc["CreateTask"], bob, task_service_pb2.CreateTaskRequest(task=task))
+        )
+        assert made is not None
 
     def pools(self, credential: Credential) -> Pools:
         """What the model has met, seen from the caller, for the strategies to reuse."""
         model = self.model
         caller = model.caller(credential)
         caller_id = None if caller is None else caller.id
+        mine = model.member_lists(caller_id) if caller_id is not None else set()
         return Pools(
             caller_id=caller_id,
-            own_task_ids=[t.id for t in model.tasks.values() if t.owner_id == caller_id],
+            own_task_ids=[t.id for t in model.tasks.values() if t.task_list_id in mine],
             own_trashed_ids=[
-                t.id for t in model.tasks.values() if t.owner_id == caller_id and t.deleted
+                t.id for t in model.tasks.values() if t.task_list_id in mine and t.deleted
             ],
             refresh_tokens=list(model.cred.refresh_tokens),
             own_api_key_ids=[k.id for k in model.cred.api_keys.values() if k.user_id == caller_id],
@@ -321,17 +380,26 @@ class Harness:
                 for user in model.users.values()
                 if user.password is not None
             },
-            owner_of={task.id: task.owner_id for task in model.tasks.values()},
+            list_of={task.id: task.task_list_id for task in model.tasks.values()},
             live_of={
-                owner: [t.id for t in model.tasks.values() if t.owner_id == owner and not t.deleted]
-                for owner in model.users
+                list_id: [
+                    t.id
+                    for t in model.tasks.values()
+                    if t.task_list_id == list_id and not t.deleted
+                ]
+                for list_id in model.lists
             },
             children={
-                (task.owner_id, task.parent_id): [
-                    t.id for t in model.siblings(task.owner_id, task.parent_id, 0)
+                (task.task_list_id, task.parent_id): [
+                    t.id for t in model.siblings(task.task_list_id, task.parent_id, 0)
                 ]
                 for task in model.tasks.values()
             },
+            own_list_ids=sorted(model.member_lists(caller_id)) if caller_id is not None else [],
+            list_ids=list(model.lists),
+            personal_list=model.personal_lists.get(caller_id) if caller_id is not None else None,
+            members_of={row.id: list(row.members) for row in model.lists.values()},
+            list_etag_of={row.id: row.etag for row in model.lists.values() if row.etag},
             labels=sorted({label for task in model.tasks.values() for label in task.labels}),
             titles=sorted({task.title for task in model.tasks.values()}),
             times=sorted(
@@ -466,10 +534,10 @@ class Harness:
         reason, fields = _error_details(error)
         if not reason:
             self.fail(call, expect, f"{code.name} without an ErrorInfo reason")
-        if code == NOT_FOUND and expect.hides_task:
-            # "the same message" for another user's task as for a missing one: no oracle.
+        if code == NOT_FOUND and expect.hidden is not None:
+            # "the same message" for another user's task (or list) as for a missing one.
             said = (error.details() or "", reason)
-            if self.task_not_found.setdefault("first", said) != said:
+            if self.task_not_found.setdefault(expect.hidden, said) != said:
                 self.fail(call, expect, f"NOT_FOUND {said}, elsewhere {self.task_not_found}")
         named = expect.not_found_names
         if code == NOT_FOUND and named is not None and not names_id(error.details() or "", named):
@@ -553,6 +621,8 @@ class Harness:
                 (k.user_id, k.request_id): k.task_id
                 for k in (await session.scalars(select(TaskCreateRequest))).all()
             }
+            stored_lists = list((await session.scalars(select(TaskList))).all())
+            memberships = list((await session.scalars(select(TaskListMember))).all())
         want_users = {
             u.id: (u.email, u.is_active, u.is_admin, u.kind, u.display_name, list(u.permissions))
             for u in model.users.values()
@@ -585,6 +655,30 @@ class Harness:
         }
         self._agree("tasks", rendered, want_tasks)
         self._agree("idempotency keys", keys, model.keys)
+        # Every list the model met, with its members and roles; personal lists it has not met
+        # are the only others.
+        got_lists = {
+            row.id: (row.owner_id, row.title, row.description, row.personal, row.delete_time)
+            for row in stored_lists
+            if row.id in model.lists or not row.personal
+        }
+        want_lists = {
+            row.id: (row.owner_id, row.title, row.description, row.personal, row.deleted)
+            for row in model.lists.values()
+        }
+        got_lists = {
+            list_id: (*values[:4], values[4] is not None) for list_id, values in got_lists.items()
+        }
+        self._agree("task lists", got_lists, want_lists)
+        got_members = {
+            (m.task_list_id, m.user_id): m.role for m in memberships if m.task_list_id in want_lists
+        }
+        want_members = {
+            (row.id, user): role
+            for row in model.lists.values()
+            for user, role in row.members.items()
+        }
+        self._agree("task list members", got_members, want_members)
 
     def _agree(self, what: str, got: dict[Any, Any], want: dict[Any, Any]) -> None:
         if got == want:

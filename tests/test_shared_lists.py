@@ -25,6 +25,7 @@ from tests.watching import read_until
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+ABORTED = grpc.StatusCode.ABORTED
 VIEWER = lists_pb.TASK_LIST_ROLE_VIEWER
 EDITOR = lists_pb.TASK_LIST_ROLE_EDITOR
 OWNER = lists_pb.TASK_LIST_ROLE_OWNER
@@ -259,7 +260,8 @@ async def test_deleting_an_assignee_unassigns_their_tasks_as_a_recorded_change(
 ) -> None:
     """A deleted user's assignments in lists that outlive them are cleared like a removal's.
 
-    Each task gets a new etag, and its list's members see the change on their streams.
+    Each task gets a new etag (the old one no longer writes), and its list's members see the
+    change on their streams.
     """
     admin = await make_admin(app, stubs)
     task = await _task(stubs, team.editor, task_list_id=team.task_list.id)
@@ -291,6 +293,11 @@ async def test_deleting_an_assignee_unassigns_their_tasks_as_a_recorded_change(
         )
         # (The assignment itself may come first: a change is numbered just after its commit.)
         assert seen[-1].change.task == after.task
+        stale = pb.PatchTaskRequest(
+            task=task_pb2.Task(id=task.id, title="stale", etag=assigned.task.etag),
+            update_mask=FieldMask(paths=["title"]),
+        )
+        await fails(stubs.tasks.PatchTask(stale, metadata=team.editor.metadata), ABORTED)
     finally:
         stream.cancel()
 

@@ -588,8 +588,10 @@ async def hand_over_lists(session: AsyncSession, user_id: int) -> None:
     """Before a user is deleted: hand each shared list they own first to its next owner.
 
     The list's tasks go with it. A list with no other owner goes with the user (the foreign
-    keys cascade), as their personal list does; their memberships of other lists go too, and
-    their assignments there are cleared, each a recorded change.
+    keys cascade), as their personal list does; their memberships of other lists go too. Their
+    assignments in the lists that stay are cleared here, as a write of each task (a new etag, a
+    recorded change), as removing a member clears them: the foreign key's SET NULL would change
+    the task under an etag that no longer describes it.
     """
     owned = await session.scalars(
         select(TaskList)
@@ -601,15 +603,10 @@ async def hand_over_lists(session: AsyncSession, user_id: int) -> None:
         if membership is not None:
             await session.delete(membership)
         await _settle_owner(session, task_list)
-    # Their assignments in the lists that outlive them are cleared as a removal clears them
-    # (a new version, so a new etag and a recorded change), not left to the foreign key's
-    # SET NULL, which would change the tasks behind their etags.
+    # Tasks still owned by the user are in the lists that go with them.
     await session.execute(
         update(Task)
-        .where(
-            Task.assignee_id == user_id,
-            Task.task_list_id.not_in(select(TaskList.id).where(TaskList.owner_id == user_id)),
-        )
+        .where(Task.assignee_id == user_id, Task.owner_id != user_id)
         .values(assignee_id=None, version=Task.version + 1, update_time=utcnow()),
         execution_options={"synchronize_session": False},
     )
