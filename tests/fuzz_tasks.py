@@ -484,20 +484,51 @@ class TaskOracles:
             conditions.add(DENIED, "a regular user watching another owner")
         if request.start_revision < 0:
             conditions.add(INVALID, "start_revision negative", "start_revision")
+        if request.max_changes_per_response < 0:
+            conditions.add(INVALID, "negative", "max_changes_per_response")
         _filter(request.filter, conditions)
         current = self.current_revision
         if request.start_revision > current and INVALID not in conditions.codes:
             conditions.add(OUT_OF_RANGE, f"start_revision beyond the current {current}")
         start = request.start_revision or current
 
+        batching = request.max_changes_per_response > 1
+
         def on_ok(response: Any) -> None:
-            if not response.HasField("change"):  # the bookmark that follows any history
+            check(
+                batching or not response.events,
+                "events in a response to a client that does not batch",
+            )
+            check(
+                not batching
+                or not (response.HasField("change") or response.HasField("access_change")),
+                "a change outside `events` for a client that batches",
+            )
+            if batching and response.events:
+                check(
+                    len(response.events) <= min(request.max_changes_per_response, 1000),
+                    f"{len(response.events)} events in one response",
+                )
+                revisions = [event.revision for event in response.events]
+                check(
+                    revisions == sorted(set(revisions)) and revisions[-1] == response.revision,
+                    f"events at {revisions} in a response at {response.revision}",
+                )
+                for event in response.events:
+                    one_change(event)
+                return
+            if not (response.HasField("change") or response.HasField("access_change")):
+                # The bookmark that follows any history.
                 check(start <= response.revision <= current, f"bookmark {response.revision}")
                 check(
                     request.start_revision or response.revision == current,
                     "a watch from now opens with a bookmark at the current revision",
                 )
                 return
+            one_change(response)
+
+        def one_change(response: Any) -> None:
+            """A change (a response's, or a batch's event): revision, list and owner bounds."""
             check(start < response.revision <= current, f"a change at {response.revision}")
             if response.HasField("access_change"):  # the caller gained or lost a list
                 listed = response.access_change.task_list_id
