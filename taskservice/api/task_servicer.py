@@ -6,7 +6,8 @@ The HTTP edge calls these same methods with no gRPC context (None), so they neve
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Generic, TypeVar
 
 import grpc
 
@@ -24,6 +25,8 @@ from taskservice.v1 import task_pb2, task_service_pb2_grpc
 from taskservice.v1 import task_service_pb2 as pb
 from taskservice.watch.changes import Change
 from taskservice.watch.streams import Bookmark, Watches
+
+_Message = TypeVar("_Message")
 
 
 class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
@@ -200,47 +203,45 @@ class _WatchResponses:
 
     def __init__(self) -> None:
         # By revision and type: a member's stream may see a change in its hidden form.
-        self._by_revision: OrderedDict[tuple[int, int], pb.WatchTasksResponse] = OrderedDict()
-        self._events: OrderedDict[tuple[int, int], pb.WatchTasksEvent] = OrderedDict()
-        self._single: OrderedDict[tuple[int, int], pb.WatchTasksResponse] = OrderedDict()
+        self._responses: _Kept[pb.WatchTasksResponse] = _Kept()
+        self._events: _Kept[pb.WatchTasksEvent] = _Kept()
+        self._single: _Kept[pb.WatchTasksResponse] = _Kept()
 
     def get(self, item: Change) -> pb.WatchTasksResponse:
         """The response of one change, in `change` or `access_change` (shared)."""
-        key = (item.revision, item.type)
-        response = self._by_revision.get(key)
-        if response is None:
-            response = pb.WatchTasksResponse(**_change_fields(item))
-            _keep(self._by_revision, key, response)
-        return response
+        return self._responses.get(item, lambda: pb.WatchTasksResponse(**_change_fields(item)))
 
     def batch(self, items: list[Change]) -> pb.WatchTasksResponse:
         """The response of changes in `events`: shared when it is one change, else new."""
         if len(items) == 1:
-            key = (items[0].revision, items[0].type)
-            response = self._single.get(key)
-            if response is None:
-                response = pb.WatchTasksResponse(
-                    revision=items[0].revision, events=[self._event(items[0])]
-                )
-                _keep(self._single, key, response)
-            return response
+            item = items[0]
+            return self._single.get(
+                item,
+                lambda: pb.WatchTasksResponse(revision=item.revision, events=[self._event(item)]),
+            )
         return pb.WatchTasksResponse(
             revision=items[-1].revision, events=[self._event(item) for item in items]
         )
 
     def _event(self, item: Change) -> pb.WatchTasksEvent:
+        return self._events.get(item, lambda: pb.WatchTasksEvent(**_change_fields(item)))
+
+
+class _Kept(Generic[_Message]):
+    """The newest WATCH_RESPONSES_KEPT messages made for changes, by revision and type."""
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[tuple[int, int], _Message] = OrderedDict()
+
+    def get(self, item: Change, make: Callable[[], _Message]) -> _Message:
+        """The message kept for `item`, or `make()`'s, kept from now on."""
         key = (item.revision, item.type)
-        event = self._events.get(key)
-        if event is None:
-            event = pb.WatchTasksEvent(**_change_fields(item))
-            _keep(self._events, key, event)
-        return event
-
-
-def _keep(kept: OrderedDict[tuple[int, int], object], key: tuple[int, int], value: object) -> None:
-    kept[key] = value
-    if len(kept) > WATCH_RESPONSES_KEPT:
-        kept.popitem(last=False)
+        message = self._kept.get(key)
+        if message is None:
+            message = self._kept[key] = make()
+            if len(self._kept) > WATCH_RESPONSES_KEPT:
+                self._kept.popitem(last=False)
+        return message
 
 
 def _change_fields(item: Change) -> dict[str, object]:
