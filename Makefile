@@ -40,17 +40,18 @@ migrate: install ## Apply database migrations.
 
 # Suites that drive whole processes or run long (the benchmark harness against h2load, every
 # command in the documents, real PostgreSQL standbys failing over, the CLI's servers and
-# workers, a headless browser, tracing to a real OTLP receiver, the randomized fuzz) run in
+# workers, a headless browser, tracing to a real OTLP receiver, the randomized fuzz, the shared
+# lists' role matrix of every RPC on both edges) run in
 # `make test-slow`, so `make test` stays under ten minutes on two cores; CI runs both.
 SLOW_SUITES := tests/test_bench.py tests/test_docs.py tests/test_failover.py tests/test_cli.py \
-	tests/test_browser.py tests/test_tracing.py tests/test_fuzz.py
+	tests/test_browser.py tests/test_tracing.py tests/test_fuzz.py tests/test_shared_lists_roles.py
 
 .PHONY: test
 test: install web ## Run the test suite (SQLite and PostgreSQL), all but the slow suites.
 	$(UV) run --locked pytest $(addprefix --ignore=,$(SLOW_SUITES)) $(PYTEST_ARGS)
 
 .PHONY: test-slow
-test-slow: install web ## The slow suites: bench, docs' commands, failover, CLI, browser, tracing, fuzz.
+test-slow: install web ## The slow suites: bench, docs' commands, failover, CLI, browser, tracing, fuzz, role matrix.
 	$(UV) run --locked pytest $(SLOW_SUITES) $(PYTEST_ARGS)
 
 # A random seed unless FUZZ_SEED is given; the seed is printed so a failing run can be repeated.
