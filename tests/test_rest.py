@@ -524,6 +524,36 @@ async def test_paths_redirect_and_refuse_as_fastapi_does(http: httpx.AsyncClient
     assert wrong_method.json() == {"detail": "Method Not Allowed"}
 
 
+async def test_near_misses_of_a_route_are_answered_as_fastapi_does(
+    http: httpx.AsyncClient,
+) -> None:
+    """Requests next to a route (a method it lacks, one segment more, a trailing slash, HEAD)."""
+    user = await rest_register(http)
+    headers = auth(user["access_token"])
+    created = await http.post(f"{API}/tasks/", json={"title": "near"}, headers=headers)
+    task_id = created.json()["id"]
+    slash = await http.get(f"{API}/tasks/{task_id}/", headers=headers)
+    assert slash.status_code == 307
+    assert slash.headers["location"].endswith(f"{API}/tasks/{task_id}")
+    deeper = await http.get(f"{API}/tasks/{task_id}/more", headers=headers)
+    assert (deeper.status_code, deeper.json()) == (404, {"detail": "Not Found"})
+    post_to_task = await http.post(f"{API}/tasks/{task_id}", json={}, headers=headers)
+    assert post_to_task.status_code == 405
+    assert set(post_to_task.headers["allow"].split(", ")) == {
+        "GET",
+        "HEAD",
+        "PUT",
+        "PATCH",
+        "DELETE",
+    }
+    # `me` is a path of its own for GET only; PATCH reaches `/users/{user_id}` (admins only).
+    patch_me = await http.patch(f"{API}/users/me", json={}, headers=headers)
+    assert (patch_me.status_code, patch_me.json()) == (403, {"detail": "Insufficient permissions"})
+    head = await http.head("/health")
+    assert (head.status_code, head.content) == (200, b"")
+    assert (await http.get(f"{API}/tasks/{task_id}", headers=headers)).json()["id"] == task_id
+
+
 async def test_health_answers_as_the_original(app: Application, http: httpx.AsyncClient) -> None:
     health = await http.get("/health")
     assert health.status_code == 200
