@@ -399,6 +399,49 @@ async def test_h2c_with_prior_knowledge_serves_connect(app: Application) -> None
         assert web.grpc_status == grpc.StatusCode.UNAUTHENTICATED.value[0]
 
 
+async def test_answers_sent_before_the_body_is_read_keep_the_http2_connection(
+    app: Application,
+) -> None:
+    """A refusal sent while the client still sends its body: that body must not end the connection.
+
+    The refused calls (no token; a body over MAX_MESSAGE_BYTES) are answered before their
+    bodies are read, so the body's late DATA frames reach a closed stream; the connection and
+    the calls multiplexed on it go on.
+    """
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{app.http_port}", http1=False, http2=True
+    ) as http:
+        email = unique_email()
+        signed_in = await connect_json(
+            http, f"{AUTH}/Register", {"email": email, "password": PASSWORD}
+        )
+        token = signed_in.json()["accessToken"]
+        title = "x" * 200_000
+        oversized = "x" * (app.settings.max_message_bytes + 1)
+
+        async def refused() -> list[int]:
+            no_token = await connect_json(http, f"{TASKS}/CreateTask", {"task": {"title": title}})
+            rest_no_token = await http.post("/api/v1/tasks/", json={"title": title})
+            too_big = await connect_json(
+                http, f"{TASKS}/CreateTask", {"task": {"title": oversized}}, **auth_headers(token)
+            )
+            return [no_token.status_code, rest_no_token.status_code, too_big.status_code]
+
+        async def served() -> int:
+            login = await connect_json(
+                http, f"{AUTH}/Login", {"email": email, "password": PASSWORD}
+            )
+            return login.status_code
+
+        statuses, login = await asyncio.gather(refused(), served())
+        assert statuses[:2] == [401, 401]
+        assert statuses[2] in (413, 429)
+        assert login == 200
+        after = await connect_json(http, f"{USERS}/GetMe", {}, **auth_headers(token))
+        assert (after.status_code, after.json()["user"]["email"]) == (200, email)
+        assert after.http_version == "HTTP/2"
+
+
 async def test_each_call_is_logged_and_measured_once_with_its_protocol(
     app: Application, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -247,6 +247,23 @@ async def test_the_http_edge_serves_tls_too_with_http2_by_alpn(
             await plain.post(f"http://127.0.0.1:{tls_app.http_port}{_HEALTH}", json={})
 
 
+async def test_an_answer_before_the_body_keeps_the_http2_connection_over_tls(
+    tls_app: Application, pki: Pki, tmp_path: Path
+) -> None:
+    """A 401 sent while a browser-like client still sends its body leaves the connection up."""
+    async with _https(tls_app, pki, None, tmp_path) as http:
+        for _ in range(3):
+            connect = await http.post(
+                "/taskservice.v1.TaskService/CreateTask", json={"task": {"title": "x" * 200_000}}
+            )
+            assert (connect.status_code, connect.json()["code"]) == (401, "unauthenticated")
+            rest = await http.post("/api/v1/tasks/", json={"title": "x" * 200_000})
+            assert (rest.status_code, rest.json()) == (401, {"detail": "Not authenticated"})
+        health = await http.post(_HEALTH, json={"service": "liveness"})
+    assert health.json() == {"status": "SERVING"}
+    assert health.http_version == "HTTP/2"
+
+
 async def test_the_http_edge_needs_a_client_certificate_under_mutual_tls(
     mtls_app: Application, pki: Pki, tmp_path: Path
 ) -> None:

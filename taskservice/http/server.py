@@ -20,7 +20,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from taskservice.config import Settings
-from taskservice.http import peer_certificate
+from taskservice.http import late_request_data, peer_certificate
 from taskservice.http.app import ASGIApp
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def _config(settings: Settings, sock: socket.socket) -> Config:
     config.include_server_header = False
     config.accesslog = None  # taskservice.access logs each call
     config.errorlog = logging.getLogger("hypercorn.error")
+    late_request_data.install()  # an early answer over HTTP/2 must not drop the connection
     if settings.tls_cert_file is not None and settings.tls_key_file is not None:
         config.certfile = str(settings.tls_cert_file)
         config.keyfile = str(settings.tls_key_file)
