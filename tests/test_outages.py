@@ -230,7 +230,7 @@ async def test_a_server_started_while_the_database_is_away_serves_when_it_comes(
 async def test_a_watch_stream_rides_through_a_short_outage(
     pg_database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="taskservice.watch.streams")
+    caplog.set_level(logging.INFO, logger="taskservice.watch.credentials")
     proxy, proxied_url = await TcpProxy.before_database(pg_database_url)
     settings = make_settings(
         proxied_url, db_connect_timeout_seconds=1.0, watch_bookmark_seconds=0.2
