@@ -63,8 +63,8 @@ class _Credential:
 class CredentialChecks:
     """Checks the credential of every open stream once per AUTH_RECHECK_SECONDS, in one pass.
 
-    Started and stopped with the server. `checks_total` and `passes_total` count what it did,
-    for metrics and tests.
+    Started and stopped with the server. `checks_total`, `passes_total` (complete passes) and
+    `checks_last_pass` tell what it did.
     """
 
     def __init__(self, interval: float = AUTH_RECHECK_SECONDS) -> None:
@@ -75,6 +75,8 @@ class CredentialChecks:
         self.checks_total = 0
         #: Passes made since start.
         self.passes_total = 0
+        #: Credentials the last complete pass checked.
+        self.checks_last_pass = 0
 
     @property
     def credentials(self) -> int:
@@ -140,13 +142,13 @@ class CredentialChecks:
         costs a pass RECHECK_TIMEOUT_SECONDS, not that much per credential. The longest
         unconfirmed go first, so a pass cut short reaches the others first next time.
         """
-        self.passes_total += 1
         away = False
-        tolerated = ended = 0
+        checked = tolerated = ended = 0
         for key, credential in sorted(self._credentials.items(), key=lambda c: c[1].confirmed):
             if self._credentials.get(key) is not credential:
                 continue  # its last stream left during the pass
             self.checks_total += 1
+            checked += 1
             try:
                 async with asyncio.timeout(0 if away else RECHECK_TIMEOUT_SECONDS):
                     principal = await credential.check()
@@ -172,6 +174,8 @@ class CredentialChecks:
                         authorize_watch(principal, owner_id)
                     except PermissionDenied as denied:
                         subscription.end(denied)
+        self.passes_total += 1
+        self.checks_last_pass = checked
         if tolerated:
             logger.info(
                 "watch streams: the database is unavailable; the stream stays open for up to "
