@@ -13,10 +13,10 @@ measures. In order:
 2. `--watchers` streams of one user opened (spread over the clients); the server's RSS growth
    over the streams opened is the memory per idle watcher.
 3. The server's CPU over a few seconds with every stream idle (printed per second), then the
-   same writes again,
-   paced: for each (write, watcher) pair the time from the call's OK (and from its sending,
-   which bounds commit-to-event from above) to the event's arrival; the server's CPU over the
-   writes less its idle CPU over as long is the CPU per change; and the writes' own p50.
+   same writes again, paced: for each (write, watcher) pair the time from the call's OK (and
+   from its sending, which bounds commit-to-event from above) to the event's arrival; the
+   server's CPU over the writes less its idle CPU over as long is the CPU per change; and the
+   writes' own p50.
 4. Every stream closed, and the RSS read; with `--cycles N`, open and close N times in all and
    report each cycle's peak and the RSS after it.
 
