@@ -7,6 +7,7 @@ check, and a key holding every other permission is refused with PERMISSION_MISSI
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -30,7 +31,7 @@ from tests.helpers import PASSWORD, Account, bearer, fails, make_admin, register
 from tests.http_client import grpc_web, grpc_web_failure
 from tests.test_migrations import _USER, _execute, _fetch
 from tests.test_permissions import _without
-from tests.watching import changes, ended_with, read_until
+from tests.watching import DEADLINE, changes, ended_with, read_until
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -301,6 +302,42 @@ async def test_a_demotion_ends_only_the_keys_streams_it_no_longer_allows(
         ),
         metadata=admin.metadata,
     )
+    _, error = await ended_with(every)
+    assert error.code() == DENIED
+    task = await _create_task(stubs, machine)
+    seen = changes(await read_until(own, lambda r: len(changes(r)) == 1))
+    assert seen[0].change.task.id == task.id
+    own.cancel()
+
+
+async def test_a_stream_opened_during_a_promotion_ends_with_the_demotion(
+    app: Application, stubs: Stubs, admin: Account
+) -> None:
+    """The key's other stream had its rights checked before: the newcomer's are checked too."""
+    checks = app.stream_credentials
+    assert checks is not None
+    user = await register(stubs)
+    _, machine = await _key(stubs, user)
+    own = stubs.tasks.WatchTasks(tasks_pb.WatchTasksRequest(), metadata=machine.metadata)
+    await own.read()
+    passes = checks.passes_total
+    async with asyncio.timeout(DEADLINE):  # a pass has found the key's user a regular user
+        while checks.passes_total < passes + 2:  # noqa: ASYNC110 - polled under a deadline
+            await asyncio.sleep(0.05)
+
+    async def set_admin(is_admin: bool) -> None:
+        await stubs.users.UpdateUser(
+            users_pb.UpdateUserRequest(
+                user={"id": user.user.id, "is_admin": is_admin},
+                update_mask={"paths": ["is_admin"]},
+            ),
+            metadata=admin.metadata,
+        )
+
+    await set_admin(True)
+    every = stubs.tasks.WatchTasks(tasks_pb.WatchTasksRequest(), metadata=machine.metadata)
+    await every.read()
+    await set_admin(False)
     _, error = await ended_with(every)
     assert error.code() == DENIED
     task = await _create_task(stubs, machine)

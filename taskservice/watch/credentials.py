@@ -48,7 +48,7 @@ Check = Callable[[], Awaitable[Principal]]
 class _Credential:
     """One credential of the open streams: how to check it, and the streams presenting it."""
 
-    __slots__ = ("check", "confirmed", "principal", "streams")
+    __slots__ = ("check", "confirmed", "joined", "principal", "streams")
 
     def __init__(self, check: Check) -> None:
         self.check = check
@@ -58,6 +58,9 @@ class _Credential:
         self.confirmed = time.monotonic()
         #: The caller its last check found; None: every stream's rights are checked next time.
         self.principal: Principal | None = None
+        #: Streams added since the last check: their rights are checked at the next one even
+        #: if the caller is the one the last check found (they started under their own).
+        self.joined: list[Subscription] = []
 
 
 class CredentialChecks:
@@ -109,9 +112,7 @@ class CredentialChecks:
             credential = self._credentials[key] = _Credential(check)
         else:
             credential.confirmed = time.monotonic()
-            # The newcomer was allowed under the caller of its own start: check its rights at
-            # the next pass even if the caller then is the one the last pass found.
-            credential.principal = None
+            credential.joined.append(subscription)
         credential.streams[subscription] = owner_id
 
     def discard(self, check: Check, subscription: Subscription) -> None:
@@ -149,6 +150,7 @@ class CredentialChecks:
                 continue  # its last stream left during the pass
             self.checks_total += 1
             checked += 1
+            joined = len(credential.joined)  # those joining during the check wait for the next
             try:
                 async with asyncio.timeout(0 if away else RECHECK_TIMEOUT_SECONDS):
                     principal = await credential.check()
@@ -167,13 +169,21 @@ class CredentialChecks:
                     ended += _end(credential, None)
                 continue
             credential.confirmed = time.monotonic()
-            if principal != credential.principal:
+            if principal != credential.principal:  # every stream's rights, once per change
                 credential.principal = principal
-                for subscription, owner_id in list(credential.streams.items()):
-                    try:
-                        authorize_watch(principal, owner_id)
-                    except PermissionDenied as denied:
-                        subscription.end(denied)
+                to_authorize = list(credential.streams.items())
+            else:  # only the newcomers'
+                to_authorize = [
+                    (newcomer, credential.streams[newcomer])
+                    for newcomer in credential.joined[:joined]
+                    if newcomer in credential.streams
+                ]
+            del credential.joined[:joined]
+            for subscription, owner_id in to_authorize:
+                try:
+                    authorize_watch(principal, owner_id)
+                except PermissionDenied as denied:
+                    subscription.end(denied)
         self.passes_total += 1
         self.checks_last_pass = checked
         if tolerated:
