@@ -12,10 +12,11 @@ measures. In order:
    compare with.
 2. `--watchers` streams of one user opened (spread over the clients); the server's RSS growth
    over the streams opened is the memory per idle watcher.
-3. The server's CPU over a few seconds with every stream idle, then the same writes again,
-   paced: for each (write, watcher) pair the time from the call's OK (and from its sending,
-   which bounds commit-to-event from above) to the event's arrival; the server's CPU over the
-   writes less its idle CPU over as long is the CPU per change; and the writes' own p50.
+3. The server's CPU over a few seconds with every stream idle (printed per second), then the
+   same writes again, paced: for each (write, watcher) pair the time from the call's OK (and
+   from its sending, which bounds commit-to-event from above) to the event's arrival; the
+   server's CPU over the writes less its idle CPU over as long is the CPU per change; and the
+   writes' own p50.
 4. Every stream closed, and the RSS read; with `--cycles N`, open and close N times in all and
    report each cycle's peak and the RSS after it.
 
@@ -214,6 +215,7 @@ def _measure(
                 cpu = _cpu_seconds(pid)
                 time.sleep(IDLE_SECONDS)
                 idle_rate = (_cpu_seconds(pid) - cpu) / IDLE_SECONDS
+                figures["idle_cpu_ms_per_s"] = round(idle_rate * 1000, 1)
                 spy = _py_spy(pid, writes / rate, profile) if profile else None
                 cpu, started = _cpu_seconds(pid), time.monotonic()
                 times = asyncio.run(write_phase())

@@ -72,6 +72,7 @@ from taskservice.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
+from taskservice.watch.credentials import CredentialChecks
 from taskservice.watch.feed import ChangeFeed
 from taskservice.watch.streams import Watches
 
@@ -110,6 +111,7 @@ class Application:
     tasks: TaskService | None = None
     trash: TrashSweeper | None = None
     feed: ChangeFeed | None = None
+    stream_credentials: CredentialChecks | None = None
     api_keys: ApiKeyService | None = None
     audit: AuditTrail | None = None
     auth: AuthService | None = None
@@ -124,6 +126,8 @@ class Application:
         await self.auth_states.start()
         if self.feed is not None:
             await self.feed.start()
+        if self.stream_credentials is not None:
+            self.stream_credentials.start()
         if self.settings.metrics_port is not None:
             self.metrics_port = self.metrics.serve(
                 self.settings.metrics_host, self.settings.metrics_port
@@ -163,6 +167,8 @@ class Application:
             await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
         if self.feed is not None:
             await self.feed.stop()
+        if self.stream_credentials is not None:
+            await self.stream_credentials.stop()
         await self.auth_states.stop()
         await self.tracing.shutdown()  # the calls' spans are all ended: export them
         self.metrics.close()
@@ -326,7 +332,8 @@ async def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
 
     # One servicer per service, served by both edges.
-    watches = Watches(feed, settings.watch_bookmark_seconds)
+    stream_credentials = CredentialChecks()
+    watches = Watches(feed, settings.watch_bookmark_seconds, stream_credentials)
     servicers = {
         "AuthService": AuthServicer(auth, settings.trusted_proxy_networks),
         "ApiKeyService": ApiKeyServicer(api_keys),
@@ -367,6 +374,7 @@ async def build_server(
     application.api_keys = api_keys
     application.audit = audit
     application.feed = feed
+    application.stream_credentials = stream_credentials
     if settings.http_port is not None:
         try:
             application.http = build_http_server(

@@ -33,6 +33,7 @@ from taskservice.db.reads import Prepared
 from taskservice.server import Application, build_server
 from taskservice.v1 import task_pb2
 from taskservice.v1 import task_service_pb2 as pb
+from taskservice.watch import credentials
 from tests.conftest import ManualClock, Stubs, make_settings, stubs_for
 from tests.helpers import Account, fails, register
 from tests.proxy import TcpProxy
@@ -230,7 +231,7 @@ async def test_a_server_started_while_the_database_is_away_serves_when_it_comes(
 async def test_a_watch_stream_rides_through_a_short_outage(
     pg_database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="taskservice.watch.streams")
+    caplog.set_level(logging.INFO, logger="taskservice.watch.credentials")
     proxy, proxied_url = await TcpProxy.before_database(pg_database_url)
     settings = make_settings(
         proxied_url, db_connect_timeout_seconds=1.0, watch_bookmark_seconds=0.2
@@ -253,6 +254,35 @@ async def test_a_watch_stream_rides_through_a_short_outage(
             seen = changes(await read_until(stream, lambda r: len(changes(r)) == 1))
             assert seen[0].change.task.id == created.task.id  # the same stream, still open
             stream.cancel()
+    finally:
+        await application.stop(grace=None)
+        await proxy.close()
+
+
+async def test_watch_streams_end_unavailable_once_an_outage_outlasts_the_tolerance(
+    pg_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two callers' streams, the database refused for longer than the (shortened) tolerance."""
+    monkeypatch.setattr(credentials, "OUTAGE_TOLERANCE_SECONDS", 1.0)
+    proxy, proxied_url = await TcpProxy.before_database(pg_database_url)
+    settings = make_settings(
+        proxied_url, db_connect_timeout_seconds=1.0, watch_bookmark_seconds=0.2
+    )
+    application = await build_server(settings)
+    await application.start()
+    try:
+        async with stubs_for(application) as stubs:
+            callers = [await register(stubs), await register(stubs)]
+            streams = [
+                stubs.tasks.WatchTasks(pb.WatchTasksRequest(), metadata=caller.metadata)
+                for caller in callers
+            ]
+            for stream in streams:
+                await read_until(stream, lambda r: len(r) == 1)
+            await proxy.cut()
+            for stream in streams:
+                _, error = await ended_with(stream)
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await application.stop(grace=None)
         await proxy.close()

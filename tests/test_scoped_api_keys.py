@@ -7,6 +7,7 @@ check, and a key holding every other permission is refused with PERMISSION_MISSI
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -30,7 +31,7 @@ from tests.helpers import PASSWORD, Account, bearer, fails, make_admin, register
 from tests.http_client import grpc_web, grpc_web_failure
 from tests.test_migrations import _USER, _execute, _fetch
 from tests.test_permissions import _without
-from tests.watching import ended_with
+from tests.watching import DEADLINE, changes, ended_with, read_until
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -281,6 +282,68 @@ async def test_a_stream_of_every_task_ends_when_its_keys_user_stops_being_an_adm
     _, error = await ended_with(stream)
     assert error.code() == DENIED
     assert time.monotonic() - demoted < 5.0, "within the 5 seconds streams re-check access"
+
+
+async def test_a_demotion_ends_only_the_keys_streams_it_no_longer_allows(
+    app: Application, stubs: Stubs, admin: Account
+) -> None:
+    """One key, two streams: the one of every owner's tasks ends, the one of its own goes on."""
+    other_admin = await make_admin(app, stubs)
+    _, machine = await _key(stubs, other_admin)
+    every = stubs.tasks.WatchTasks(tasks_pb.WatchTasksRequest(), metadata=machine.metadata)
+    own = stubs.tasks.WatchTasks(
+        tasks_pb.WatchTasksRequest(owner_id=other_admin.user.id), metadata=machine.metadata
+    )
+    await every.read()
+    await own.read()
+    await stubs.users.UpdateUser(
+        users_pb.UpdateUserRequest(
+            user={"id": other_admin.user.id, "is_admin": False}, update_mask={"paths": ["is_admin"]}
+        ),
+        metadata=admin.metadata,
+    )
+    _, error = await ended_with(every)
+    assert error.code() == DENIED
+    task = await _create_task(stubs, machine)
+    seen = changes(await read_until(own, lambda r: len(changes(r)) == 1))
+    assert seen[0].change.task.id == task.id
+    own.cancel()
+
+
+async def test_a_stream_opened_during_a_promotion_ends_with_the_demotion(
+    app: Application, stubs: Stubs, admin: Account
+) -> None:
+    """The key's other stream had its rights checked before: the newcomer's are checked too."""
+    checks = app.stream_credentials
+    assert checks is not None
+    user = await register(stubs)
+    _, machine = await _key(stubs, user)
+    own = stubs.tasks.WatchTasks(tasks_pb.WatchTasksRequest(), metadata=machine.metadata)
+    await own.read()
+    passes = checks.passes_total
+    async with asyncio.timeout(DEADLINE):  # a pass has found the key's user a regular user
+        while checks.passes_total < passes + 2:  # noqa: ASYNC110 - polled under a deadline
+            await asyncio.sleep(0.05)
+
+    async def set_admin(is_admin: bool) -> None:
+        await stubs.users.UpdateUser(
+            users_pb.UpdateUserRequest(
+                user={"id": user.user.id, "is_admin": is_admin},
+                update_mask={"paths": ["is_admin"]},
+            ),
+            metadata=admin.metadata,
+        )
+
+    await set_admin(True)
+    every = stubs.tasks.WatchTasks(tasks_pb.WatchTasksRequest(), metadata=machine.metadata)
+    await every.read()
+    await set_admin(False)
+    _, error = await ended_with(every)
+    assert error.code() == DENIED
+    task = await _create_task(stubs, machine)
+    seen = changes(await read_until(own, lambda r: len(changes(r)) == 1))
+    assert seen[0].change.task.id == task.id
+    own.cancel()
 
 
 # The end-to-end table: every RPC over both edges, callers made from scoped keys.

@@ -491,6 +491,57 @@ async def test_an_expiring_token_ends_the_stream_unauthenticated(
     assert time.monotonic() - expires < 5.0
 
 
+async def test_streams_sharing_a_credential_share_one_check_per_pass(
+    app: Application, stubs: Stubs, alice: Account
+) -> None:
+    """Six streams, two tokens: each pass checks two credentials, not six streams."""
+    checks = app.stream_credentials
+    assert checks is not None
+    bob = await register(stubs)
+    streams = [watch(stubs, alice) for _ in range(5)] + [watch(stubs, bob)]
+    for stream in streams:
+        await read_until(stream, lambda r: len(r) == 1)
+    assert checks.credentials == 2
+    passes, made = checks.passes_total, checks.checks_total
+    async with asyncio.timeout(DEADLINE):
+        while checks.passes_total < passes + 3:  # noqa: ASYNC110 - polled under a deadline
+            await asyncio.sleep(0.05)
+    assert checks.checks_last_pass == 2
+    assert checks.checks_total - made <= 2 * (checks.passes_total - passes + 1)
+    for stream in streams:
+        stream.cancel()
+    async with asyncio.timeout(DEADLINE):
+        while checks.credentials:  # noqa: ASYNC110 - polled under a deadline
+            await asyncio.sleep(0.01)
+
+
+async def test_a_failed_credential_ends_only_the_streams_presenting_it(
+    app: Application, stubs: Stubs, alice: Account
+) -> None:
+    codec = TokenCodec(
+        algorithm="HS256",
+        signing_key=TEST_SIGNING_KEY,
+        verifying_key=TEST_SIGNING_KEY,
+        issuer=app.settings.jwt_issuer,
+        audience=app.settings.jwt_audience,
+        lifetime_seconds=2,
+        clock=lambda: time.time() - LEEWAY_SECONDS,
+    )
+    short = stubs.tasks.WatchTasks(
+        pb.WatchTasksRequest(), metadata=bearer(codec.issue(alice.user.id, 0).access_token)
+    )
+    lasting = [watch(stubs, alice) for _ in range(2)]
+    for stream in [short, *lasting]:
+        await read_until(stream, lambda r: len(r) == 1)
+    _, error = await ended_with(short)
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    task = await create(stubs, alice, "after the other token expired")
+    for stream in lasting:
+        seen = changes(await read_until(stream, lambda r: len(changes(r)) == 1))
+        assert seen[0].change.task.id == task.id
+        stream.cancel()
+
+
 async def test_a_stream_without_a_token_is_unauthenticated(stubs: Stubs) -> None:
     call = stubs.tasks.WatchTasks(pb.WatchTasksRequest())
     failure = await fails(call.read(), grpc.StatusCode.UNAUTHENTICATED)

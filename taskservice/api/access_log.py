@@ -10,6 +10,7 @@ the call's metadata go to the observation, which continues the caller's trace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -124,8 +125,9 @@ def _observed_stream(inner: StreamBehavior, observer: MethodObserver) -> StreamB
     async def behavior(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
         call = _Call(observer, context)
         try:
-            async for response in inner(request, context):
-                yield response
+            async with contextlib.aclosing(inner(request, context)) as responses:
+                async for response in responses:
+                    yield response
         except BaseException as error:  # CancelledError included: recorded, then re-raised
             call.failed(error)
             raise

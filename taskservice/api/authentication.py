@@ -10,6 +10,7 @@ handler states whether it needs a caller and receives that caller explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -81,8 +82,9 @@ class AuthInterceptor(HandlerInterceptor):
             token = bearer_token(context.invocation_metadata() or ())
             account = self._certificate_account(context, token)
             await authenticate_stream(self._auth, token, method, account)
-            async for response in inner(request, context):
-                yield response
+            async with contextlib.aclosing(inner(request, context)) as responses:
+                async for response in responses:
+                    yield response
 
         return behavior
 

@@ -6,6 +6,7 @@ Health and reflection stay answerable.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -50,8 +51,9 @@ class AvailabilityInterceptor(HandlerInterceptor):
         ) -> AsyncIterator[object]:
             if not self._monitor.ready:
                 raise database_unavailable()
-            async for response in inner(request, context):
-                yield response
+            async with contextlib.aclosing(inner(request, context)) as responses:
+                async for response in responses:
+                    yield response
 
         return behavior
 

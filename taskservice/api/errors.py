@@ -7,6 +7,7 @@ catches what escapes a unary handler or a server stream and sends that status as
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -115,8 +116,9 @@ class ErrorInterceptor(HandlerInterceptor):
         async def behavior(raw: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
             try:
                 request = _decode(raw, deserialize)
-                async for response in inner(request, context):
-                    yield response
+                async with contextlib.aclosing(inner(request, context)) as responses:
+                    async for response in responses:
+                        yield response
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:

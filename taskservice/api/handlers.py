@@ -29,7 +29,8 @@ def wrap_unary_stream(
 
     The behaviour given to `wrap` is always an async generator function, whether the servicer
     method yields its responses or writes them with `context.write` (as grpcio's health Watch
-    does), so wrappers can iterate it either way.
+    does), so wrappers can iterate it either way. Wrappers iterate it under
+    `contextlib.aclosing`, so its `finally` runs when theirs does, not when it is collected.
     """
     return handler._replace(  # type: ignore[attr-defined]
         unary_stream=wrap(as_async_iterator(handler.unary_stream))
@@ -40,8 +41,13 @@ def as_async_iterator(behavior: Callable[..., Any]) -> StreamBehavior:
     """A unary-stream behaviour as an async generator function.
 
     grpc.aio accepts both shapes: an async generator of responses, or a coroutine that writes
-    them itself; the latter yields nothing here (its writes go straight to the call).
+    them itself; the latter yields nothing here (its writes go straight to the call). An async
+    generator function (every servicer stream of ours, and every interceptor's wrapper) is
+    returned as it is: a generator around it would cost each open stream its suspended frame
+    at every interceptor, for nothing.
     """
+    if inspect.isasyncgenfunction(behavior):
+        return behavior
 
     async def iterate(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         result = behavior(request, context)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 from taskservice.calls.authorization import PUBLIC_METHODS, authorize_method
 from taskservice.calls.context import current_call
@@ -87,14 +88,34 @@ async def authenticate(
     return principal
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Credential:
+    """What a call authenticated with (a bearer value, or a certificate's account), to ask again.
+
+    Calling it authenticates the credential anew. `key` names the credential itself, so that
+    the streams of one client, which all present the same token, share one check of it
+    (`taskservice.watch.credentials`) rather than each asking on its own.
+    """
+
+    auth: AuthService
+    #: The bearer value (a str), or the account a client certificate maps to (an int).
+    key: str | int
+
+    async def __call__(self) -> Principal:
+        """The caller this credential stands for now; Unauthenticated once it no longer works."""
+        if isinstance(self.key, str):
+            return await self.auth.authenticate(self.key)
+        return await self.auth.authenticate_certificate(self.key)
+
+
 def _credential(
     auth: AuthService, token: str | None, certificate_account: int | None
-) -> Callable[[], Awaitable[Principal]] | None:
+) -> Credential | None:
     """How to authenticate the call (again, for a stream); None when it sent no credential."""
     if token is not None:
-        return lambda: auth.authenticate(token)
+        return Credential(auth, token)
     if certificate_account is not None:
-        return lambda: auth.authenticate_certificate(certificate_account)
+        return Credential(auth, certificate_account)
     return None
 
 
@@ -134,7 +155,7 @@ async def authenticate_stream(
 
 def stream_recheck(
     auth: AuthService, token: str | None, certificate_account: int | None
-) -> Callable[[], Awaitable[Principal]] | None:
+) -> Credential | None:
     """For an edge that authenticates a stream itself: how the stream checks its caller again."""
     return _credential(auth, token, certificate_account)
 

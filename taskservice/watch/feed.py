@@ -45,7 +45,7 @@ from taskservice.db.engine import Database
 from taskservice.db.notifications import PgListener
 from taskservice.db.outages import describe, is_outage, log_round_failure
 from taskservice.db.types import utcnow
-from taskservice.errors import DomainError, FailedPrecondition, ResourceExhausted, Unavailable
+from taskservice.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from taskservice.watch import changes
 from taskservice.watch.changes import Change
 
@@ -128,7 +128,8 @@ class Subscription:
         #: The feed's revision when this subscription began: later changes come live.
         self.live_from = feed.revision
         self.buffer: list[Change] = []
-        self.ended: DomainError | None = None
+        #: The error the stream ends with (a DomainError, or an outage's).
+        self.ended: Exception | None = None
         #: While the stream waits: the future that wakes it.
         self.waiter: asyncio.Future[None] | None = None
         #: When the stream wants waking with nothing buffered (monotonic seconds; inf: never).
@@ -148,7 +149,7 @@ class Subscription:
         self.buffer.append(change)
         return self.waiter is not None
 
-    def end(self, error: DomainError) -> None:
+    def end(self, error: Exception) -> None:
         """End the stream with `error` at its next step; its buffer is dropped now."""
         if self.ended is None:
             self.ended = error

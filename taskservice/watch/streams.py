@@ -10,23 +10,21 @@ Every change is matched against the owner scope (by the feed's index) and the fi
 after the change, so a task leaving the view is seen leaving it. A regular user's stream also
 follows their memberships (`taskservice.watch.access`): it sends a change of a task when the user
 was a member of its list at that revision, and the user's own access changes. The caller's
-token is checked again every AUTH_RECHECK_SECONDS, so an expired or revoked token ends the stream
-within seconds.
+credential is checked again every AUTH_RECHECK_SECONDS, once for all the streams presenting it
+(`taskservice.watch.credentials`), so an expired or revoked token ends the stream within seconds
+while an idle stream wakes only for its bookmarks.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from taskservice.db.models import TaskPriority
-from taskservice.db.outages import DatabaseUnreachable, is_outage
-from taskservice.errors import InvalidArgument, OutOfRange, PermissionDenied
-from taskservice.services.authorization import Permission, authorize, may_for_every_owner
+from taskservice.errors import InvalidArgument, OutOfRange
+from taskservice.services.authorization import Permission, may_for_every_owner
 from taskservice.services.filtering import Filter, matches, parse
 from taskservice.services.principal import Principal
 from taskservice.services.task_lists import TASK_FILTER_SCHEMA
@@ -34,21 +32,9 @@ from taskservice.tracing.spans import add_event
 from taskservice.watch import changes
 from taskservice.watch.access import ListAccess, is_access
 from taskservice.watch.changes import Change, TaskSnapshot
+from taskservice.watch.credentials import Check, CredentialChecks, authorize_watch
 from taskservice.watch.feed import ChangeFeed, Subscription, compacted
 
-logger = logging.getLogger(__name__)
-
-#: Seconds between checks of a stream's access token (expiry, revocation): well within the 5 s
-#: the API promises.
-AUTH_RECHECK_SECONDS = 2.0
-#: Longest a stream rides through a database outage, in seconds. While the database is away
-#: (a failover takes a few seconds) the token's revocation cannot be checked, but neither can a
-#: change be read to deliver: the stream stays open, sending nothing, rather than ending every
-#: watcher at once. Expiry is checked without the database and still ends it. Past this bound
-#: the stream ends UNAVAILABLE and its client resumes (with backoff) from its last revision.
-OUTAGE_TOLERANCE_SECONDS = 30.0
-#: Longest one check of the token may take; a database that does not answer by then is away.
-RECHECK_TIMEOUT_SECONDS = 5.0
 #: Most changes one response may carry, whatever a client asks (max_changes_per_response).
 MAX_CHANGES_PER_RESPONSE = 1000
 
@@ -111,9 +97,12 @@ def _accepts(
 class Watches:
     """Opens WatchTasks streams over the process's change feed."""
 
-    def __init__(self, feed: ChangeFeed, bookmark_seconds: float) -> None:
+    def __init__(
+        self, feed: ChangeFeed, bookmark_seconds: float, credentials: CredentialChecks
+    ) -> None:
         self._feed = feed
         self._bookmark_seconds = bookmark_seconds
+        self._credentials = credentials
 
     async def watch(
         self,
@@ -121,7 +110,7 @@ class Watches:
         start_revision: int,
         filter_text: str,
         owner_id: int | None,
-        recheck: Callable[[], Awaitable[Principal]],
+        recheck: Check,
         max_changes: int = 1,
     ) -> AsyncIterator[list[Change] | Bookmark]:
         """The stream's changes and bookmarks, until the caller stops or an error ends it.
@@ -129,6 +118,10 @@ class Watches:
         Changes come in lists of at most `max_changes` (0 counts as 1), in revision order: a
         list holds what was waiting when the stream sent, so a stream that keeps up sends lists
         of one, and one that is behind catches up in fewer, larger responses.
+
+        `recheck` authenticates the caller's credential again: the stream is handed to the
+        credential checks, which end it once the credential fails or the caller's rights shrink
+        (an API key's user demoted keeps a valid key) so that it could not start any more.
         """
         access = None
         watched = owner_id
@@ -136,15 +129,7 @@ class Watches:
             access = ListAccess(caller.user_id)
             if owner_id is None:
                 watched = caller.user_id
-        _authorize_watch(caller, watched)
-
-        async def recheck_access() -> Principal:
-            # The caller's rights may shrink while the stream runs (an API key's user demoted
-            # keeps a valid key): the stream ends as soon as it could not start any more.
-            principal = await recheck()
-            _authorize_watch(principal, watched)
-            return principal
-
+        authorize_watch(caller, watched)
         problems = []
         if start_revision < 0:
             problems.append(InvalidArgument.field("start_revision", "must not be negative"))
@@ -163,11 +148,11 @@ class Watches:
         subscription = self._feed.subscribe(
             owner_id if access is None else None, _accepts(owner_id, parsed, access)
         )
+        self._credentials.add(recheck, subscription, watched)
         try:
             batches = self._stream(
                 subscription,
                 start_revision,
-                recheck_access,
                 access,
                 min(max(max_changes, 1), MAX_CHANGES_PER_RESPONSE),
             )
@@ -175,13 +160,13 @@ class Watches:
                 async for item in batches:
                     yield item
         finally:
+            self._credentials.discard(recheck, subscription)
             self._feed.unsubscribe(subscription)
 
     async def _stream(
         self,
         subscription: Subscription,
         start_revision: int,
-        recheck: Callable[[], Awaitable[Principal]],
         access: ListAccess | None,
         max_changes: int,
     ) -> AsyncIterator[list[Change] | Bookmark]:
@@ -202,8 +187,6 @@ class Watches:
         if access is not None:
             await access.load(self._feed.database, start_revision)
         position = start_revision
-        checked = time.monotonic()  # when the token was last confirmed (at the stream's start)
-        next_check = checked + AUTH_RECHECK_SECONDS
         while position < subscription.live_from:  # history, then the live buffer
             batch = await changes.page(self._feed.database, position, subscription.live_from)
             if not batch or batch[0].revision != position + 1:
@@ -218,15 +201,14 @@ class Watches:
                 position = item.revision
             if ready:
                 yield ready
-            if time.monotonic() >= next_check:
-                checked = await _recheck(recheck, checked)
-                next_check = time.monotonic() + AUTH_RECHECK_SECONDS
+            if subscription.ended is not None:  # its credential failed meanwhile
+                raise subscription.ended
         if not subscription.buffer:  # nothing after live_from is waiting: the feed's revision
             position = max(position, self._feed.revision)  # is as far as this stream has got
         add_event("bookmark", {"taskservice.revision": position})
         yield Bookmark(position)
         next_bookmark = time.monotonic() + self._bookmark_seconds
-        self._feed.wake_at(subscription, min(next_check, next_bookmark))
+        self._feed.wake_at(subscription, next_bookmark)
         while True:
             ready = []
             for item in subscription.take():
@@ -239,20 +221,15 @@ class Watches:
                     position = item.revision
             if ready:
                 yield ready
-            now = time.monotonic()
-            if now < min(next_check, next_bookmark):
-                await subscription.wait()  # a change, the stream's end, or its due time
+            if time.monotonic() < next_bookmark:
+                await subscription.wait()  # a change, the stream's end, or its bookmark's time
                 continue
-            if now >= next_check:
-                checked = await _recheck(recheck, checked)
-                next_check = time.monotonic() + AUTH_RECHECK_SECONDS
-            if now >= next_bookmark:
-                if not subscription.buffer:  # everything up to the feed's revision was sent
-                    position = max(position, self._feed.revision)
-                    add_event("bookmark", {"taskservice.revision": position})
-                    yield Bookmark(position)
-                next_bookmark = time.monotonic() + self._bookmark_seconds
-            self._feed.wake_at(subscription, min(next_check, next_bookmark))
+            if not subscription.buffer:  # everything up to the feed's revision was sent
+                position = max(position, self._feed.revision)
+                add_event("bookmark", {"taskservice.revision": position})
+                yield Bookmark(position)
+            next_bookmark = time.monotonic() + self._bookmark_seconds
+            self._feed.wake_at(subscription, next_bookmark)
 
 
 def _as_sent(change: Change, access: ListAccess | None) -> Change | None:
@@ -265,41 +242,3 @@ def _as_sent(change: Change, access: ListAccess | None) -> Change | None:
     if access is None or is_access(change):
         return change
     return access.sees(change)
-
-
-async def _recheck(recheck: Callable[[], Awaitable[Principal]], checked: float) -> float:
-    """Check the stream's token again; return when it was last confirmed.
-
-    A database outage shorter than OUTAGE_TOLERANCE_SECONDS since the last confirmation does
-    not end the stream (see the constant); any other failure (expired, revoked, an outage that
-    lasts) ends it as it would any call.
-    """
-    try:
-        async with asyncio.timeout(RECHECK_TIMEOUT_SECONDS):  # a silent database: an outage
-            await recheck()
-    except Exception as exc:
-        silent = isinstance(exc, TimeoutError) and not is_outage(exc)
-        if (silent or is_outage(exc)) and time.monotonic() - checked < OUTAGE_TOLERANCE_SECONDS:
-            logger.info(
-                "watch stream: the database is unavailable; the stream stays open for up to "
-                "%.0f s since its token was last checked",
-                OUTAGE_TOLERANCE_SECONDS,
-            )
-            return checked
-        if silent:
-            raise DatabaseUnreachable("the database gave no answer to the token check") from exc
-        raise
-    return time.monotonic()
-
-
-def _authorize_watch(caller: Principal, owner_id: int | None) -> None:
-    """Refuse a stream of `owner_id`'s tasks (None: every owner's) the caller may not read."""
-    if owner_id is None:
-        authorize(caller, Permission.TASKS_READ_ALL, otherwise=_owner_not_allowed)
-    else:
-        authorize(caller, Permission.TASKS_READ, owner_id, otherwise=_owner_not_allowed)
-
-
-def _owner_not_allowed(metadata: dict[str, str]) -> PermissionDenied:
-    """The refusal a regular user watching another owner's tasks has always had."""
-    return PermissionDenied("OWNER_NOT_ALLOWED", "you may only watch your own tasks", metadata)
