@@ -61,8 +61,12 @@ POLL_INTERVAL_SECONDS = 1.0
 NUMBERING_GAP_SECONDS = 0.005
 #: Longest one round of numbering and reading may take before it is abandoned, in seconds.
 ROUND_TIMEOUT_SECONDS = 10.0
-#: Streams woken in one step of the event loop when changes reach many (see `_wake_all`).
+#: Streams woken at a time when changes reach many (see `_wake_all`).
 WAKE_SLICE = 100
+#: The next slice is woken once no more than this many of the last one are still sending...
+WAKE_SLICE_STRAGGLERS = WAKE_SLICE // 10
+#: ...or after this many seconds, whichever comes first (a stalled reader holds no one up).
+WAKE_SLICE_WAIT_SECONDS = 0.02
 #: Pause between compactions, in seconds: a quarter of the retention, within these bounds.
 MIN_COMPACTION_INTERVAL_SECONDS = 1.0
 MAX_COMPACTION_INTERVAL_SECONDS = 300.0
@@ -111,6 +115,7 @@ class Subscription:
         "feed",
         "live_from",
         "owner_id",
+        "slice",
         "waiter",
     )
 
@@ -134,6 +139,8 @@ class Subscription:
         self.waiter: asyncio.Future[None] | None = None
         #: When the stream wants waking with nothing buffered (monotonic seconds; inf: never).
         self.due = math.inf
+        #: The fan-out slice that last woke it (see `ChangeFeed._wake_all`); 0: none.
+        self.slice = 0
 
     def offer(self, change: Change) -> bool:
         """Buffer the change if this stream sees it; end the stream when the buffer is full.
@@ -164,6 +171,9 @@ class Subscription:
 
     async def wait(self) -> None:
         """Wait until a change is buffered, the stream is ended, or its due time has come."""
+        if self.slice:  # back from sending what a fan-out slice woke it for
+            self.feed.slice_sent(self.slice)
+            self.slice = 0
         if self.buffer or self.ended is not None:
             return
         self.waiter = asyncio.get_running_loop().create_future()
@@ -208,6 +218,11 @@ class ChangeFeed:
         self._by_owner: dict[int, set[Subscription]] = {}
         self._every_owner: set[Subscription] = set()
         self._count = 0
+        #: The fan-out's current slice, how many of its streams are still sending, and the
+        #: future `_wake_all` waits on for them (see `_wake_all`).
+        self._slice = 0
+        self._slice_sending = 0
+        self._slice_drained: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         #: (due time, sequence, subscription): when streams asked to be woken (`wake_at`).
         self._due: list[tuple[float, int, Subscription]] = []
@@ -312,6 +327,9 @@ class ChangeFeed:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Forget a stream (idempotent)."""
+        if subscription.slice:
+            self.slice_sent(subscription.slice)
+            subscription.slice = 0
         if subscription.owner_id is None:
             group = self._every_owner
         else:
@@ -408,19 +426,56 @@ class ChangeFeed:
                 woken[subscription] = None
 
     async def _wake_all(self, woken: dict[Subscription, None]) -> None:
-        """Wake the streams given changes, WAKE_SLICE at a time with the loop's I/O between.
+        """Wake the streams given changes, WAKE_SLICE at a time, each slice once the last has sent.
 
-        Each stream woken sends on its next step; waking a thousand at once would queue a
-        thousand sends ahead of any call that arrives meanwhile (a write waits for the whole
-        fan-out). A slice at a time, calls arriving get their turn between slices, and each
-        stream is woken once however many changes this round gave it.
+        Each stream woken sends on its next steps; waking ten thousand at once would queue ten
+        thousand sends ahead of any call that arrives meanwhile, and a write would wait for the
+        whole fan-out. A slice at a time, with the next one woken only when the last has
+        (nearly) finished sending (or after WAKE_SLICE_WAIT_SECONDS, so that a stalled reader
+        holds nobody up), the loop's queue never holds more than about one slice of sends, and
+        a call arriving meanwhile waits for at most that. Each stream is woken once however
+        many changes this round gave it.
         """
         pending = list(woken)
+        loop = asyncio.get_running_loop()
         for start in range(0, len(pending), WAKE_SLICE):
             if start:
-                await asyncio.sleep(0)
+                await self._slice_done(loop)
+            self._slice += 1
+            self._slice_sending = 0
             for subscription in pending[start : start + WAKE_SLICE]:
-                subscription.wake()
+                waiter = subscription.waiter
+                if waiter is not None and not waiter.done():
+                    subscription.slice = self._slice
+                    self._slice_sending += 1
+                    waiter.set_result(None)
+
+    async def _slice_done(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until the last slice has nearly all sent, or WAKE_SLICE_WAIT_SECONDS have passed."""
+        if self._slice_sending <= WAKE_SLICE_STRAGGLERS:
+            await asyncio.sleep(0)
+            return
+        self._slice_drained = loop.create_future()
+        try:
+            async with asyncio.timeout(WAKE_SLICE_WAIT_SECONDS):
+                await self._slice_drained
+        except TimeoutError:
+            pass
+        finally:
+            self._slice_drained = None
+
+    def slice_sent(self, number: int) -> None:
+        """A stream woken by slice `number` has sent and waits again (or has ended)."""
+        if number != self._slice:
+            return  # a straggler of an earlier slice
+        self._slice_sending -= 1
+        drained = self._slice_drained
+        if (
+            self._slice_sending <= WAKE_SLICE_STRAGGLERS
+            and drained is not None
+            and not drained.done()
+        ):
+            drained.set_result(None)
 
     def wake_at(self, subscription: Subscription, when: float) -> None:
         """Wake `subscription` at monotonic time `when` (for its bookmark or token check).
