@@ -143,6 +143,49 @@ async def test_members_see_and_work_on_a_shared_lists_tasks_by_their_role(
     assert patched.task.title == "renamed"
 
 
+async def test_a_members_pages_merge_their_lists_newest_first_whoever_writes_meanwhile(
+    stubs: Stubs, team: Team
+) -> None:
+    """The editor's tasks: their own list's and the shared list's, interleaved, newest first.
+
+    Each list is read a page at a time and the pages merged (see `_member_list_query`): every
+    task comes exactly once, in id order, at any page size, with the status filter, and tasks
+    of lists the editor is not in (written in between) never appear.
+    """
+    shared = team.task_list.id
+    mine: list[int] = []
+    done: list[int] = []
+    for round_ in range(4):
+        mine.append((await _task(stubs, team.editor)).id)
+        mine.append((await _task(stubs, team.owner, task_list_id=shared)).id)
+        await _task(stubs, team.outsider)
+        if round_ % 2:
+            done.append((await _task(stubs, team.editor, status=task_pb2.TASK_STATUS_DONE)).id)
+            mine.append(done[-1])
+    expected = sorted(mine, reverse=True)
+    for page_size in (1, 2, 3, 50):
+        seen: list[int] = []
+        token = ""
+        while True:
+            page = await stubs.tasks.ListTasks(
+                pb.ListTasksRequest(page_size=page_size, page_token=token),
+                metadata=team.editor.metadata,
+            )
+            seen.extend(task.id for task in page.tasks)
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == expected, page_size
+    for status, wanted in (
+        (task_pb2.TASK_STATUS_TODO, [task_id for task_id in expected if task_id not in done]),
+        (task_pb2.TASK_STATUS_DONE, sorted(done, reverse=True)),
+    ):
+        page = await stubs.tasks.ListTasks(
+            pb.ListTasksRequest(status=status, page_size=2), metadata=team.editor.metadata
+        )
+        assert [task.id for task in page.tasks] == wanted[:2], status
+
+
 async def test_a_task_or_list_one_may_not_see_is_not_found_exactly_like_a_missing_one(
     stubs: Stubs, lists: task_list_service_pb2_grpc.TaskListServiceStub, team: Team
 ) -> None:

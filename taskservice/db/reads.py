@@ -79,15 +79,25 @@ class Prepared:
     and then only bound and run.
     """
 
-    def __init__(self, statement: Statement) -> None:
+    def __init__(
+        self, statement: Statement, variants: Mapping[str, Statement] | None = None
+    ) -> None:
         self.statement = statement
+        #: Another form of the same read for a dialect (by name) that runs it better, returning
+        #: the same columns (PostgreSQL's LATERAL, say, which SQLite lacks).
+        self._variants = dict(variants or {})
         self._compiled: dict[str, Compiled] = {}
+
+    def statement_for(self, dialect_name: str) -> Statement:
+        """The statement to run on the dialect named."""
+        return self._variants.get(dialect_name, self.statement)
 
     def compiled(self, dialect: Dialect) -> Compiled:
         """The statement compiled for `dialect`'s driver (once per dialect)."""
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
-            compiled = self._compiled[dialect.name] = _compile(self.statement, dialect)
+            statement = self.statement_for(dialect.name)
+            compiled = self._compiled[dialect.name] = _compile(statement, dialect)
         return compiled
 
 
@@ -378,7 +388,8 @@ class SqlAlchemyReader(RowReader):
 
     async def all(self, read: Prepared, values: Mapping[str, Any] | None = None) -> list[Any]:
         """Every row."""
-        return list((await self._connection.execute(read.statement, dict(values or {}))).all())
+        statement = read.statement_for(self._connection.dialect.name)
+        return list((await self._connection.execute(statement, dict(values or {}))).all())
 
 
 async def _no_reset(connection: asyncpg.Connection) -> None:

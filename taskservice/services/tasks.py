@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, case, delete, insert, null, select, update
+from sqlalchemy import Select, and_, bindparam, case, delete, insert, null, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -1059,11 +1059,55 @@ def _list_query(
     return query
 
 
+def _member_list_query(*, by_owner: bool, by_status: bool, after: bool) -> Select[Any]:
+    """PostgreSQL's form of a member's page: each of their lists read newest first, then merged.
+
+    The one-statement form (`task_list_id IN (their lists) ORDER BY id DESC`) is read by
+    walking every task newest first and keeping the member's, or by reading all their tasks
+    and sorting them, whichever the planner estimates cheaper. The walk passes over every task
+    written since their lists' newest, anyone's: a member of quiet lists paid for the whole
+    service's writes. Here each list gives at most a page, read backwards on
+    `(task_list_id, id)` (LATERAL), so a page costs at most a page per list, however many tasks
+    others write. The rows and their order are the same.
+    """
+    lists = (
+        select(TaskListMember.task_list_id)
+        .where(TaskListMember.user_id == bindparam("member_id"))
+        .subquery("member_lists")
+    )
+    per_list = select(Task).where(
+        Task.task_list_id == lists.c.task_list_id, Task.delete_time.is_(None)
+    )
+    if by_owner:
+        per_list = per_list.where(Task.owner_id == bindparam("owner_id"))
+    if by_status:
+        per_list = per_list.where(Task.status == bindparam("status"))
+    if after:
+        per_list = per_list.where(Task.id < bindparam("after"))
+    page = per_list.order_by(Task.id.desc()).limit(bindparam("limit")).lateral("list_page")
+    return (
+        select(*page.c)
+        .select_from(lists)
+        .join(page, true())
+        .order_by(page.c.id.desc())
+        .limit(bindparam("limit"))
+    )
+
+
+def _list_statement(*, by_owner: bool, by_member: bool, by_status: bool, after: bool) -> Prepared:
+    """One ListTasks shape, with PostgreSQL's per-list form for a member's lists."""
+    query = _list_query(by_owner=by_owner, by_member=by_member, by_status=by_status, after=after)
+    if not by_member:
+        return Prepared(query)
+    lateral = _member_list_query(by_owner=by_owner, by_status=by_status, after=after)
+    return Prepared(query, {"postgresql": lateral})
+
+
 #: ListTasks' query shapes (owner filter, the caller's lists, status filter, page token),
 #: built once.
 _LISTS = {
-    (by_owner, by_member, by_status, after): Prepared(
-        _list_query(by_owner=by_owner, by_member=by_member, by_status=by_status, after=after)
+    (by_owner, by_member, by_status, after): _list_statement(
+        by_owner=by_owner, by_member=by_member, by_status=by_status, after=after
     )
     for by_owner in (False, True)
     for by_member in (False, True)
