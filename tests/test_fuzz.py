@@ -287,13 +287,16 @@ class Harness:
             ],
         )
         await self.call(Call(create_account, credentials[0], request))
-        # Machine callers: the service account's key, and an admin's key limited to reading
-        # tasks; the model knows what each may call (a missing permission: PERMISSION_DENIED).
+        # Machine callers: the service account's key, and the admin's keys limited to reading
+        # tasks, to reading every owner's tasks, and to writing every owner's tasks; the model
+        # knows what each may call (a missing permission: PERMISSION_DENIED) and whose tasks.
         robot = max(self.model.users)
         create_key = next(rpc for rpc in RPCS if rpc.method.name == "CreateApiKey")
         for user_id, scope in (
             (robot, []),
             (admin.user.id, [permissions_pb2.PERMISSION_TASKS_READ]),
+            (admin.user.id, [permissions_pb2.PERMISSION_TASKS_READ_ALL]),
+            (admin.user.id, [permissions_pb2.PERMISSION_TASKS_WRITE_ALL]),
         ):
             key_request = api_key_service_pb2.CreateApiKeyRequest(
                 user_id=user_id, display_name="machine", permissions=scope
