@@ -165,7 +165,9 @@ class Model(ListOracles, TaskOracles, CredentialOracles):
         task methods (`tasks.read_all` for a read, `tasks.write_all` for a write). The oracles'
         admin checks then stand for that permission: a key reaching every owner's tasks reads
         or writes them as an admin does (every list as its OWNER, other owners named in
-        `owner_id`), and one that does not sees a regular user.
+        `owner_id`), and one that does not sees a regular user. A key holding `tasks.read_all`
+        still sees every list when it writes: a write it may not make there is PERMISSION_DENIED
+        (security.md: "refused ... when it writes a task it can see"), not NOT_FOUND.
         """
         if credential.user_id is None:
             return None
@@ -178,8 +180,10 @@ class Model(ListOracles, TaskOracles, CredentialOracles):
             return None
         needed = DECLARED.get(self._method, PUBLIC)
         reach = EVERY_OWNER.get(needed, needed)
-        admin = reach in ADMINS_ALONE and reach in self._holds(user, credential)
-        return dataclasses.replace(user, is_admin=admin)
+        held = self._holds(user, credential)
+        admin = reach in ADMINS_ALONE and reach in held
+        sees = permissions_pb2.PERMISSION_TASKS_READ_ALL in held
+        return dataclasses.replace(user, is_admin=admin, sees_every_list=sees)
 
     def _holds(self, user: UserRow, credential: Credential) -> frozenset[int]:
         """What a key credential may do now."""

@@ -166,6 +166,9 @@ class UserRow:
     #: A service account's name and permissions (enum numbers, in the enum's order); people: none.
     display_name: str = ""
     permissions: tuple[int, ...] = ()
+    #: As a caller: sees every list without acting in it as an admin would (a key holding
+    #: `tasks.read_all` calling a method that writes): told what it lacks, never NOT_FOUND.
+    sees_every_list: bool = False
 
 
 @dataclass

@@ -288,8 +288,9 @@ class Harness:
         )
         await self.call(Call(create_account, credentials[0], request))
         # Machine callers: the service account's key, and the admin's keys limited to reading
-        # tasks, to reading every owner's tasks, and to writing every owner's tasks; the model
-        # knows what each may call (a missing permission: PERMISSION_DENIED) and whose tasks.
+        # tasks, to reading every owner's tasks, to writing every owner's tasks, and to reading
+        # every owner's tasks but writing only the admin's own; the model knows what each may
+        # call (a missing permission: PERMISSION_DENIED) and whose tasks.
         robot = max(self.model.users)
         create_key = next(rpc for rpc in RPCS if rpc.method.name == "CreateApiKey")
         for user_id, scope in (
@@ -297,6 +298,10 @@ class Harness:
             (admin.user.id, [permissions_pb2.PERMISSION_TASKS_READ]),
             (admin.user.id, [permissions_pb2.PERMISSION_TASKS_READ_ALL]),
             (admin.user.id, [permissions_pb2.PERMISSION_TASKS_WRITE_ALL]),
+            (
+                admin.user.id,
+                [permissions_pb2.PERMISSION_TASKS_READ_ALL, permissions_pb2.PERMISSION_TASKS_WRITE],
+            ),
         ):
             key_request = api_key_service_pb2.CreateApiKeyRequest(
                 user_id=user_id, display_name="machine", permissions=scope
