@@ -23,6 +23,7 @@ from tests.fuzz_rules import (
     ADMINS_ALONE,
     DENIED,
     EMAIL_MAX,
+    EVERY_OWNER,
     EXHAUSTED,
     EXISTS,
     INVALID,
@@ -159,9 +160,14 @@ class Model(ListOracles, TaskOracles, CredentialOracles):
         """The user a credential authenticates as right now, or None.
 
         For an API key, a copy of its user that is an admin exactly when the key holds the
-        admin-only permission the method being modelled declares: the oracles' admin checks
-        then stand for that method's permission, and every owner check sees a regular user (the
-        keys the fuzz holds never reach other owners' tasks).
+        admin-only permission that does what the method being modelled does for every owner:
+        the one it declares (`audit.read`, `users.manage`), or that one's `_all` variant for the
+        task methods (`tasks.read_all` for a read, `tasks.write_all` for a write). The oracles'
+        admin checks then stand for that permission: a key reaching every owner's tasks reads
+        or writes them as an admin does (every list as its OWNER, other owners named in
+        `owner_id`), and one that does not sees a regular user. A key holding `tasks.read_all`
+        still sees every list when it writes: a write it may not make there is PERMISSION_DENIED
+        (security.md: "refused ... when it writes a task it can see"), not NOT_FOUND.
         """
         if credential.user_id is None:
             return None
@@ -173,8 +179,11 @@ class Model(ListOracles, TaskOracles, CredentialOracles):
         if credential.key_id not in self.cred.api_keys:
             return None
         needed = DECLARED.get(self._method, PUBLIC)
-        admin = needed in ADMINS_ALONE and needed in self._holds(user, credential)
-        return dataclasses.replace(user, is_admin=admin)
+        reach = EVERY_OWNER.get(needed, needed)
+        held = self._holds(user, credential)
+        admin = reach in ADMINS_ALONE and reach in held
+        sees = permissions_pb2.PERMISSION_TASKS_READ_ALL in held
+        return dataclasses.replace(user, is_admin=admin, sees_every_list=sees)
 
     def _holds(self, user: UserRow, credential: Credential) -> frozenset[int]:
         """What a key credential may do now."""

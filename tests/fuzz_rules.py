@@ -89,6 +89,14 @@ IMPLIED = {
 #: Permissions only an admin's role holds: a key or service account holding the one its method
 #: declares passes that method's admin check.
 ADMINS_ALONE = ADMIN_ROLE - USER_ROLE
+#: What the same call about every owner's resources needs (security.md: `tasks.read_all` is "the
+#: same reads on every user's tasks", `tasks.write_all` "the same writes ... creating tasks for
+#: another owner"; another user's keys are `users.manage`'s).
+EVERY_OWNER = {
+    _P.PERMISSION_TASKS_READ: _P.PERMISSION_TASKS_READ_ALL,
+    _P.PERMISSION_TASKS_WRITE: _P.PERMISSION_TASKS_WRITE_ALL,
+    _P.PERMISSION_API_KEYS_MANAGE: _P.PERMISSION_USERS_MANAGE,
+}
 #: Methods a key may never call, whatever it holds (they need a login: API_KEY_NOT_ALLOWED).
 NEEDS_A_LOGIN = frozenset(
     f"/taskservice.v1.ApiKeyService/{name}"
@@ -158,6 +166,9 @@ class UserRow:
     #: A service account's name and permissions (enum numbers, in the enum's order); people: none.
     display_name: str = ""
     permissions: tuple[int, ...] = ()
+    #: As a caller: sees every list without acting in it as an admin would (a key holding
+    #: `tasks.read_all` calling a method that writes): told what it lacks, never NOT_FOUND.
+    sees_every_list: bool = False
 
 
 @dataclass

@@ -45,6 +45,8 @@ from tests.fuzz_rules import (
 
 LIST_FIELDS = frozenset({"title", "description"})
 VIEWER, EDITOR, OWNER = 1, 2, 3
+#: No role on a list the caller sees all the same (a key reading every list, writing).
+SEEN = 0
 ROLES = frozenset({VIEWER, EDITOR, OWNER})
 #: What a write of a list's tasks as a side effect may change (the answer does not show it).
 _SIDE_LEARNS = frozenset({"etag", "update_time"})
@@ -128,14 +130,18 @@ class ListOracles:
     def role(self, caller: UserRow, list_id: int) -> int | None:
         """The caller's role on a list, as its access checks see it: an admin acts as an OWNER.
 
-        None: the list is unknown, or the caller may not see it (NOT_FOUND, like a missing id).
+        None: the list is unknown, or the caller may not see it (NOT_FOUND, like a missing id);
+        SEEN: it may see the list but has no role there (PERMISSION_DENIED for what needs one).
         """
         row = self.lists.get(list_id)
         if row is None:
             return None
         if caller.is_admin:
             return OWNER
-        return row.members.get(caller.id)
+        role = row.members.get(caller.id)
+        if role is None and caller.sees_every_list:
+            return SEEN
+        return role
 
     def member_lists(self, user_id: int) -> set[int]:
         """The lists a user is a member of now."""

@@ -1,26 +1,43 @@
 """Client certificates as credentials: MTLS_IDENTITIES maps SPIFFE IDs and DNS names to accounts.
 
 A second server, with mutual TLS and the mapping, shares the database of the plain `app` on which
-each test creates its admin and service accounts; certificates are made by the test.
+each test creates its admin and service accounts; certificates are made by the test. A matrix at
+the bottom holds every kind of call over the mapped certificate against the same call with the
+account's key.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 from cryptography import x509
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 
 from taskservice.config import ConfigError, load_settings
 from taskservice.server import Application, build_server
 from taskservice.v1 import api_key_service_pb2 as keys_pb
+from taskservice.v1 import (
+    api_key_service_pb2_grpc,
+    audit_service_pb2_grpc,
+    auth_service_pb2_grpc,
+    task_list_service_pb2_grpc,
+    task_service_pb2_grpc,
+    user_pb2,
+    user_service_pb2_grpc,
+)
+from taskservice.v1 import audit_service_pb2 as audit_pb
+from taskservice.v1 import auth_service_pb2 as auth_pb
 from taskservice.v1 import permissions_pb2 as perms
+from taskservice.v1 import task_list_pb2 as lists_pb
+from taskservice.v1 import task_list_service_pb2 as lsvc
 from taskservice.v1 import task_service_pb2 as tasks_pb
-from taskservice.v1 import user_pb2
 from taskservice.v1 import user_service_pb2 as users_pb
 from tests.conftest import Stubs, make_settings
 from tests.helpers import Account, fails, make_admin, register
@@ -299,3 +316,388 @@ def test_the_identity_is_split_at_the_last_equals_sign() -> None:
         mtls_identities=f" {NOTIFIER}=42 ,jobs.example.org=7",
     )
     assert settings.mtls_identity_accounts == {NOTIFIER: 42, "jobs.example.org": 7}
+
+
+@dataclass
+class Twin:
+    """One side's copy of the resources a write changes: the certificate's, or the key's."""
+
+    own: int
+    trashed: int
+    shared_list: int
+    shared_task: int
+    leave_list: int
+
+
+async def _twin(
+    stubs: Stubs, lists: task_list_service_pb2_grpc.TaskListServiceStub, key: Account, who: Account
+) -> Twin:
+    """The account's own and trashed tasks, a list it edits (with a task) and one it views."""
+
+    async def task(stubs: Stubs, metadata: object, **fields: object) -> int:
+        created = await stubs.tasks.CreateTask(
+            tasks_pb.CreateTaskRequest(task=fields), metadata=metadata
+        )
+        return created.task.id
+
+    own = await task(stubs, key.metadata, title="own")
+    trashed = await task(stubs, key.metadata, title="trashed")
+    await stubs.tasks.DeleteTask(tasks_pb.DeleteTaskRequest(id=trashed), metadata=key.metadata)
+    made = []
+    for role in (lists_pb.TASK_LIST_ROLE_EDITOR, lists_pb.TASK_LIST_ROLE_VIEWER):
+        created = await lists.CreateTaskList(
+            lsvc.CreateTaskListRequest(task_list=lists_pb.TaskList(title="team")),
+            metadata=who.metadata,
+        )
+        await lists.AddTaskListMember(
+            lsvc.AddTaskListMemberRequest(
+                task_list_id=created.task_list.id,
+                member=lists_pb.TaskListMember(user_id=key.user.id, role=role),
+            ),
+            metadata=who.metadata,
+        )
+        made.append(created.task_list.id)
+    shared_task = await task(stubs, who.metadata, title="team's", task_list_id=made[0])
+    return Twin(own, trashed, made[0], shared_task, made[1])
+
+
+#: Fields that differ between two equal answers made at different moments or about twin rows.
+_VOLATILE = frozenset(
+    {
+        "etag",
+        "create_time",
+        "update_time",
+        "complete_time",
+        "delete_time",
+        "purge_time",
+        "position",
+        "revision",
+    }
+)
+
+
+#: Keys holding a task's or a list's id, by what they name; "id" names what its message is.
+_TASK_KEYS, _LIST_KEYS = frozenset({"task", "tasks"}), frozenset({"task_list", "task_lists"})
+
+
+def _normalized(value: object, names: dict[str, dict[int, str]], kind: str = "") -> object:
+    """An answer as a dict, with what two equal answers about twin rows may differ in taken out.
+
+    Each twin's task and list ids become their names (others' ids: "other"), and times, etags,
+    positions and revisions are left out.
+    """
+    if isinstance(value, Message):
+        value = json_format.MessageToDict(value, preserving_proto_field_name=True)
+    if isinstance(value, list):
+        return [_normalized(item, names, kind) for item in value]
+    if not isinstance(value, dict):
+        return value
+    normal: dict[str, object] = {}
+    for key, item in value.items():
+        if key in _VOLATILE or key == "next_page_token":
+            continue
+        named = {"id": kind, "parent_id": "task", "task_list_id": "list"}.get(key)
+        if named in names:
+            normal[key] = names[named].get(int(item), "other")  # type: ignore[call-overload]
+        else:
+            inner = "task" if key in _TASK_KEYS else "list" if key in _LIST_KEYS else ""
+            normal[key] = _normalized(item, names, inner)
+    return normal
+
+
+async def _outcome(call: Awaitable[Message]) -> tuple[str, object]:
+    """The code and, for an error, its ErrorInfo reason and metadata; for OK, the answer."""
+    try:
+        return "OK", await call
+    except grpc.aio.AioRpcError as error:
+        reason: tuple[str, dict[str, str]] = ("", {})
+        for key, value in error.trailing_metadata() or ():
+            if key == "grpc-status-details-bin":
+                for detail in status_pb2.Status.FromString(value).details:
+                    info = error_details_pb2.ErrorInfo()
+                    if detail.Unpack(info):
+                        reason = (info.reason, dict(info.metadata))
+        return error.code().name, reason
+
+
+@dataclass(frozen=True)
+class Case:
+    """One call of the matrix: its service and method, and its request on one side's rows."""
+
+    name: str
+    service: str
+    method: str
+    request: Callable[[Twin, Shared], Message]
+    #: A read: both sides ask about the same rows (the certificate's), back to back.
+    read: bool = False
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Rows both sides ask about: a person's own task and list, and a key of the account."""
+
+    person_id: int
+    person_task: int
+    person_list: int
+    key_id: int
+
+
+def _cases() -> list[Case]:
+    t, u, l, k = "tasks", "users", "lists", "api_keys"  # noqa: E741 - short service names
+    return [
+        Case("list tasks", t, "ListTasks", lambda w, s: tasks_pb.ListTasksRequest(), True),
+        Case(
+            "list another owner's",
+            t,
+            "ListTasks",
+            lambda w, s: tasks_pb.ListTasksRequest(owner_id=s.person_id),
+            True,
+        ),
+        Case("get own", t, "GetTask", lambda w, s: tasks_pb.GetTaskRequest(id=w.own), True),
+        Case(
+            "get shared", t, "GetTask", lambda w, s: tasks_pb.GetTaskRequest(id=w.shared_task), True
+        ),
+        Case(
+            "get a person's",
+            t,
+            "GetTask",
+            lambda w, s: tasks_pb.GetTaskRequest(id=s.person_task),
+            True,
+        ),
+        Case(
+            "batch get",
+            t,
+            "BatchGetTasks",
+            lambda w, s: tasks_pb.BatchGetTasksRequest(ids=[w.own, w.shared_task, s.person_task]),
+            True,
+        ),
+        Case("get me", u, "GetMe", lambda w, s: users_pb.GetMeRequest(), True),
+        Case("list users", u, "ListUsers", lambda w, s: users_pb.ListUsersRequest(), True),
+        Case(
+            "get a user", u, "GetUser", lambda w, s: users_pb.GetUserRequest(id=s.person_id), True
+        ),
+        Case("list lists", l, "ListTaskLists", lambda w, s: lsvc.ListTaskListsRequest(), True),
+        Case(
+            "get a list",
+            l,
+            "GetTaskList",
+            lambda w, s: lsvc.GetTaskListRequest(id=w.shared_list),
+            True,
+        ),
+        Case(
+            "get a person's list",
+            l,
+            "GetTaskList",
+            lambda w, s: lsvc.GetTaskListRequest(id=s.person_list),
+            True,
+        ),
+        Case(
+            "list members",
+            l,
+            "ListTaskListMembers",
+            lambda w, s: lsvc.ListTaskListMembersRequest(task_list_id=w.shared_list),
+            True,
+        ),
+        Case("list keys", k, "ListApiKeys", lambda w, s: keys_pb.ListApiKeysRequest(), True),
+        Case(
+            "list audit events",
+            "audit",
+            "ListAuditEvents",
+            lambda w, s: audit_pb.ListAuditEventsRequest(),
+            True,
+        ),
+        Case(
+            "create", t, "CreateTask", lambda w, s: tasks_pb.CreateTaskRequest(task={"title": "n"})
+        ),
+        Case(
+            "create in a list",
+            t,
+            "CreateTask",
+            lambda w, s: tasks_pb.CreateTaskRequest(
+                task={"title": "n", "task_list_id": w.shared_list}
+            ),
+        ),
+        Case(
+            "create for a person",
+            t,
+            "CreateTask",
+            lambda w, s: tasks_pb.CreateTaskRequest(task={"title": "n", "owner_id": s.person_id}),
+        ),
+        Case(
+            "patch own",
+            t,
+            "PatchTask",
+            lambda w, s: tasks_pb.PatchTaskRequest(
+                task={"id": w.own, "title": "patched"}, update_mask={"paths": ["title"]}
+            ),
+        ),
+        Case(
+            "patch shared",
+            t,
+            "PatchTask",
+            lambda w, s: tasks_pb.PatchTaskRequest(
+                task={"id": w.shared_task, "status": 3}, update_mask={"paths": ["status"]}
+            ),
+        ),
+        Case(
+            "patch a person's",
+            t,
+            "PatchTask",
+            lambda w, s: tasks_pb.PatchTaskRequest(
+                task={"id": s.person_task, "title": "x"}, update_mask={"paths": ["title"]}
+            ),
+        ),
+        Case(
+            "move into a list",
+            t,
+            "MoveTask",
+            lambda w, s: tasks_pb.MoveTaskRequest(id=w.own, task_list_id=w.shared_list),
+        ),
+        Case(
+            "undelete", t, "UndeleteTask", lambda w, s: tasks_pb.UndeleteTaskRequest(id=w.trashed)
+        ),
+        Case("delete", t, "DeleteTask", lambda w, s: tasks_pb.DeleteTaskRequest(id=w.own)),
+        Case(
+            "delete a person's",
+            t,
+            "DeleteTask",
+            lambda w, s: tasks_pb.DeleteTaskRequest(id=s.person_task),
+        ),
+        Case(
+            "create a list",
+            l,
+            "CreateTaskList",
+            lambda w, s: lsvc.CreateTaskListRequest(task_list=lists_pb.TaskList(title="mine")),
+        ),
+        Case(
+            "rename a list it edits",
+            l,
+            "UpdateTaskList",
+            lambda w, s: lsvc.UpdateTaskListRequest(
+                task_list=lists_pb.TaskList(id=w.shared_list, title="renamed"),
+                update_mask={"paths": ["title"]},
+            ),
+        ),
+        Case(
+            "leave a list",
+            l,
+            "LeaveTaskList",
+            lambda w, s: lsvc.LeaveTaskListRequest(task_list_id=w.leave_list),
+        ),
+        Case(
+            "change password",
+            "auth",
+            "ChangePassword",
+            lambda w, s: auth_pb.ChangePasswordRequest(
+                current_password="x" * 12, new_password="y" * 12
+            ),
+        ),
+        Case(
+            "create a key",
+            k,
+            "CreateApiKey",
+            lambda w, s: keys_pb.CreateApiKeyRequest(display_name="more"),
+        ),
+        Case(
+            "delete a key", k, "DeleteApiKey", lambda w, s: keys_pb.DeleteApiKeyRequest(id=s.key_id)
+        ),
+        Case(
+            "delete a user",
+            u,
+            "DeleteUser",
+            lambda w, s: users_pb.DeleteUserRequest(id=s.person_id),
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    "granted",
+    [
+        pytest.param((perms.PERMISSION_TASKS_WRITE, perms.PERMISSION_USERS_READ), id="as-created"),
+        pytest.param(
+            (
+                perms.PERMISSION_TASKS_READ,
+                perms.PERMISSION_TASKS_WRITE,
+                perms.PERMISSION_USERS_READ,
+            ),
+            id="reads-too",
+        ),
+    ],
+)
+async def test_a_mapped_certificate_answers_every_call_as_the_accounts_key(
+    mesh: Mesh, granted: tuple[int, ...]
+) -> None:
+    """A call over the mapped certificate with no token is answered as with the account's key.
+
+    Each call gets what the same call with the account's own (unlimited) key gets: the same
+    code, reason and answer.
+
+    Reads ask about the same rows back to back; writes act on twin rows made alike for each
+    side, and their answers are compared with each twin's ids named alike.
+    """
+    cert_channel, _ = _stubs(mesh, "spiffe")
+    key_channel, plain = _stubs(mesh, "admin")  # an unmapped certificate: only the key counts
+    async with cert_channel, key_channel:
+        await plain.users.UpdateUser(
+            users_pb.UpdateUserRequest(
+                user={"id": mesh.account.id, "permissions": granted},
+                update_mask={"paths": ["permissions"]},
+            ),
+            metadata=mesh.admin.metadata,
+        )
+        made = await plain.api_keys.CreateApiKey(
+            keys_pb.CreateApiKeyRequest(user_id=mesh.account.id, display_name="twin"),
+            metadata=mesh.admin.metadata,
+        )
+        key = Account(mesh.account, made.secret)
+        person = await register(plain)
+        person_task = (
+            await plain.tasks.CreateTask(
+                tasks_pb.CreateTaskRequest(task={"title": "private"}), metadata=person.metadata
+            )
+        ).task
+        lists = task_list_service_pb2_grpc.TaskListServiceStub(key_channel)
+        person_list = await lists.CreateTaskList(
+            lsvc.CreateTaskListRequest(task_list=lists_pb.TaskList(title="private")),
+            metadata=person.metadata,
+        )
+        shared = Shared(person.user.id, person_task.id, person_list.task_list.id, made.api_key.id)
+        twins = [await _twin(plain, lists, key, person) for _ in range(2)]
+        names = [
+            {
+                "task": {twin.own: "own", twin.trashed: "trashed", twin.shared_task: "shared"},
+                "list": {twin.shared_list: "shared", twin.leave_list: "leave"},
+            }
+            for twin in twins
+        ]
+        seen = set()
+        for case in _cases():
+            answers = []
+            for side, (channel, metadata) in enumerate(
+                ((cert_channel, None), (key_channel, key.metadata))
+            ):
+                twin = twins[0 if case.read else side]
+                stub = _stub(channel, case.service)
+                call = getattr(stub, case.method)(
+                    case.request(twin, shared), metadata=metadata, timeout=10
+                )
+                code, answer = await _outcome(call)
+                answers.append((code, _normalized(answer, names[0 if case.read else side])))
+            assert answers[0] == answers[1], (
+                f"{case.name}: certificate {answers[0]}, key {answers[1]}"
+            )
+            seen.add(answers[0][0])
+    # The matrix reaches answers of every kind, not only refusals.
+    assert {"OK", "NOT_FOUND", "PERMISSION_DENIED"} <= seen, seen
+
+
+def _stub(channel: grpc.aio.Channel, service: str) -> object:
+    stubs = {
+        "tasks": task_service_pb2_grpc.TaskServiceStub,
+        "users": user_service_pb2_grpc.UserServiceStub,
+        "lists": task_list_service_pb2_grpc.TaskListServiceStub,
+        "api_keys": api_key_service_pb2_grpc.ApiKeyServiceStub,
+        "audit": audit_service_pb2_grpc.AuditServiceStub,
+        "auth": auth_service_pb2_grpc.AuthServiceStub,
+    }
+    return stubs[service](channel)

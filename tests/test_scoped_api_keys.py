@@ -24,6 +24,9 @@ from taskservice.v1 import api_key_service_pb2 as keys_pb
 from taskservice.v1 import audit_service_pb2 as audit_pb
 from taskservice.v1 import auth_service_pb2 as auth_pb
 from taskservice.v1 import permissions_pb2 as perms
+from taskservice.v1 import task_list_pb2 as lists_pb
+from taskservice.v1 import task_list_service_pb2 as lsvc
+from taskservice.v1 import task_list_service_pb2_grpc
 from taskservice.v1 import task_service_pb2 as tasks_pb
 from taskservice.v1 import user_service_pb2 as users_pb
 from tests.conftest import Stubs
@@ -200,6 +203,65 @@ async def test_a_key_limited_to_reading_every_task_sees_them_but_changes_none(
     _missing(
         await fails(_create_task(stubs, writer, owner_id=member.user.id), DENIED), "tasks.write_all"
     )
+
+
+async def test_a_key_that_writes_but_does_not_read_leaves_its_users_lists(
+    stubs: Stubs, channel: grpc.aio.Channel, admin: Account, member: Account
+) -> None:
+    """LeaveTaskList needs `tasks.write`, as it declares, and nothing else of a member.
+
+    It used to check `tasks.read` as well, so a key limited to writing (its user's tasks, or
+    every owner's) was refused PERMISSION_MISSING for leaving a list its user is in; a
+    non-member stays NOT_FOUND.
+    """
+    lists = task_list_service_pb2_grpc.TaskListServiceStub(channel)
+
+    async def shared_with(*people: Account) -> int:
+        created = await lists.CreateTaskList(
+            lsvc.CreateTaskListRequest(task_list=lists_pb.TaskList(title="team")),
+            metadata=member.metadata,
+        )
+        for person in people:
+            await lists.AddTaskListMember(
+                lsvc.AddTaskListMemberRequest(
+                    task_list_id=created.task_list.id,
+                    member=lists_pb.TaskListMember(
+                        user_id=person.user.id, role=lists_pb.TASK_LIST_ROLE_VIEWER
+                    ),
+                ),
+                metadata=member.metadata,
+            )
+        return created.task_list.id
+
+    other = await register(stubs)
+    _, own_writer = await _key(stubs, other, perms.PERMISSION_TASKS_WRITE)
+    _, every_writer = await _key(stubs, admin, perms.PERMISSION_TASKS_WRITE_ALL)
+    _, reading_writer = await _key(
+        stubs, admin, perms.PERMISSION_TASKS_READ_ALL, perms.PERMISSION_TASKS_WRITE
+    )
+    for leaver in (own_writer, every_writer, reading_writer):
+        list_id = await shared_with(other, admin)
+        await lists.LeaveTaskList(
+            lsvc.LeaveTaskListRequest(task_list_id=list_id), metadata=leaver.metadata
+        )
+        members = await lists.ListTaskListMembers(
+            lsvc.ListTaskListMembersRequest(task_list_id=list_id), metadata=member.metadata
+        )
+        assert leaver.user.id not in {m.user_id for m in members.members}
+    # Not a member: NOT_FOUND, whether the caller may see the list (MEMBER_NOT_FOUND) or not.
+    list_id = await shared_with()
+    for outsider, reason in (
+        (own_writer, "TASK_LIST_NOT_FOUND"),
+        (every_writer, "MEMBER_NOT_FOUND"),
+        (reading_writer, "MEMBER_NOT_FOUND"),
+    ):
+        failure = await fails(
+            lists.LeaveTaskList(
+                lsvc.LeaveTaskListRequest(task_list_id=list_id), metadata=outsider.metadata
+            ),
+            NOT_FOUND,
+        )
+        assert failure.reason == reason
 
 
 async def test_a_key_limited_to_its_users_own_tasks_does_not_see_others(

@@ -221,6 +221,9 @@ READ_LIST = ListAction(Permission.TASKS_READ, TaskListRole.VIEWER)
 WRITE_TASKS = ListAction(Permission.TASKS_WRITE, TaskListRole.EDITOR)
 #: Renaming, trashing and restoring a list and managing its members: OWNER.
 MANAGE_LIST = ListAction(Permission.TASKS_WRITE, TaskListRole.OWNER)
+#: Leaving a list: any member, with the permission LeaveTaskList declares (a key that may write
+#: but not read its user's tasks still leaves the lists its user is in).
+LEAVE_LIST = ListAction(Permission.TASKS_WRITE, TaskListRole.VIEWER)
 
 
 def authorize_in_list(

@@ -45,12 +45,14 @@ from taskservice.errors import (
     ResourceExhausted,
 )
 from taskservice.services.authorization import (
+    LEAVE_LIST,
     MANAGE_LIST,
     READ_LIST,
     ListAction,
     Permission,
     authorize,
     authorize_in_list,
+    may_see_every_list,
 )
 from taskservice.services.labels import has_control_character
 from taskservice.services.pagination import PageTokens, page_size, page_size_violation
@@ -564,7 +566,11 @@ class TaskListService:
         """The caller stops being a member of a list."""
         require_id("task_list_id", list_id)
         async with self._db.write() as session:
-            task_list, role = await find_list(session, caller, list_id, READ_LIST, lock=True)
+            # Leaving is about the caller's own membership: a member needs only the permission
+            # the method declares, and a non-member is NOT_FOUND either way (MEMBER_NOT_FOUND
+            # when it may see the list, as a caller reading every list may).
+            action = READ_LIST if may_see_every_list(caller) else LEAVE_LIST
+            task_list, role = await find_list(session, caller, list_id, action, lock=True)
             if role is None:  # an admin who sees the list without being a member
                 raise NotFound("MEMBER_NOT_FOUND", "you are not a member of this list")
             await self._remove(session, task_list, caller.user_id)
