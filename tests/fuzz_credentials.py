@@ -9,8 +9,9 @@ up to 200 characters. Whether an audit filter is valid is asked of the server's 
 `email_or_none` asks the server's email rule): the filter language is tested on its own in
 test_filtering; here the point is what the list answers around it.
 
-The fuzz never calls with a created key's secret (its callers are access tokens and junk), so
-what a scoped key may do is not modelled here: test_scoped_api_keys covers it.
+The keys created here are not used to call: what the fuzz's standing keys (a service account's,
+the admin's keys limited to `tasks.read_all` or `tasks.write_all`) may do is modelled with the
+task and list calls (fuzz_model), and test_scoped_api_keys covers scoped keys in general.
 """
 
 from __future__ import annotations
