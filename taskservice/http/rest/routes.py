@@ -14,7 +14,7 @@ directly (`RestApp`), without going through Starlette's middleware and route-by-
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import parse_qsl
@@ -402,7 +402,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-Endpoints = Mapping[str, Callable[[Request], Awaitable[Response]]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class RestApp:
@@ -411,38 +411,32 @@ class RestApp:
     A call that names a route's path and one of its methods goes straight to that route's
     endpoint. Starlette's application would get there through its error and exception
     middleware and by trying each route's regular expression in turn, which cost about a fifth
-    of a REST GetTask's server CPU (py-spy). Every other request (a path missing its trailing
-    slash, an unknown path, a wrong method, HEAD, the documentation's files) goes to `fallback`,
-    the Starlette application of the same routes, which answers it as FastAPI does. Endpoints
+    of a REST GetTask's server CPU (py-spy). A known path with a method it lacks is answered
+    405 here; every other request (a path missing its trailing slash, an unknown path, HEAD,
+    the documentation's files) goes to `fallback`, the Starlette application of the same
+    routes, which answers it as FastAPI does. Endpoints
     answer every exception themselves (`RestCalls.endpoint`), so nothing is lost by skipping
     Starlette's error middleware on the direct path.
     """
 
     def __init__(self, routes: Iterable[BaseRoute], fallback: Starlette) -> None:
-        self._exact: dict[str, Endpoints] = {}
-        #: Paths of one parameter as the final segment: (prefix, parameter name, endpoints).
-        self._templated: list[tuple[str, str, Endpoints]] = []
+        self._exact: dict[str, dict[str, Endpoint]] = {}
+        templated: dict[tuple[str, str], dict[str, Endpoint]] = {}
         for route in routes:
             if not isinstance(route, Route) or route.methods is None:
                 continue
             endpoints = {method: route.endpoint for method in route.methods if method != "HEAD"}
-            path = route.path
-            if "{" not in path:
-                self._exact[path] = {**self._exact.get(path, {}), **endpoints}
-                continue
-            prefix, _, name = path.partition("{")
-            if "{" in name or not name.endswith("}") or not prefix.endswith("/"):
-                continue  # a shape this dispatch does not know: Starlette serves it
-            name = name[:-1]
-            for index, (known, known_name, methods) in enumerate(self._templated):
-                if known == prefix and known_name == name:
-                    self._templated[index] = (prefix, name, {**methods, **endpoints})
-                    break
-            else:
-                self._templated.append((prefix, name, endpoints))
+            prefix, brace, name = route.path.partition("{")
+            if not brace:
+                self._exact.setdefault(route.path, {}).update(endpoints)
+            elif "{" not in name and name.endswith("}") and prefix.endswith("/"):
+                templated.setdefault((prefix, name[:-1]), {}).update(endpoints)
+            # Any other shape of path is left to Starlette.
+        #: Paths of one parameter as the final segment: (prefix, parameter name, endpoints).
+        self._templated = [(prefix, name, found) for (prefix, name), found in templated.items()]
         self._fallback = fallback
 
-    def _match(self, scope: Scope) -> Callable[[Request], Awaitable[Response]] | set[str]:
+    def _match(self, scope: Scope) -> Endpoint | set[str]:
         """The endpoint for the request's path and method, or else the path's methods."""
         path: str = scope["path"]
         method: str = scope["method"]
