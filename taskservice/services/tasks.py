@@ -1075,16 +1075,9 @@ def _member_list_query(*, by_owner: bool, by_status: bool, after: bool) -> Selec
         .where(TaskListMember.user_id == bindparam("member_id"))
         .subquery("member_lists")
     )
-    per_list = select(Task).where(
-        Task.task_list_id == lists.c.task_list_id, Task.delete_time.is_(None)
-    )
-    if by_owner:
-        per_list = per_list.where(Task.owner_id == bindparam("owner_id"))
-    if by_status:
-        per_list = per_list.where(Task.status == bindparam("status"))
-    if after:
-        per_list = per_list.where(Task.id < bindparam("after"))
-    page = per_list.order_by(Task.id.desc()).limit(bindparam("limit")).lateral("list_page")
+    # One list's page: the page of everyone's tasks, narrowed to that list.
+    per_list = _list_query(by_owner=by_owner, by_member=False, by_status=by_status, after=after)
+    page = per_list.where(Task.task_list_id == lists.c.task_list_id).lateral("list_page")
     return (
         select(*page.c)
         .select_from(lists)

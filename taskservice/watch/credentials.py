@@ -106,7 +106,7 @@ class CredentialChecks:
         API key or certificate account) share one check. The stream has just been authenticated,
         so its credential counts as confirmed now.
         """
-        key = getattr(check, "key", check)
+        key = _key(check)
         credential = self._credentials.get(key)
         if credential is None:
             credential = self._credentials[key] = _Credential(check)
@@ -117,7 +117,7 @@ class CredentialChecks:
 
     def discard(self, check: Check, subscription: Subscription) -> None:
         """Stop checking for `subscription` (idempotent)."""
-        key = getattr(check, "key", check)
+        key = _key(check)
         credential = self._credentials.get(key)
         if credential is not None:
             credential.streams.pop(subscription, None)
@@ -195,6 +195,11 @@ class CredentialChecks:
             )
         if ended:
             logger.info("stream credential checks: %d streams ended", ended)
+
+
+def _key(check: Check) -> Hashable:
+    """What streams sharing a credential share: its `key`, or the check itself if it has none."""
+    return getattr(check, "key", check)
 
 
 def _end(credential: _Credential, error: Exception | None) -> int:

@@ -163,11 +163,13 @@ class Subscription:
             self.buffer.clear()
         self.wake()
 
-    def wake(self) -> None:
-        """Resume the stream if it waits."""
+    def wake(self) -> bool:
+        """Resume the stream if it waits; return whether it did."""
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is None or waiter.done():
+            return False
+        waiter.set_result(None)
+        return True
 
     async def wait(self) -> None:
         """Wait until a change is buffered, the stream is ended, or its due time has come."""
@@ -437,25 +439,22 @@ class ChangeFeed:
         many changes this round gave it.
         """
         pending = list(woken)
-        loop = asyncio.get_running_loop()
         for start in range(0, len(pending), WAKE_SLICE):
             if start:
-                await self._slice_done(loop)
+                await self._slice_done()
             self._slice += 1
             self._slice_sending = 0
             for subscription in pending[start : start + WAKE_SLICE]:
-                waiter = subscription.waiter
-                if waiter is not None and not waiter.done():
+                if subscription.wake():
                     subscription.slice = self._slice
                     self._slice_sending += 1
-                    waiter.set_result(None)
 
-    async def _slice_done(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _slice_done(self) -> None:
         """Until the last slice has nearly all sent, or WAKE_SLICE_WAIT_SECONDS have passed."""
         if self._slice_sending <= WAKE_SLICE_STRAGGLERS:
             await asyncio.sleep(0)
             return
-        self._slice_drained = loop.create_future()
+        self._slice_drained = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(WAKE_SLICE_WAIT_SECONDS):
                 await self._slice_drained
