@@ -148,12 +148,23 @@ class Application:
         )
 
     async def stop(self, grace: float | None) -> None:
-        """Drain: report NOT_SERVING, refuse new calls, then close the pool.
+        """Drain: refuse new calls, report NOT_SERVING, let calls in flight finish, close.
 
-        Calls in flight may finish within `grace` seconds (None: cancel them at once). Watch
-        streams never finish by themselves: they are ended with UNAVAILABLE at once, so clients
-        resume elsewhere instead of holding the drain for the whole grace period.
+        New calls are refused before any watcher hears NOT_SERVING or sees its stream end:
+        a client that reconnects on that signal must be refused by the transport (UNAVAILABLE,
+        so it goes elsewhere) rather than reach a server that has begun to stop, where gRPC
+        core cancels a call that arrived but was not yet dispatched. Calls in flight may
+        finish within `grace` seconds (None: cancel them at once). Watch streams never finish
+        by themselves: they are ended with UNAVAILABLE at once, so clients resume elsewhere
+        instead of holding the drain for the whole grace period.
         """
+        edges = [self.server.stop(grace)]
+        if self.http is not None:  # both edges drain at once, each within the grace
+            edges.append(self.http.stop(grace))
+        draining = asyncio.gather(*edges)
+        # One loop turn runs each edge's stop up to its first wait: gRPC core has stopped
+        # listening and sent GOAWAY by then.
+        await asyncio.sleep(0)
         await self.health.shutdown()
         if self.feed is not None:
             self.feed.close_streams()
@@ -161,10 +172,7 @@ class Application:
             await self.trash.stop()
         if self.health_server is not None:
             await self.health_server.stop(None)
-        if self.http is None:
-            await self.server.stop(grace)
-        else:  # both edges drain at once, each within the grace
-            await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
+        await draining
         if self.feed is not None:
             await self.feed.stop()
         if self.stream_credentials is not None:
