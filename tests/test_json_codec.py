@@ -86,6 +86,13 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     raise AssertionError(f"no strategy for {field.full_name}")
 
 
+#: A field mask's paths. Validated here, at import, because that imports hypothesis's regex
+#: module, which pytest rewrites: parsing it deep in the recursion of drawing a nested message
+#: once raised CPython 3.11's spurious "AST constructor recursion depth mismatch" (gh-106905).
+_MASK_PATHS = st.from_regex(r"[a-z]{1,5}(_[a-z]{1,5}){0,2}(\.[a-z]{1,5})?", fullmatch=True)
+_MASK_PATHS.validate()
+
+
 def _message(descriptor: Descriptor, depth: int) -> st.SearchStrategy[Message]:
     cls = GetMessageClass(descriptor)
     name = descriptor.full_name
@@ -94,10 +101,7 @@ def _message(descriptor: Descriptor, depth: int) -> st.SearchStrategy[Message]:
     if name == "google.protobuf.Duration":
         return st.builds(cls, seconds=st.integers(0, 315_576_000_000), nanos=_NANOS)
     if name == "google.protobuf.FieldMask":
-        paths = st.lists(
-            st.from_regex(r"[a-z]{1,5}(_[a-z]{1,5}){0,2}(\.[a-z]{1,5})?", fullmatch=True)
-        )
-        return st.builds(cls, paths=paths)
+        return st.builds(cls, paths=st.lists(_MASK_PATHS))
     if depth > 2:
         return st.just(cls())
     fields = {field.name: _field(field, depth) for field in descriptor.fields}
