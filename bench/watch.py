@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 import grpc
 
 from bench import watch_client
-from bench.processes import TaskService
+from bench.processes import TaskService, cpu_seconds
 from bench.run import migrate, server_environment
 from bench.seed import PASSWORD, recreate_postgres_database
 from taskservice.config import normalize_database_url
@@ -76,12 +75,6 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of the process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _quantile(values: list[float], q: int) -> float:
@@ -212,17 +205,17 @@ def _measure(
             peaks.append(_rss_kib(pid))
             if cycle == 0:
                 figures["rss_kib_per_idle_watcher"] = round((peaks[0] - before) / watchers, 1)
-                cpu = _cpu_seconds(pid)
+                cpu = cpu_seconds(pid)
                 time.sleep(IDLE_SECONDS)
-                idle_rate = (_cpu_seconds(pid) - cpu) / IDLE_SECONDS
+                idle_rate = (cpu_seconds(pid) - cpu) / IDLE_SECONDS
                 figures["idle_cpu_ms_per_s"] = round(idle_rate * 1000, 1)
                 spy = _py_spy(pid, writes / rate, profile) if profile else None
-                cpu, started = _cpu_seconds(pid), time.monotonic()
+                cpu, started = cpu_seconds(pid), time.monotonic()
                 times = asyncio.run(write_phase())
                 if spy is not None:
                     spy.wait()
                 arrivals = _collect(group, writes, watchers)
-                busy = _cpu_seconds(pid) - cpu - idle_rate * (time.monotonic() - started)
+                busy = cpu_seconds(pid) - cpu - idle_rate * (time.monotonic() - started)
                 figures.update(_latencies(times, arrivals, watchers, writes))
                 figures["cpu_ms_per_change"] = round(busy * 1000 / writes, 2)
                 figures["write_p50_ms_alone"] = round(_p50_ms(alone), 2)
