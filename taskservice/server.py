@@ -341,6 +341,7 @@ async def build_server(
 
     # One servicer per service, served by both edges.
     stream_credentials = CredentialChecks()
+    metrics.observe_watches(feed, stream_credentials)
     watches = Watches(feed, settings.watch_bookmark_seconds, stream_credentials)
     servicers = {
         "AuthService": AuthServicer(auth, settings.trusted_proxy_networks),

@@ -4,7 +4,8 @@ Names follow go-grpc-prometheus / grpc-ecosystem, which dashboards and alerts al
 `grpc_server_started_total`, `grpc_server_handled_total` (by code) and the
 `grpc_server_handling_seconds` histogram, labelled by type, service and method, and by
 `protocol` (`grpc`, `connect`, `grpc-web`): the HTTP edge serves the same methods. Pool gauges are
-read from the engine at scrape time, so they cost nothing per call. When the server traces,
+read from the engine at scrape time, so they cost nothing per call, and so are the WatchTasks
+streams' figures (open streams, their credentials and its checks). When the server traces,
 latency observations carry the call's trace id as an exemplar, shown when the scraper asks for
 the OpenMetrics format (the exposition negotiates it by the `Accept` header). Each server has a
 registry of its own (tests run many in one process); `METRICS_PORT` serves it over HTTP at
@@ -14,12 +15,16 @@ registry of its own (tests run many in one process); `METRICS_PORT` serves it ov
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+if TYPE_CHECKING:
+    from taskservice.watch.credentials import CredentialChecks
+    from taskservice.watch.feed import ChangeFeed
 
 #: Latency buckets in seconds: sub-millisecond reads up to bcrypt-bound logins and timeouts.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -72,6 +77,10 @@ class ServerMetrics:
         self.registry.register(_PoolCollector(engine))
         self._http: Any = None
 
+    def observe_watches(self, feed: ChangeFeed, checks: CredentialChecks) -> None:
+        """Export the WatchTasks streams of `feed` and the credential checks of `checks`."""
+        self.registry.register(_WatchCollector(feed, checks))
+
     def serve(self, host: str, port: int) -> int:
         """Expose `/metrics` over HTTP on a background thread; return the bound port."""
         self._http, _thread = start_http_server(port, addr=host, registry=self.registry)
@@ -102,3 +111,35 @@ class _PoolCollector(Collector):
             reader = getattr(self._pool, attribute, None)
             if reader is not None:
                 yield GaugeMetricFamily(name, text, value=float(reader()))
+
+
+class _WatchCollector(Collector):
+    """The WatchTasks streams of one process and their credential checks, read when scraped."""
+
+    def __init__(self, feed: ChangeFeed, checks: CredentialChecks) -> None:
+        self._feed = feed
+        self._checks = checks
+
+    def collect(self) -> Iterator[Metric]:
+        """Open streams and credentials (gauges); checks made and streams they ended (counters)."""
+        yield GaugeMetricFamily(
+            "taskservice_watch_streams",
+            "WatchTasks streams open in this process.",
+            value=float(self._feed.streams),
+        )
+        yield GaugeMetricFamily(
+            "taskservice_watch_credentials",
+            "Distinct credentials of the open WatchTasks streams, each checked once per pass.",
+            value=float(self._checks.credentials),
+        )
+        yield CounterMetricFamily(
+            "taskservice_watch_credential_checks",
+            "Checks of the open WatchTasks streams' credentials: one per credential per pass.",
+            value=float(self._checks.checks_total),
+        )
+        yield CounterMetricFamily(
+            "taskservice_watch_streams_ended",
+            "WatchTasks streams ended by a credential check: the credential failed, the caller "
+            "may no longer watch what it watches, or the database stayed away too long.",
+            value=float(self._checks.streams_ended_total),
+        )

@@ -66,8 +66,9 @@ class _Credential:
 class CredentialChecks:
     """Checks the credential of every open stream once per AUTH_RECHECK_SECONDS, in one pass.
 
-    Started and stopped with the server. `checks_total`, `passes_total` (complete passes) and
-    `checks_last_pass` tell what it did.
+    Started and stopped with the server. `checks_total`, `passes_total` (complete passes),
+    `checks_last_pass` and `streams_ended_total` tell what it did (the first and the last are
+    exported as metrics).
     """
 
     def __init__(self, interval: float = AUTH_RECHECK_SECONDS) -> None:
@@ -80,6 +81,8 @@ class CredentialChecks:
         self.passes_total = 0
         #: Credentials the last complete pass checked.
         self.checks_last_pass = 0
+        #: Streams the checks ended: a credential failed, rights shrank, or an outage lasted.
+        self.streams_ended_total = 0
 
     @property
     def credentials(self) -> int:
@@ -184,7 +187,9 @@ class CredentialChecks:
                     authorize_watch(principal, owner_id)
                 except PermissionDenied as denied:
                     subscription.end(denied)
+                    ended += 1
         self.passes_total += 1
+        self.streams_ended_total += ended
         self.checks_last_pass = checked
         if tolerated:
             logger.info(
