@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from taskservice.background import Background
+
 logger = logging.getLogger(__name__)
 
 LIVENESS = "liveness"
@@ -120,7 +122,7 @@ class HealthMonitor:
         self._probe = probe
         self._names = (READINESS, *readiness_names)
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._probing = Background("health-monitor", self._watch)
         self._stuck: set[asyncio.Future[object]] = set()
         self.ready = False
 
@@ -133,7 +135,7 @@ class HealthMonitor:
         """Start-up is complete: report liveness, probe the database, keep probing."""
         await self.servicer.set(LIVENESS, _SERVING)
         await self._update(await self._database_answers())
-        self._task = asyncio.create_task(self._watch(), name="health-monitor")
+        self._probing.start()
 
     def suspect(self) -> None:
         """A call met a database error: probe now rather than at the next interval."""
@@ -142,10 +144,7 @@ class HealthMonitor:
     async def shutdown(self) -> None:
         """Every name NOT_SERVING at once, for good (later updates are ignored)."""
         self.ready = False
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._probing.stop()
         for probe in self._stuck:
             probe.cancel()
         await self.servicer.enter_graceful_shutdown()
@@ -187,7 +186,7 @@ class HealthMonitor:
         return True
 
     async def _update(self, ready: bool) -> None:
-        if ready == self.ready and self._task is not None:
+        if ready == self.ready and self._probing.running:
             return
         if ready != self.ready:
             log = logger.info if ready else logger.warning

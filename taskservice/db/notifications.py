@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import URL
 
+from taskservice.background import Background
 from taskservice.db.engine import asyncpg_arguments, connect_uncancellable
 from taskservice.db.outages import log_round_failure
 
@@ -40,7 +41,7 @@ class PgListener:
         self._channel = channel
         self._on_message = on_message
         self._on_reset = on_reset
-        self._task: asyncio.Task[None] | None = None
+        self._listening = Background(f"listen:{channel}", self._run)
         self._connected = asyncio.Event()
         #: Set once the first attempt to connect has ended, either way.
         self._attempted = asyncio.Event()
@@ -52,17 +53,13 @@ class PgListener:
         Only for the first attempt, successful or not: a server starting while the database is
         away (during a failover) must start at once and report NOT_SERVING, not wait here.
         """
-        self._task = asyncio.create_task(self._run(), name=f"listen:{self._channel}")
+        self._listening.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._attempted.wait(), wait_seconds)
 
     async def stop(self) -> None:
         """Stop listening and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._listening.stop()
 
     async def _run(self) -> None:
         backoff = 0.5

@@ -11,11 +11,11 @@ to choose the time themselves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 
+from taskservice.background import Background
 from taskservice.db.outages import log_round_failure
 from taskservice.services.tasks import TaskService
 
@@ -35,19 +35,15 @@ class TrashSweeper:
     ) -> None:
         self._tasks = tasks
         self._also = tuple(also)
-        self._task: asyncio.Task[None] | None = None
+        self._sweeping = Background("trash-sweeper", self._run)
 
     def start(self) -> None:
         """Begin sweeping in the background."""
-        self._task = asyncio.create_task(self._run(), name="trash-sweeper")
+        self._sweeping.start()
 
     async def stop(self) -> None:
         """Stop sweeping; a sweep in progress is cancelled (its transaction rolls back)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._sweeping.stop()
 
     async def _run(self) -> None:
         while True:

@@ -18,11 +18,11 @@ clients resume (with backoff) from their last revision.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 
+from taskservice.background import Background
 from taskservice.calls.errors import database_unavailable
 from taskservice.db.outages import describe, is_outage
 from taskservice.errors import DomainError, InvalidArgument, PermissionDenied
@@ -74,7 +74,7 @@ class CredentialChecks:
     def __init__(self, interval: float = AUTH_RECHECK_SECONDS) -> None:
         self._interval = interval
         self._credentials: dict[Hashable, _Credential] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._checking = Background("stream-credential-checks", self._run)
         #: Credential checks made since start (one per distinct credential per pass).
         self.checks_total = 0
         #: Passes made since start.
@@ -91,16 +91,11 @@ class CredentialChecks:
 
     def start(self) -> None:
         """Check every AUTH_RECHECK_SECONDS from now on."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="stream-credential-checks")
+        self._checking.start()
 
     async def stop(self) -> None:
         """Stop checking (the streams are ended by the feed as the server stops)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._checking.stop()
 
     def add(self, check: Check, subscription: Subscription, owner_id: int | None) -> None:
         """Check `subscription`'s credential from now on; it watches `owner_id` (None: all).

@@ -41,6 +41,7 @@ from itertools import chain
 from opentelemetry.context import Context
 from opentelemetry.trace import Tracer
 
+from taskservice.background import Background
 from taskservice.db.engine import Database
 from taskservice.db.notifications import PgListener
 from taskservice.db.outages import describe, is_outage, log_round_failure
@@ -232,7 +233,8 @@ class ChangeFeed:
         self._due_timer: asyncio.TimerHandle | None = None
         self._due_timer_when = math.inf
         self._reading = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._feeding = Background("change-feed", self._run)
+        self._compacting = Background("change-compaction", self._compact_now_and_then)
         self._closing = False
         #: Whether `revision` was taken from the store (not yet, after a start during an outage).
         self._synced = False
@@ -272,10 +274,8 @@ class ChangeFeed:
             )
         if self._listener is not None:
             await self._listener.start()
-        self._tasks = [
-            asyncio.create_task(self._run(), name="change-feed"),
-            asyncio.create_task(self._compact_now_and_then(), name="change-compaction"),
-        ]
+        self._feeding.start()
+        self._compacting.start()
 
     def close_streams(self) -> None:
         """End every stream with UNAVAILABLE now (the server is stopping); refuse new ones."""
@@ -286,12 +286,8 @@ class ChangeFeed:
     async def stop(self) -> None:
         """Close every stream, then stop reading and listening."""
         self.close_streams()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        await self._feeding.stop()
+        await self._compacting.stop()
         if self._due_timer is not None:
             self._due_timer.cancel()
             self._due_timer = None
