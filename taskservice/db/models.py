@@ -212,8 +212,8 @@ class Task(Base):
 
     Lists are ordered newest first by id (ids only grow), and filtered by owner and status, so the
     indexes lead with those columns and end with the id that keyset pagination seeks on. The other
-    orderings of a user's list (due time, priority, update time) have an index each, ending with
-    the id their keyset pages break ties on.
+    orderings (due time, priority, update time) have an index each by owner and by list, ending
+    with the id their keyset pages break ties on: a member's page is read a page per list.
     """
 
     __tablename__ = "tasks"
@@ -228,8 +228,11 @@ class Task(Base):
         Index("ix_tasks_owner_id_due_time_id", "owner_id", "due_time", "id"),
         Index("ix_tasks_owner_id_priority_id", "owner_id", "priority", "id"),
         Index("ix_tasks_owner_id_update_time_id", "owner_id", "update_time", "id"),
-        # A list's tasks, newest first, and its sibling lists in manual order.
+        # A list's tasks, newest first or in another order, and its sibling lists in manual order.
         Index("ix_tasks_task_list_id_id", "task_list_id", "id"),
+        Index("ix_tasks_task_list_id_due_time_id", "task_list_id", "due_time", "id"),
+        Index("ix_tasks_task_list_id_priority_id", "task_list_id", "priority", "id"),
+        Index("ix_tasks_task_list_id_update_time_id", "task_list_id", "update_time", "id"),
         Index("ix_tasks_task_list_id_parent_id_position", "task_list_id", "parent_id", "position"),
         Index("ix_tasks_assignee_id", "assignee_id"),
         # Never reuse a deleted task's id (SQLite would): etags and clients name tasks by id.

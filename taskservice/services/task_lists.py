@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, exists, func, or_, select
+from sqlalchemy import Select, and_, bindparam, exists, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from taskservice.db.models import Task, TaskLabel, TaskPriority, TaskStatus
@@ -180,6 +180,18 @@ def with_owner_label(base: Select[tuple[Task]], key: str) -> Select[tuple[Task]]
     )
 
 
+def has_label(key: str) -> ColumnElement[bool]:
+    """Whether a task has label `key`, tested task by task (one probe of task_labels' key).
+
+    For a page read from one list's index in its order: the label is then a test on each task
+    read. Spelled as a scalar subquery, not EXISTS, because PostgreSQL turns an EXISTS into a
+    join, and its generic plan for a prepared page merged the list's tasks with every user's
+    keys of the label in id order, reading everyone's keys newer than the page.
+    """
+    probe = select(literal(1)).where(TaskLabel.task_id == Task.id, TaskLabel.key == key)
+    return probe.scalar_subquery().is_not(None)
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -320,27 +332,39 @@ class Ordering:
         `id_column` is what an id ordering seeks and sorts on: the task's id, or a column equal
         to it whose index serves the page better (see `with_owner_label`).
         """
+        return [segment.statement for segment in self.segments(base, found, in_missing, id_column)]
+
+    def segments(
+        self,
+        base: Select[tuple[Task]],
+        found: bool,
+        in_missing: bool,
+        id_column: Any = Task.id,
+    ) -> list[Segment]:
+        """`statements`, each with the columns it sorts on, so a caller can merge its rows."""
         key = self.key
         if key is None:
             return [self._by_id(base, seek=found, id_column=id_column)]
-        statements = []
+        segments = []
         if not in_missing:
             present = base if key.missing is None else base.where(~key.missing)
-            statements.append(self._by_key(present, key.column, seek=found))
+            segments.append(self._by_key(present, key.column, seek=found))
         if key.missing is not None:
-            statements.append(self._by_id(base.where(key.missing), seek=in_missing))
-        return statements
+            segments.append(self._by_id(base.where(key.missing), seek=in_missing))
+        return segments
 
     def _by_id(
         self, query: Select[tuple[Task]], *, seek: bool, id_column: Any = Task.id
-    ) -> Select[Any]:
+    ) -> Segment:
         if seek:
             after = bindparam("after_id", type_=Task.id.type)
             query = query.where(id_column < after if self.descending else id_column > after)
         order = id_column.desc() if self.descending else id_column.asc()
-        return query.order_by(order).limit(bindparam("limit"))
+        return Segment(
+            query.order_by(order).limit(bindparam("limit")), (id_column,), self.descending
+        )
 
-    def _by_key(self, query: Select[tuple[Task]], column: Any, *, seek: bool) -> Select[Any]:
+    def _by_key(self, query: Select[tuple[Task]], column: Any, *, seek: bool) -> Segment:
         if seek:
             value = bindparam("after_value", type_=column.type)
             task_id = bindparam("after_id", type_=Task.id.type)
@@ -354,8 +378,19 @@ class Ordering:
             query = query.where(bound, past)
         limit = bindparam("limit")
         if self.descending:
-            return query.order_by(column.desc(), Task.id.desc()).limit(limit)
-        return query.order_by(column.asc(), Task.id.asc()).limit(limit)
+            query = query.order_by(column.desc(), Task.id.desc()).limit(limit)
+        else:
+            query = query.order_by(column.asc(), Task.id.asc()).limit(limit)
+        return Segment(query, (column, Task.id), self.descending)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One query of an ordering: its statement, and the columns it sorts on in `descending`."""
+
+    statement: Select[Any]
+    sort: tuple[Any, ...]
+    descending: bool
 
 
 @dataclass(frozen=True)

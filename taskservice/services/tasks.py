@@ -75,6 +75,7 @@ from taskservice.services.task_lists import (
     Ordering,
     Seek,
     filter_clause,
+    has_label,
     parse_order_by,
     split_required_label,
     with_owner_label,
@@ -1060,29 +1061,37 @@ def _list_query(
 
 
 def _member_list_query(*, by_owner: bool, by_status: bool, after: bool) -> Select[Any]:
-    """PostgreSQL's form of a member's page: each of their lists read newest first, then merged.
+    """PostgreSQL's form of a member's default page (see `_merged_from_member_lists`)."""
+    per_list = _list_query(by_owner=by_owner, by_member=False, by_status=by_status, after=after)
+    return _merged_from_member_lists(per_list, (Task.id,), descending=True)
 
-    The one-statement form (`task_list_id IN (their lists) ORDER BY id DESC`) is read by
-    walking every task newest first and keeping the member's, or by reading all their tasks
-    and sorting them, whichever the planner estimates cheaper. The walk passes over every task
-    written since their lists' newest, anyone's: a member of quiet lists paid for the whole
-    service's writes. Here each list gives at most a page, read backwards on
-    `(task_list_id, id)` (LATERAL), so a page costs at most a page per list, however many tasks
-    others write. The rows and their order are the same.
+
+def _merged_from_member_lists(
+    query: Select[Any], sort: tuple[Any, ...], *, descending: bool
+) -> Select[Any]:
+    """PostgreSQL's form of a member's page: each of their lists read in order, then merged.
+
+    `query` reads everyone's page, sorted on `sort` and limited. The one-statement form
+    (`task_list_id IN (their lists) ORDER BY ...`) is read by walking every task in the page's
+    order and keeping the member's, or by reading all their tasks and sorting them, whichever
+    the planner estimates cheaper. The walk passes over every task that sorts before their
+    lists' first, anyone's: a member of quiet lists paid for the whole service's tasks. Here
+    each list gives at most a page, read on an index that leads with `task_list_id` (LATERAL),
+    so a page costs at most a page per list, however many tasks others have. The rows and their
+    order are the same.
     """
     lists = (
         select(TaskListMember.task_list_id)
         .where(TaskListMember.user_id == bindparam("member_id"))
         .subquery("member_lists")
     )
-    # One list's page: the page of everyone's tasks, narrowed to that list.
-    per_list = _list_query(by_owner=by_owner, by_member=False, by_status=by_status, after=after)
-    page = per_list.where(Task.task_list_id == lists.c.task_list_id).lateral("list_page")
+    page = query.where(Task.task_list_id == lists.c.task_list_id).lateral("list_page")
+    order = [page.c[column.key] for column in sort]
     return (
         select(*page.c)
         .select_from(lists)
         .join(page, true())
-        .order_by(page.c.id.desc())
+        .order_by(*(column.desc() if descending else column.asc() for column in order))
         .limit(bindparam("limit"))
     )
 
@@ -1125,27 +1134,60 @@ def _view_statements(
     """A filtered list's statements; owner, status, seek and limit are bound parameters.
 
     A user's list that needs a label reads that user's keys of it, in id order (see
-    `with_owner_label`); across owners there is no such index, and the label stays a test.
+    `with_owner_label`); across owners there is no such index, and the label stays a test. A
+    member's list across their lists is read on PostgreSQL a page per list, each in its order,
+    then merged (`_merged_from_member_lists`).
     """
-    base = select(Task)
-    label, rest = split_required_label(parsed) if by_owner else (None, parsed)
-    id_column: Any = Task.id
-    if label is not None:
-        base = with_owner_label(base, label)
-        id_column = TaskLabel.task_id
-    if not show_deleted:
-        base = base.where(Task.delete_time.is_(None))
+
+    def narrowed(query: Select[tuple[Task]], rest: Filter) -> Select[tuple[Task]]:
+        if not show_deleted:
+            query = query.where(Task.delete_time.is_(None))
+        if by_owner:
+            query = query.where(Task.owner_id == bindparam("owner_id"))
+        if by_status:
+            query = query.where(Task.status == bindparam("status", type_=Task.status.type))
+        if rest.expression is not None:
+            query = query.where(filter_clause(rest))
+        return query
+
     if by_owner:
-        base = base.where(Task.owner_id == bindparam("owner_id"))
-    if by_member:
-        base = base.where(_in_member_lists(bindparam("member_id")))
-    if by_status:
-        base = base.where(Task.status == bindparam("status", type_=Task.status.type))
-    if rest.expression is not None:
-        base = base.where(filter_clause(rest))
+        label, rest = split_required_label(parsed)
+        base = select(Task)
+        id_column: Any = Task.id
+        if label is not None:
+            base = with_owner_label(base, label)
+            id_column = TaskLabel.task_id
+        base = narrowed(base, rest)
+        if by_member:
+            # The owner's indexes serve it; the lists are only a test on the owner's rows.
+            base = base.where(_in_member_lists(bindparam("member_id")))
+        return [
+            Prepared(statement)
+            for statement in ordering.statements(base, seek.found, seek.in_missing, id_column)
+        ]
+    base = narrowed(select(Task), parsed)
+    if not by_member:
+        return [
+            Prepared(statement)
+            for statement in ordering.statements(base, seek.found, seek.in_missing)
+        ]
+    in_lists = base.where(_in_member_lists(bindparam("member_id")))
+    statements = ordering.statements(in_lists, seek.found, seek.in_missing)
+    label, rest = split_required_label(parsed)
+    per_list_base = narrowed(select(Task), rest)
+    if label is not None:
+        per_list_base = per_list_base.where(has_label(label))
+    per_list = ordering.segments(per_list_base, seek.found, seek.in_missing)
     return [
-        Prepared(statement)
-        for statement in ordering.statements(base, seek.found, seek.in_missing, id_column)
+        Prepared(
+            statement,
+            {
+                "postgresql": _merged_from_member_lists(
+                    segment.statement, segment.sort, descending=segment.descending
+                )
+            },
+        )
+        for statement, segment in zip(statements, per_list, strict=True)
     ]
 
 
