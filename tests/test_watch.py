@@ -137,6 +137,17 @@ async def test_reads_carry_the_revision_they_were_read_at(
         pb.BatchGetTasksRequest(ids=[task.id]), metadata=alice.metadata
     )
     assert got.revision == listed.revision == batch.revision == before + 1
+    # A page's revision comes with its first statement's rows; a page whose first statement
+    # finds none (nothing matches; an ordering whose present segment is empty, the task having
+    # no due time) reads it on its own, and it is the same.
+    for request in (
+        pb.ListTasksRequest(filter='title = "no task has this title"'),
+        pb.ListTasksRequest(order_by="due_time"),
+        pb.ListTasksRequest(order_by="due_time", filter='title = "no task has this title"'),
+    ):
+        page = await stubs.tasks.ListTasks(request, metadata=alice.metadata)
+        assert page.revision == before + 1, request
+        assert [listed.id for listed in page.tasks] == ([] if request.filter else [task.id])
 
 
 async def test_list_then_watch_with_concurrent_writers_loses_nothing(

@@ -153,7 +153,7 @@ class TaskPage:
 
     tasks: list[TaskRecord]
     next_page_token: str
-    #: The store's revision read before the page (see ListTasksResponse.revision).
+    #: The store's revision the page was read at (see ListTasksResponse.revision).
     revision: int = 0
 
 
@@ -709,8 +709,7 @@ class TaskService:
                 "limit": size + 1,
             }
             async with self._db.reads() as reader:
-                revision = await reader.scalar(_REVISION)
-                tasks: list[TaskRecord] = await reader.all(query, parameters)
+                tasks, revision = await _read_page(reader, (query,), parameters, size)
             return TaskPage(
                 *self._page_tokens.page(
                     tasks, size, scope, key=lambda task: task.id, weight=_weight
@@ -749,13 +748,8 @@ class TaskService:
             "limit": size + 1,
         }
         parameters.update(seek.parameters())
-        tasks = []
         async with self._db.reads() as reader:
-            revision = await reader.scalar(_REVISION)
-            for statement in statements:
-                tasks.extend(await reader.all(statement, parameters))
-                if len(tasks) > size:
-                    break
+            tasks, revision = await _read_page(reader, statements, parameters, size)
         return TaskPage(
             *self._page_tokens.page(
                 tasks[: size + 1], size, scope, key=ordering.page_key, weight=_weight
@@ -919,9 +913,35 @@ _GET = {
     )
     for every_list in (False, True)
 }
-#: The store's revision alone. ListTasks reads it before its page (the page may take two
-#: statements, or find no row to carry it), so changes after it may already show in the page.
+#: The store's revision alone, for a ListTasks page with no row to carry it.
 _REVISION = Prepared(select(TaskRevision.revision).where(TaskRevision.id == 1))
+
+
+async def _read_page(
+    reader: Any, statements: Sequence[Prepared], parameters: dict[str, Any], size: int
+) -> tuple[list[TaskRecord], int]:
+    """A ListTasks page's rows (up to `size` + 1, and maybe more), and the revision it was read at.
+
+    Each statement reads the store's revision beside its rows, so a page whose first statement
+    finds rows costs no statement more than its rows: that revision is of the same snapshot. A
+    page of two statements (an ordering's present and missing segments) reads the second later,
+    so changes after the revision may already show in it, which the response's contract allows.
+    When the first finds nothing there is no row to carry the revision: it is read on its own
+    and the page read again after it, so that no change before the revision is missing from the
+    page (one read before the revision would miss what committed in between).
+    """
+    first = await reader.all(statements[0], parameters)
+    if first:
+        revision = int(first[0].revision)
+    else:
+        revision = int(await reader.scalar(_REVISION) or 0)
+        first = await reader.all(statements[0], parameters)
+    tasks: list[TaskRecord] = list(first)
+    for statement in statements[1:]:
+        if len(tasks) > size:
+            break
+        tasks.extend(await reader.all(statement, parameters))
+    return tasks, revision
 
 
 def _batch_visible_query(*, any_owner: bool) -> Select[tuple[Task]]:
@@ -1100,9 +1120,17 @@ def _list_statement(*, by_owner: bool, by_member: bool, by_status: bool, after: 
     """One ListTasks shape, with PostgreSQL's per-list form for a member's lists."""
     query = _list_query(by_owner=by_owner, by_member=by_member, by_status=by_status, after=after)
     if not by_member:
-        return Prepared(query)
+        return _page_statement(query)
     lateral = _member_list_query(by_owner=by_owner, by_status=by_status, after=after)
-    return Prepared(query, {"postgresql": lateral})
+    return _page_statement(query, lateral)
+
+
+def _page_statement(query: Select[Any], postgresql: Select[Any] | None = None) -> Prepared:
+    """A page's statement, each row with the store's revision (see `_page_revision`)."""
+    variants = (
+        None if postgresql is None else {"postgresql": postgresql.add_columns(CURRENT_REVISION)}
+    )
+    return Prepared(query.add_columns(CURRENT_REVISION), variants)
 
 
 #: ListTasks' query shapes (owner filter, the caller's lists, status filter, page token),
@@ -1162,13 +1190,13 @@ def _view_statements(
             # The owner's indexes serve it; the lists are only a test on the owner's rows.
             base = base.where(_in_member_lists(bindparam("member_id")))
         return [
-            Prepared(statement)
+            _page_statement(statement)
             for statement in ordering.statements(base, seek.found, seek.in_missing, id_column)
         ]
     base = narrowed(select(Task), parsed)
     if not by_member:
         return [
-            Prepared(statement)
+            _page_statement(statement)
             for statement in ordering.statements(base, seek.found, seek.in_missing)
         ]
     in_lists = base.where(_in_member_lists(bindparam("member_id")))
@@ -1179,13 +1207,11 @@ def _view_statements(
         per_list_base = per_list_base.where(has_label(label))
     per_list = ordering.segments(per_list_base, seek.found, seek.in_missing)
     return [
-        Prepared(
+        _page_statement(
             statement,
-            {
-                "postgresql": _merged_from_member_lists(
-                    segment.statement, segment.sort, descending=segment.descending
-                )
-            },
+            _merged_from_member_lists(
+                segment.statement, segment.sort, descending=segment.descending
+            ),
         )
         for statement, segment in zip(statements, per_list, strict=True)
     ]
