@@ -134,3 +134,58 @@ def test_labels_from_before_their_owner_id_get_their_tasks_owner(database_url: s
         (11, "home", 2),
         (12, "home", 2),
     ]
+
+
+def test_list_order_indexes_build_again_over_what_a_failed_build_left(
+    pg_database_url: str,
+) -> None:
+    """Revision 0016 builds its indexes CONCURRENTLY on PostgreSQL, so tasks stay writable.
+
+    An invalid index left by a failed or cancelled build is replaced when it runs again.
+    """
+    database_url = pg_database_url
+    downgrade(database_url, "0015")
+    _execute(database_url, _USER, [{"id": 1, "email": "a@example.com"}])
+    _execute(
+        database_url,
+        "INSERT INTO tasks (owner_id, title, description, status, version, priority, labels, "
+        "create_time, update_time) VALUES (1, :title, '', 'todo', 1, 0, '[]', "
+        "'2026-01-02 00:00:00+00', '2026-01-03 00:00:00+00')",
+        [{"title": "one"}, {"title": "two"}],
+    )
+
+    async def fail_a_build() -> None:
+        engine = create_async_engine(database_url, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as connection:
+                # Both tasks are in their owner's personal list: a unique build fails, leaving
+                # the index behind, invalid, under the name the migration uses.
+                with pytest.raises(IntegrityError):
+                    await connection.execute(
+                        text(
+                            "CREATE UNIQUE INDEX CONCURRENTLY ix_tasks_task_list_id_due_time_id "
+                            "ON tasks (task_list_id)"
+                        )
+                    )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(fail_a_build())
+    invalid = (
+        "SELECT c.relname, i.indisvalid, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname LIKE 'ix_tasks_task_list_id_%' "
+        "AND c.relname NOT IN ('ix_tasks_task_list_id_id', "
+        "'ix_tasks_task_list_id_parent_id_position') ORDER BY c.relname"
+    )
+    assert [(name, valid) for name, valid, _ in _fetch(database_url, invalid)] == [
+        ("ix_tasks_task_list_id_due_time_id", False)
+    ]
+    upgrade(database_url)
+    indexes = _fetch(database_url, invalid)
+    assert [(name, valid) for name, valid, _ in indexes] == [
+        ("ix_tasks_task_list_id_due_time_id", True),
+        ("ix_tasks_task_list_id_priority_id", True),
+        ("ix_tasks_task_list_id_update_time_id", True),
+    ]
+    assert all("(task_list_id, " in definition for _, _, definition in indexes)
+    command.check(alembic_config(database_url))
