@@ -1126,7 +1126,7 @@ def _list_statement(*, by_owner: bool, by_member: bool, by_status: bool, after: 
 
 
 def _page_statement(query: Select[Any], postgresql: Select[Any] | None = None) -> Prepared:
-    """A page's statement, each row with the store's revision (see `_page_revision`)."""
+    """A page's statement, each row with the store's revision (see `_read_page`)."""
     variants = (
         None if postgresql is None else {"postgresql": postgresql.add_columns(CURRENT_REVISION)}
     )
