@@ -407,8 +407,12 @@ def _machine(database: str) -> dict[str, object]:
 
 
 def server_environment(url: URL, bcrypt_rounds: int) -> dict[str, str]:
-    """The environment taskservice runs with: this database, a throwaway signing key."""
+    """The environment taskservice runs with: this database, a throwaway signing key.
+
+    With the image's malloc setting (Dockerfile) unless the caller's environment sets its own.
+    """
     return {
+        "MALLOC_ARENA_MAX": "2",
         **os.environ,
         "DATABASE_URL": url.render_as_string(hide_password=False),
         "JWT_SECRET_KEY": secrets.token_urlsafe(48),
