@@ -179,12 +179,17 @@ class FloorServer(_BaselineServer):
         super().__init__("bench.floor_server", "--dsn", dsn, "--task-id", str(task_id))
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, in MiB."""
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, in KiB (VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+            return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, in MiB."""
+    return rss_kib(pid) / 1024
 
 
 #: Linux's CPU-time clock of a whole process, every thread included (CPUCLOCK_SCHED).

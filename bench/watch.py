@@ -41,7 +41,7 @@ from pathlib import Path
 import grpc
 
 from bench import watch_client
-from bench.processes import TaskService, cpu_seconds
+from bench.processes import TaskService, cpu_seconds, rss_kib
 from bench.run import migrate, server_environment
 from bench.seed import PASSWORD, recreate_postgres_database
 from taskservice.config import normalize_database_url
@@ -69,13 +69,6 @@ MOST_WRITES_IN_FLIGHT = 64
 
 #: Seconds of idle server CPU measured before the writes, to subtract from theirs.
 IDLE_SECONDS = 3.0
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def _quantile(values: list[float], q: int) -> float:
@@ -197,14 +190,14 @@ def _measure(
     figures: dict[str, float] = {"watchers": watchers, "writes": writes, "batch": batch}
     try:
         time.sleep(1.0)  # the server settles after the writes before the first RSS reading
-        first_before = _rss_kib(pid)
+        first_before = rss_kib(pid)
         peaks, afters = [], []
         idle = []
         for cycle in range(cycles):
-            before = _rss_kib(pid)
+            before = rss_kib(pid)
             group.open(watchers)
             time.sleep(1.0)
-            idle.append(_rss_kib(pid))
+            idle.append(rss_kib(pid))
             peaks.append(idle[-1])
             if cycle == 0:
                 figures["rss_kib_per_idle_watcher"] = round((idle[0] - before) / watchers, 1)
@@ -225,12 +218,12 @@ def _measure(
                 figures["write_p50_ms_watched"] = round(_p50_ms(times), 2)
                 figures["write_p50_ratio"] = round(_p50_ms(times) / _p50_ms(alone), 2)
                 # The cycle's peak is its highest reading: the writes' events take memory too.
-                after_writes = _rss_kib(pid)
+                after_writes = rss_kib(pid)
                 figures["rss_mib_after_writes"] = round(after_writes / 1024, 1)
                 peaks[0] = max(peaks[0], after_writes)
             group.close()
             time.sleep(2.0)
-            afters.append(_rss_kib(pid))
+            afters.append(rss_kib(pid))
         figures["rss_mib_before_streams"] = round(first_before / 1024, 1)
         figures["rss_mib_idle_per_cycle"] = [round(p / 1024, 1) for p in idle]  # type: ignore[assignment]
         figures["rss_mib_peak_per_cycle"] = [round(p / 1024, 1) for p in peaks]  # type: ignore[assignment]
