@@ -359,10 +359,7 @@ class Ordering:
         if seek:
             after = bindparam("after_id", type_=Task.id.type)
             query = query.where(id_column < after if self.descending else id_column > after)
-        order = id_column.desc() if self.descending else id_column.asc()
-        return Segment(
-            query.order_by(order).limit(bindparam("limit")), (id_column,), self.descending
-        )
+        return self._segment(query, (id_column,))
 
     def _by_key(self, query: Select[tuple[Task]], column: Any, *, seek: bool) -> Segment:
         if seek:
@@ -376,12 +373,17 @@ class Ordering:
                 past = or_(column > value, and_(column == value, Task.id > task_id))
             # The bound repeats what `past` implies, as a range the index can seek to.
             query = query.where(bound, past)
-        limit = bindparam("limit")
-        if self.descending:
-            query = query.order_by(column.desc(), Task.id.desc()).limit(limit)
-        else:
-            query = query.order_by(column.asc(), Task.id.asc()).limit(limit)
-        return Segment(query, (column, Task.id), self.descending)
+        return self._segment(query, (column, Task.id))
+
+    def _segment(self, query: Select[tuple[Task]], sort: tuple[Any, ...]) -> Segment:
+        """`query` ordered on `sort` in this ordering's direction, a page long."""
+        ordered = query.order_by(*sort_order(sort, descending=self.descending))
+        return Segment(ordered.limit(bindparam("limit")), sort, self.descending)
+
+
+def sort_order(columns: Sequence[Any], *, descending: bool) -> list[Any]:
+    """ORDER BY clauses for `columns`, every one in the same direction."""
+    return [column.desc() if descending else column.asc() for column in columns]
 
 
 @dataclass(frozen=True)

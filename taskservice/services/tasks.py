@@ -36,7 +36,7 @@ from taskservice.db.models import (
     TaskStatus,
     User,
 )
-from taskservice.db.reads import Prepared, PreparedCache
+from taskservice.db.reads import Prepared, PreparedCache, RowReader
 from taskservice.db.records import TaskRecord
 from taskservice.db.retry import retries_conflicts
 from taskservice.db.types import utcnow
@@ -77,6 +77,7 @@ from taskservice.services.task_lists import (
     filter_clause,
     has_label,
     parse_order_by,
+    sort_order,
     split_required_label,
     with_owner_label,
 )
@@ -918,7 +919,7 @@ _REVISION = Prepared(select(TaskRevision.revision).where(TaskRevision.id == 1))
 
 
 async def _read_page(
-    reader: Any, statements: Sequence[Prepared], parameters: dict[str, Any], size: int
+    reader: RowReader, statements: Sequence[Prepared], parameters: dict[str, Any], size: int
 ) -> tuple[list[TaskRecord], int]:
     """A ListTasks page's rows (up to `size` + 1, and maybe more), and the revision it was read at.
 
@@ -936,7 +937,7 @@ async def _read_page(
     else:
         revision = int(await reader.scalar(_REVISION) or 0)
         first = await reader.all(statements[0], parameters)
-    tasks: list[TaskRecord] = list(first)
+    tasks: list[TaskRecord] = first
     for statement in statements[1:]:
         if len(tasks) > size:
             break
@@ -1111,7 +1112,7 @@ def _merged_from_member_lists(
         select(*page.c)
         .select_from(lists)
         .join(page, true())
-        .order_by(*(column.desc() if descending else column.asc() for column in order))
+        .order_by(*sort_order(order, descending=descending))
         .limit(bindparam("limit"))
     )
 
